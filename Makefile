@@ -1,0 +1,44 @@
+# CareMatrix: `make run` starts the demo hospital, `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test unit e2e lint bench services status clean-data help
+
+help:
+	@echo "make run    - set up (venv, install, config with fresh secrets) and run the demo hospital"
+	@echo "make test   - lint, unit and end-to-end tests on SQLite and PostgreSQL"
+	@echo "make bench  - benchmarks against plain Synapse, measured in the same run"
+	@echo "make status - health of a running stack"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ not found (install python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/carematrix up
+
+status: $(STAMP)
+	$(BIN)/carematrix status
+
+services:
+	@bash .ci/services
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+e2e: $(STAMP) services
+	$(BIN)/pytest -q tests/e2e
+
+test: $(STAMP) services lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench

@@ -1,0 +1,5 @@
+import sys
+
+from appservice.main import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Bot commands as pure functions: text in, reply text out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "!"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...]
+
+
+def parse_command(body: str) -> Command | None:
+    """``!name arg ...`` → Command; anything else (ordinary chat) → None."""
+    text = body.strip()
+    if not text.startswith(PREFIX) or len(text) == 1:
+        return None
+    name, *args = text[1:].split()
+    return Command(name.lower(), tuple(args))
+
+
+HELP = (
+    "CareMatrix bot commands:\n"
+    "!ping — check that the CareMatrix service is answering\n"
+    "!help — this list"
+)
+
+
+def reply_ping(latency_ms: float | None, policy_digest: str) -> str:
+    lag = f"{latency_ms:.0f} ms after you sent it" if latency_ms is not None else "now"
+    return f"pong — CareMatrix is up ({lag}); policy {policy_digest[:12]} in force."
+
+
+def reply_unknown(name: str) -> str:
+    return f"Unknown command '!{name}'. Send !help for the list."

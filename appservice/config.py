@@ -1,0 +1,84 @@
+"""Typed appservice configuration, validated once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PLACEHOLDERS = ("example.com", "example.org", "CHANGE_ME", "changeme")
+
+
+class AppserviceConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    homeserver_url: str
+    domain: str
+    id: str
+    bot_localpart: str
+    as_token: str
+    hs_token: str
+    listen_host: str
+    listen_port: int
+    database: str
+    policy_dir: Path
+    log_file: Path | None
+
+    @property
+    def bot_user_id(self) -> str:
+        return f"@{self.bot_localpart}:{self.domain}"
+
+    @classmethod
+    def load(cls, path: Path) -> AppserviceConfig:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise AppserviceConfigError(f"{path}: cannot read appservice config: {exc}") from exc
+        try:
+            return cls.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AppserviceConfigError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> AppserviceConfig:
+        def section(name: str) -> dict[str, Any]:
+            value = raw.get(name) if isinstance(raw, dict) else None
+            if not isinstance(value, dict):
+                raise ValueError(f"missing section '{name}'")
+            return value
+
+        def text(sec: dict[str, Any], key: str, where: str) -> str:
+            value = sec.get(key)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"'{where}.{key}' must be non-empty text")
+            if any(p in value for p in PLACEHOLDERS):
+                raise ValueError(f"'{where}.{key}' still holds the placeholder {value!r}; set the real value")
+            return value
+
+        hs = section("homeserver")
+        asv = section("appservice")
+        port = asv.get("listen_port")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"'appservice.listen_port' must be a port number, got {port!r}")
+        policy_dir = raw.get("policy_dir")
+        if not isinstance(policy_dir, str):
+            raise ValueError("'policy_dir' must be the path of the policies directory")
+        log_file = raw.get("log_file")
+        return cls(
+            homeserver_url=text(hs, "url", "homeserver").rstrip("/"),
+            domain=text(hs, "domain", "homeserver"),
+            id=text(asv, "id", "appservice"),
+            bot_localpart=text(asv, "bot_localpart", "appservice"),
+            as_token=text(asv, "as_token", "appservice"),
+            hs_token=text(asv, "hs_token", "appservice"),
+            listen_host=text(asv, "listen_host", "appservice"),
+            listen_port=port,
+            database=text(asv, "database", "appservice"),
+            policy_dir=Path(policy_dir),
+            log_file=Path(log_file) if isinstance(log_file, str) else None,
+        )

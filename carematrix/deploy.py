@@ -1,0 +1,374 @@
+"""Render a complete deployment into the data dir: configs, fresh secrets, signing key.
+
+Secrets are generated once into ``secrets.json`` and reused, so re-running ``carematrix up``
+never invalidates sessions or tokens; configs are re-rendered from ``config/*.in`` every
+time, so template improvements reach existing installations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIR = REPO_ROOT / "config"
+DEFAULT_POLICY_DIR = REPO_ROOT / "policies"
+BOT_LOCALPART = "carematrix"
+ADMIN_LOCALPART = "carematrix-admin"
+SECRET_KEYS = (
+    "registration_shared_secret",
+    "macaroon_secret_key",
+    "form_secret",
+    "as_token",
+    "hs_token",
+    "admin_password",
+    "demo_password",
+)
+
+
+class DeployError(Exception):
+    """A problem the operator can fix; the message says what and how."""
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    port: int = 8008
+    appservice_port: int = 0  # 0: port + 1
+    server_name: str = "localhost"
+    bind_address: str = "127.0.0.1"
+    database: str = "sqlite"
+    db_url: str | None = None
+    policy_dir: Path = DEFAULT_POLICY_DIR
+    # Tests and benchmarks drive many messages per second from a handful of accounts.
+    relaxed_rate_limits: bool = False
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.policy_dir = Path(self.policy_dir).resolve()
+        if not self.appservice_port:
+            self.appservice_port = self.port + 1
+
+    @property
+    def homeserver_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def appservice_url(self) -> str:
+        return f"http://127.0.0.1:{self.appservice_port}"
+
+
+@dataclass
+class Paths:
+    root: Path
+    synapse_dir: Path = field(init=False)
+    appservice_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.synapse_dir = self.root / "synapse"
+        self.appservice_dir = self.root / "appservice"
+
+    secrets = property(lambda self: self.root / "secrets.json")
+    deployment = property(lambda self: self.root / "deployment.json")
+    homeserver_config = property(lambda self: self.synapse_dir / "homeserver.yaml")
+    log_config = property(lambda self: self.synapse_dir / "log.yaml")
+    signing_key = property(lambda self: self.synapse_dir / "signing.key")
+    sqlite_db = property(lambda self: self.synapse_dir / "homeserver.db")
+    media = property(lambda self: self.synapse_dir / "media")
+    synapse_log = property(lambda self: self.synapse_dir / "homeserver.log")
+    registration = property(lambda self: self.appservice_dir / "registration.yaml")
+    appservice_config = property(lambda self: self.appservice_dir / "config.yaml")
+    appservice_db = property(lambda self: self.appservice_dir / "appservice.db")
+    appservice_log = property(lambda self: self.appservice_dir / "appservice.log")
+    logs = property(lambda self: self.root / "logs")
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    paths: Paths
+    secrets: dict[str, str]
+
+    @property
+    def bot_user_id(self) -> str:
+        return f"@{BOT_LOCALPART}:{self.settings.server_name}"
+
+    @property
+    def admin_user_id(self) -> str:
+        return f"@{ADMIN_LOCALPART}:{self.settings.server_name}"
+
+
+def render_template(name: str, values: dict[str, Any]) -> str:
+    """Fill ``${key}`` placeholders with JSON (valid YAML) so quoting can never break."""
+    text = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    rendered = {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
+    try:
+        return string.Template(text).substitute(rendered)
+    except KeyError as exc:
+        raise DeployError(f"config template {name} uses unknown placeholder {exc}") from exc
+
+
+def check_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(
+            f"cannot create data dir {path}: {exc.strerror}; choose another with "
+            "--data-dir or CAREMATRIX_DATA_DIR"
+        ) from exc
+    probe = path / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DeployError(
+            f"data dir {path} is not writable ({exc.strerror}); fix its permissions or choose "
+            "another with --data-dir or CAREMATRIX_DATA_DIR"
+        ) from exc
+
+
+def check_port_free(host: str, port: int, what: str, hint: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DeployError(f"port {port} on {host} ({what}) is already in use: {exc.strerror}; {hint}") from exc
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def load_or_create_secrets(paths: Paths) -> dict[str, str]:
+    existing: dict[str, str] = {}
+    if paths.secrets.exists():
+        try:
+            existing = json.loads(paths.secrets.read_text())
+        except (OSError, ValueError) as exc:
+            raise DeployError(
+                f"{paths.secrets} is unreadable or corrupt ({exc}); restore it from backup — "
+                "deleting it would invalidate every token and the appservice registration"
+            ) from exc
+    missing = [k for k in SECRET_KEYS if not existing.get(k)]
+    if missing:
+        for key in missing:
+            existing[key] = (
+                "-".join(secrets.token_hex(2) for _ in range(3))
+                if key == "demo_password"
+                else secrets.token_urlsafe(32)
+            )
+        _atomic_write(paths.secrets, json.dumps(existing, indent=2) + "\n", 0o600)
+    return existing
+
+
+def ensure_signing_key(paths: Paths) -> None:
+    if paths.signing_key.exists():
+        return
+    from signedjson.key import generate_signing_key, write_signing_keys
+
+    key = generate_signing_key("a_" + secrets.token_hex(2))
+    tmp = paths.signing_key.with_name("signing.key.tmp")
+    paths.signing_key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        write_signing_keys(fh, [key])
+    os.replace(tmp, paths.signing_key)
+
+
+def parse_db_url(db_url: str) -> dict[str, Any]:
+    url = urlparse(db_url)
+    if url.scheme not in ("postgres", "postgresql") or not url.path.strip("/"):
+        raise DeployError(
+            f"--db-url must look like postgresql://user[:password]@host[:port]/dbname, got {db_url!r}"
+        )
+    args: dict[str, Any] = {
+        "dbname": unquote(url.path.strip("/")),
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": unquote(url.username) if url.username else "postgres",
+    }
+    if url.password:
+        args["password"] = unquote(url.password)
+    return args
+
+
+def prepare_postgres(db_url: str) -> dict[str, Any]:
+    """Check that PostgreSQL answers, and create the databases Synapse and the appservice
+    need (with the C collation Synapse requires) if they do not exist yet."""
+    import psycopg2
+    from psycopg2 import sql
+
+    args = parse_db_url(db_url)
+    where = f"{args['host']}:{args['port']}"
+    admin_args = {**args, "dbname": "postgres", "connect_timeout": 5}
+    try:
+        conn = psycopg2.connect(**admin_args)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+        raise DeployError(
+            f"cannot reach PostgreSQL at {where} as {args['user']}: {first}; start it "
+            "(e.g. pg_ctlcluster <version> main start) or pass the right --db-url"
+        ) from exc
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for dbname in (args["dbname"], appservice_pg_dbname(args["dbname"])):
+                cur.execute("SELECT datcollate, datctype FROM pg_database WHERE datname = %s", (dbname,))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(
+                        sql.SQL(
+                            "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+                        ).format(sql.Identifier(dbname))
+                    )
+                elif dbname == args["dbname"] and (row[0] != "C" or row[1] != "C"):
+                    raise DeployError(
+                        f"PostgreSQL database {dbname} at {where} has collation {row[0]}/{row[1]}; "
+                        "Synapse needs C: create it with LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+                    )
+    except psycopg2.Error as exc:
+        raise DeployError(f"PostgreSQL at {where} refused to prepare the databases: {exc}".strip()) from exc
+    finally:
+        conn.close()
+    return args
+
+
+def appservice_pg_dbname(synapse_dbname: str) -> str:
+    return f"{synapse_dbname}_appservice"
+
+
+def _database_values(settings: Settings, paths: Paths) -> tuple[dict[str, Any], str]:
+    if settings.database == "sqlite":
+        return (
+            {"name": "sqlite3", "args": {"database": str(paths.sqlite_db)}},
+            f"sqlite:///{paths.appservice_db}",
+        )
+    if not settings.db_url:
+        raise DeployError("--database postgres needs --db-url postgresql://user@host:5432/dbname")
+    args = prepare_postgres(settings.db_url)
+    as_url = urlparse(settings.db_url)._replace(path="/" + appservice_pg_dbname(args["dbname"])).geturl()
+    return ({"name": "psycopg2", "args": {**args, "cp_min": 2, "cp_max": 10}}, as_url)
+
+
+def _record_deployment(settings: Settings, paths: Paths) -> None:
+    """Refuse to silently switch an existing data dir to another database."""
+    record = {"database": settings.database, "db_url": settings.db_url}
+    if paths.deployment.exists():
+        try:
+            old = json.loads(paths.deployment.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("database") and old.get("database") != settings.database:
+            raise DeployError(
+                f"data dir {paths.root} holds a {old['database']} deployment; run with "
+                f"--database {old['database']} or use another --data-dir"
+            )
+    full = {**asdict(settings), **record}
+    full = {k: str(v) if isinstance(v, Path) else v for k, v in full.items()}
+    _atomic_write(paths.deployment, json.dumps(full, indent=2) + "\n", 0o600)
+
+
+def prepare(settings: Settings) -> Deployment:
+    """Validate inputs, then write everything; nothing is written if validation fails."""
+    from carematrix.policy import PolicyInvalid, load_policy
+
+    if settings.database not in ("sqlite", "postgres"):
+        raise DeployError(f"--database must be sqlite or postgres, got {settings.database!r}")
+    if not re.match(r"^[A-Za-z0-9.-]+(:[0-9]+)?$", settings.server_name):
+        raise DeployError(f"server name {settings.server_name!r} is not a valid host name")
+    try:
+        load_policy(settings.policy_dir)
+    except PolicyInvalid as exc:
+        raise DeployError(
+            f"the policy in {settings.policy_dir} is invalid; fix it (carematrix policy check):\n{exc}"
+        ) from exc
+    check_data_dir(settings.data_dir)
+    paths = Paths(settings.data_dir)
+    database, appservice_database = _database_values(settings, paths)
+    _record_deployment(settings, paths)
+    for d in (paths.synapse_dir, paths.appservice_dir, paths.media, paths.logs):
+        d.mkdir(parents=True, exist_ok=True)
+    secret_values = load_or_create_secrets(paths)
+    ensure_signing_key(paths)
+    deployment = Deployment(settings, paths, secret_values)
+    server_re = re.escape(settings.server_name)
+    relaxed = {"per_second": 1000, "burst_count": 10000}
+    values: dict[str, Any] = {
+        "server_name": settings.server_name,
+        "public_baseurl": f"http://{'localhost' if settings.bind_address in ('127.0.0.1', '0.0.0.0') else settings.bind_address}:{settings.port}/",
+        "pid_file": str(paths.synapse_dir / "homeserver.pid"),
+        "port": settings.port,
+        "bind_addresses": [settings.bind_address],
+        "x_forwarded": False,
+        "database": database,
+        "log_config": str(paths.log_config),
+        "media_store_path": str(paths.media),
+        "signing_key_path": str(paths.signing_key),
+        "appservice_registration": str(paths.registration),
+        "rc_message": relaxed if settings.relaxed_rate_limits else {"per_second": 10, "burst_count": 50},
+        "rc_login": (
+            {k: relaxed for k in ("address", "account", "failed_attempts")}
+            if settings.relaxed_rate_limits
+            else {"address": {"per_second": 1, "burst_count": 20}, "account": {"per_second": 1, "burst_count": 20}, "failed_attempts": {"per_second": 0.2, "burst_count": 5}}
+        ),
+        "policy_dir": str(settings.policy_dir),
+        "bot_user_id": deployment.bot_user_id,
+        "policy_reload_seconds": 1,
+        "log_file": str(paths.synapse_log),
+        "log_level": settings.log_level,
+        "appservice_url": settings.appservice_url,
+        "bot_localpart": BOT_LOCALPART,
+        "role_user_regex": f"@role-.+:{server_re}",
+        "role_alias_regex": f"#role-.+:{server_re}",
+        "any_alias_regex": f"#.+:{server_re}",
+        "homeserver_url": settings.homeserver_url,
+        "appservice_host": "127.0.0.1",
+        "appservice_port": settings.appservice_port,
+        "appservice_database": appservice_database,
+        "appservice_log_file": str(paths.appservice_log),
+    }
+    for key in SECRET_KEYS:
+        values[key] = secret_values[key]
+    rendered = [
+        (paths.homeserver_config, render_template("homeserver.yaml.in", values), 0o600),
+        (paths.log_config, render_template("log.yaml.in", values), 0o644),
+        (paths.registration, render_template("registration.yaml.in", values), 0o600),
+        (paths.appservice_config, render_template("appservice.yaml.in", values), 0o600),
+    ]
+    for path, text, mode in rendered:
+        _atomic_write(path, text, mode)
+    return deployment
+
+
+def load_existing(data_dir: Path) -> Deployment:
+    """The deployment a previous ``up`` wrote (for ``status`` and tooling)."""
+    paths = Paths(Path(data_dir).resolve())
+    if not paths.deployment.exists():
+        raise DeployError(f"no CareMatrix deployment in {paths.root}; run 'make run' (carematrix up) first")
+    try:
+        raw = json.loads(paths.deployment.read_text())
+        secret_values = json.loads(paths.secrets.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read the deployment in {paths.root}: {exc}") from exc
+    known = {f for f in Settings.__dataclass_fields__}
+    settings = Settings(**{k: v for k, v in raw.items() if k in known})
+    return Deployment(settings, paths, secret_values)

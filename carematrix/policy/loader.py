@@ -1,0 +1,382 @@
+"""Load and validate a policy directory (``policies/*.yaml``) into a ``Policy``.
+
+Every problem is collected, not just the first, so ``carematrix policy check`` can show an
+admin all of them at once. A directory either loads completely or not at all: callers keep
+the last good policy when this raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from carematrix.policy.errors import PolicyError, PolicyInvalid
+from carematrix.policy.model import (
+    IDENT_RE,
+    STAFF_NUMBER_RE,
+    Audience,
+    Policy,
+    RoomClass,
+    Staff,
+    Unit,
+)
+from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse_yaml
+
+SECTIONS = ("hospital", "roles", "units", "staff", "room_classes")
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+
+
+def policy_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector (name, mtime, size) polled by long-running processes."""
+    try:
+        files = policy_files(directory)
+    except OSError:
+        return ()
+    out = []
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append((p.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+class _Checker:
+    """Collects errors for one file while walking its parsed YAML."""
+
+    def __init__(self, file: str, errors: list[PolicyError]) -> None:
+        self.file = file
+        self.errors = errors
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.append(PolicyError(self.file, line, message))
+
+    def mapping(self, value: Any, line: int, what: str) -> LineDict | None:
+        if not isinstance(value, LineDict):
+            self.error(line, f"{what} must be a mapping (key: value), got {_kind(value)}")
+            return None
+        return value
+
+    def keys(self, data: LineDict, allowed: Iterable[str], what: str) -> None:
+        allowed = tuple(allowed)
+        for key in data:
+            if key not in allowed:
+                self.error(
+                    data.line_of(key),
+                    f"unknown key '{key}' in {what}; valid keys are: {', '.join(allowed)}",
+                )
+
+    def text(self, data: LineDict, key: str, what: str, required: bool = True) -> str | None:
+        if key not in data:
+            if required:
+                self.error(data.line, f"{what} is missing required key '{key}'")
+            return None
+        value = data[key]
+        if not isinstance(value, str) or not value.strip():
+            self.error(data.line_of(key), f"'{key}' in {what} must be non-empty text")
+            return None
+        return value.strip()
+
+    def text_list(self, data: LineDict, key: str, what: str) -> list[tuple[str, int]]:
+        """A list of strings (a single string is accepted as a one-item list)."""
+        if key not in data:
+            return []
+        value = data[key]
+        if isinstance(value, str):
+            return [(value, data.line_of(key))]
+        if not isinstance(value, LineList):
+            self.error(data.line_of(key), f"'{key}' in {what} must be a list of text")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str | int) or isinstance(item, bool):
+                self.error(value.line_of(i), f"'{key}' in {what} must list text, got {_kind(item)}")
+                continue
+            out.append((str(item), value.line_of(i)))
+        return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", LineDict: "a mapping", list: "a list", LineList: "a list"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.errors: list[PolicyError] = []
+        self.sections: dict[str, tuple[Any, _Checker, int]] = {}
+
+    def add_file(self, name: str, text: str) -> None:
+        checker = _Checker(name, self.errors)
+        try:
+            doc = parse_yaml(text)
+        except YamlSyntaxError as exc:
+            checker.error(exc.line, exc.message)
+            return
+        if doc is None:
+            return
+        data = checker.mapping(doc, 1, "a policy file")
+        if data is None:
+            return
+        checker.keys(data, SECTIONS, "a policy file (top level)")
+        for key in SECTIONS:
+            if key not in data:
+                continue
+            if key in self.sections:
+                _, other, other_line = self.sections[key]
+                checker.error(
+                    data.line_of(key),
+                    f"section '{key}' is already defined in {other.file}:{other_line}",
+                )
+                continue
+            self.sections[key] = (data[key], checker, data.line_of(key))
+
+    def section(self, key: str) -> tuple[Any, _Checker, int] | None:
+        return self.sections.get(key)
+
+    def build(self, digest: str, first_file: str) -> Policy:
+        hospital_name = self._hospital(first_file)
+        roles = self._roles()
+        units = self._units()
+        staff = self._staff(roles, units)
+        room_classes = self._room_classes(roles, {s.staff_number for s in staff})
+        if self.errors:
+            raise PolicyInvalid(self.errors)
+        return Policy(
+            hospital_name=hospital_name,
+            roles=roles,
+            units=units,
+            staff=tuple(staff),
+            room_classes=room_classes,
+            digest=digest,
+        )
+
+    def _hospital(self, first_file: str) -> str:
+        found = self.section("hospital")
+        if found is None:
+            self.errors.append(PolicyError(first_file, 1, "no 'hospital' section in any policy file"))
+            return ""
+        value, chk, line = found
+        data = chk.mapping(value, line, "'hospital'")
+        if data is None:
+            return ""
+        chk.keys(data, ("name",), "'hospital'")
+        return chk.text(data, "name", "'hospital'") or ""
+
+    def _roles(self) -> dict[str, str]:
+        found = self.section("roles")
+        if found is None:
+            return {}
+        value, chk, line = found
+        data = chk.mapping(value, line, "'roles'")
+        if data is None:
+            return {}
+        roles = {}
+        for role_id, spec in data.items():
+            rline = data.line_of(role_id)
+            if not IDENT_RE.match(role_id):
+                chk.error(rline, f"role id '{role_id}' must be lowercase letters, digits, '-' or '_'")
+                continue
+            description = ""
+            if spec is not None:
+                spec_map = chk.mapping(spec, rline, f"role '{role_id}'")
+                if spec_map is not None:
+                    chk.keys(spec_map, ("description",), f"role '{role_id}'")
+                    description = chk.text(spec_map, "description", f"role '{role_id}'", False) or ""
+            roles[role_id] = description
+        return roles
+
+    def _units(self) -> dict[str, Unit]:
+        found = self.section("units")
+        units: dict[str, Unit] = {}
+        if found is None:
+            return units
+        value, chk, line = found
+        if not isinstance(value, LineList):
+            chk.error(line, "'units' must be a list of units (each with id and name)")
+            return units
+
+        def walk(items: LineList, parent: str | None) -> None:
+            for i, item in enumerate(items):
+                data = chk.mapping(item, items.line_of(i), "a unit")
+                if data is None:
+                    continue
+                chk.keys(data, ("id", "name", "children"), "a unit")
+                unit_id = chk.text(data, "id", "a unit")
+                name = chk.text(data, "name", f"unit '{unit_id}'")
+                if unit_id is None:
+                    continue
+                if not IDENT_RE.match(unit_id):
+                    chk.error(data.line_of("id"), f"unit id '{unit_id}' must be lowercase letters, digits, '-' or '_'")
+                elif unit_id in units:
+                    chk.error(data.line_of("id"), f"unit id '{unit_id}' is used twice")
+                else:
+                    units[unit_id] = Unit(unit_id, name or unit_id, parent)
+                children = data.get("children")
+                if children is None:
+                    continue
+                if not isinstance(children, LineList):
+                    chk.error(data.line_of("children"), f"'children' of unit '{unit_id}' must be a list of units")
+                    continue
+                walk(children, unit_id)
+
+        walk(value, None)
+        return units
+
+    def _staff(self, roles: dict[str, str], units: dict[str, Unit]) -> list[Staff]:
+        found = self.section("staff")
+        staff: list[Staff] = []
+        if found is None:
+            return staff
+        value, chk, line = found
+        if not isinstance(value, LineList):
+            chk.error(line, "'staff' must be a list of staff members")
+            return staff
+        seen: dict[str, int] = {}
+        for i, item in enumerate(value):
+            data = chk.mapping(item, value.line_of(i), "a staff member")
+            if data is None:
+                continue
+            allowed = ("staff_number", "name", "units", "position", "title", "roles")
+            chk.keys(data, allowed, "a staff member")
+            raw_number = data.get("staff_number")
+            number = str(raw_number).strip() if isinstance(raw_number, str | int) else None
+            if number is None:
+                chk.error(data.line, "a staff member is missing required key 'staff_number'")
+                continue
+            what = f"staff member {number}"
+            if not STAFF_NUMBER_RE.match(number):
+                chk.error(data.line_of("staff_number"), f"staff number '{number}' may only use letters, digits, '.', '_' and '-'")
+                continue
+            if number.lower() in seen:
+                chk.error(data.line_of("staff_number"), f"staff number '{number}' is used twice (first at line {seen[number.lower()]})")
+                continue
+            seen[number.lower()] = data.line_of("staff_number")
+            name = chk.text(data, "name", what)
+            position = chk.text(data, "position", what)
+            title = chk.text(data, "title", what, required=False) or ""
+            member_units = chk.text_list(data, "units", what)
+            if not member_units:
+                chk.error(data.line, f"{what} must belong to at least one unit ('units')")
+            for unit_id, uline in member_units:
+                if unit_id not in units:
+                    chk.error(uline, f"{what} names unknown unit '{unit_id}'; known units: {', '.join(sorted(units)) or 'none'}")
+            member_roles = chk.text_list(data, "roles", what)
+            for role_id, rline in member_roles:
+                if role_id not in roles:
+                    chk.error(rline, f"{what} has unknown role '{role_id}'; declared roles: {', '.join(sorted(roles)) or 'none'}")
+            staff.append(
+                Staff(
+                    staff_number=number,
+                    name=name or number,
+                    units=tuple(u for u, _ in member_units),
+                    position=position or "",
+                    title=title,
+                    roles=frozenset(r for r, _ in member_roles),
+                )
+            )
+        return staff
+
+    def _audience(self, chk: _Checker, data: LineDict, key: str, what: str, roles: dict[str, str], staff_numbers: set[str]) -> Audience | None:
+        if key not in data:
+            return None
+        spec = chk.mapping(data[key], data.line_of(key), f"'{key}' of {what}")
+        if spec is None:
+            return Audience()  # invalid: reported; nobody admitted (fail closed)
+        chk.keys(spec, ("roles", "staff"), f"'{key}' of {what}")
+        role_ids = chk.text_list(spec, "roles", f"'{key}' of {what}")
+        for role_id, line in role_ids:
+            if role_id not in roles:
+                chk.error(line, f"'{key}' of {what} names unknown role '{role_id}'; declared roles: {', '.join(sorted(roles)) or 'none'}")
+        numbers = chk.text_list(spec, "staff", f"'{key}' of {what}")
+        for number, line in numbers:
+            if number not in staff_numbers:
+                chk.error(line, f"'{key}' of {what} names unknown staff number '{number}'")
+        return Audience(frozenset(r for r, _ in role_ids), frozenset(n for n, _ in numbers))
+
+    def _room_classes(self, roles: dict[str, str], staff_numbers: set[str]) -> dict[str, RoomClass]:
+        found = self.section("room_classes")
+        classes: dict[str, RoomClass] = {}
+        if found is None:
+            return classes
+        value, chk, line = found
+        data = chk.mapping(value, line, "'room_classes'")
+        if data is None:
+            return classes
+        for class_id, spec in data.items():
+            cline = data.line_of(class_id)
+            what = f"room class '{class_id}'"
+            if not IDENT_RE.match(class_id):
+                chk.error(cline, f"room class id '{class_id}' must be lowercase letters, digits, '-' or '_'")
+                continue
+            spec_map = chk.mapping(spec, cline, what)
+            if spec_map is None:
+                continue
+            chk.keys(spec_map, ("description", "post", "create", "reactions"), what)
+            reactions = spec_map.get("reactions", True)
+            if not isinstance(reactions, bool):
+                chk.error(spec_map.line_of("reactions"), f"'reactions' of {what} must be true or false")
+                reactions = False
+            classes[class_id] = RoomClass(
+                id=class_id,
+                description=chk.text(spec_map, "description", what, required=False) or "",
+                post=self._audience(chk, spec_map, "post", what, roles, staff_numbers),
+                create=self._audience(chk, spec_map, "create", what, roles, staff_numbers),
+                reactions=reactions,
+            )
+        return classes
+
+
+def _read_dir(directory: Path) -> tuple[list[tuple[str, str]], list[PolicyError]]:
+    errors: list[PolicyError] = []
+    if not directory.is_dir():
+        return [], [PolicyError(str(directory), 0, "policy directory does not exist")]
+    files = []
+    try:
+        paths = policy_files(directory)
+    except OSError as exc:
+        return [], [PolicyError(str(directory), 0, f"cannot list policy directory: {exc.strerror}")]
+    if not paths:
+        errors.append(PolicyError(str(directory), 0, "no policy files (*.yaml) in this directory"))
+    for path in paths:
+        try:
+            files.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(PolicyError(str(path), 0, f"cannot read file: {exc}"))
+    return files, errors
+
+
+def load_policy(directory: Path | str) -> Policy:
+    """Load every ``*.yaml`` file in ``directory`` as one policy, or raise ``PolicyInvalid``."""
+    files, errors = _read_dir(Path(directory))
+    if errors:
+        raise PolicyInvalid(errors)
+    return load_policy_texts(files)
+
+
+def load_policy_texts(files: list[tuple[str, str]]) -> Policy:
+    """Same as ``load_policy`` over (name, text) pairs; the pure core used by unit tests."""
+    digest = hashlib.sha256()
+    builder = _Builder()
+    for name, text in files:
+        digest.update(Path(name).name.encode() + b"\0" + text.encode() + b"\0")
+        builder.add_file(name, text)
+    return builder.build(digest.hexdigest(), files[0][0] if files else "policies")
+
+
+def validate_policy_dir(directory: Path | str) -> list[PolicyError]:
+    try:
+        load_policy(directory)
+    except PolicyInvalid as exc:
+        return exc.errors
+    return []

@@ -1,0 +1,157 @@
+"""Synapse module: enforces room classes from the hospital policy.
+
+Registered as ``synapse_modules.policy_module.CareMatrixPolicy`` in homeserver.yaml. The
+policy directory is polled on every worker, so an admin's edit takes effect without a
+restart; a broken edit is rejected and the last good policy stays in force.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from synapse.api.errors import Codes, SynapseError
+from synapse.events import EventBase
+from synapse.module_api import NOT_SPAM, ModuleApi
+from synapse.module_api.errors import ConfigError
+from synapse.types import Requester
+
+from carematrix.policy.holder import PolicyHolder, ReloadOutcome
+from carematrix.policy.model import ROOM_CLASS_EVENT, Staff
+from carematrix.rules import Verdict
+from carematrix.rules.room_class import decide_class_change, decide_post
+from synapse_modules.config import PolicyModuleConfig
+
+log = logging.getLogger(__name__)
+
+FAILED_CLOSED = Verdict(
+    False,
+    "internal.error",
+    "The hospital policy could not be checked, so this action was refused for safety. "
+    "Please try again or contact IT.",
+)
+
+T = TypeVar("T")
+
+
+def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """An unexpected error in a check must refuse the action, never let it through."""
+
+    def wrap(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(func)
+        async def guarded(*args: Any, **kwargs: Any) -> T:
+            try:
+                return await func(*args, **kwargs)
+            except SynapseError:
+                raise
+            except Exception:
+                log.exception("CareMatrix policy check %s failed; refusing", func.__name__)
+                return refusal()
+
+        return guarded
+
+    return wrap
+
+
+def _raise_refusal() -> None:
+    raise SynapseError(403, FAILED_CLOSED.message(), Codes.FORBIDDEN)
+
+
+class CareMatrixPolicy:
+    def __init__(self, config: PolicyModuleConfig, api: ModuleApi) -> None:
+        self._config = config
+        self._api = api
+        self._holder = PolicyHolder(config.policy_dir, on_outcome=self._on_reload)
+        log.info(
+            "CareMatrix policy %s in force from %s",
+            self._holder.current.digest[:12],
+            config.policy_dir,
+        )
+        api.register_spam_checker_callbacks(check_event_for_spam=self.check_event_for_spam)
+        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        api.looping_background_call(
+            self._holder.refresh,
+            config.reload_interval_seconds * 1000,
+            desc="carematrix_policy_reload",
+            run_on_all_instances=True,
+        )
+
+    @staticmethod
+    def parse_config(config: dict[str, Any]) -> PolicyModuleConfig:
+        try:
+            return PolicyModuleConfig.from_config(config)
+        except ValueError as exc:
+            raise ConfigError(f"CareMatrix policy module: {exc}") from exc
+
+    def _on_reload(self, outcome: ReloadOutcome) -> None:
+        if not outcome.accepted:
+            for error in outcome.errors:
+                log.error("policy edit rejected: %s", error)
+
+    def _staff(self, user_id: str) -> Staff | None:
+        if not self._api.is_mine(user_id):
+            return None
+        localpart = user_id[1:].split(":", 1)[0]
+        return self._holder.current.staff_for_localpart(localpart)
+
+    async def _room_class(self, room_id: str) -> str | None:
+        state = await self._api.get_room_state(room_id, [(ROOM_CLASS_EVENT, "")])
+        event = state.get((ROOM_CLASS_EVENT, ""))
+        if event is None:
+            return None
+        value = event.content.get("class")
+        # A malformed class still counts as a class: it resolves to "undefined" and blocks.
+        return value if isinstance(value, str) else repr(value)
+
+    def _refuse(self, verdict: Verdict, user_id: str, room_id: str, action: str) -> str:
+        log.info("policy denial rule=%s user=%s room=%s action=%s", verdict.rule, user_id, room_id, action)
+        return verdict.message()
+
+    @_fail_closed(FAILED_CLOSED.message)
+    async def check_event_for_spam(self, event: EventBase) -> Any:
+        if not self._api.is_mine(event.sender):
+            # Federation is off by default; remote events are judged by their own servers.
+            return NOT_SPAM
+        policy = self._holder.current
+        sender = self._staff(event.sender)
+        is_system = event.sender == self._config.bot_user_id
+        if event.is_state():
+            if event.type != ROOM_CLASS_EVENT:
+                return NOT_SPAM
+            verdict = decide_class_change(
+                policy,
+                await self._room_class(event.room_id),
+                event.content.get("class"),
+                sender,
+                is_system,
+            )
+        else:
+            verdict = decide_post(
+                policy, await self._room_class(event.room_id), sender, event.type, is_system
+            )
+        if verdict.allowed:
+            return NOT_SPAM
+        return self._refuse(verdict, event.sender, event.room_id, event.type)
+
+    @_fail_closed(_raise_refusal)
+    async def on_create_room(
+        self, requester: Requester, request_content: dict, is_requester_admin: bool
+    ) -> None:
+        user_id = requester.user.to_string()
+        for state in request_content.get("initial_state") or []:
+            if not isinstance(state, dict) or state.get("type") != ROOM_CLASS_EVENT:
+                continue
+            content = state.get("content")
+            verdict = decide_class_change(
+                self._holder.current,
+                None,
+                content.get("class") if isinstance(content, dict) else None,
+                self._staff(user_id),
+                user_id == self._config.bot_user_id,
+            )
+            if not verdict.allowed:
+                raise SynapseError(
+                    403, self._refuse(verdict, user_id, "(new room)", "createRoom"), Codes.FORBIDDEN
+                )
