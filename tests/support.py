@@ -1,0 +1,165 @@
+"""Helpers for end-to-end tests: a real stack, real HTTP, a real Matrix client (matrix-nio)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from nio import AsyncClient, LoginResponse
+
+from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix.seed import SeedResult, Seeder
+from carematrix.supervisor import Stack
+
+PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
+WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 also free (homeserver and appservice)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65000:
+            try:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+def pg_url_for(dbname: str) -> str:
+    return urlparse(PG_URL)._replace(path="/" + dbname).geturl()
+
+
+def drop_pg_databases(dbname: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(pg_url_for("postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in (dbname, appservice_pg_dbname(dbname)):
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    conn.close()
+
+
+@dataclass
+class RunningStack:
+    backend: str
+    deployment: Deployment
+    stack: Stack
+    seed: SeedResult
+    policy_dir: Path
+    pg_dbname: str | None
+
+    @property
+    def url(self) -> str:
+        return self.deployment.settings.homeserver_url
+
+    @property
+    def server_name(self) -> str:
+        return self.deployment.settings.server_name
+
+    def user_id(self, localpart: str) -> str:
+        return f"@{localpart}:{self.server_name}"
+
+    @property
+    def bot_user_id(self) -> str:
+        return self.deployment.bot_user_id
+
+    @property
+    def announcement_room(self) -> str:
+        return self.seed.announcement_room_id
+
+    async def login(self, localpart: str) -> AsyncClient:
+        client = AsyncClient(self.url, self.user_id(localpart))
+        resp = await client.login(self.deployment.secrets["demo_password"], device_name="e2e-test")
+        assert isinstance(resp, LoginResponse), f"login as {localpart} failed: {resp}"
+        return client
+
+
+def start_stack(backend: str, base: Path) -> RunningStack:
+    policy_dir = base / "policies"
+    shutil.copytree(REPO_ROOT / "policies", policy_dir)
+    pg_dbname = None
+    db_url = None
+    if backend == "postgres":
+        pg_dbname = f"carematrix_test_{secrets.token_hex(4)}"
+        db_url = pg_url_for(pg_dbname)
+    settings = Settings(
+        data_dir=base / "var",
+        port=free_port_pair(),
+        database=backend,
+        db_url=db_url,
+        policy_dir=policy_dir,
+        relaxed_rate_limits=True,
+    )
+    deployment = prepare(settings)
+    stack = Stack(deployment)
+    stack.start()
+    try:
+        seed = Seeder(deployment).run()
+    except BaseException:
+        stack.stop()
+        raise
+    return RunningStack(backend, deployment, stack, seed, policy_dir, pg_dbname)
+
+
+def stop_stack(running: RunningStack) -> None:
+    running.stack.stop()
+    if running.pg_dbname:
+        drop_pg_databases(running.pg_dbname)
+
+
+def timeline_events(sync_response: Any, room_id: str) -> list[dict]:
+    room = sync_response.rooms.join.get(room_id)
+    if room is None:
+        return []
+    return [e.source for e in room.timeline.events]
+
+
+async def wait_for_event(
+    client: AsyncClient,
+    room_id: str,
+    predicate: Callable[[dict], bool],
+    timeout: float = WAIT_SECONDS,
+) -> dict:
+    """Sync until an event in ``room_id`` matches; fail the test if none does in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = await client.sync(timeout=1000)
+        for event in timeline_events(resp, room_id):
+            if predicate(event):
+                return event
+    raise AssertionError(f"no matching event in {room_id} within {timeout:.0f}s")
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT_SECONDS, interval: float = 0.3) -> Any:
+    """Retry an async or sync check until it returns a truthy value (for reloads in flight)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.0f}s (last result: {last!r})")
