@@ -8,6 +8,7 @@ restart; a broken edit is rejected and the last good policy stays in force.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from synapse.events import EventBase
 from synapse.module_api import NOT_SPAM, ModuleApi
 from synapse.module_api.errors import ConfigError
 from synapse.types import Requester
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.policy.model import ROOM_CLASS_EVENT, Staff
@@ -34,6 +37,8 @@ FAILED_CLOSED = Verdict(
 )
 
 T = TypeVar("T")
+
+POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"
 
 
 def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -71,6 +76,8 @@ class CareMatrixPolicy:
         )
         api.register_spam_checker_callbacks(check_event_for_spam=self.check_event_for_spam)
         api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        self._last_rejected: ReloadOutcome | None = None
+        api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
         api.looping_background_call(
             self._holder.refresh,
             config.reload_interval_seconds * 1000,
@@ -85,7 +92,18 @@ class CareMatrixPolicy:
         except ValueError as exc:
             raise ConfigError(f"CareMatrix policy module: {exc}") from exc
 
+    def status(self) -> dict[str, Any]:
+        """What this worker enforces, for ``carematrix status`` (no policy content)."""
+        rejected = self._last_rejected
+        return {
+            "digest": self._holder.current.digest,
+            "worker": self._api.worker_name or "main",
+            "last_edit_rejected": rejected is not None,
+            "rejected_error_count": len(rejected.errors) if rejected else 0,
+        }
+
     def _on_reload(self, outcome: ReloadOutcome) -> None:
+        self._last_rejected = None if outcome.accepted else outcome
         if not outcome.accepted:
             for error in outcome.errors:
                 log.error("policy edit rejected: %s", error)
@@ -155,3 +173,16 @@ class CareMatrixPolicy:
                 raise SynapseError(
                     403, self._refuse(verdict, user_id, "(new room)", "createRoom"), Codes.FORBIDDEN
                 )
+
+
+class PolicyStatusResource(Resource):
+    isLeaf = True
+
+    def __init__(self, module: CareMatrixPolicy) -> None:
+        super().__init__()
+        self._module = module
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - twisted naming
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps(self._module.status()).encode()

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from nio import AsyncClient, LoginResponse
 
 from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
-from carematrix.seed import SeedResult, Seeder
+from carematrix.seed import Seeder, SeedResult
 from carematrix.supervisor import Stack
 
 PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")

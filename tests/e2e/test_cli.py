@@ -1,0 +1,211 @@
+"""The operator's commands: `carematrix up` (what `make run` calls), `status`, `policy check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nio import AsyncClient, LoginResponse, RoomSendResponse
+
+from carematrix.deploy import REPO_ROOT
+
+CLI = str(Path(sys.executable).parent / "carematrix")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+class UpProcess:
+    """`carematrix up` in the background, read until it says it is ready."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [CLI, "up", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "CAREMATRIX_PORT": str(port)},
+        )
+        self.lines: list[str] = []
+
+    def wait_ready(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("carematrix up exited early:\n" + "".join(self.lines))
+            self.lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                return "".join(self.lines)
+        raise AssertionError("carematrix up did not become ready:\n" + "".join(self.lines))
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        rest, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, rest
+
+
+def port_is_free(port: int) -> bool:
+    """Nobody listens on it (SO_REUSEADDR, as servers bind, ignores TIME_WAIT leftovers)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+async def login_and_post(port: int, localpart: str, password: str) -> None:
+    client = AsyncClient(f"http://127.0.0.1:{port}", f"@{localpart}:localhost")
+    try:
+        resp = await client.login(password)
+        assert isinstance(resp, LoginResponse), resp
+        room = (await client.room_resolve_alias("#announcements:localhost")).room_id
+        sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "Ward round moved to 09:00"})
+        assert isinstance(sent, RoomSendResponse), sent
+    finally:
+        await client.close()
+
+
+async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_path: Path):
+    from tests.support import free_port_pair
+
+    data_dir = tmp_path / "var"
+    port = free_port_pair()
+    first = UpProcess(data_dir, port)
+    try:
+        banner = first.wait_ready()
+        password = re.search(r"password for all: (\S+)\)", banner).group(1)
+        assert f"http://localhost:{port}" in banner
+        assert "a0001" in banner and "周明 Zhou Ming" in banner
+        await login_and_post(port, "a0001", password)
+        status = run_cli("status", "--data-dir", str(data_dir))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "homeserver  OK" in status.stdout and "appservice  OK" in status.stdout
+    finally:
+        code, rest = first.interrupt()
+    assert code == 0, rest
+    assert "CareMatrix stopped." in rest
+    assert port_is_free(port) and port_is_free(port + 1), "a child process outlived carematrix up"
+    secrets_before = (data_dir / "secrets.json").read_text()
+    key_before = (data_dir / "synapse" / "signing.key").read_text()
+    assert oct((data_dir / "secrets.json").stat().st_mode & 0o777) == "0o600"
+
+    second = UpProcess(data_dir, port)
+    try:
+        banner = second.wait_ready()
+        assert f"password for all: {password})" in banner
+        await login_and_post(port, "a0001", password)
+    finally:
+        code, rest = second.interrupt()
+    assert code == 0, rest
+    assert (data_dir / "secrets.json").read_text() == secrets_before
+    assert (data_dir / "synapse" / "signing.key").read_text() == key_before
+
+    down = run_cli("status", "--data-dir", str(data_dir))
+    assert down.returncode == 1
+    assert "homeserver  DOWN" in down.stdout
+
+
+def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(port))
+    assert result.returncode == 2
+    assert f"error: port {port} on 127.0.0.1 (homeserver) is already in use" in result.stderr
+    assert not (tmp_path / "var").exists(), "a failed start wrote into the data dir"
+
+
+def test_up_refuses_an_unwritable_data_dir(tmp_path: Path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    result = run_cli("up", "--data-dir", str(blocker / "var"), "--port", "1")
+    assert result.returncode == 2
+    assert f"cannot create data dir {blocker / 'var'}" in result.stderr
+
+
+def test_up_reports_unreachable_postgres(tmp_path: Path):
+    from tests.support import free_port_pair
+
+    result = run_cli(
+        "up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()),
+        "--database", "postgres", "--db-url", "postgresql://postgres@127.0.0.1:1/carematrix",
+    )
+    assert result.returncode == 2
+    assert "cannot reach PostgreSQL at 127.0.0.1:1" in result.stderr
+    assert not (tmp_path / "var" / "secrets.json").exists()
+
+
+def test_up_refuses_an_invalid_policy_and_writes_nothing(tmp_path: Path):
+    from tests.support import free_port_pair
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "hospital.yaml").write_text("hospital:\n  name: Test\nroles: {}\nunits:\n  - id: ward\n    name: Ward\n")
+    (policies / "staff.yaml").write_text("staff:\n  - staff_number: N1\n    name: Nurse\n    units: [nowhere]\n    position: nurse\n")
+    result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()), "--policy-dir", str(policies))
+    assert result.returncode == 2
+    assert f"{policies / 'staff.yaml'}:4: staff member N1 names unknown unit 'nowhere'" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_policy_check_accepts_the_shipped_demo_hospital():
+    result = run_cli("policy", "check", str(REPO_ROOT / "policies"))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("OK: ")
+    assert "9 staff" in result.stdout
+
+
+def test_policy_check_lists_every_error_as_file_line_what(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(
+        "hospital:\n  name: Test\nroles:\n  announcer: {}\nunits:\n  - id: icu\n    name: ICU\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "staff:\n"
+        "  - staff_number: N1\n    name: A\n    units: [icu]\n    position: nurse\n"
+        "  - staff_number: N1\n    name: B\n    units: [icu]\n    position: nurse\n"
+        "room_classes:\n  announcement:\n    post: {roles: [annoucer]}\n    colour: red\n"
+    )
+    result = run_cli("policy", "check", str(tmp_path))
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    b = tmp_path / "b.yaml"
+    assert f"{b}:6: staff number 'N1' is used twice (first at line 2)" in lines
+    assert any(line.startswith(f"{b}:12: 'post' of room class 'announcement' names unknown role 'annoucer'") for line in lines), lines
+    assert any(line.startswith(f"{b}:13: unknown key 'colour' in room class 'announcement'") for line in lines), lines
+    assert "3 error(s)" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["{}", "[]"])
+def test_policy_check_rejects_a_directory_without_a_hospital(tmp_path: Path, content: str):
+    (tmp_path / "x.yaml").write_text(content)
+    result = run_cli("policy", "check", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{tmp_path / 'x.yaml'}:1:")
+
+
+def test_deployment_files_never_hold_placeholders(tmp_path: Path):
+    """Rendered configs are complete: every value came from settings or fresh secrets."""
+    from carematrix.deploy import Settings, prepare
+
+    d = prepare(Settings(data_dir=tmp_path / "var", port=18500))
+    for path in (d.paths.homeserver_config, d.paths.registration, d.paths.appservice_config):
+        text = path.read_text()
+        assert "${" not in text
+        assert d.secrets["as_token"] in d.paths.registration.read_text()
+    assert json.loads(d.paths.secrets.read_text())["registration_shared_secret"] in d.paths.homeserver_config.read_text()
