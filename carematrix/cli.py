@@ -14,7 +14,7 @@ from carematrix.deploy import (
     REPO_ROOT,
     DeployError,
     Settings,
-    check_port_free,
+    check_ports,
     load_existing,
     prepare,
 )
@@ -66,8 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
-    check_port_free(settings.bind_address, settings.port, "homeserver", "stop what uses it or set CAREMATRIX_PORT / --port")
-    check_port_free("127.0.0.1", settings.appservice_port, "appservice", "stop what uses it or set CAREMATRIX_APPSERVICE_PORT / --appservice-port")
+    check_ports(settings)
     deployment = prepare(settings)
     stack = Stack(deployment)
     print(f"Starting CareMatrix from {settings.data_dir} ({settings.database}) ...", flush=True)

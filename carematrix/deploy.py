@@ -50,6 +50,8 @@ class Settings:
     policy_dir: Path = DEFAULT_POLICY_DIR
     # Tests and benchmarks drive many messages per second from a handful of accounts.
     relaxed_rate_limits: bool = False
+    # False renders a plain Synapse (no modules, no appservice): the benchmark baseline.
+    carematrix_enabled: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -143,6 +145,18 @@ def check_port_free(host: str, port: int, what: str, hint: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise DeployError(f"port {port} on {host} ({what}) is already in use: {exc.strerror}; {hint}") from exc
+
+
+def check_ports(settings: Settings) -> None:
+    """Both listening ports must be free before anything starts or is written."""
+    check_port_free(settings.bind_address, settings.port, "homeserver", "stop what uses it or set CAREMATRIX_PORT / --port")
+    if settings.carematrix_enabled:
+        check_port_free(
+            "127.0.0.1",
+            settings.appservice_port,
+            "appservice",
+            "stop what uses it or set CAREMATRIX_APPSERVICE_PORT / --appservice-port",
+        )
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -323,7 +337,21 @@ def prepare(settings: Settings) -> Deployment:
         "log_config": str(paths.log_config),
         "media_store_path": str(paths.media),
         "signing_key_path": str(paths.signing_key),
-        "appservice_registration": str(paths.registration),
+        "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
+        "modules": (
+            [
+                {
+                    "module": "synapse_modules.policy_module.CareMatrixPolicy",
+                    "config": {
+                        "policy_dir": str(settings.policy_dir),
+                        "bot_user_id": deployment.bot_user_id,
+                        "reload_interval_seconds": 1,
+                    },
+                }
+            ]
+            if settings.carematrix_enabled
+            else []
+        ),
         "rc_message": relaxed if settings.relaxed_rate_limits else {"per_second": 10, "burst_count": 50},
         "rc_login": (
             {k: relaxed for k in ("address", "account", "failed_attempts")}
@@ -331,8 +359,6 @@ def prepare(settings: Settings) -> Deployment:
             else {"address": {"per_second": 1, "burst_count": 20}, "account": {"per_second": 1, "burst_count": 20}, "failed_attempts": {"per_second": 0.2, "burst_count": 5}}
         ),
         "policy_dir": str(settings.policy_dir),
-        "bot_user_id": deployment.bot_user_id,
-        "policy_reload_seconds": 1,
         "log_file": str(paths.synapse_log),
         "log_level": settings.log_level,
         "appservice_url": settings.appservice_url,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carematrix.deploy import Deployment, check_port_free
+from carematrix.deploy import Deployment, check_ports
 from carematrix.http import HttpError, request_json
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,10 @@ class Stack:
             p.appservice_dir,
             f"{s.appservice_url}/_carematrix/health",
         )
-        self.processes = [self.synapse, self.appservice]
-
-    def check_ports(self) -> None:
-        s = self.deployment.settings
-        check_port_free(s.bind_address, s.port, "homeserver", "stop what uses it or set CAREMATRIX_PORT / --port")
-        check_port_free("127.0.0.1", s.appservice_port, "appservice", "stop what uses it or set CAREMATRIX_APPSERVICE_PORT / --appservice-port")
+        self.processes = [self.synapse, self.appservice] if s.carematrix_enabled else [self.synapse]
 
     def start(self, timeout: float = 180.0) -> None:
-        self.check_ports()
+        check_ports(self.deployment.settings)
         for proc in self.processes:
             proc.start()
             self._wait_healthy(proc, timeout)

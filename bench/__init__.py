@@ -1,0 +1,1 @@
+"""CareMatrix benchmarks: every figure is a ratio against plain Synapse measured in the same run."""
