@@ -1,0 +1,113 @@
+"""The policy loader: every mistake is reported as file:line: what, and nothing half-loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from carematrix.deploy import REPO_ROOT
+from carematrix.policy import PolicyInvalid, load_policy
+from carematrix.policy.loader import load_policy_texts
+
+HOSPITAL = """\
+hospital:
+  name: Test Hospital
+roles:
+  announcer: {description: posts notices}
+units:
+  - id: hosp
+    name: Hospital
+    children:
+      - id: icu
+        name: ICU
+"""
+
+
+def errors_of(*files: tuple[str, str]) -> list[str]:
+    with pytest.raises(PolicyInvalid) as exc:
+        load_policy_texts(list(files))
+    return [str(e) for e in exc.value.errors]
+
+
+def test_shipped_demo_hospital_loads():
+    policy = load_policy(REPO_ROOT / "policies")
+    assert policy.room_classes["announcement"].post.roles == {"announcer"}
+    announcer = policy.staff_for_localpart("a0001")
+    assert announcer is not None and "announcer" in announcer.roles
+
+
+def test_nested_units_know_their_parent():
+    policy = load_policy_texts([("h.yaml", HOSPITAL)])
+    assert policy.units["icu"].parent == "hosp"
+    assert policy.units["hosp"].parent is None
+
+
+def test_staff_number_maps_to_a_lowercase_matrix_localpart():
+    staff = "staff:\n  - staff_number: N3001\n    name: 刘洋\n    units: [icu]\n    position: nurse\n"
+    policy = load_policy_texts([("h.yaml", HOSPITAL), ("s.yaml", staff)])
+    assert policy.staff_for_localpart("n3001").name == "刘洋"
+
+
+def test_yaml_syntax_error_names_the_line():
+    errors = errors_of(("h.yaml", HOSPITAL), ("bad.yaml", "staff:\n  - name: [unclosed\n"))
+    assert len(errors) == 1 and errors[0].startswith("bad.yaml:") and "invalid YAML" in errors[0]
+
+
+def test_duplicate_key_is_an_error_not_a_silent_override():
+    errors = errors_of(("h.yaml", HOSPITAL + "room_classes:\n  a: {}\n  a: {}\n"))
+    assert any(e.startswith("h.yaml:13:") and "duplicate key 'a'" in e for e in errors), errors
+
+
+def test_section_defined_in_two_files():
+    errors = errors_of(("h.yaml", HOSPITAL), ("x.yaml", "roles:\n  auditor: {}\n"))
+    assert errors == ["x.yaml:1: section 'roles' is already defined in h.yaml:3"]
+
+
+def test_unknown_unit_role_and_key_are_all_reported_together():
+    staff = (
+        "staff:\n"
+        "  - staff_number: D1\n"
+        "    name: Dr A\n"
+        "    units: [cardiology]\n"
+        "    position: doctor\n"
+        "    roles: [chief]\n"
+        "    shoe_size: 42\n"
+    )
+    errors = errors_of(("h.yaml", HOSPITAL), ("s.yaml", staff))
+    assert any(e.startswith("s.yaml:4: staff member D1 names unknown unit 'cardiology'") for e in errors)
+    assert any(e.startswith("s.yaml:6: staff member D1 has unknown role 'chief'") for e in errors)
+    assert any(e.startswith("s.yaml:7: unknown key 'shoe_size' in a staff member") for e in errors)
+
+
+def test_duplicate_staff_numbers_ignore_case():
+    staff = (
+        "staff:\n"
+        "  - {staff_number: n1, name: A, units: [icu], position: nurse}\n"
+        "  - {staff_number: N1, name: B, units: [icu], position: nurse}\n"
+    )
+    errors = errors_of(("h.yaml", HOSPITAL), ("s.yaml", staff))
+    assert errors == ["s.yaml:3: staff number 'N1' is used twice (first at line 2)"]
+
+
+def test_room_class_must_name_declared_roles_and_known_staff():
+    rooms = "room_classes:\n  announcement:\n    post:\n      roles: [announcers]\n      staff: [X9]\n"
+    errors = errors_of(("h.yaml", HOSPITAL), ("r.yaml", rooms))
+    assert any(e.startswith("r.yaml:4:") and "unknown role 'announcers'" in e for e in errors)
+    assert any(e.startswith("r.yaml:5:") and "unknown staff number 'X9'" in e for e in errors)
+
+
+def test_missing_hospital_section():
+    errors = errors_of(("r.yaml", "room_classes: {}\n"))
+    assert errors == ["r.yaml:1: no 'hospital' section in any policy file"]
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(PolicyInvalid) as exc:
+        load_policy(tmp_path / "nope")
+    assert "policy directory does not exist" in str(exc.value)
+
+
+def test_digest_changes_with_content_only():
+    a = load_policy_texts([("h.yaml", HOSPITAL)])
+    b = load_policy_texts([("h.yaml", HOSPITAL)])
+    c = load_policy_texts([("h.yaml", HOSPITAL.replace("Test Hospital", "Other"))])
+    assert a.digest == b.digest != c.digest
