@@ -28,6 +28,8 @@ class AppserviceConfig:
     database: str
     policy_dir: Path
     log_file: Path | None
+    # Password given to accounts org sync creates (demo only; production logs in via SSO).
+    initial_password: str | None = None
 
     @property
     def bot_user_id(self) -> str:
@@ -69,6 +71,12 @@ class AppserviceConfig:
         if not isinstance(policy_dir, str):
             raise ValueError("'policy_dir' must be the path of the policies directory")
         log_file = raw.get("log_file")
+        org = raw.get("org") or {}
+        if not isinstance(org, dict):
+            raise ValueError("'org' must be a mapping")
+        initial_password = org.get("initial_password")
+        if initial_password is not None and (not isinstance(initial_password, str) or len(initial_password) < 8):
+            raise ValueError("'org.initial_password' must be text of at least 8 characters, or null")
         return cls(
             homeserver_url=text(hs, "url", "homeserver").rstrip("/"),
             domain=text(hs, "domain", "homeserver"),
@@ -81,4 +89,5 @@ class AppserviceConfig:
             database=text(asv, "database", "appservice"),
             policy_dir=Path(policy_dir),
             log_file=Path(log_file) if isinstance(log_file, str) else None,
+            initial_password=initial_password,
         )

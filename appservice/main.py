@@ -13,30 +13,59 @@ from pathlib import Path
 from aiohttp import web
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
+from mautrix.errors import MForbidden
 from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 from mautrix.util.async_db import Database
 
 from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
+from appservice.org_sync import OrgSyncService
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 
 log = logging.getLogger("carematrix.appservice")
 
 HEALTH_PATH = "/_carematrix/health"
+BOT_DISPLAY_NAME = "CareMatrix"
+ORG_SYNC_PATH = "/_carematrix/org/sync"
 POLICY_POLL_SECONDS = 2.0
 
 
 class Bot:
-    def __init__(self, config: AppserviceConfig, appserv: AppService, policy: PolicyHolder) -> None:
+    def __init__(
+        self, config: AppserviceConfig, appserv: AppService, policy: PolicyHolder, org: OrgSyncService
+    ) -> None:
         self.config = config
         self.appserv = appserv
         self.policy = policy
+        self.org = org
         self.started_at = time.time()
         self.last_rejected: ReloadOutcome | None = None
+        self._applied_digest = policy.current.digest
 
     def on_policy_outcome(self, outcome: ReloadOutcome) -> None:
         self.last_rejected = None if outcome.accepted else outcome
+        if outcome.accepted and outcome.digest != self._applied_digest and self.appserv.ready:
+            # The org tree or the standard rooms may have changed: bring Matrix in line.
+            self._applied_digest = outcome.digest
+            asyncio.get_running_loop().create_task(self._auto_sync())
+
+    async def _auto_sync(self) -> None:
+        try:
+            await self.org.run()
+        except Exception:
+            log.exception("automatic org sync failed")
+
+    async def org_sync(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.config.as_token}":
+            return web.json_response({"errcode": "M_FORBIDDEN", "error": "bad token"}, status=403)
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"errcode": "M_BAD_JSON", "error": "body must be JSON"}, status=400)
+        report = await self.org.run(dry_run=bool(body.get("dry_run")))
+        self._applied_digest = report.policy_digest
+        return web.json_response(report.as_json())
 
     async def on_event(self, evt: Event) -> None:
         try:
@@ -85,6 +114,11 @@ class Bot:
         }
         if self.last_rejected is not None:
             body["policy_rejected_edit"] = [str(e) for e in self.last_rejected.errors]
+        if self.org.last_report is not None:
+            body["org_sync"] = {
+                "policy_digest": self.org.last_report.policy_digest,
+                "errors": len(self.org.last_report.errors),
+            }
         return web.json_response(body, status=200 if self.appserv.ready else 503)
 
     async def poll_policy(self) -> None:
@@ -111,10 +145,21 @@ async def run(config: AppserviceConfig) -> None:
         state_store=PgASStateStore(db),
         ephemeral_events=True,
     )
-    bot = Bot(config, appserv, holder)
+    org = OrgSyncService(
+        db,
+        holder,
+        config.homeserver_url,
+        config.as_token,
+        config.domain,
+        appserv.bot_mxid,
+        config.initial_password,
+    )
+    await org.setup()
+    bot = Bot(config, appserv, holder, org)
     holder._on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
+    appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,7 +172,12 @@ async def run(config: AppserviceConfig) -> None:
         if stop.is_set():
             return
         await appserv.intent.ensure_registered()
-        await appserv.intent.set_displayname("CareMatrix")
+        try:
+            await appserv.intent.set_displayname(BOT_DISPLAY_NAME)
+        except MForbidden:
+            # Real-name servers lock display names; `carematrix up` sets the bot's through
+            # the admin API instead.
+            log.info("display names are locked on this server; bot name set by admin tooling")
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())

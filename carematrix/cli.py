@@ -51,7 +51,7 @@ def _port(value: str) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from carematrix.seed import Seeder
+    from carematrix.seed import Seeder, SeedFailed
     from carematrix.supervisor import Stack, StartupFailed
 
     port = args.port or _env_int("CAREMATRIX_PORT", 8008)
@@ -64,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         database=args.database,
         db_url=args.db_url,
         policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
+        demo=not args.no_demo,
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
     check_ports(settings)
@@ -80,8 +81,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         stack.start()
-        result = Seeder(deployment).run() if not args.no_demo else None
-    except StartupFailed as exc:
+        result = Seeder(deployment).run()
+    except (StartupFailed, SeedFailed) as exc:
+        stack.stop()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (HttpError, OSError) as exc:
@@ -103,7 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _print_banner(deployment: object, result: object) -> None:
     from carematrix.deploy import Deployment
-    from carematrix.seed import SeedResult, display_name
+    from carematrix.seed import SeedResult
 
     assert isinstance(deployment, Deployment)
     s = deployment.settings
@@ -116,12 +118,12 @@ def _print_banner(deployment: object, result: object) -> None:
         f"  Data dir       : {s.data_dir}",
         f"  Bot            : {deployment.bot_user_id} (DM it '!ping')",
     ]
-    if isinstance(result, SeedResult):
+    if isinstance(result, SeedResult) and s.demo:
         policy = load_policy(s.policy_dir)
         lines.append(f"  Demo logins (password for all: {deployment.secrets['demo_password']}):")
         for staff in policy.staff:
             roles = f" [{', '.join(sorted(staff.roles))}]" if staff.roles else ""
-            lines.append(f"    {staff.localpart:<8} {display_name(staff, policy)}{roles}")
+            lines.append(f"    {staff.localpart:<8} {policy.display_name(staff)}{roles}")
         lines.append(f"  Announcements  : #announcements:{s.server_name}")
     lines += [
         "  Connect Element: Sign in -> Edit homeserver -> " + url + ", then a demo login above.",
@@ -169,6 +171,59 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_org_sync(args: argparse.Namespace) -> int:
+    from carematrix.seed import Seeder
+
+    deployment = load_existing(args.data_dir or _default_data_dir())
+    try:
+        report = Seeder(deployment).org_sync(dry_run=args.dry_run)
+    except (HttpError, OSError) as exc:
+        print(f"error: cannot reach the CareMatrix appservice at {deployment.settings.appservice_url} "
+              f"({exc}); is the stack running (make run)?", file=sys.stderr)
+        return EXIT_FAILED
+    header = "Dry run: these changes would be made" if args.dry_run else "Applied"
+    print(f"{header} (policy {report['policy_digest'][:12]}):")
+    for line in report["actions"] or ["(nothing to change)"]:
+        print(f"  {line}")
+    for line in report["errors"]:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_FAILED if report["errors"] else EXIT_OK
+
+
+def cmd_org_import(args: argparse.Namespace) -> int:
+    from carematrix.org.importer import import_staff, parse_mapping
+
+    directory = args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR)
+    try:
+        mapping = parse_mapping(args.map or [])
+        text = args.csv.read_text(encoding=args.encoding)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot read {args.csv}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        policy = load_policy(directory)
+    except PolicyInvalid as exc:
+        print(f"error: the policy in {directory} is invalid; fix it first:\n{exc}", file=sys.stderr)
+        return EXIT_FAILED
+    result = import_staff(str(args.csv), text, mapping, policy)
+    if result.errors:
+        for error in result.errors:
+            print(error)
+        print(f"org import failed: {len(result.errors)} error(s); nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    if args.out is None:
+        sys.stdout.write(result.yaml())
+    else:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(result.yaml(), encoding="utf-8")
+        tmp.replace(args.out)
+        print(f"wrote {len(result.staff)} staff to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carematrix", description="CareMatrix clinical messaging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--server-name", default=os.environ.get("CAREMATRIX_SERVER_NAME", "localhost"))
     up.add_argument("--bind", default="127.0.0.1", help="address the homeserver listens on")
     up.add_argument("--policy-dir", type=Path, help="policies directory (default ./policies)")
-    up.add_argument("--no-demo", action="store_true", help="do not create the demo accounts and rooms")
+    up.add_argument("--no-demo", action="store_true", help="accounts get no password (sign-in via SSO); no demo logins printed")
     up.set_defaults(func=cmd_up)
 
     policy = sub.add_parser("policy", help="work with policy files")
@@ -190,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate the policy directory")
     check.add_argument("path", nargs="?", type=Path)
     check.set_defaults(func=cmd_policy_check)
+
+    org = sub.add_parser("org", help="the organisation: sync into Matrix, import from HR")
+    org_sub = org.add_subparsers(dest="org_command", required=True)
+    sync = org_sub.add_parser("sync", help="bring accounts, spaces and rooms in line with the policy")
+    sync.add_argument("--dry-run", action="store_true", help="print the changes without making them")
+    sync.add_argument("--data-dir", type=Path)
+    sync.set_defaults(func=cmd_org_sync)
+    imp = org_sub.add_parser("import", help="turn an HR export (CSV) into the staff policy (YAML)")
+    imp.add_argument("csv", type=Path)
+    imp.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="CSV column for a field (repeatable)")
+    imp.add_argument("--out", type=Path, help="write the YAML here (default: standard output)")
+    imp.add_argument("--encoding", default="utf-8-sig", help="CSV encoding (default utf-8-sig; e.g. gb18030)")
+    imp.add_argument("--policy-dir", type=Path, help="policy whose units and roles rows must use")
+    imp.set_defaults(func=cmd_org_import)
 
     status = sub.add_parser("status", help="health of a running stack")
     status.add_argument("--data-dir", type=Path)

@@ -52,6 +52,8 @@ class Settings:
     relaxed_rate_limits: bool = False
     # False renders a plain Synapse (no modules, no appservice): the benchmark baseline.
     carematrix_enabled: bool = True
+    # Demo mode gives org-sync-created accounts the demo password.
+    demo: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -361,6 +363,7 @@ def prepare(settings: Settings) -> Deployment:
         "policy_dir": str(settings.policy_dir),
         "log_file": str(paths.synapse_log),
         "log_level": settings.log_level,
+        "background_update_sleep": not settings.relaxed_rate_limits,
         "appservice_url": settings.appservice_url,
         "bot_localpart": BOT_LOCALPART,
         "role_user_regex": f"@role-.+:{server_re}",
@@ -371,6 +374,7 @@ def prepare(settings: Settings) -> Deployment:
         "appservice_port": settings.appservice_port,
         "appservice_database": appservice_database,
         "appservice_log_file": str(paths.appservice_log),
+        "initial_password": secret_values["demo_password"] if settings.demo else None,
     }
     for key in SECRET_KEYS:
         values[key] = secret_values[key]

@@ -1,7 +1,8 @@
-"""Create the hospital's accounts and standard rooms on a running homeserver.
+"""Bring a freshly started homeserver to the state the org policy describes.
 
-Idempotent: run at every ``carematrix up``; existing accounts keep their passwords and
-sessions, display names follow the org policy, missing rooms are created.
+Idempotent: run at every ``carematrix up``. Creates the admin account used by tooling,
+makes the bot a server admin, and asks the appservice for an org sync (accounts, spaces,
+standard rooms, memberships); existing accounts keep their passwords and sessions.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from carematrix.deploy import ADMIN_LOCALPART, Deployment
 from carematrix.http import HttpError, request_json
-from carematrix.policy import Policy, Staff, load_policy
-from carematrix.policy.model import ROOM_CLASS_EVENT
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,6 @@ ANNOUNCEMENT_ALIAS = "announcements"
 class SeedResult:
     created_users: list[str]
     announcement_room_id: str
-
-
-def display_name(staff: Staff, policy: Policy) -> str:
-    """``<name> · <unit> · <title>``: what colleagues see in every client."""
-    unit = policy.units.get(staff.units[0]) if staff.units else None
-    parts = [staff.name, unit.name if unit else "", staff.title]
-    return " · ".join(p for p in parts if p)
 
 
 class Seeder:
@@ -78,65 +71,54 @@ class Seeder:
             self._admin_token = resp["access_token"]
         return self._admin_token
 
-    def ensure_staff(self, policy: Policy, password: str) -> list[str]:
-        token = self.admin_token()
-        created = []
-        for staff in policy.staff:
-            uid = self.user_id(staff.localpart)
-            url = f"{self.base}/_synapse/admin/v2/users/{quote(uid)}"
-            name = display_name(staff, policy)
-            try:
-                current = request_json("GET", url, token=token)
-            except HttpError as exc:
-                if exc.status != 404:
-                    raise
-                current = None
-            if current is None:
-                request_json("PUT", url, {"password": password, "displayname": name}, token=token)
-                created.append(uid)
-            elif current.get("displayname") != name or current.get("deactivated"):
-                request_json("PUT", url, {"displayname": name}, token=token)
-        return created
+    def promote_bot(self) -> None:
+        """Org sync runs as the bot and needs the admin API (accounts, forced joins)."""
+        request_json(
+            "PUT",
+            f"{self.base}/_synapse/admin/v2/users/{quote(self.d.bot_user_id)}",
+            {"admin": True, "displayname": "CareMatrix"},
+            token=self.admin_token(),
+        )
 
-    def ensure_announcement_room(self, policy: Policy) -> str:
-        alias = f"#{ANNOUNCEMENT_ALIAS}:{self.server}"
-        as_token = self.d.secrets["as_token"]
-        try:
-            room_id = request_json(
-                "GET", f"{self.base}/_matrix/client/v3/directory/room/{quote(alias)}", token=as_token
-            )["room_id"]
-        except HttpError as exc:
-            if exc.status != 404:
-                raise
-            room_id = request_json(
-                "POST",
-                f"{self.base}/_matrix/client/v3/createRoom",
-                {
-                    "room_alias_name": ANNOUNCEMENT_ALIAS,
-                    "name": "全院公告 Hospital Announcements",
-                    "topic": "[Announcement channel] Official notices for all staff. "
-                    "Only announcers post; acknowledge with a reaction.",
-                    "preset": "public_chat",
-                    "visibility": "private",
-                    "creation_content": {"m.federate": False},
-                    "initial_state": [
-                        {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "announcement"}}
-                    ],
-                },
-                token=as_token,
-            )["room_id"]
-        admin = self.admin_token()
-        for staff in policy.staff:
-            request_json(
-                "POST",
-                f"{self.base}/_synapse/admin/v1/join/{quote(room_id)}",
-                {"user_id": self.user_id(staff.localpart)},
-                token=admin,
-            )
-        return room_id
+    def org_sync(self, dry_run: bool = False) -> dict:
+        return request_json(
+            "POST",
+            f"{self.d.settings.appservice_url}/_carematrix/org/sync",
+            {"dry_run": dry_run},
+            token=self.d.secrets["as_token"],
+            timeout=3600,
+        )
+
+    def room_for_alias(self, alias_localpart: str) -> str:
+        alias = f"#{alias_localpart}:{self.server}"
+        return request_json(
+            "GET", f"{self.base}/_matrix/client/v3/directory/room/{quote(alias)}", token=self.d.secrets["as_token"]
+        )["room_id"]
+
+    def wait_for_background_updates(self, timeout: float = 600.0) -> None:
+        """A fresh database gets some indexes from background updates; until they finish,
+        a few admin operations (e.g. reactivating an account on PostgreSQL) fail."""
+        url = f"{self.base}/_synapse/admin/v1/background_updates/status"
+        deadline = time.monotonic() + timeout
+        idle_polls = 0
+        while idle_polls < 3:
+            if time.monotonic() > deadline:
+                raise SeedFailed(f"database background updates still running after {timeout:.0f}s")
+            status = request_json("GET", url, token=self.admin_token())
+            idle_polls = idle_polls + 1 if not status.get("current_updates") else 0
+            time.sleep(0.3)
 
     def run(self) -> SeedResult:
-        policy = load_policy(self.d.settings.policy_dir)
-        created = self.ensure_staff(policy, self.d.secrets["demo_password"])
-        room_id = self.ensure_announcement_room(policy)
-        return SeedResult(created, room_id)
+        self.wait_for_background_updates()
+        self.promote_bot()
+        report = self.org_sync()
+        if report["errors"]:
+            errors = report["errors"]
+            shown = "\n".join(errors[:10]) + (f"\n... and {len(errors) - 10} more" if len(errors) > 10 else "")
+            raise SeedFailed(f"org sync reported {len(errors)} error(s):\n{shown}")
+        created = [a for a in report["actions"] if a.startswith("+ account")]
+        return SeedResult(created, self.room_for_alias(ANNOUNCEMENT_ALIAS))
+
+
+class SeedFailed(Exception):
+    pass

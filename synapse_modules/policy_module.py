@@ -22,9 +22,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
-from carematrix.policy.model import ROOM_CLASS_EVENT, Staff
+from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState, Staff
 from carematrix.rules import Verdict
-from carematrix.rules.room_class import decide_class_change, decide_post
+from carematrix.rules.creation import decide_create
+from carematrix.rules.membership import decide_membership
+from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
+from synapse_modules.compat import refusal_with_reason
 from synapse_modules.config import PolicyModuleConfig
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,12 @@ class CareMatrixPolicy:
             self._holder.current.digest[:12],
             config.policy_dir,
         )
-        api.register_spam_checker_callbacks(check_event_for_spam=self.check_event_for_spam)
+        api.register_spam_checker_callbacks(
+            check_event_for_spam=self.check_event_for_spam,
+            user_may_join_room=self.user_may_join_room,
+            user_may_invite=self.user_may_invite,
+            user_may_publish_room=self.user_may_publish_room,
+        )
         api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
         self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
@@ -108,20 +116,26 @@ class CareMatrixPolicy:
             for error in outcome.errors:
                 log.error("policy edit rejected: %s", error)
 
+    def _is_system(self, user_id: str) -> bool:
+        """The bot and the appservice's role users act for the hospital, not a person."""
+        return user_id == self._config.bot_user_id or (
+            self._api.is_mine(user_id) and user_id.startswith("@role-")
+        )
+
     def _staff(self, user_id: str) -> Staff | None:
         if not self._api.is_mine(user_id):
             return None
         localpart = user_id[1:].split(":", 1)[0]
         return self._holder.current.staff_for_localpart(localpart)
 
-    async def _room_class(self, room_id: str) -> str | None:
+    async def _room_state(self, room_id: str) -> RoomClassState:
         state = await self._api.get_room_state(room_id, [(ROOM_CLASS_EVENT, "")])
         event = state.get((ROOM_CLASS_EVENT, ""))
-        if event is None:
-            return None
-        value = event.content.get("class")
-        # A malformed class still counts as a class: it resolves to "undefined" and blocks.
-        return value if isinstance(value, str) else repr(value)
+        return RoomClassState() if event is None else RoomClassState.from_content(event.content)
+
+    async def _member_count(self, room_id: str) -> int:
+        state = await self._api.get_room_state(room_id, [("m.room.member", None)])
+        return sum(1 for e in state.values() if e.content.get("membership") in ("join", "invite"))
 
     def _refuse(self, verdict: Verdict, user_id: str, room_id: str, action: str) -> str:
         log.info("policy denial rule=%s user=%s room=%s action=%s", verdict.rule, user_id, room_id, action)
@@ -133,46 +147,94 @@ class CareMatrixPolicy:
             # Federation is off by default; remote events are judged by their own servers.
             return NOT_SPAM
         policy = self._holder.current
-        sender = self._staff(event.sender)
-        is_system = event.sender == self._config.bot_user_id
-        if event.is_state():
-            if event.type != ROOM_CLASS_EVENT:
-                return NOT_SPAM
+        is_system = self._is_system(event.sender)
+        room = await self._room_state(event.room_id)
+        if event.is_state() and event.type == ROOM_CLASS_EVENT:
             verdict = decide_class_change(
                 policy,
-                await self._room_class(event.room_id),
+                room.class_id,
                 event.content.get("class"),
-                sender,
+                self._staff(event.sender),
                 is_system,
+                event.content.get("unit"),
             )
+        elif event.is_state():
+            verdict = decide_state_change(policy, room, event.type, event.content, is_system)
         else:
-            verdict = decide_post(
-                policy, await self._room_class(event.room_id), sender, event.type, is_system
-            )
+            verdict = decide_post(policy, room.class_id, self._staff(event.sender), event.type, is_system)
         if verdict.allowed:
             return NOT_SPAM
         return self._refuse(verdict, event.sender, event.room_id, event.type)
+
+    @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
+    async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
+        verdict = decide_membership(
+            self._holder.current,
+            await self._room_state(room_id),
+            self._staff(user_id),
+            self._is_system(user_id),
+            "join",
+        )
+        if verdict.allowed:
+            return NOT_SPAM
+        self._refuse(verdict, user_id, room_id, "join")
+        return refusal_with_reason(verdict)
+
+    @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
+    async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> Any:
+        room = await self._room_state(room_id)
+        policy = self._holder.current
+        rc = policy.room_classes.get(room.class_id or "")
+        count = await self._member_count(room_id) if rc is not None and rc.max_members else 0
+        verdict = decide_membership(
+            policy, room, self._staff(invitee), self._is_system(invitee), "invite", count
+        )
+        if verdict.allowed:
+            return NOT_SPAM
+        self._refuse(verdict, inviter, room_id, f"invite {invitee}")
+        return refusal_with_reason(verdict)
+
+    @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
+    async def user_may_publish_room(self, user_id: str, room_id: str) -> Any:
+        if self._is_system(user_id):
+            return NOT_SPAM
+        verdict = Verdict(
+            False,
+            "room.directory",
+            "Rooms cannot be published in this hospital's room directory.",
+        )
+        self._refuse(verdict, user_id, room_id, "publish")
+        return refusal_with_reason(verdict)
 
     @_fail_closed(_raise_refusal)
     async def on_create_room(
         self, requester: Requester, request_content: dict, is_requester_admin: bool
     ) -> None:
         user_id = requester.user.to_string()
-        for state in request_content.get("initial_state") or []:
-            if not isinstance(state, dict) or state.get("type") != ROOM_CLASS_EVENT:
-                continue
-            content = state.get("content")
-            verdict = decide_class_change(
-                self._holder.current,
-                None,
-                content.get("class") if isinstance(content, dict) else None,
-                self._staff(user_id),
-                user_id == self._config.bot_user_id,
+        policy = self._holder.current
+        invitees = [
+            (self._staff(u), self._is_system(u))
+            for u in request_content.get("invite") or []
+            if isinstance(u, str)
+        ]
+        decision = decide_create(
+            policy, request_content, self._staff(user_id), self._is_system(user_id), invitees
+        )
+        if not decision.verdict.allowed:
+            raise SynapseError(
+                403, self._refuse(decision.verdict, user_id, "(new room)", "createRoom"), Codes.FORBIDDEN
             )
-            if not verdict.allowed:
-                raise SynapseError(
-                    403, self._refuse(verdict, user_id, "(new room)", "createRoom"), Codes.FORBIDDEN
-                )
+        if decision.add_class_event and decision.room.class_id:
+            request_content.setdefault("initial_state", []).append(
+                {"type": ROOM_CLASS_EVENT, "state_key": "", "content": decision.room.content()}
+            )
+        rc = policy.room_classes.get(decision.room.class_id or "")
+        if rc is not None and not request_content.get("is_direct"):
+            # Element users see the class in the topic, not only in room state.
+            topic = request_content.get("topic")
+            prefix = f"[{rc.label}]"
+            if not (isinstance(topic, str) and topic.startswith(prefix)):
+                request_content["topic"] = f"{prefix} {topic}" if isinstance(topic, str) and topic else prefix
 
 
 class PolicyStatusResource(Resource):

@@ -8,23 +8,32 @@ the last good policy when this raises.
 from __future__ import annotations
 
 import hashlib
+import re
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from carematrix.policy.errors import PolicyError, PolicyInvalid
 from carematrix.policy.model import (
+    DISPLAY_NAME_FIELDS,
+    HISTORY_VISIBILITIES,
     IDENT_RE,
+    JOIN_RULES,
+    POWER_LEVEL_KEYS,
+    SCOPES,
     STAFF_NUMBER_RE,
     Audience,
     Policy,
     RoomClass,
     Staff,
+    StandardRoom,
     Unit,
 )
 from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse_yaml
 
-SECTIONS = ("hospital", "roles", "units", "staff", "room_classes")
+SECTIONS = ("hospital", "roles", "units", "staff", "room_classes", "room_defaults", "standard_rooms")
+ALIAS_RE = re.compile(r"^[a-z0-9._=-]+$")
 POLICY_SUFFIXES = (".yaml", ".yml")
 
 
@@ -145,11 +154,13 @@ class _Builder:
         return self.sections.get(key)
 
     def build(self, digest: str, first_file: str) -> Policy:
-        hospital_name = self._hospital(first_file)
+        hospital_name, name_format = self._hospital(first_file)
         roles = self._roles()
         units = self._units()
         staff = self._staff(roles, units)
         room_classes = self._room_classes(roles, {s.staff_number for s in staff})
+        default_room, default_direct = self._room_defaults(room_classes)
+        standard_rooms = self._standard_rooms(room_classes, units)
         if self.errors:
             raise PolicyInvalid(self.errors)
         return Policy(
@@ -159,19 +170,40 @@ class _Builder:
             staff=tuple(staff),
             room_classes=room_classes,
             digest=digest,
+            display_name_format=name_format,
+            standard_rooms=tuple(standard_rooms),
+            default_room_class=default_room,
+            default_direct_class=default_direct,
         )
 
-    def _hospital(self, first_file: str) -> str:
+    def _hospital(self, first_file: str) -> tuple[str, str]:
+        default_format = "{name} · {unit} · {title}"
         found = self.section("hospital")
         if found is None:
             self.errors.append(PolicyError(first_file, 1, "no 'hospital' section in any policy file"))
-            return ""
+            return "", default_format
         value, chk, line = found
         data = chk.mapping(value, line, "'hospital'")
         if data is None:
-            return ""
-        chk.keys(data, ("name",), "'hospital'")
-        return chk.text(data, "name", "'hospital'") or ""
+            return "", default_format
+        chk.keys(data, ("name", "display_name_format"), "'hospital'")
+        name = chk.text(data, "name", "'hospital'") or ""
+        fmt = chk.text(data, "display_name_format", "'hospital'", required=False) or default_format
+        self._check_template(chk, data.line_of("display_name_format"), fmt, DISPLAY_NAME_FIELDS, "'display_name_format'")
+        return name, fmt
+
+    @staticmethod
+    def _check_template(chk: _Checker, line: int, template: str, fields: tuple[str, ...], what: str) -> bool:
+        try:
+            used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            chk.error(line, f"{what} is not a valid template: {exc}")
+            return False
+        bad = [f for f in used if f not in fields]
+        if bad:
+            chk.error(line, f"{what} uses unknown field {{{bad[0]}}}; available: {', '.join('{' + f + '}' for f in fields)}")
+            return False
+        return True
 
     def _roles(self) -> dict[str, str]:
         found = self.section("roles")
@@ -322,19 +354,143 @@ class _Builder:
             spec_map = chk.mapping(spec, cline, what)
             if spec_map is None:
                 continue
-            chk.keys(spec_map, ("description", "post", "create", "reactions"), what)
+            chk.keys(
+                spec_map,
+                ("description", "post", "create", "reactions", "scope", "join_rules",
+                 "history_visibility", "min_power_levels", "max_members"),
+                what,
+            )
             reactions = spec_map.get("reactions", True)
             if not isinstance(reactions, bool):
                 chk.error(spec_map.line_of("reactions"), f"'reactions' of {what} must be true or false")
                 reactions = False
+            scope = spec_map.get("scope", "hospital")
+            if scope not in SCOPES:
+                chk.error(spec_map.line_of("scope"), f"'scope' of {what} must be one of: {', '.join(SCOPES)}")
+                scope = "unit"  # the narrower one: fail closed
+            defaults = RoomClass("x", "", None, None)
+            join_rules = self._choices(chk, spec_map, "join_rules", what, JOIN_RULES) or defaults.join_rules
+            history = self._choices(chk, spec_map, "history_visibility", what, HISTORY_VISIBILITIES) or defaults.history_visibility
             classes[class_id] = RoomClass(
                 id=class_id,
                 description=chk.text(spec_map, "description", what, required=False) or "",
                 post=self._audience(chk, spec_map, "post", what, roles, staff_numbers),
                 create=self._audience(chk, spec_map, "create", what, roles, staff_numbers),
                 reactions=reactions,
+                scope=scope,
+                join_rules=join_rules,
+                history_visibility=history,
+                min_power_levels=self._power_floors(chk, spec_map, what),
+                max_members=self._max_members(chk, spec_map, what),
             )
         return classes
+
+    def _choices(self, chk: _Checker, data: LineDict, key: str, what: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        values = chk.text_list(data, key, what)
+        if key in data and not values:
+            chk.error(data.line_of(key), f"'{key}' of {what} must list at least one of: {', '.join(allowed)}")
+        for value, line in values:
+            if value not in allowed:
+                chk.error(line, f"'{key}' of {what}: '{value}' is not one of {', '.join(allowed)}")
+        return tuple(v for v, _ in values if v in allowed)
+
+    def _power_floors(self, chk: _Checker, data: LineDict, what: str) -> tuple[tuple[str, int], ...]:
+        if "min_power_levels" not in data:
+            return ()
+        spec = chk.mapping(data["min_power_levels"], data.line_of("min_power_levels"), f"'min_power_levels' of {what}")
+        if spec is None:
+            return ()
+        floors = []
+        for key, level in spec.items():
+            if key not in POWER_LEVEL_KEYS:
+                chk.error(spec.line_of(key), f"'min_power_levels' of {what}: unknown key '{key}'; valid keys: {', '.join(POWER_LEVEL_KEYS)}")
+            elif not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 100:
+                chk.error(spec.line_of(key), f"'min_power_levels.{key}' of {what} must be a whole number from 0 to 100")
+            else:
+                floors.append((key, level))
+        return tuple(sorted(floors))
+
+    def _max_members(self, chk: _Checker, data: LineDict, what: str) -> int | None:
+        value = data.get("max_members")
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+            chk.error(data.line_of("max_members"), f"'max_members' of {what} must be a whole number of at least 2")
+            return 2
+        return value
+
+    def _room_defaults(self, classes: dict[str, RoomClass]) -> tuple[str | None, str | None]:
+        found = self.section("room_defaults")
+        if found is None:
+            return None, None
+        value, chk, line = found
+        data = chk.mapping(value, line, "'room_defaults'")
+        if data is None:
+            return None, None
+        chk.keys(data, ("room", "direct"), "'room_defaults'")
+        out = []
+        for key in ("room", "direct"):
+            class_id = chk.text(data, key, "'room_defaults'", required=False)
+            if class_id is not None and class_id not in classes:
+                chk.error(data.line_of(key), f"'room_defaults.{key}' names unknown room class '{class_id}'; known: {', '.join(sorted(classes)) or 'none'}")
+                class_id = None
+            out.append(class_id)
+        return out[0], out[1]
+
+    def _standard_rooms(self, classes: dict[str, RoomClass], units: dict[str, Unit]) -> list[StandardRoom]:
+        found = self.section("standard_rooms")
+        rooms: list[StandardRoom] = []
+        if found is None:
+            return rooms
+        value, chk, line = found
+        if not isinstance(value, LineList):
+            chk.error(line, "'standard_rooms' must be a list of rooms")
+            return rooms
+        aliases: dict[str, int] = {}
+        fields = ("unit", "unit_name", "hospital")
+        for i, item in enumerate(value):
+            data = chk.mapping(item, value.line_of(i), "a standard room")
+            if data is None:
+                continue
+            chk.keys(data, ("id", "class", "units", "name", "alias", "topic"), "a standard room")
+            room_id = chk.text(data, "id", "a standard room")
+            what = f"standard room '{room_id}'"
+            class_id = chk.text(data, "class", what)
+            name = chk.text(data, "name", what) or "{unit_name}"
+            alias = chk.text(data, "alias", what, required=False) or f"{{unit}}-{room_id}"
+            topic = chk.text(data, "topic", what, required=False) or ""
+            if room_id is None or class_id is None:
+                continue
+            if class_id not in classes:
+                chk.error(data.line_of("class"), f"{what} names unknown room class '{class_id}'; known: {', '.join(sorted(classes)) or 'none'}")
+            raw_units = data.get("units", "all")
+            unit_ids: tuple[str, ...] | None = None
+            if raw_units != "all":
+                listed = chk.text_list(data, "units", what)
+                for unit_id, uline in listed:
+                    if unit_id not in units:
+                        chk.error(uline, f"{what} names unknown unit '{unit_id}'")
+                unit_ids = tuple(u for u, _ in listed)
+            templates_ok = all(
+                self._check_template(chk, data.line_of(key), text, fields, f"'{key}' of {what}")
+                for key, text in (("name", name), ("alias", alias), ("topic", topic))
+            )
+            if not templates_ok:
+                continue
+            for unit_id in unit_ids if unit_ids is not None else tuple(units):
+                if unit_id not in units:
+                    continue
+                made = alias.format(unit=unit_id, unit_name=units[unit_id].name, hospital="")
+                aline = data.line_of("alias")
+                if not ALIAS_RE.match(made):
+                    chk.error(aline, f"{what}: alias '{made}' may only use lowercase letters, digits and . _ = -")
+                elif made in aliases:
+                    chk.error(aline, f"{what}: alias '#{made}' is also produced at line {aliases[made]}; add {{unit}} to the alias")
+                    break
+                else:
+                    aliases[made] = aline
+            rooms.append(StandardRoom(room_id, class_id, unit_ids, name, alias, topic))
+        return rooms
 
 
 def _read_dir(directory: Path) -> tuple[list[tuple[str, str]], list[PolicyError]]:

@@ -7,6 +7,7 @@ else, so a rule means the same thing in every process.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Room state event that records a room's class; clients can read it, only the bot may change it.
@@ -55,15 +56,81 @@ class Audience:
         return bool(self.roles & person.roles) or person.staff_number in self.staff
 
 
+JOIN_RULES = ("invite", "knock", "restricted", "public")
+HISTORY_VISIBILITIES = ("shared", "invited", "joined", "world_readable")
+POWER_LEVEL_KEYS = ("events_default", "state_default", "invite", "kick", "ban", "redact")
+# What Matrix assumes when a power-levels event omits a key.
+POWER_LEVEL_DEFAULTS = {"events_default": 0, "state_default": 50, "invite": 0, "kick": 50, "ban": 50, "redact": 50}
+SCOPES = ("hospital", "unit")
+DISPLAY_NAME_FIELDS = ("name", "unit", "title", "position", "staff_number")
+
+
 @dataclass(frozen=True)
 class RoomClass:
     id: str
     description: str
     # None means every member of the room may post.
     post: Audience | None
-    # None means any staff member may create rooms of this class.
+    # None means any staff member may create rooms of this class; an empty Audience means
+    # only the CareMatrix bot may (department, consult and announcement rooms).
     create: Audience | None
     reactions: bool = True
+    # "unit": only staff of the room's unit (and the units below it) may join or be invited.
+    scope: str = "hospital"
+    # Allowed values; the first is what new rooms of the class get.
+    join_rules: tuple[str, ...] = ("invite", "knock", "restricted", "public")
+    history_visibility: tuple[str, ...] = ("shared", "invited", "joined")
+    # Floors: a power-levels change may not set these below the given level.
+    min_power_levels: tuple[tuple[str, int], ...] = ()
+    max_members: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.description or f"{self.id} room"
+
+
+@dataclass(frozen=True)
+class RoomClassState:
+    """What a room's ``org.carematrix.room_class`` state says: its class and, for unit-scoped
+    classes, the unit. ``class_id`` None means the room has no class."""
+
+    class_id: str | None = None
+    unit: str | None = None
+
+    @classmethod
+    def from_content(cls, content: object) -> RoomClassState:
+        # Synapse hands modules frozen mappings, not dicts.
+        if not isinstance(content, Mapping):
+            return cls("(malformed)")
+        class_id = content.get("class")
+        unit = content.get("unit")
+        # A malformed class still counts as a class: it resolves to "undefined" and blocks.
+        return cls(
+            class_id if isinstance(class_id, str) else repr(class_id),
+            unit if isinstance(unit, str) else None,
+        )
+
+    def content(self) -> dict[str, str]:
+        out = {"class": self.class_id or ""}
+        if self.unit:
+            out["unit"] = self.unit
+        return out
+
+
+@dataclass(frozen=True)
+class StandardRoom:
+    """A room the org sync keeps for every unit it applies to (e.g. each unit's team room)."""
+
+    id: str
+    room_class: str
+    # Unit IDs, or None for every unit.
+    units: tuple[str, ...] | None
+    name: str
+    alias: str
+    topic: str
+
+    def applies_to(self, unit_id: str) -> bool:
+        return self.units is None or unit_id in self.units
 
 
 @dataclass(frozen=True)
@@ -74,10 +141,62 @@ class Policy:
     staff: tuple[Staff, ...]
     room_classes: dict[str, RoomClass]
     digest: str
+    display_name_format: str = "{name} · {unit} · {title}"
+    standard_rooms: tuple[StandardRoom, ...] = ()
+    # Class given to rooms created without one, and to direct chats.
+    default_room_class: str | None = None
+    default_direct_class: str | None = None
     _by_localpart: dict[str, Staff] = field(default_factory=dict, repr=False, compare=False)
+    _subtrees: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._by_localpart.update({s.localpart: s for s in self.staff})
+        children: dict[str | None, list[str]] = {}
+        for unit in self.units.values():
+            children.setdefault(unit.parent, []).append(unit.id)
+
+        def collect(unit_id: str) -> frozenset[str]:
+            below = {unit_id}
+            for child in children.get(unit_id, []):
+                below |= collect(child)
+            self._subtrees[unit_id] = frozenset(below)
+            return self._subtrees[unit_id]
+
+        for root in children.get(None, []):
+            collect(root)
 
     def staff_for_localpart(self, localpart: str) -> Staff | None:
         return self._by_localpart.get(localpart)
+
+    def subtree(self, unit_id: str) -> frozenset[str]:
+        """The unit and every unit below it."""
+        return self._subtrees.get(unit_id, frozenset())
+
+    def in_unit(self, person: Staff | None, unit_id: str) -> bool:
+        """Does ``person`` belong to ``unit_id`` or a unit below it?"""
+        if person is None:
+            return False
+        below = self.subtree(unit_id)
+        return any(u in below for u in person.units)
+
+    def ancestry(self, unit_id: str) -> list[str]:
+        """Root first, ending with ``unit_id``."""
+        chain = []
+        current: str | None = unit_id
+        while current is not None and current in self.units:
+            chain.append(current)
+            current = self.units[current].parent
+        return list(reversed(chain))
+
+    def display_name(self, person: Staff) -> str:
+        unit = self.units.get(person.units[0]) if person.units else None
+        text = self.display_name_format.format(
+            name=person.name,
+            unit=unit.name if unit else "",
+            title=person.title,
+            position=person.position,
+            staff_number=person.staff_number,
+        )
+        # An empty field leaves a dangling separator; drop empty parts.
+        parts = [p.strip() for p in text.split("·")]
+        return " · ".join(p for p in parts if p)

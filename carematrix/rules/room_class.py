@@ -1,8 +1,17 @@
-"""Who may post in a room of a given class, and who may set a room's class."""
+"""Room-class rules: posting, setting a class, and keeping a room's settings within its class."""
 
 from __future__ import annotations
 
-from carematrix.policy.model import Audience, Policy, Staff
+from typing import Any
+
+from carematrix.policy.model import (
+    POWER_LEVEL_DEFAULTS,
+    Audience,
+    Policy,
+    RoomClass,
+    RoomClassState,
+    Staff,
+)
 from carematrix.rules.verdict import ALLOW, Verdict
 
 # Events a reader of a restricted room may still send: acknowledging with a reaction
@@ -11,7 +20,7 @@ _REACTION = "m.reaction"
 _REDACTION = "m.room.redaction"
 
 
-def _audience_words(audience: Audience, policy: Policy) -> str:
+def audience_words(audience: Audience) -> str:
     parts = [f"'{role}'" for role in sorted(audience.roles)]
     who = ""
     if parts:
@@ -19,7 +28,24 @@ def _audience_words(audience: Audience, policy: Policy) -> str:
     if audience.staff:
         named = "named staff members"
         who = f"{who} and {named}" if who else named
-    return who or "nobody"
+    return who or "the CareMatrix service"
+
+
+def undefined(class_id: str) -> Verdict:
+    return Verdict(
+        False,
+        "room_class.undefined",
+        f"This room's class '{class_id}' is not defined in the hospital policy, so this is "
+        "blocked until an administrator restores it.",
+    )
+
+
+def resolve(policy: Policy, room: RoomClassState) -> RoomClass | Verdict | None:
+    """The room's class, None for an unclassified room, or a refusal if it is undefined."""
+    if room.class_id is None:
+        return None
+    rc = policy.room_classes.get(room.class_id)
+    return rc if rc is not None else undefined(room.class_id)
 
 
 def decide_post(
@@ -38,23 +64,17 @@ def decide_post(
         return ALLOW
     rc = policy.room_classes.get(room_class)
     if rc is None:
-        return Verdict(
-            False,
-            "room_class.undefined",
-            f"This room's class '{room_class}' is not defined in the hospital policy, so "
-            "posting is blocked until an administrator restores it.",
-        )
+        return undefined(room_class)
     if rc.post is None:
         return ALLOW
     if event_type == _REDACTION or (event_type == _REACTION and rc.reactions):
         return ALLOW
     if rc.post.admits(sender):
         return ALLOW
-    label = rc.description or f"{rc.id} room"
     return Verdict(
         False,
         f"room_class.{rc.id}.post",
-        f"Only {_audience_words(rc.post, policy)} may post here ({label}).",
+        f"Only {audience_words(rc.post)} may post here ({rc.label}).",
     )
 
 
@@ -64,8 +84,10 @@ def decide_class_change(
     new_class: object,
     sender: Staff | None,
     is_system: bool,
+    unit: object = None,
 ) -> Verdict:
-    """May ``sender`` set the room's class to ``new_class`` (the state event's content)?"""
+    """May ``sender`` set the room's class to ``new_class`` (and ``unit``, for unit-scoped
+    classes)? Classes are fixed once set; only the bot may change them."""
     if is_system:
         return ALLOW
     if current_class is not None:
@@ -82,10 +104,72 @@ def decide_class_change(
             f"'{new_class}' is not a room class of this hospital (known classes: {known}).",
         )
     rc = policy.room_classes[new_class]
-    if rc.create is None or rc.create.admits(sender):
+    if rc.create is not None and not rc.create.admits(sender):
+        return Verdict(
+            False,
+            f"room_class.{rc.id}.create",
+            f"Only {audience_words(rc.create)} may create {rc.id} rooms.",
+        )
+    if rc.scope == "unit":
+        if not isinstance(unit, str) or unit not in policy.units:
+            return Verdict(False, f"room_class.{rc.id}.scope", f"A {rc.label} must name the unit it belongs to.")
+        if not policy.in_unit(sender, unit):
+            return Verdict(
+                False,
+                f"room_class.{rc.id}.scope",
+                f"Only staff of {policy.units[unit].name} may create its {rc.label}.",
+            )
+    return ALLOW
+
+
+def _allowed_value(rc: RoomClass, key: str, value: object, allowed: tuple[str, ...], what: str) -> Verdict:
+    if value in allowed:
         return ALLOW
     return Verdict(
         False,
-        f"room_class.{rc.id}.create",
-        f"Only {_audience_words(rc.create, policy)} may create {rc.id} rooms.",
+        f"room_class.{rc.id}.{key}",
+        f"{what.capitalize()} '{value}' is not allowed in a {rc.label} (allowed: {', '.join(allowed)}).",
     )
+
+
+def power_floor_violation(rc: RoomClass, content: dict[str, Any]) -> Verdict:
+    for key, floor in rc.min_power_levels:
+        level = content.get(key, POWER_LEVEL_DEFAULTS[key])
+        if not isinstance(level, int) or isinstance(level, bool):
+            try:
+                level = int(level)
+            except (TypeError, ValueError):
+                level = -1
+        if level < floor:
+            return Verdict(
+                False,
+                f"room_class.{rc.id}.power_levels",
+                f"In a {rc.label} the power level for '{key}' must stay at {floor} or above.",
+            )
+    return ALLOW
+
+
+def decide_state_change(
+    policy: Policy,
+    room: RoomClassState,
+    event_type: str,
+    content: dict[str, Any],
+    is_system: bool,
+) -> Verdict:
+    """Keep join rules, history visibility and power levels within the class policy."""
+    if is_system:
+        return ALLOW
+    rc = resolve(policy, room)
+    if rc is None:
+        return ALLOW
+    if isinstance(rc, Verdict):
+        return rc
+    if event_type == "m.room.join_rules":
+        return _allowed_value(rc, "join_rules", content.get("join_rule"), rc.join_rules, "join rule")
+    if event_type == "m.room.history_visibility":
+        return _allowed_value(
+            rc, "history_visibility", content.get("history_visibility"), rc.history_visibility, "history visibility"
+        )
+    if event_type == "m.room.power_levels":
+        return power_floor_violation(rc, content)
+    return ALLOW

@@ -1,0 +1,116 @@
+"""Runs org sync inside the appservice: on request (``carematrix org sync``) and whenever
+the policy changes. Remembers which accounts it manages, so it deactivates only staff who
+left the org, never service or admin accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from mautrix.util.async_db import Database
+
+from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
+from carematrix.org.plan import desired_state, plan
+from carematrix.policy.holder import PolicyHolder
+
+log = logging.getLogger("carematrix.appservice.org")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS carematrix_org_account (
+    localpart TEXT PRIMARY KEY,
+    first_synced_at BIGINT NOT NULL
+)
+"""
+
+
+@dataclass
+class SyncReport:
+    policy_digest: str
+    dry_run: bool
+    actions: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "policy_digest": self.policy_digest,
+            "dry_run": self.dry_run,
+            "actions": self.actions,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class OrgSyncService:
+    def __init__(
+        self,
+        db: Database,
+        policy: PolicyHolder,
+        homeserver_url: str,
+        as_token: str,
+        server_name: str,
+        bot_user_id: str,
+        initial_password: str | None,
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self.homeserver_url = homeserver_url
+        self.as_token = as_token
+        self.server_name = server_name
+        self.bot_user_id = bot_user_id
+        self.initial_password = initial_password
+        self._lock = asyncio.Lock()
+        self.last_report: SyncReport | None = None
+
+    async def setup(self) -> None:
+        await self.db.execute(SCHEMA)
+
+    async def managed(self) -> set[str]:
+        rows = await self.db.fetch("SELECT localpart FROM carematrix_org_account")
+        return {r["localpart"] for r in rows}
+
+    async def _remember(self, localparts: set[str]) -> None:
+        now = int(time.time() * 1000)
+        for localpart in localparts:
+            await self.db.execute(
+                "INSERT INTO carematrix_org_account (localpart, first_synced_at) VALUES ($1, $2) "
+                "ON CONFLICT (localpart) DO NOTHING",
+                localpart,
+                now,
+            )
+
+    async def run(self, dry_run: bool = False) -> SyncReport:
+        """One whole sync against the policy in force (already validated as a whole)."""
+        async with self._lock:
+            started = time.monotonic()
+            policy = self.policy.current
+            report = SyncReport(policy.digest, dry_run)
+            desired = desired_state(policy)
+            async with aiohttp.ClientSession() as session:
+                matrix = OrgMatrix(session, self.homeserver_url, self.as_token, self.server_name, self.bot_user_id)
+                try:
+                    observed = await matrix.observe(desired, await self.managed())
+                except MatrixCallFailed as exc:
+                    report.errors.append(f"cannot read the homeserver's current state: {exc}")
+                    self.last_report = report
+                    return report
+                actions = plan(desired, observed)
+                report.actions = [a.describe() for a in actions]
+                if not dry_run:
+                    # Remember first: an account created by a sync that then fails half-way
+                    # must still be recognised as ours next time.
+                    await self._remember(set(desired.accounts))
+                    report.errors = await matrix.apply(actions, self.initial_password)
+            report.seconds = time.monotonic() - started
+            if not dry_run:
+                log.info(
+                    "org sync: %d actions, %d errors, %.1fs (policy %s)",
+                    len(actions), len(report.errors), report.seconds, policy.digest[:12],
+                )
+                for error in report.errors:
+                    log.error("org sync: %s", error)
+            self.last_report = report
+            return report

@@ -1,0 +1,1 @@
+"""Mapping the hospital's org tree (policies/) into Matrix accounts, spaces and rooms."""

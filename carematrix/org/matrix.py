@@ -1,0 +1,191 @@
+"""Org sync's Matrix side: observe the homeserver and apply a plan, over the client and
+admin HTTP APIs as the CareMatrix bot (a server admin)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from carematrix.org.plan import Action, Desired, DesiredRoom, Observed, ObservedUser
+from carematrix.policy.model import ROOM_CLASS_EVENT
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 8
+
+
+class MatrixCallFailed(Exception):
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        self.errcode = body.get("errcode") if isinstance(body, dict) else None
+        super().__init__(f"{method} {path}: HTTP {status} {body}")
+
+
+class OrgMatrix:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, server_name: str, bot_user_id: str) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.server = server_name
+        self.bot = bot_user_id
+        self.room_ids: dict[str, str] = {}  # alias localpart -> room ID
+
+    def uid(self, localpart: str) -> str:
+        return f"@{localpart}:{self.server}"
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.session.request(
+            method, self.base + path, json=body, headers={"Authorization": f"Bearer {self.token}"}
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise MatrixCallFailed(method, path, resp.status, data)
+            return data
+
+    async def _gather(self, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def run(job: Callable[[], Awaitable[Any]]) -> Any:
+            async with gate:
+                return await job()
+
+        return await asyncio.gather(*(run(j) for j in jobs))
+
+    # -- observe -------------------------------------------------------------------------
+
+    async def list_users(self) -> dict[str, ObservedUser]:
+        users: dict[str, ObservedUser] = {}
+        token: str | None = "0"
+        while token is not None:
+            page = await self.call("GET", f"/_synapse/admin/v2/users?from={token}&limit=1000&deactivated=true&guests=false")
+            for entry in page.get("users", []):
+                user_id = entry["name"]
+                if not user_id.endswith(":" + self.server):
+                    continue
+                users[user_id[1:].split(":", 1)[0]] = ObservedUser(entry.get("displayname"), bool(entry.get("deactivated")))
+            token = page.get("next_token")
+        return users
+
+    async def _room_members(self, alias: str) -> tuple[str, set[str]] | None:
+        try:
+            room_id = (await self.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + alias + ':' + self.server)}"))["room_id"]
+        except MatrixCallFailed as exc:
+            if exc.status == 404:
+                return None
+            raise
+        joined = (await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members"))["joined"]
+        members = {
+            uid[1:].split(":", 1)[0]
+            for uid in joined
+            if uid != self.bot and uid.endswith(":" + self.server) and not uid.startswith("@role-")
+        }
+        return room_id, members
+
+    async def observe(self, desired: Desired, managed: set[str]) -> Observed:
+        observed = Observed(users=await self.list_users(), managed=set(managed))
+        aliases = [r.alias for r in desired.rooms]
+        results = await self._gather([lambda a=a: self._room_members(a) for a in aliases])
+        for alias, found in zip(aliases, results, strict=True):
+            if found is not None:
+                self.room_ids[alias], observed.rooms[alias] = found
+        return observed
+
+    # -- apply ---------------------------------------------------------------------------
+
+    async def _put_user(self, localpart: str, body: dict[str, Any]) -> None:
+        await self.call("PUT", f"/_synapse/admin/v2/users/{quote(self.uid(localpart))}", body)
+
+    async def create_room(self, room: DesiredRoom) -> None:
+        initial_state: list[dict[str, Any]] = [
+            {"type": ROOM_CLASS_EVENT, "state_key": "", "content": room.room.content()},
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
+        ]
+        parent_id = self.room_ids.get(room.parent_alias) if room.parent_alias else None
+        if parent_id:
+            initial_state.append(
+                {"type": "m.space.parent", "state_key": parent_id, "content": {"via": [self.server], "canonical": True}}
+            )
+        creation: dict[str, Any] = {"m.federate": False}
+        if room.is_space:
+            creation["type"] = "m.space"
+        body = {
+            "room_alias_name": room.alias,
+            "name": room.name,
+            "topic": room.topic,
+            "preset": "private_chat",
+            "visibility": "private",
+            "creation_content": creation,
+            "initial_state": initial_state,
+            "power_level_content_override": {"events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50},
+        }
+        room_id = (await self.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
+        self.room_ids[room.alias] = room_id
+        if parent_id:
+            await self.call(
+                "PUT",
+                f"/_matrix/client/v3/rooms/{quote(parent_id)}/state/m.space.child/{quote(room_id)}",
+                {"via": [self.server]},
+            )
+
+    async def apply(self, actions: list[Action], initial_password: str | None) -> list[str]:
+        """Apply in dependency order; returns the actions that failed (with the reason)."""
+        errors: list[str] = []
+
+        async def attempt(action: Action, job: Callable[[], Awaitable[Any]]) -> None:
+            try:
+                await job()
+            except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
+                errors.append(f"{action.describe()}: {exc}")
+
+        def account_job(a: Action) -> Callable[[], Awaitable[Any]]:
+            body: dict[str, Any] = {"displayname": a.detail}
+            if a.kind in ("create_account", "reactivate"):
+                body["deactivated"] = False
+                if initial_password:
+                    body["password"] = initial_password
+            return lambda: self._put_user(a.target, body)
+
+        accounts = [a for a in actions if a.kind in ("create_account", "reactivate", "update_name")]
+        await self._gather([lambda a=a: attempt(a, account_job(a)) for a in accounts])
+        deactivations = [a for a in actions if a.kind == "deactivate"]
+        await self._gather(
+            [
+                lambda a=a: attempt(a, lambda: self.call("POST", f"/_synapse/admin/v1/deactivate/{quote(self.uid(a.target))}", {"erase": False}))
+                for a in deactivations
+            ]
+        )
+        # Rooms one by one, parents first: a child needs its parent's room ID.
+        for a in (a for a in actions if a.kind == "create_room"):
+            assert a.room is not None
+            await attempt(a, lambda a=a: self.create_room(a.room))
+        joins = [a for a in actions if a.kind == "join" and a.detail in self.room_ids]
+        await self._gather(
+            [
+                lambda a=a: attempt(
+                    a,
+                    lambda: self.call("POST", f"/_synapse/admin/v1/join/{quote(self.room_ids[a.detail])}", {"user_id": self.uid(a.target)}),
+                )
+                for a in joins
+            ]
+        )
+        kicks = [a for a in actions if a.kind == "kick" and a.detail in self.room_ids]
+        await self._gather(
+            [
+                lambda a=a: attempt(
+                    a,
+                    lambda: self.call(
+                        "POST",
+                        f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.detail])}/kick",
+                        {"user_id": self.uid(a.target), "reason": "No longer in this unit (org sync)"},
+                    ),
+                )
+                for a in kicks
+            ]
+        )
+        return errors
