@@ -17,6 +17,7 @@ from mautrix.errors import MForbidden
 from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 from mautrix.util.async_db import Database
 
+from appservice.audit_client import AuditClient
 from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.org_sync import OrgSyncService
@@ -153,6 +154,7 @@ async def run(config: AppserviceConfig) -> None:
         config.domain,
         appserv.bot_mxid,
         config.initial_password,
+        AuditClient(config.homeserver_url, config.as_token),
     )
     await org.setup()
     bot = Bot(config, appserv, holder, org)

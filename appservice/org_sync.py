@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from mautrix.util.async_db import Database
 
+from appservice.audit_client import AuditClient
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.org.plan import desired_state, plan
 from carematrix.policy.holder import PolicyHolder
@@ -54,6 +55,7 @@ class OrgSyncService:
         server_name: str,
         bot_user_id: str,
         initial_password: str | None,
+        audit: AuditClient | None = None,
     ) -> None:
         self.db = db
         self.policy = policy
@@ -62,6 +64,7 @@ class OrgSyncService:
         self.server_name = server_name
         self.bot_user_id = bot_user_id
         self.initial_password = initial_password
+        self.audit = audit
         self._lock = asyncio.Lock()
         self.last_report: SyncReport | None = None
 
@@ -112,5 +115,14 @@ class OrgSyncService:
                 )
                 for error in report.errors:
                     log.error("org sync: %s", error)
+                if self.audit is not None and actions:
+                    kinds: dict[str, int] = {}
+                    for a in actions:
+                        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+                    await self.audit.record(
+                        actor=self.bot_user_id, action="org.sync", object=policy.digest[:64],
+                        outcome="success" if not report.errors else "failure",
+                        details={**kinds, "errors": len(report.errors)},
+                    )
             self.last_report = report
             return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -224,6 +225,82 @@ def cmd_org_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _audit_db_target(deployment: object) -> str:
+    from carematrix.deploy import Deployment
+
+    assert isinstance(deployment, Deployment)
+    s = deployment.settings
+    return s.db_url if s.database == "postgres" and s.db_url else str(deployment.paths.sqlite_db)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from carematrix.audit import load_verify_keys, verify
+    from carematrix.audit.db import connect
+
+    deployment = load_existing(args.data_dir or _default_data_dir())
+    key_file = args.verify_keys or deployment.paths.audit_verify_key
+    try:
+        keys = load_verify_keys(key_file)
+    except OSError as exc:
+        print(f"error: cannot read the audit verify key {key_file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
+        result = verify(txn, db.dialect, keys)
+    print(result.summary())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _login_token(deployment: object, localpart: str) -> str:
+    import getpass
+
+    from carematrix.deploy import Deployment
+
+    assert isinstance(deployment, Deployment)
+    password = os.environ.get("CAREMATRIX_PASSWORD") or getpass.getpass(f"password for {localpart}: ")
+    resp = request_json(
+        "POST",
+        f"{deployment.settings.homeserver_url}/_matrix/client/v3/login",
+        {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart}, "password": password},
+    )
+    return resp["access_token"]
+
+
+def cmd_audit_search(args: argparse.Namespace) -> int:
+    import urllib.request
+    from urllib.parse import urlencode
+
+    deployment = load_existing(args.data_dir or _default_data_dir())
+    token = args.token or os.environ.get("CAREMATRIX_TOKEN")
+    try:
+        if not token:
+            if not args.login:
+                print("error: searching the audit trail needs an auditor's login: --login USER "
+                      "(password from CAREMATRIX_PASSWORD or a prompt) or --token", file=sys.stderr)
+                return EXIT_USAGE
+            token = _login_token(deployment, args.login)
+        filters = {k: v for k in ("actor", "room", "patient", "action", "outcome", "since", "until")
+                   if (v := getattr(args, k)) is not None}
+        filters["limit"] = str(args.limit)
+        filters["format"] = args.format
+        url = f"{deployment.settings.homeserver_url}/_synapse/client/carematrix/audit/search?{urlencode(filters)}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                sys.stdout.write(resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            try:
+                message = json.loads(body).get("error", body)
+            except ValueError:
+                message = body
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_FAILED
+    except (HttpError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carematrix", description="CareMatrix clinical messaging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--encoding", default="utf-8-sig", help="CSV encoding (default utf-8-sig; e.g. gb18030)")
     imp.add_argument("--policy-dir", type=Path, help="policy whose units and roles rows must use")
     imp.set_defaults(func=cmd_org_import)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain and signed checkpoints")
+    verify.add_argument("--data-dir", type=Path)
+    verify.add_argument("--verify-keys", type=Path, help="trusted verify keys (default: the deployment's)")
+    verify.set_defaults(func=cmd_audit_verify)
+    search = audit_sub.add_parser("search", help="search the trail (auditors only; the search is audited)")
+    search.add_argument("--data-dir", type=Path)
+    search.add_argument("--login", help="auditor's user name (password from CAREMATRIX_PASSWORD or a prompt)")
+    search.add_argument("--token", help="auditor's access token (or CAREMATRIX_TOKEN)")
+    for name in ("actor", "room", "patient", "action", "outcome", "since", "until"):
+        search.add_argument(f"--{name}")
+    search.add_argument("--limit", type=int, default=100)
+    search.add_argument("--format", choices=["table", "json", "csv", "fhir"], default="table")
+    search.set_defaults(func=cmd_audit_search)
 
     status = sub.add_parser("status", help="health of a running stack")
     status.add_argument("--data-dir", type=Path)

@@ -54,6 +54,8 @@ class Settings:
     carematrix_enabled: bool = True
     # Demo mode gives org-sync-created accounts the demo password.
     demo: bool = True
+    # How often the audit chain's head is signed (a checkpoint detects truncation).
+    audit_checkpoint_seconds: float = 60.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class Paths:
     homeserver_config = property(lambda self: self.synapse_dir / "homeserver.yaml")
     log_config = property(lambda self: self.synapse_dir / "log.yaml")
     signing_key = property(lambda self: self.synapse_dir / "signing.key")
+    audit_signing_key = property(lambda self: self.synapse_dir / "audit_signing.key")
+    audit_verify_key = property(lambda self: self.root / "audit_verify.key")
     sqlite_db = property(lambda self: self.synapse_dir / "homeserver.db")
     media = property(lambda self: self.synapse_dir / "media")
     synapse_log = property(lambda self: self.synapse_dir / "homeserver.log")
@@ -342,6 +346,17 @@ def prepare(settings: Settings) -> Deployment:
         "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
         "modules": (
             [
+                {
+                    "module": "synapse_modules.audit_module.CareMatrixAudit",
+                    "config": {
+                        "database": settings.database,
+                        "policy_dir": str(settings.policy_dir),
+                        "signing_key_path": str(paths.audit_signing_key),
+                        "verify_key_path": str(paths.audit_verify_key),
+                        "appservice_token": secret_values["as_token"],
+                        "checkpoint_interval_seconds": settings.audit_checkpoint_seconds,
+                    },
+                },
                 {
                     "module": "synapse_modules.policy_module.CareMatrixPolicy",
                     "config": {

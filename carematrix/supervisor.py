@@ -149,6 +149,11 @@ class Stack:
                 proc.start()
             time.sleep(poll)
 
+    def restart_synapse(self, timeout: float = 180.0) -> None:
+        """Start Synapse again after it stopped or was killed (durability tests)."""
+        self.synapse.start()
+        self._wait_healthy(self.synapse, timeout)
+
     def stop(self) -> None:
         # The appservice first, so it does not hammer a homeserver that is going away.
         for proc in reversed(self.processes):

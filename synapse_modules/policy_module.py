@@ -21,12 +21,16 @@ from synapse.types import Requester
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from carematrix.audit import AuditRecord
+from carematrix.audit import actions as A
+from carematrix.audit.matrix_events import record_for_event
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState, Staff
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
+from synapse_modules.audit_writer import current_writer
 from synapse_modules.compat import refusal_with_reason
 from synapse_modules.config import PolicyModuleConfig
 
@@ -112,6 +116,16 @@ class CareMatrixPolicy:
 
     def _on_reload(self, outcome: ReloadOutcome) -> None:
         self._last_rejected = None if outcome.accepted else outcome
+        writer = current_writer()
+        if writer is not None:
+            writer.record_soon(
+                AuditRecord(
+                    actor="carematrix", action=A.POLICY_RELOAD if outcome.accepted else A.POLICY_RELOAD_REJECTED,
+                    object=str(self._config.policy_dir), outcome=A.SUCCESS if outcome.accepted else A.FAILURE,
+                    process=writer.process,
+                    details={"digest": outcome.digest, "errors": len(outcome.errors)},
+                )
+            )
         if not outcome.accepted:
             for error in outcome.errors:
                 log.error("policy edit rejected: %s", error)
@@ -137,9 +151,30 @@ class CareMatrixPolicy:
         state = await self._api.get_room_state(room_id, [("m.room.member", None)])
         return sum(1 for e in state.values() if e.content.get("membership") in ("join", "invite"))
 
-    def _refuse(self, verdict: Verdict, user_id: str, room_id: str, action: str) -> str:
+    async def _refuse(self, verdict: Verdict, user_id: str, room_id: str | None, action: str) -> str:
+        """Log and audit a denial (before the client hears of it); returns the message."""
         log.info("policy denial rule=%s user=%s room=%s action=%s", verdict.rule, user_id, room_id, action)
+        writer = current_writer()
+        if writer is not None:
+            await writer.record(
+                AuditRecord(
+                    actor=user_id, action=A.POLICY_DENIED, object=action[:200], room=room_id,
+                    outcome=A.DENIED, rule=verdict.rule or "unknown", process=writer.process,
+                )
+            )
         return verdict.message()
+
+    async def _audit_allowed(self, event: EventBase) -> None:
+        """An accepted event is on record before Synapse stores it and answers the client."""
+        writer = current_writer()
+        if writer is not None:
+            await writer.record(
+                record_for_event(
+                    event_type=event.type, sender=event.sender, room_id=event.room_id,
+                    event_id=event.event_id, state_key=event.get_state_key(),
+                    content=event.content, process=writer.process,
+                )
+            )
 
     @_fail_closed(FAILED_CLOSED.message)
     async def check_event_for_spam(self, event: EventBase) -> Any:
@@ -163,8 +198,9 @@ class CareMatrixPolicy:
         else:
             verdict = decide_post(policy, room.class_id, self._staff(event.sender), event.type, is_system)
         if verdict.allowed:
+            await self._audit_allowed(event)
             return NOT_SPAM
-        return self._refuse(verdict, event.sender, event.room_id, event.type)
+        return await self._refuse(verdict, event.sender, event.room_id, event.type)
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
@@ -177,7 +213,7 @@ class CareMatrixPolicy:
         )
         if verdict.allowed:
             return NOT_SPAM
-        self._refuse(verdict, user_id, room_id, "join")
+        await self._refuse(verdict, user_id, room_id, "join")
         return refusal_with_reason(verdict)
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
@@ -191,7 +227,7 @@ class CareMatrixPolicy:
         )
         if verdict.allowed:
             return NOT_SPAM
-        self._refuse(verdict, inviter, room_id, f"invite {invitee}")
+        await self._refuse(verdict, inviter, room_id, f"invite {invitee}")
         return refusal_with_reason(verdict)
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
@@ -203,7 +239,7 @@ class CareMatrixPolicy:
             "room.directory",
             "Rooms cannot be published in this hospital's room directory.",
         )
-        self._refuse(verdict, user_id, room_id, "publish")
+        await self._refuse(verdict, user_id, room_id, "publish")
         return refusal_with_reason(verdict)
 
     @_fail_closed(_raise_refusal)
@@ -222,7 +258,7 @@ class CareMatrixPolicy:
         )
         if not decision.verdict.allowed:
             raise SynapseError(
-                403, self._refuse(decision.verdict, user_id, "(new room)", "createRoom"), Codes.FORBIDDEN
+                403, await self._refuse(decision.verdict, user_id, None, "createRoom"), Codes.FORBIDDEN
             )
         if decision.add_class_event and decision.room.class_id:
             request_content.setdefault("initial_state", []).append(

@@ -110,6 +110,7 @@ def start_stack(backend: str, base: Path) -> RunningStack:
         db_url=db_url,
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
+        audit_checkpoint_seconds=2,
     )
     deployment = prepare(settings)
     stack = Stack(deployment)

@@ -11,12 +11,34 @@ from urllib.parse import quote
 
 import aiohttp
 
-from carematrix.org.plan import Action, Desired, DesiredRoom, Observed, ObservedUser
+from carematrix.org.plan import (
+    POPULATING_JOIN_RULE,
+    Action,
+    Desired,
+    DesiredRoom,
+    Observed,
+    ObservedUser,
+)
 from carematrix.policy.model import ROOM_CLASS_EVENT
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
+POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"  # synapse_modules.policy_module
+
+
+def _round_robin_by_room(actions: list[Action]) -> list[Action]:
+    """Synapse serialises events per room but persists different rooms in parallel, so
+    concurrent joins should go to different rooms."""
+    by_room: dict[str, list[Action]] = {}
+    for a in actions:
+        by_room.setdefault(a.detail, []).append(a)
+    queues = list(by_room.values())
+    out: list[Action] = []
+    while queues:
+        out += [q.pop(0) for q in queues]
+        queues = [q for q in queues if q]
+    return out
 
 
 class MatrixCallFailed(Exception):
@@ -72,7 +94,7 @@ class OrgMatrix:
             token = page.get("next_token")
         return users
 
-    async def _room_members(self, alias: str) -> tuple[str, set[str]] | None:
+    async def _room_members(self, alias: str) -> tuple[str, set[str], str] | None:
         try:
             room_id = (await self.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + alias + ':' + self.server)}"))["room_id"]
         except MatrixCallFailed as exc:
@@ -85,15 +107,31 @@ class OrgMatrix:
             for uid in joined
             if uid != self.bot and uid.endswith(":" + self.server) and not uid.startswith("@role-")
         }
-        return room_id, members
+        join_rules = await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.join_rules")
+        return room_id, members, str(join_rules.get("join_rule"))
+
+    async def wait_for_policy(self, digest: str, timeout: float = 15.0) -> None:
+        """The homeserver's policy module polls the policy files on its own; its scope checks
+        refuse joins the new policy allows until it enforces the same policy as we plan by."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                status = await self.call("GET", POLICY_STATUS_PATH)
+            except MatrixCallFailed:
+                return  # no policy module (or an older one): nothing to wait for
+            if status.get("digest") == digest or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.2)
 
     async def observe(self, desired: Desired, managed: set[str]) -> Observed:
+        if desired.policy_digest:
+            await self.wait_for_policy(desired.policy_digest)
         observed = Observed(users=await self.list_users(), managed=set(managed))
         aliases = [r.alias for r in desired.rooms]
         results = await self._gather([lambda a=a: self._room_members(a) for a in aliases])
         for alias, found in zip(aliases, results, strict=True):
             if found is not None:
-                self.room_ids[alias], observed.rooms[alias] = found
+                self.room_ids[alias], observed.rooms[alias], observed.join_rules[alias] = found
         return observed
 
     # -- apply ---------------------------------------------------------------------------
@@ -105,6 +143,9 @@ class OrgMatrix:
         initial_state: list[dict[str, Any]] = [
             {"type": ROOM_CLASS_EVENT, "state_key": "", "content": room.room.content()},
             {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
+            # Until its initial members are in (then the plan's "lock" makes it invite-only):
+            # a forced join into a public room is one event, into an invite-only room two.
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": POPULATING_JOIN_RULE}},
         ]
         parent_id = self.room_ids.get(room.parent_alias) if room.parent_alias else None
         if parent_id:
@@ -164,7 +205,7 @@ class OrgMatrix:
         for a in (a for a in actions if a.kind == "create_room"):
             assert a.room is not None
             await attempt(a, lambda a=a: self.create_room(a.room))
-        joins = [a for a in actions if a.kind == "join" and a.detail in self.room_ids]
+        joins = _round_robin_by_room([a for a in actions if a.kind == "join" and a.detail in self.room_ids])
         await self._gather(
             [
                 lambda a=a: attempt(
@@ -186,6 +227,20 @@ class OrgMatrix:
                     ),
                 )
                 for a in kicks
+            ]
+        )
+        locks = [a for a in actions if a.kind == "lock" and a.target in self.room_ids]
+        await self._gather(
+            [
+                lambda a=a: attempt(
+                    a,
+                    lambda: self.call(
+                        "PUT",
+                        f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.target])}/state/m.room.join_rules/",
+                        {"join_rule": "invite"},
+                    ),
+                )
+                for a in locks
             ]
         )
         return errors

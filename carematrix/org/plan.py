@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from carematrix.policy.model import Policy, RoomClassState
 
 SPACE_CLASS = "department"  # a unit's space is scoped like its department room
+POPULATING_JOIN_RULE = "public"  # a new room's join rule until its initial members are in
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class DesiredRoom:
 class Desired:
     accounts: dict[str, str]  # localpart -> display name
     rooms: tuple[DesiredRoom, ...]  # parents before children
+    policy_digest: str = ""  # the policy this was derived from
 
 
 @dataclass
@@ -38,11 +40,12 @@ class Observed:
     users: dict[str, ObservedUser] = field(default_factory=dict)  # local users by localpart
     managed: set[str] = field(default_factory=set)  # accounts org sync has created before
     rooms: dict[str, set[str]] = field(default_factory=dict)  # alias -> joined localparts
+    join_rules: dict[str, str] = field(default_factory=dict)  # alias -> current join rule
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # create_account, update_name, reactivate, deactivate, create_room, join, kick
+    kind: str  # create_account, update_name, reactivate, deactivate, create_room, join, kick, lock
     target: str  # localpart or alias
     detail: str = ""  # display name, room alias, reason
     room: DesiredRoom | None = None
@@ -56,6 +59,7 @@ class Action:
             "create_room": f"+ {'space' if self.room and self.room.is_space else 'room'} #{self.target} ({self.detail})",
             "join": f"+ @{self.target} joins #{self.detail}",
             "kick": f"- @{self.target} leaves #{self.detail} (no longer in scope)",
+            "lock": f"~ #{self.target} join rule -> invite",
         }
         return words[self.kind]
 
@@ -101,7 +105,7 @@ def desired_state(policy: Policy) -> Desired:
                     members=members if rc.scope == "unit" else frozenset(accounts),
                 )
             )
-    return Desired(accounts, tuple(rooms))
+    return Desired(accounts, tuple(rooms), policy.digest)
 
 
 def plan(desired: Desired, observed: Observed) -> list[Action]:
@@ -130,4 +134,12 @@ def plan(desired: Desired, observed: Observed) -> list[Action]:
         # ``present`` never holds the bot or role users (the observer leaves them out).
         for localpart in sorted(present - room.members - leaving):
             actions.append(Action("kick", localpart, room.alias, room))
+    # A room org sync creates starts with join rule ``public``, so that its initial members
+    # are forced in with one join event each instead of an invite and a join; the policy
+    # module still refuses anyone out of scope meanwhile. Once populated it is locked to
+    # ``invite`` like every standard room. A room left ``public`` by an interrupted sync is
+    # locked on the next one.
+    for room in desired.rooms:
+        if room.alias not in observed.rooms or observed.join_rules.get(room.alias) == POPULATING_JOIN_RULE:
+            actions.append(Action("lock", room.alias, room.alias, room))
     return actions

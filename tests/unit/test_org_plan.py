@@ -43,6 +43,22 @@ def test_from_scratch_everything_is_created_then_joined():
     assert kinds.index("join") > max(i for i, k in enumerate(kinds) if k == "create_room")
 
 
+def test_new_rooms_are_populated_then_locked_to_invite():
+    actions = plan(DESIRED, Observed())
+    kinds = [a.kind for a in actions]
+    locked = [a.target for a in actions if a.kind == "lock"]
+    assert locked == [r.alias for r in DESIRED.rooms]
+    assert kinds.index("lock") > max(i for i, k in enumerate(kinds) if k in ("join", "kick"))
+    assert "~ #announcements join rule -> invite" in [a.describe() for a in actions]
+
+
+def test_a_room_left_public_by_an_interrupted_sync_is_locked_and_only_that_one():
+    observed = synced()
+    observed.join_rules = {r.alias: "invite" for r in DESIRED.rooms}
+    observed.join_rules["icu-team"] = "public"
+    assert [a.describe() for a in plan(DESIRED, observed)] == ["~ #icu-team join rule -> invite"]
+
+
 def test_in_sync_means_nothing_to_do():
     assert plan(DESIRED, synced()) == []
 

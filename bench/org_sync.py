@@ -1,0 +1,167 @@
+"""Org sync at hospital scale: a synthetic org (N staff over M units) synced from scratch,
+then re-synced with nothing changed; plus the cost our join/invite check adds, measured as
+invite+join round trips into a unit room against the same in plain Synapse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from bench.roundtrip import _call, _login, _register
+from bench.stats import comparison, summary
+from carematrix.deploy import REPO_ROOT, Settings, prepare
+from carematrix.seed import Seeder
+from carematrix.supervisor import Stack
+
+
+def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> None:
+    """Hospital -> departments -> wards, ``units`` in all; staff spread over the wards."""
+    rng = random.Random(seed)
+    departments = max(1, round((units - 1) ** 0.5))
+    wards_per = max(0, (units - 1 - departments) // departments)
+    tree, leaves = [], []
+    for d in range(departments):
+        wards = [{"id": f"d{d:02d}-w{w:02d}", "name": f"Dept {d} Ward {w}"} for w in range(wards_per)]
+        leaves += [w["id"] for w in wards] or [f"d{d:02d}"]
+        tree.append({"id": f"d{d:02d}", "name": f"Department {d}", "children": wards})
+    (directory / "hospital.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hospital": {"name": "Benchmark Hospital"},
+                "roles": {"announcer": {}},
+                "units": [{"id": "hosp", "name": "Benchmark Hospital", "children": tree}],
+            }
+        )
+    )
+    people = [
+        {
+            "staff_number": f"S{i:05d}",
+            "name": f"Staff {i}",
+            "units": [rng.choice(leaves)],
+            "position": "nurse",
+            "title": "Nurse",
+            **({"roles": ["announcer"]} if i == 0 else {}),
+        }
+        for i in range(staff)
+    ]
+    (directory / "staff.yaml").write_text(yaml.safe_dump({"staff": people}))
+    rooms = yaml.safe_load((REPO_ROOT / "policies" / "rooms.yaml").read_text())
+    rooms["standard_rooms"] = [
+        {"id": "announcements", "class": "announcement", "units": ["hosp"], "alias": "announcements", "name": "Announcements"},
+        {"id": "team", "class": "department", "units": "all", "name": "{unit_name} team"},
+    ]
+    (directory / "rooms.yaml").write_text(yaml.safe_dump(rooms, allow_unicode=True))
+
+
+async def _join_cost(session: aiohttp.ClientSession, base: str, inviter: str, joiners: list[str], room: str) -> list[float]:
+    samples = []
+    for token, user_id in joiners:
+        start = time.perf_counter()
+        await _call(session, "POST", f"{base}/_matrix/client/v3/rooms/{room}/invite", inviter, {"user_id": user_id})
+        await _call(session, "POST", f"{base}/_matrix/client/v3/rooms/{room}/join", token, {})
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def access_check_cost(work: Path, joins: int) -> dict:
+    """invite+join into an invite-only room: plain Synapse vs a CareMatrix unit room, where
+    both the invite and the join pass the org-scope check."""
+    plain = prepare(Settings(data_dir=work / "plain", port=_port(), relaxed_rate_limits=True, carematrix_enabled=False))
+    policy_dir = work / "access-policy"
+    policy_dir.mkdir()
+    synthetic_policy(policy_dir, staff=joins + 1, units=3)
+    ours = prepare(Settings(data_dir=work / "ours", port=_port(), relaxed_rate_limits=True, policy_dir=policy_dir))
+    stacks = [Stack(plain), Stack(ours)]
+    try:
+        for s in stacks:
+            s.start()
+        Seeder(ours).run()
+        async with aiohttp.ClientSession() as session:
+            pbase, obase = plain.settings.homeserver_url, ours.settings.homeserver_url
+            p_inviter = await _register(session, plain, "inviter", "bench-password")
+            p_joiners = [(await _register(session, plain, f"j{i}", "bench-password"), f"@j{i}:localhost") for i in range(joins)]
+            p_room = (await _call(session, "POST", f"{pbase}/_matrix/client/v3/createRoom", p_inviter, {"preset": "private_chat"}))["room_id"]
+            # In ours, the bot-made team room of the only department; the bot invites.
+            room = (await _call(session, "GET", f"{obase}/_matrix/client/v3/directory/room/%23d00-team:localhost", ours.secrets["as_token"]))["room_id"]
+            members = (await _call(session, "GET", f"{obase}/_matrix/client/v3/rooms/{room}/joined_members", ours.secrets["as_token"]))["joined"]
+            o_joiners = []
+            for uid in sorted(members):
+                if uid.startswith("@s") and len(o_joiners) < joins:
+                    await _call(session, "POST", f"{obase}/_matrix/client/v3/rooms/{room}/kick", ours.secrets["as_token"], {"user_id": uid})
+                    o_joiners.append((await _login(session, obase, uid[1:].split(":")[0], ours.secrets["demo_password"]), uid))
+            p_samples, o_samples = [], []
+            for i in range(0, joins, 25):
+                p_samples += await _join_cost(session, pbase, p_inviter, p_joiners[i : i + 25], p_room)
+                o_samples += await _join_cost(session, obase, ours.secrets["as_token"], o_joiners[i : i + 25], room)
+    finally:
+        for s in stacks:
+            s.stop()
+    return comparison(f"invite + join into an invite-only room, {joins} joins each, SQLite", summary(p_samples), summary(o_samples))
+
+
+async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_url: str | None) -> dict:
+    policy_dir = work / f"policy-{database}"
+    policy_dir.mkdir()
+    synthetic_policy(policy_dir, staff, units)
+    d = prepare(
+        Settings(data_dir=work / f"org-{database}", port=_port(), relaxed_rate_limits=True,
+                 policy_dir=policy_dir, database=database, db_url=db_url, demo=False)
+    )
+    stack = Stack(d)
+    try:
+        stack.start()
+        seeder = Seeder(d)
+        seeder.wait_for_background_updates()
+        seeder.promote_bot()
+        t0 = time.perf_counter()
+        first = seeder.org_sync()
+        t1 = time.perf_counter()
+        second = seeder.org_sync()
+        t2 = time.perf_counter()
+    finally:
+        stack.stop()
+    return {
+        "benchmark": f"org sync, {staff} staff / {len(yaml.safe_load((policy_dir / 'hospital.yaml').read_text())['units'][0]['children']) } departments ({units} units), {database}",
+        "from_scratch_s": round(t1 - t0, 1),
+        "from_scratch_actions": len(first["actions"]),
+        "from_scratch_errors": len(first["errors"]),
+        "resync_unchanged_s": round(t2 - t1, 2),
+        "resync_actions": len(second["actions"]),
+    }
+
+
+def _port() -> int:
+    from tests.support import free_port_pair
+
+    return free_port_pair()
+
+
+def format_sync(result: dict) -> str:
+    return (
+        f"{result['benchmark']}\n"
+        f"  from scratch: {result['from_scratch_s']} s, {result['from_scratch_actions']} actions, "
+        f"{result['from_scratch_errors']} errors\n"
+        f"  re-sync, nothing changed: {result['resync_unchanged_s']} s, {result['resync_actions']} actions"
+    )
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--staff", type=int, default=5000)
+    parser.add_argument("--units", type=int, default=200)
+    parser.add_argument("--database", default="sqlite")
+    parser.add_argument("--db-url")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = asyncio.run(sync_at_scale(Path(tmp), args.staff, args.units, args.database, args.db_url))
+    print(format_sync(out))
+    print(json.dumps(out))

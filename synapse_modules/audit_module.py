@@ -1,0 +1,280 @@
+"""Synapse module: the tamper-evident audit trail (docs/audit.md).
+
+Load it before the policy module in homeserver.yaml: the policy module records message
+sends and policy denials through the writer this module creates. This module records
+logins, logouts, room creation and membership itself, reads the request log for failed
+logins, admin API use and media downloads, accepts records from the appservice, answers
+auditors' searches, and signs checkpoints of the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from synapse.events import EventBase
+from synapse.module_api import ModuleApi, run_as_background_process
+from synapse.module_api.errors import ConfigError
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from carematrix.audit import (
+    AuditQuery,
+    AuditRecord,
+    AuditRecordInvalid,
+    export_verify_key,
+    load_or_create_signing_key,
+    make_checkpoint,
+    parse_time,
+    query_record,
+    render,
+    search,
+)
+from carematrix.audit import actions as A
+from carematrix.audit.matrix_events import record_for_event
+from carematrix.audit.search import AuditQueryInvalid
+from carematrix.policy.holder import PolicyHolder
+from synapse_modules import access_log
+from synapse_modules.audit_writer import AuditWriter
+
+log = logging.getLogger(__name__)
+
+RECORDS_PATH = "/_synapse/client/carematrix/audit/records"
+SEARCH_PATH = "/_synapse/client/carematrix/audit/search"
+AUDITOR_ROLE = "auditor"
+FORMATS = {"json": "application/json", "csv": "text/csv", "fhir": "application/fhir+json", "table": "text/plain"}
+
+
+@dataclass(frozen=True)
+class AuditModuleConfig:
+    database: str
+    policy_dir: Path
+    signing_key_path: Path
+    verify_key_path: Path
+    appservice_token: str
+    checkpoint_interval_seconds: float
+    syslog_host: str | None
+    syslog_port: int
+    syslog_spool: Path | None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AuditModuleConfig:
+        allowed = {
+            "database", "policy_dir", "signing_key_path", "verify_key_path", "appservice_token",
+            "checkpoint_interval_seconds", "syslog",
+        }
+        unknown = set(config) - allowed
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(allowed))}")
+        database = config.get("database")
+        if database not in ("sqlite", "postgres"):
+            raise ValueError(f"'database' must be sqlite or postgres (the homeserver's database), got {database!r}")
+        for key in ("policy_dir", "signing_key_path", "verify_key_path", "appservice_token"):
+            if not isinstance(config.get(key), str) or not config[key]:
+                raise ValueError(f"'{key}' is required")
+        interval = config.get("checkpoint_interval_seconds", 60)
+        if not isinstance(interval, int | float) or not 1 <= interval <= 86400:
+            raise ValueError(f"'checkpoint_interval_seconds' must be 1..86400, got {interval!r}")
+        syslog = config.get("syslog") or {}
+        if not isinstance(syslog, dict) or set(syslog) - {"host", "port", "spool"}:
+            raise ValueError("'syslog' takes host, port (TCP, RFC 6587 framing) and spool (a file path)")
+        if syslog and not (isinstance(syslog.get("host"), str) and isinstance(syslog.get("spool"), str)):
+            raise ValueError("'syslog' needs host and spool")
+        return cls(
+            database=database,
+            policy_dir=Path(config["policy_dir"]),
+            signing_key_path=Path(config["signing_key_path"]),
+            verify_key_path=Path(config["verify_key_path"]),
+            appservice_token=config["appservice_token"],
+            checkpoint_interval_seconds=float(interval),
+            syslog_host=syslog.get("host"),
+            syslog_port=int(syslog.get("port", 6514)),
+            syslog_spool=Path(syslog["spool"]) if syslog else None,
+        )
+
+
+class CareMatrixAudit:
+    def __init__(self, config: AuditModuleConfig, api: ModuleApi) -> None:
+        self._config = config
+        self._api = api
+        self.process = api.worker_name or "main"
+        self.writer = AuditWriter(api, config.database, self.process)
+        self._policy = PolicyHolder(config.policy_dir)
+        self._signing_key = load_or_create_signing_key(config.signing_key_path)
+        if not config.verify_key_path.exists():
+            config.verify_key_path.write_text(export_verify_key(self._signing_key) + "\n")
+        api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
+        api.register_account_validity_callbacks(on_user_login=self.on_user_login)
+        api.register_password_auth_provider_callbacks(on_logged_out=self.on_logged_out)
+        api.register_web_resource(RECORDS_PATH, _AsyncResource(post=self._submit_records))
+        api.register_web_resource(SEARCH_PATH, _AsyncResource(get=self._search))
+        access_log.install(self.writer.record_soon, self.process)
+        api.looping_background_call(self._policy.refresh, 2000, desc="carematrix_audit_policy", run_on_all_instances=True)
+        if api.should_run_background_tasks():
+            api.looping_background_call(
+                self._checkpoint, config.checkpoint_interval_seconds * 1000, desc="carematrix_audit_checkpoint"
+            )
+            if config.syslog_host and config.syslog_spool:
+                self._start_syslog(config)
+
+    @staticmethod
+    def parse_config(config: dict[str, Any]) -> AuditModuleConfig:
+        try:
+            return AuditModuleConfig.from_config(config or {})
+        except ValueError as exc:
+            raise ConfigError(f"CareMatrix audit module: {exc}") from exc
+
+    # -- records from Synapse callbacks --------------------------------------------------
+
+    async def check_event_allowed(self, event: EventBase, state_events: Any) -> tuple[bool, None]:
+        """Membership and room creation are recorded here, before the event is stored.
+        (Other events are recorded by the policy module once its checks pass.)"""
+        if event.type not in ("m.room.member", "m.room.create") or not self._api.is_mine(event.sender):
+            return True, None
+        record = record_for_event(
+            event_type=event.type, sender=event.sender, room_id=event.room_id, event_id=event.event_id,
+            state_key=event.get_state_key(), content=event.content, process=self.process,
+        )
+        try:
+            await self.writer.record(record)
+        except Exception:
+            log.exception("audit record for %s could not be written; refusing the event", event.event_id)
+            return False, None
+        return True, None
+
+    async def on_user_login(self, user_id: str, auth_provider_type: str | None, auth_provider_id: str | None) -> None:
+        await self.writer.record(
+            AuditRecord(
+                actor=user_id, action=A.AUTH_LOGIN, object=user_id, process=self.process,
+                details={"provider": str(auth_provider_type or "password")},
+            )
+        )
+
+    async def on_logged_out(self, user_id: str, device_id: str | None, access_token: str) -> None:
+        await self.writer.record(
+            AuditRecord(actor=user_id, action=A.AUTH_LOGOUT, object=user_id, process=self.process, details={"device": device_id or ""})
+        )
+
+    async def _checkpoint(self) -> None:
+        await self._api.run_db_interaction(
+            "carematrix_audit_checkpoint", make_checkpoint, self._config.database, self._signing_key
+        )
+
+    def _start_syslog(self, config: AuditModuleConfig) -> None:
+        from carematrix.audit.spool import Forwarder, Spool, fill_from_log
+        from carematrix.audit.syslog import TcpTransport, format_record
+
+        assert config.syslog_host and config.syslog_spool
+        spool = Spool(config.syslog_spool)
+        forwarder = Forwarder(spool, TcpTransport(config.syslog_host, config.syslog_port))
+        hostname = socket.gethostname()
+        server = self._api.server_name
+
+        def formatter(stored: Any) -> bytes:
+            return format_record(stored, hostname, server)
+
+        async def fill() -> None:
+            while await self._api.run_db_interaction(
+                "carematrix_audit_spool", fill_from_log, config.database, spool, formatter
+            ):
+                pass
+            await self._api.defer_to_thread(forwarder.send_pending)
+
+        self._api.looping_background_call(fill, 1000, desc="carematrix_audit_syslog")
+
+    # -- HTTP: records from the appservice, searches by auditors --------------------------
+
+    async def _submit_records(self, request: Request) -> tuple[int, Any]:
+        auth = request.getHeader("Authorization") or ""
+        if auth != f"Bearer {self._config.appservice_token}":
+            return 403, {"errcode": "M_FORBIDDEN", "error": "only the CareMatrix appservice may submit audit records"}
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            items = body["records"]
+            if not isinstance(items, list) or not items:
+                raise ValueError("'records' must be a non-empty list")
+            records = [AuditRecord(**{**item, "process": "appservice"}) for item in items]
+        except (ValueError, KeyError, TypeError, AuditRecordInvalid) as exc:
+            return 400, {"errcode": "M_BAD_JSON", "error": f"invalid audit records: {exc}"}
+        for record in records:
+            await self.writer.record(record)
+        return 200, {"recorded": len(records)}
+
+    async def _search(self, request: Request) -> tuple[int, Any]:
+        requester = await self._api.get_user_by_req(request)
+        user_id = requester.user.to_string()
+        localpart = user_id[1:].split(":", 1)[0]
+        staff = self._policy.current.staff_for_localpart(localpart) if self._api.is_mine(user_id) else None
+        args = {k.decode(): v[-1].decode() for k, v in parse_qs(request.uri.split(b"?", 1)[1] if b"?" in request.uri else b"").items()}
+        fmt = args.pop("format", "json")
+        if staff is None or AUDITOR_ROLE not in staff.roles:
+            await self.writer.record(
+                AuditRecord(actor=user_id, action=A.AUDIT_QUERY, object="audit", outcome=A.DENIED,
+                            process=self.process, rule="audit.auditor_only", details={"filters": json.dumps(args)[:500]})
+            )
+            return 403, {"errcode": "M_FORBIDDEN", "error": "Only staff with the 'auditor' role may search the audit trail. [rule audit.auditor_only]"}
+        try:
+            if fmt not in FORMATS:
+                raise AuditQueryInvalid(f"format must be one of {', '.join(FORMATS)}")
+            query = AuditQuery(
+                actor=args.get("actor"), room=args.get("room"), patient=args.get("patient"),
+                action=args.get("action"), outcome=args.get("outcome"),
+                since=parse_time(args["since"]) if "since" in args else None,
+                until=parse_time(args["until"]) if "until" in args else None,
+                limit=int(args.get("limit", 100)),
+            )
+        except (AuditQueryInvalid, AuditRecordInvalid, ValueError) as exc:
+            return 400, {"errcode": "M_INVALID_PARAM", "error": str(exc)}
+        rows = await self._api.run_db_interaction("carematrix_audit_search", search, self._config.database, query)
+        # The search is itself audited, before anything is returned.
+        await self.writer.record(query_record(user_id, query, fmt, len(rows), process=self.process))
+        return 200, (FORMATS[fmt], render(rows, fmt, server_name=self._api.server_name))
+
+
+class _AsyncResource(Resource):
+    """A module HTTP endpoint whose handler is async: returns (status, JSON) or
+    (status, (content type, text))."""
+
+    isLeaf = True
+
+    def __init__(self, get: Any = None, post: Any = None) -> None:
+        super().__init__()
+        self._get, self._post = get, post
+
+    def render_GET(self, request: Request) -> Any:  # noqa: N802 - twisted naming
+        return self._dispatch(self._get, request)
+
+    def render_POST(self, request: Request) -> Any:  # noqa: N802
+        return self._dispatch(self._post, request)
+
+    def _dispatch(self, handler: Any, request: Request) -> Any:
+        if handler is None:
+            request.setResponseCode(405)
+            return b'{"errcode":"M_UNRECOGNIZED","error":"method not allowed"}'
+
+        async def respond() -> None:
+            try:
+                code, body = await handler(request)
+            except Exception as exc:  # auth failures arrive as SynapseError
+                code = getattr(exc, "code", 500)
+                body = {"errcode": getattr(exc, "errcode", "M_UNKNOWN"), "error": getattr(exc, "msg", "internal error")}
+                if code == 500:
+                    log.exception("audit endpoint failed")
+            if isinstance(body, tuple):
+                content_type, text = body
+                payload = text.encode()
+            else:
+                content_type, payload = "application/json", json.dumps(body).encode()
+            request.setResponseCode(int(code))
+            request.setHeader(b"Content-Type", content_type.encode())
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.write(payload)
+            request.finish()
+
+        run_as_background_process("carematrix_audit_http", respond)
+        return NOT_DONE_YET

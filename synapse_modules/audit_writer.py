@@ -1,0 +1,96 @@
+"""Group commit of audit records into the homeserver database.
+
+Records that must exist before an action is acknowledged (an accepted message, a policy
+denial) are awaited: the caller resumes only once its record is committed. Records
+arriving together share one transaction, so the audit costs one short write per burst
+rather than one per action. Every Synapse process (worker) writes through the same
+head-row lock, which gives one verifiable order (see docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from synapse.module_api import ModuleApi, make_deferred_yieldable, run_as_background_process
+from twisted.internet import defer
+
+from carematrix.audit import AuditRecord, append, ensure_schema
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+_writer: AuditWriter | None = None
+
+
+def current_writer() -> AuditWriter | None:
+    """The process's writer, if the audit module is loaded (other modules record through it)."""
+    return _writer
+
+
+class AuditWriter:
+    def __init__(self, api: ModuleApi, dialect: str, process: str) -> None:
+        global _writer
+        self._api = api
+        self.dialect = dialect
+        self.process = process
+        self._pending: list[tuple[AuditRecord, defer.Deferred | None]] = []
+        self._flushing = False
+        self._schema_ready: defer.Deferred | None = None
+        self.failures = 0
+        _writer = self
+
+    async def _ensure_schema(self) -> None:
+        if self._schema_ready is None:
+            self._schema_ready = defer.ensureDeferred(
+                self._api.run_db_interaction("carematrix_audit_schema", ensure_schema, self.dialect)
+            )
+        await make_deferred_yieldable(self._schema_ready)
+
+    async def record(self, record: AuditRecord) -> None:
+        """Return once ``record`` is committed; raises if it could not be written."""
+        done: defer.Deferred = defer.Deferred()
+        self._pending.append((record, done))
+        self._kick()
+        await make_deferred_yieldable(done)
+
+    def record_soon(self, record: AuditRecord) -> None:
+        """Queue ``record`` without waiting (for observations made after the fact)."""
+        self._pending.append((record, None))
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            run_as_background_process("carematrix_audit_flush", self._flush)
+
+    async def _flush(self) -> None:
+        try:
+            await self._ensure_schema()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    await self._api.run_db_interaction(
+                        "carematrix_audit_append", append, self.dialect, [r for r, _ in batch]
+                    )
+                except Exception as exc:
+                    self.failures += 1
+                    log.exception("could not write %d audit record(s)", len(batch))
+                    for _, done in batch:
+                        if done is not None and not done.called:
+                            done.errback(exc)
+                    continue
+                for _, done in batch:
+                    if done is not None and not done.called:
+                        done.callback(None)
+        except Exception as exc:
+            log.exception("audit flush failed")
+            for _, done in self._pending:
+                if done is not None and not done.called:
+                    done.errback(exc)
+            self._pending = []
+        finally:
+            self._flushing = False
+            if self._pending:
+                self._kick()
+

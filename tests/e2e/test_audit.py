@@ -1,0 +1,154 @@
+"""The audit trail end to end: what staff do is on record, auditors (only) can find it,
+the export is valid FHIR, tampering is detected, and a crash loses no acknowledged record."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nio import AsyncClient, JoinError, RoomSendResponse, UploadResponse
+
+from carematrix.audit.db import connect
+from tests.support import RunningStack, start_stack, stop_stack
+
+CLI = str(Path(sys.executable).parent / "carematrix")
+
+
+def audit_cli(stack: RunningStack, *args: str, login: str | None = "a0002") -> subprocess.CompletedProcess:
+    extra = ["--login", login] if login and args[0] == "search" else []
+    return subprocess.run(
+        [CLI, "audit", *args, *extra, "--data-dir", str(stack.deployment.settings.data_dir)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CAREMATRIX_PASSWORD": stack.deployment.secrets["demo_password"]},
+    )
+
+
+def search(stack: RunningStack, *filters: str, login: str = "a0002") -> list[dict]:
+    result = audit_cli(stack, "search", *filters, "--format", "json", "--limit", "1000", login=login)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def db_target(stack: RunningStack) -> str:
+    s = stack.deployment.settings
+    return s.db_url if s.database == "postgres" else str(stack.deployment.paths.sqlite_db)
+
+
+async def test_login_send_download_and_denial_are_all_found_by_an_auditor(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    cardiologist = await stack.login("d1001")
+    try:
+        icu = (await nurse.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
+        data = b"\x89PNG fake scan"
+        upload, _ = await nurse.upload(io.BytesIO(data), content_type="image/png", filename="scan.png", filesize=len(data))
+        assert isinstance(upload, UploadResponse), upload
+        sent = await nurse.room_send(icu, "m.room.message", {"msgtype": "m.image", "body": "scan.png", "url": upload.content_uri})
+        assert isinstance(sent, RoomSendResponse), sent
+        download = await cardiologist.download(upload.content_uri)
+        assert getattr(download, "body", None) is not None, download
+        denied = await cardiologist.join(f"#icu-team:{stack.server_name}")
+        assert isinstance(denied, JoinError)
+    finally:
+        await nurse.close()
+        await cardiologist.close()
+
+    nurse_trail = search(stack, "--actor", stack.user_id("n3001"))
+    actions = {(r["action"], r["object"]) for r in nurse_trail}
+    assert ("auth.login", stack.user_id("n3001")) in actions
+    send = next(r for r in nurse_trail if r["action"] == "message.send" and r["object"] == sent.event_id)
+    assert send["room"] == icu and send["details"]["media"] == upload.content_uri
+    assert "scan.png" not in json.dumps(nurse_trail), "message text reached the audit trail"
+    assert any(r["action"] == "media.upload" for r in nurse_trail)
+
+    cardio_trail = search(stack, "--actor", stack.user_id("d1001"))
+    assert any(r["action"] == "media.download" and r["object"] == upload.content_uri for r in cardio_trail)
+    denial = next(r for r in cardio_trail if r["action"] == "policy.denied")
+    assert denial["rule"] == "room_class.department.scope" and denial["outcome"] == "denied"
+
+
+def test_non_auditor_cannot_search_and_the_attempt_is_recorded(stack: RunningStack):
+    refused = audit_cli(stack, "search", "--actor", stack.user_id("n3001"), login="d1002")
+    assert refused.returncode == 1
+    assert "Only staff with the 'auditor' role may search the audit trail" in refused.stderr
+    queries = search(stack, "--action", "audit.query", "--actor", stack.user_id("d1002"))
+    assert queries and queries[0]["outcome"] == "denied"
+    # ... and the auditor's own searches are on record too.
+    assert search(stack, "--action", "audit.query", "--actor", stack.user_id("a0002"))
+
+
+def test_fhir_export_is_a_valid_bundle_of_audit_events(stack: RunningStack):
+    from fhir.resources.R4B.bundle import Bundle
+
+    result = audit_cli(stack, "search", "--action", "auth.", "--format", "fhir")
+    assert result.returncode == 0, result.stderr
+    bundle = Bundle.model_validate_json(result.stdout)
+    assert bundle.entry, "no AuditEvents exported"
+    assert {e.resource.get_resource_type() for e in bundle.entry} == {"AuditEvent"}
+
+
+def test_verify_is_ok_and_then_names_the_edited_record(stack: RunningStack):
+    ok = audit_cli(stack, "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("audit log OK:")
+    with connect(db_target(stack)) as db, db.transaction() as txn:
+        txn.execute("SELECT seq, actor FROM carematrix_audit_log WHERE action = 'auth.login' ORDER BY seq LIMIT 1")
+        seq, actor = txn.fetchone()
+        txn.execute(f"UPDATE carematrix_audit_log SET actor = 'someone-else' WHERE seq = {int(seq)}")
+    try:
+        broken = audit_cli(stack, "verify")
+        assert broken.returncode == 1
+        assert f"record {seq}" in broken.stdout, broken.stdout
+    finally:
+        with connect(db_target(stack)) as db, db.transaction() as txn:
+            txn.execute(f"UPDATE carematrix_audit_log SET actor = '{actor}' WHERE seq = {int(seq)}")
+    assert audit_cli(stack, "verify").returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_kill_9_during_sends_loses_no_acknowledged_record(backend: str, tmp_path: Path):
+    running = start_stack(backend, tmp_path)
+    acked: list[str] = []
+    try:
+        client = AsyncClient(running.url, running.user_id("a0001"))
+        await client.login(running.deployment.secrets["demo_password"])
+        room = running.announcement_room
+        gate = asyncio.Semaphore(4)  # a few sends in flight when the kill lands
+
+        async def send(i: int) -> None:
+            async with gate:
+                if not running.stack.synapse.alive():
+                    return
+                try:
+                    resp = await asyncio.wait_for(
+                        client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"load {i}"}), 10
+                    )
+                except Exception:  # the server died under this request: not acknowledged
+                    return
+                if isinstance(resp, RoomSendResponse):
+                    acked.append(resp.event_id)
+                if len(acked) == 100:
+                    running.stack.synapse.kill()  # SIGKILL, with sends still in flight
+
+        await asyncio.gather(*(send(i) for i in range(300)))
+        await client.close()
+        assert not running.stack.synapse.alive()
+        assert len(acked) >= 100
+        running.stack.restart_synapse()
+        result = subprocess.run(
+            [CLI, "audit", "verify", "--data-dir", str(running.deployment.settings.data_dir)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        with connect(db_target(running)) as db, db.transaction(read_only=True) as txn:
+            txn.execute("SELECT object FROM carematrix_audit_log WHERE action = 'message.send'")
+            recorded = {row[0] for row in txn.fetchall()}
+        missing = [e for e in acked if e not in recorded]
+        assert not missing, f"{len(missing)} acknowledged sends have no audit record"
+    finally:
+        stop_stack(running)
