@@ -1,46 +1,77 @@
-"""``make bench``: run every benchmark, print the comparison tables, save JSON under var/bench."""
+"""``make bench``: every benchmark, each against its baseline measured in the same run.
+
+Prints the comparison tables and saves JSON under var/bench/. ``--only NAME`` runs one:
+roundtrip (messages: plain Synapse / CareMatrix / audit off), access (invite+join check),
+orgsync (org sync at a scale this machine finishes in minutes), audit (the audit store).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import roundtrip
+from bench import org_sync, roundtrip
 from bench.stats import format_comparison
 from carematrix.deploy import REPO_ROOT
 
+BENCHMARKS = ("roundtrip", "access", "orgsync", "audit")
+
 
 def machine() -> str:
-    import os
-
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _save(out_dir: Path, name: str, result: object) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"machine": machine(), "result": result}, indent=2) + "\n")
+    print(f"  saved {out}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append")
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--joins", type=int, default=100)
+    parser.add_argument("--staff", type=int, default=300)
+    parser.add_argument("--units", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="carematrix-bench-"))
-    try:
-        result = asyncio.run(roundtrip.measure(work, args.messages, args.warmup, args.batch))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result["machine"] = machine()
-    print(format_comparison(result))
-    print(f"  machine: {result['machine']}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"roundtrip-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  saved {out}")
+    chosen = args.only or list(BENCHMARKS)
+    print(f"machine: {machine()}", flush=True)
+    for name in chosen:
+        work = Path(tempfile.mkdtemp(prefix=f"carematrix-bench-{name}-"))
+        try:
+            if name == "roundtrip":
+                results = asyncio.run(roundtrip.measure(work, args.messages, args.warmup, args.batch))
+                for r in results:
+                    print(format_comparison(r), flush=True)
+                _save(args.out, name, results)
+            elif name == "access":
+                result = asyncio.run(org_sync.access_check_cost(work, args.joins))
+                print(format_comparison(result), flush=True)
+                _save(args.out, name, result)
+            elif name == "orgsync":
+                result = asyncio.run(org_sync.sync_at_scale(work, args.staff, args.units, "sqlite", None))
+                print(org_sync.format_sync(result), flush=True)
+                _save(args.out, name, result)
+            elif name == "audit":
+                from bench import audit
+
+                sys.argv = [sys.argv[0], "--out", str(args.out)]
+                audit.main()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

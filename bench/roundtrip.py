@@ -66,20 +66,27 @@ async def plain_endpoint(session: aiohttp.ClientSession, d: Deployment) -> Endpo
     return Endpoint("plain", base, room, sender, receiver)
 
 
-async def carematrix_endpoint(session: aiohttp.ClientSession, d: Deployment) -> Endpoint:
-    """A two-member announcement-class room, the same shape as the plain one: every send
-    goes through the room-class policy check (class lookup, sender's roles)."""
+async def carematrix_endpoint(session: aiohttp.ClientSession, d: Deployment, name: str) -> Endpoint:
+    """A two-member announcement-class room, the same shape as the plain one (the bot that
+    made it leaves): every send goes through the room-class check and, with audit on, is on
+    record before the client hears back."""
     base = d.settings.homeserver_url
     password = d.secrets["demo_password"]
+    bot = d.secrets["as_token"]
     sender = await _login(session, base, "a0001", password)
     receiver = await _login(session, base, "n3001", password)
     body = {
-        "preset": "public_chat",
-        "initial_state": [{"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "announcement"}}],
+        "preset": "private_chat",
+        "invite": [f"@a0001:{d.settings.server_name}", f"@n3001:{d.settings.server_name}"],
+        "initial_state": [
+            {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "announcement", "unit": "renhe"}}
+        ],
     }
-    room = (await _call(session, "POST", f"{base}/_matrix/client/v3/createRoom", sender, body))["room_id"]
-    await _call(session, "POST", f"{base}/_matrix/client/v3/join/{room}", receiver, {})
-    return Endpoint("carematrix", base, room, sender, receiver)
+    room = (await _call(session, "POST", f"{base}/_matrix/client/v3/createRoom", bot, body))["room_id"]
+    for token in (sender, receiver):
+        await _call(session, "POST", f"{base}/_matrix/client/v3/join/{room}", token, {})
+    await _call(session, "POST", f"{base}/_matrix/client/v3/rooms/{room}/leave", bot, {})
+    return Endpoint(name, base, room, sender, receiver)
 
 
 class Receiver:
@@ -126,17 +133,24 @@ async def one_round_trip(session: aiohttp.ClientSession, ep: Endpoint, rx: Recei
     return (arrived - start) * 1000
 
 
-async def measure(work: Path, messages: int, warmup: int, batch: int) -> dict:
-    plain_settings = Settings(data_dir=work / "plain", port=_free_port_pair(), relaxed_rate_limits=True, carematrix_enabled=False)
-    cm_settings = Settings(data_dir=work / "carematrix", port=_free_port_pair(), relaxed_rate_limits=True)
-    plain_d, cm_d = prepare(plain_settings), prepare(cm_settings)
-    stacks = [Stack(plain_d), Stack(cm_d)]
+async def measure(work: Path, messages: int, warmup: int, batch: int) -> list[dict]:
+    """Three servers in one run: plain Synapse, CareMatrix without its audit module, and
+    the full CareMatrix stack; returns the two comparisons the issues ask for."""
+    plain_d = prepare(Settings(data_dir=work / "plain", port=_free_port_pair(), relaxed_rate_limits=True, carematrix_enabled=False))
+    noaudit_d = prepare(Settings(data_dir=work / "noaudit", port=_free_port_pair(), relaxed_rate_limits=True, audit_enabled=False))
+    cm_d = prepare(Settings(data_dir=work / "carematrix", port=_free_port_pair(), relaxed_rate_limits=True))
+    stacks = [Stack(plain_d), Stack(noaudit_d), Stack(cm_d)]
     try:
         for s in stacks:
             s.start()
+        Seeder(noaudit_d).run()
         Seeder(cm_d).run()
         async with aiohttp.ClientSession() as session:
-            endpoints = [await plain_endpoint(session, plain_d), await carematrix_endpoint(session, cm_d)]
+            endpoints = [
+                await plain_endpoint(session, plain_d),
+                await carematrix_endpoint(session, noaudit_d, "noaudit"),
+                await carematrix_endpoint(session, cm_d, "carematrix"),
+            ]
             receivers = [Receiver(session, ep) for ep in endpoints]
             for rx in receivers:
                 await rx.prime()
@@ -154,11 +168,14 @@ async def measure(work: Path, messages: int, warmup: int, batch: int) -> dict:
     finally:
         for s in stacks:
             s.stop()
-    return comparison(
-        f"message round trip (send -> other user's /sync), {messages} messages each, SQLite",
-        summary(samples["plain"]),
-        summary(samples["carematrix"]),
-    )
+    what = f"message round trip (send -> other user's /sync), {messages} messages each, SQLite"
+    return [
+        comparison(f"{what}: CareMatrix vs plain Synapse", summary(samples["plain"]), summary(samples["carematrix"])),
+        comparison(
+            f"{what}: audit on vs off", summary(samples["noaudit"]), summary(samples["carematrix"]),
+            labels=("audit off", "audit on"),
+        ),
+    ]
 
 
 def _free_port_pair() -> int:

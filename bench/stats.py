@@ -24,9 +24,15 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def comparison(name: str, baseline: dict[str, float], ours: dict[str, float]) -> dict[str, object]:
+def comparison(
+    name: str,
+    baseline: dict[str, float],
+    ours: dict[str, float],
+    labels: tuple[str, str] = ("plain Synapse", "CareMatrix"),
+) -> dict[str, object]:
     return {
         "benchmark": name,
+        "labels": list(labels),
         "baseline": baseline,
         "carematrix": ours,
         "ratio_p50": round(ours["p50_ms"] / baseline["p50_ms"], 3),
@@ -36,12 +42,13 @@ def comparison(name: str, baseline: dict[str, float], ours: dict[str, float]) ->
 
 def format_comparison(result: dict) -> str:
     b, c = result["baseline"], result["carematrix"]
+    base_label, our_label = result.get("labels", ("plain Synapse", "CareMatrix"))
     return "\n".join(
         [
             f"{result['benchmark']}",
             f"  {'':<16}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}",
-            f"  {'plain Synapse':<16}{b['n']:>6}{b['p50_ms']:>10.2f}{b['p99_ms']:>10.2f}{b['mean_ms']:>10.2f}",
-            f"  {'CareMatrix':<16}{c['n']:>6}{c['p50_ms']:>10.2f}{c['p99_ms']:>10.2f}{c['mean_ms']:>10.2f}",
+            f"  {base_label:<16}{b['n']:>6}{b['p50_ms']:>10.2f}{b['p99_ms']:>10.2f}{b['mean_ms']:>10.2f}",
+            f"  {our_label:<16}{c['n']:>6}{c['p50_ms']:>10.2f}{c['p99_ms']:>10.2f}{c['mean_ms']:>10.2f}",
             f"  ratio p50 {result['ratio_p50']:.3f}   ratio p99 {result['ratio_p99']:.3f}",
         ]
     )

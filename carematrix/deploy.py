@@ -56,6 +56,8 @@ class Settings:
     demo: bool = True
     # How often the audit chain's head is signed (a checkpoint detects truncation).
     audit_checkpoint_seconds: float = 60.0
+    # False leaves the audit module out: only for measuring what the audit costs.
+    audit_enabled: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -307,6 +309,32 @@ def _record_deployment(settings: Settings, paths: Paths) -> None:
     _atomic_write(paths.deployment, json.dumps(full, indent=2) + "\n", 0o600)
 
 
+def _modules(settings: Settings, paths: Paths, bot_user_id: str, as_token: str) -> list[dict[str, Any]]:
+    """The Synapse modules, audit first: the policy module records through its writer."""
+    if not settings.carematrix_enabled:
+        return []
+    audit = {
+        "module": "synapse_modules.audit_module.CareMatrixAudit",
+        "config": {
+            "database": settings.database,
+            "policy_dir": str(settings.policy_dir),
+            "signing_key_path": str(paths.audit_signing_key),
+            "verify_key_path": str(paths.audit_verify_key),
+            "appservice_token": as_token,
+            "checkpoint_interval_seconds": settings.audit_checkpoint_seconds,
+        },
+    }
+    policy = {
+        "module": "synapse_modules.policy_module.CareMatrixPolicy",
+        "config": {
+            "policy_dir": str(settings.policy_dir),
+            "bot_user_id": bot_user_id,
+            "reload_interval_seconds": 1,
+        },
+    }
+    return [audit, policy] if settings.audit_enabled else [policy]
+
+
 def prepare(settings: Settings) -> Deployment:
     """Validate inputs, then write everything; nothing is written if validation fails."""
     from carematrix.policy import PolicyInvalid, load_policy
@@ -344,31 +372,7 @@ def prepare(settings: Settings) -> Deployment:
         "media_store_path": str(paths.media),
         "signing_key_path": str(paths.signing_key),
         "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
-        "modules": (
-            [
-                {
-                    "module": "synapse_modules.audit_module.CareMatrixAudit",
-                    "config": {
-                        "database": settings.database,
-                        "policy_dir": str(settings.policy_dir),
-                        "signing_key_path": str(paths.audit_signing_key),
-                        "verify_key_path": str(paths.audit_verify_key),
-                        "appservice_token": secret_values["as_token"],
-                        "checkpoint_interval_seconds": settings.audit_checkpoint_seconds,
-                    },
-                },
-                {
-                    "module": "synapse_modules.policy_module.CareMatrixPolicy",
-                    "config": {
-                        "policy_dir": str(settings.policy_dir),
-                        "bot_user_id": deployment.bot_user_id,
-                        "reload_interval_seconds": 1,
-                    },
-                }
-            ]
-            if settings.carematrix_enabled
-            else []
-        ),
+        "modules": _modules(settings, paths, deployment.bot_user_id, secret_values["as_token"]),
         "rc_message": relaxed if settings.relaxed_rate_limits else {"per_second": 10, "burst_count": 50},
         "rc_login": (
             {k: relaxed for k in ("address", "account", "failed_attempts")}

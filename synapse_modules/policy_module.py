@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ FAILED_CLOSED = Verdict(
 T = TypeVar("T")
 
 POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"
+CLASS_CACHE_SIZE = 100_000
 
 
 def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -87,7 +89,11 @@ class CareMatrixPolicy:
             user_may_invite=self.user_may_invite,
             user_may_publish_room=self.user_may_publish_room,
         )
-        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        api.register_third_party_rules_callbacks(
+            on_create_room=self.on_create_room, on_new_event=self.on_new_event
+        )
+        self._class_cache: OrderedDict[str, RoomClassState] = OrderedDict()
+        self._invalidated_during_lookup: set[str] = set()
         self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
         api.looping_background_call(
@@ -143,9 +149,28 @@ class CareMatrixPolicy:
         return self._holder.current.staff_for_localpart(localpart)
 
     async def _room_state(self, room_id: str) -> RoomClassState:
+        """Room classes rarely change (only the bot may change one), so checks read them
+        from a cache that ``on_new_event`` clears when a class event is stored. Synapse
+        calls ``on_new_event`` on every worker that learns of the event, so each worker's
+        cache follows the database."""
+        cached_value = self._class_cache.get(room_id)
+        if cached_value is not None:
+            self._class_cache.move_to_end(room_id)
+            return cached_value
         state = await self._api.get_room_state(room_id, [(ROOM_CLASS_EVENT, "")])
         event = state.get((ROOM_CLASS_EVENT, ""))
-        return RoomClassState() if event is None else RoomClassState.from_content(event.content)
+        value = RoomClassState() if event is None else RoomClassState.from_content(event.content)
+        if room_id not in self._invalidated_during_lookup:
+            self._class_cache[room_id] = value
+            if len(self._class_cache) > CLASS_CACHE_SIZE:
+                self._class_cache.popitem(last=False)
+        self._invalidated_during_lookup.discard(room_id)
+        return value
+
+    async def on_new_event(self, event: EventBase, state_events: Any) -> None:
+        if event.type == ROOM_CLASS_EVENT and event.is_state():
+            self._class_cache.pop(event.room_id, None)
+            self._invalidated_during_lookup.add(event.room_id)
 
     async def _member_count(self, room_id: str) -> int:
         state = await self._api.get_room_state(room_id, [("m.room.member", None)])
