@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -48,6 +49,8 @@ T = TypeVar("T")
 
 POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"
 CLASS_CACHE_SIZE = 100_000
+CLASS_CACHE_SECONDS = 30.0
+CLASS_CHANGE_SETTLE_SECONDS = 10.0
 
 
 def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -89,11 +92,11 @@ class CareMatrixPolicy:
             user_may_invite=self.user_may_invite,
             user_may_publish_room=self.user_may_publish_room,
         )
-        api.register_third_party_rules_callbacks(
-            on_create_room=self.on_create_room, on_new_event=self.on_new_event
-        )
-        self._class_cache: OrderedDict[str, RoomClassState] = OrderedDict()
-        self._invalidated_during_lookup: set[str] = set()
+        # No on_new_event callback: Synapse loads a room's full state for it before
+        # notifying clients of every event, which would slow every message down.
+        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        self._class_cache: OrderedDict[str, tuple[RoomClassState, float]] = OrderedDict()
+        self._class_changing: dict[str, float] = {}
         self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
         api.looping_background_call(
@@ -149,28 +152,30 @@ class CareMatrixPolicy:
         return self._holder.current.staff_for_localpart(localpart)
 
     async def _room_state(self, room_id: str) -> RoomClassState:
-        """Room classes rarely change (only the bot may change one), so checks read them
-        from a cache that ``on_new_event`` clears when a class event is stored. Synapse
-        calls ``on_new_event`` on every worker that learns of the event, so each worker's
-        cache follows the database."""
-        cached_value = self._class_cache.get(room_id)
-        if cached_value is not None:
-            self._class_cache.move_to_end(room_id)
-            return cached_value
+        """Room classes are set at creation and only the bot may change one, so checks read
+        them from a short-lived per-process cache. Rooms without a class are never cached
+        (a new room's class event may not be stored yet when its first events are checked),
+        and a room whose class is being changed is not cached until the change has landed;
+        other workers see a bot's class change within ``CLASS_CACHE_SECONDS``."""
+        now = time.monotonic()
+        hit = self._class_cache.get(room_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         state = await self._api.get_room_state(room_id, [(ROOM_CLASS_EVENT, "")])
         event = state.get((ROOM_CLASS_EVENT, ""))
-        value = RoomClassState() if event is None else RoomClassState.from_content(event.content)
-        if room_id not in self._invalidated_during_lookup:
-            self._class_cache[room_id] = value
+        if event is None:
+            return RoomClassState()
+        value = RoomClassState.from_content(event.content)
+        if self._class_changing.get(room_id, 0) < now:
+            self._class_cache[room_id] = (value, now + CLASS_CACHE_SECONDS)
+            self._class_cache.move_to_end(room_id)
             if len(self._class_cache) > CLASS_CACHE_SIZE:
                 self._class_cache.popitem(last=False)
-        self._invalidated_during_lookup.discard(room_id)
         return value
 
-    async def on_new_event(self, event: EventBase, state_events: Any) -> None:
-        if event.type == ROOM_CLASS_EVENT and event.is_state():
-            self._class_cache.pop(event.room_id, None)
-            self._invalidated_during_lookup.add(event.room_id)
+    def _forget_class(self, room_id: str) -> None:
+        self._class_cache.pop(room_id, None)
+        self._class_changing[room_id] = time.monotonic() + CLASS_CHANGE_SETTLE_SECONDS
 
     async def _member_count(self, room_id: str) -> int:
         state = await self._api.get_room_state(room_id, [("m.room.member", None)])
@@ -210,6 +215,7 @@ class CareMatrixPolicy:
         is_system = self._is_system(event.sender)
         room = await self._room_state(event.room_id)
         if event.is_state() and event.type == ROOM_CLASS_EVENT:
+            self._forget_class(event.room_id)
             verdict = decide_class_change(
                 policy,
                 room.class_id,
