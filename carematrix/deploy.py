@@ -379,6 +379,18 @@ def prepare(settings: Settings) -> Deployment:
             if settings.relaxed_rate_limits
             else {"address": {"per_second": 1, "burst_count": 20}, "account": {"per_second": 1, "burst_count": 20}, "failed_attempts": {"per_second": 0.2, "burst_count": 5}}
         ),
+        # Synapse's own defaults, raised only for tests and benchmarks.
+        "rc_invites": (
+            {k: relaxed for k in ("per_room", "per_user", "per_issuer")}
+            if settings.relaxed_rate_limits
+            else {"per_room": {"per_second": 0.3, "burst_count": 10}, "per_user": {"per_second": 0.003, "burst_count": 5}, "per_issuer": {"per_second": 0.5, "burst_count": 5}}
+        ),
+        "rc_joins": (
+            {k: relaxed for k in ("local", "remote")}
+            if settings.relaxed_rate_limits
+            else {"local": {"per_second": 0.1, "burst_count": 10}, "remote": {"per_second": 0.01, "burst_count": 10}}
+        ),
+        "rc_joins_per_room": relaxed if settings.relaxed_rate_limits else {"per_second": 1, "burst_count": 10},
         "policy_dir": str(settings.policy_dir),
         "log_file": str(paths.synapse_log),
         "log_level": settings.log_level,

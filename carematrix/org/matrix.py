@@ -136,9 +136,6 @@ class OrgMatrix:
 
     # -- apply ---------------------------------------------------------------------------
 
-    async def _put_user(self, localpart: str, body: dict[str, Any]) -> None:
-        await self.call("PUT", f"/_synapse/admin/v2/users/{quote(self.uid(localpart))}", body)
-
     async def create_room(self, room: DesiredRoom) -> None:
         initial_state: list[dict[str, Any]] = [
             {"type": ROOM_CLASS_EVENT, "state_key": "", "content": room.room.content()},
@@ -174,6 +171,28 @@ class OrgMatrix:
                 {"via": [self.server]},
             )
 
+    def _request(self, a: Action, initial_password: str | None) -> tuple[str, str, dict[str, Any]]:
+        """The one HTTP call that carries out ``a`` (room creation aside)."""
+        if a.kind in ("create_account", "reactivate", "update_name"):
+            body: dict[str, Any] = {"displayname": a.detail}
+            if a.kind != "update_name":
+                body["deactivated"] = False
+                if initial_password:
+                    body["password"] = initial_password
+            return "PUT", f"/_synapse/admin/v2/users/{quote(self.uid(a.target))}", body
+        if a.kind == "deactivate":
+            return "POST", f"/_synapse/admin/v1/deactivate/{quote(self.uid(a.target))}", {"erase": False}
+        if a.kind == "join":
+            return "POST", f"/_synapse/admin/v1/join/{quote(self.room_ids[a.detail])}", {"user_id": self.uid(a.target)}
+        if a.kind == "kick":
+            room = quote(self.room_ids[a.detail])
+            reason = "No longer in this unit (org sync)"
+            return "POST", f"/_matrix/client/v3/rooms/{room}/kick", {"user_id": self.uid(a.target), "reason": reason}
+        if a.kind == "lock":
+            path = f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.target])}/state/m.room.join_rules/"
+            return "PUT", path, {"join_rule": "invite"}
+        raise ValueError(f"no request for {a.kind}")
+
     async def apply(self, actions: list[Action], initial_password: str | None) -> list[str]:
         """Apply in dependency order; returns the actions that failed (with the reason)."""
         errors: list[str] = []
@@ -184,63 +203,21 @@ class OrgMatrix:
             except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
                 errors.append(f"{action.describe()}: {exc}")
 
-        def account_job(a: Action) -> Callable[[], Awaitable[Any]]:
-            body: dict[str, Any] = {"displayname": a.detail}
-            if a.kind in ("create_account", "reactivate"):
-                body["deactivated"] = False
-                if initial_password:
-                    body["password"] = initial_password
-            return lambda: self._put_user(a.target, body)
+        async def run_all(batch: list[Action]) -> None:
+            await self._gather(
+                [lambda a=a: attempt(a, lambda: self.call(*self._request(a, initial_password))) for a in batch]
+            )
 
-        accounts = [a for a in actions if a.kind in ("create_account", "reactivate", "update_name")]
-        await self._gather([lambda a=a: attempt(a, account_job(a)) for a in accounts])
-        deactivations = [a for a in actions if a.kind == "deactivate"]
-        await self._gather(
-            [
-                lambda a=a: attempt(a, lambda: self.call("POST", f"/_synapse/admin/v1/deactivate/{quote(self.uid(a.target))}", {"erase": False}))
-                for a in deactivations
-            ]
-        )
+        def of_kind(*kinds: str) -> list[Action]:
+            return [a for a in actions if a.kind in kinds]
+
+        await run_all(of_kind("create_account", "reactivate", "update_name"))
+        await run_all(of_kind("deactivate"))
         # Rooms one by one, parents first: a child needs its parent's room ID.
-        for a in (a for a in actions if a.kind == "create_room"):
+        for a in of_kind("create_room"):
             assert a.room is not None
             await attempt(a, lambda a=a: self.create_room(a.room))
-        joins = _round_robin_by_room([a for a in actions if a.kind == "join" and a.detail in self.room_ids])
-        await self._gather(
-            [
-                lambda a=a: attempt(
-                    a,
-                    lambda: self.call("POST", f"/_synapse/admin/v1/join/{quote(self.room_ids[a.detail])}", {"user_id": self.uid(a.target)}),
-                )
-                for a in joins
-            ]
-        )
-        kicks = [a for a in actions if a.kind == "kick" and a.detail in self.room_ids]
-        await self._gather(
-            [
-                lambda a=a: attempt(
-                    a,
-                    lambda: self.call(
-                        "POST",
-                        f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.detail])}/kick",
-                        {"user_id": self.uid(a.target), "reason": "No longer in this unit (org sync)"},
-                    ),
-                )
-                for a in kicks
-            ]
-        )
-        locks = [a for a in actions if a.kind == "lock" and a.target in self.room_ids]
-        await self._gather(
-            [
-                lambda a=a: attempt(
-                    a,
-                    lambda: self.call(
-                        "PUT",
-                        f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.target])}/state/m.room.join_rules/",
-                        {"join_rule": "invite"},
-                    ),
-                )
-                for a in locks
-            ]
-        )
+        await run_all(_round_robin_by_room([a for a in of_kind("join") if a.detail in self.room_ids]))
+        await run_all([a for a in of_kind("kick") if a.detail in self.room_ids])
+        await run_all([a for a in of_kind("lock") if a.target in self.room_ids])
         return errors
