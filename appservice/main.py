@@ -158,7 +158,7 @@ async def run(config: AppserviceConfig) -> None:
     )
     await org.setup()
     bot = Bot(config, appserv, holder, org)
-    holder._on_outcome = bot.on_policy_outcome
+    holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
     appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)

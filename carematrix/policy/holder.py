@@ -36,7 +36,8 @@ class PolicyHolder:
         self.directory = Path(directory)
         self._fingerprint = policy_fingerprint(self.directory)
         self.current: Policy = load_policy(self.directory)
-        self._on_outcome = on_outcome
+        # Told of every reload attempt; may be set after construction.
+        self.on_outcome = on_outcome
 
     def refresh(self) -> ReloadOutcome | None:
         """Reload if the files changed since the last look; returns what happened, if anything."""
@@ -60,6 +61,6 @@ class PolicyHolder:
             outcome = ReloadOutcome(True, policy.digest)
             if changed:
                 log.info("Policy %s now in force (from %s)", policy.digest[:12], self.directory)
-        if self._on_outcome is not None:
-            self._on_outcome(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
         return outcome
