@@ -94,7 +94,9 @@ class CareMatrixPolicy:
         )
         # No on_new_event callback: Synapse loads a room's full state for it before
         # notifying clients of every event, which would slow every message down.
-        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        api.register_third_party_rules_callbacks(
+            on_create_room=self.on_create_room, check_event_allowed=self.keep_real_name
+        )
         self._class_cache: OrderedDict[str, tuple[RoomClassState, float]] = OrderedDict()
         self._class_changing: dict[str, float] = {}
         self._last_rejected: ReloadOutcome | None = None
@@ -205,6 +207,21 @@ class CareMatrixPolicy:
                     content=event.content, process=writer.process,
                 )
             )
+
+    async def keep_real_name(self, event: EventBase, state_events: Any) -> tuple[bool, dict | None]:
+        """Staff appear under their real name in every room: a per-room nickname in a
+        member event is replaced by the org's display name (Synapse rebuilds the event)."""
+        if event.type != "m.room.member" or event.sender != event.get_state_key():
+            return True, None
+        staff = self._staff(event.sender)
+        if staff is None or event.content.get("membership") != "join":
+            return True, None
+        real = self._holder.current.display_name(staff)
+        if event.content.get("displayname") == real:
+            return True, None
+        replaced = event.get_dict()
+        replaced["content"] = {**event.content, "displayname": real}
+        return True, replaced
 
     @_fail_closed(FAILED_CLOSED.message)
     async def check_event_for_spam(self, event: EventBase) -> Any:
