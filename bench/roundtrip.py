@@ -21,6 +21,7 @@ import aiohttp
 from bench.stats import comparison, summary
 from carematrix.deploy import Deployment, Settings, prepare
 from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.ports import free_port_pair
 from carematrix.seed import Seeder
 from carematrix.supervisor import Stack
 
@@ -136,9 +137,9 @@ async def one_round_trip(session: aiohttp.ClientSession, ep: Endpoint, rx: Recei
 async def measure(work: Path, messages: int, warmup: int, batch: int) -> list[dict]:
     """Three servers in one run: plain Synapse, CareMatrix without its audit module, and
     the full CareMatrix stack; returns the two comparisons the issues ask for."""
-    plain_d = prepare(Settings(data_dir=work / "plain", port=_free_port_pair(), relaxed_rate_limits=True, carematrix_enabled=False))
-    noaudit_d = prepare(Settings(data_dir=work / "noaudit", port=_free_port_pair(), relaxed_rate_limits=True, audit_enabled=False))
-    cm_d = prepare(Settings(data_dir=work / "carematrix", port=_free_port_pair(), relaxed_rate_limits=True))
+    plain_d = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, carematrix_enabled=False))
+    noaudit_d = prepare(Settings(data_dir=work / "noaudit", port=free_port_pair(), relaxed_rate_limits=True, audit_enabled=False))
+    cm_d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True))
     stacks = [Stack(plain_d), Stack(noaudit_d), Stack(cm_d)]
     try:
         for s in stacks:
@@ -176,9 +177,3 @@ async def measure(work: Path, messages: int, warmup: int, batch: int) -> list[di
             labels=("audit off", "audit on"),
         ),
     ]
-
-
-def _free_port_pair() -> int:
-    from tests.support import free_port_pair
-
-    return free_port_pair()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,31 +16,12 @@ from urllib.parse import urlparse
 from nio import AsyncClient, LoginResponse
 
 from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix.ports import free_port_pair
 from carematrix.seed import Seeder, SeedResult
 from carematrix.supervisor import Stack
 
 PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
 WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 also free (homeserver and appservice)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000:
-            try:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 def pg_url_for(dbname: str) -> str:

@@ -153,6 +153,17 @@ class _Builder:
     def section(self, key: str) -> tuple[Any, _Checker, int] | None:
         return self.sections.get(key)
 
+    def list_section(self, key: str, what: str) -> tuple[LineList, _Checker] | None:
+        """A section that must be a list; None (after reporting) if absent or not a list."""
+        found = self.section(key)
+        if found is None:
+            return None
+        value, chk, line = found
+        if not isinstance(value, LineList):
+            chk.error(line, f"'{key}' must be a list of {what}")
+            return None
+        return value, chk
+
     def build(self, digest: str, first_file: str) -> Policy:
         hospital_name, name_format = self._hospital(first_file)
         roles = self._roles()
@@ -229,14 +240,11 @@ class _Builder:
         return roles
 
     def _units(self) -> dict[str, Unit]:
-        found = self.section("units")
         units: dict[str, Unit] = {}
+        found = self.list_section("units", "units (each with id and name)")
         if found is None:
             return units
-        value, chk, line = found
-        if not isinstance(value, LineList):
-            chk.error(line, "'units' must be a list of units (each with id and name)")
-            return units
+        value, chk = found
 
         def walk(items: LineList, parent: str | None) -> None:
             for i, item in enumerate(items):
@@ -266,14 +274,11 @@ class _Builder:
         return units
 
     def _staff(self, roles: dict[str, str], units: dict[str, Unit]) -> list[Staff]:
-        found = self.section("staff")
         staff: list[Staff] = []
+        found = self.list_section("staff", "staff members")
         if found is None:
             return staff
-        value, chk, line = found
-        if not isinstance(value, LineList):
-            chk.error(line, "'staff' must be a list of staff members")
-            return staff
+        value, chk = found
         seen: dict[str, int] = {}
         for i, item in enumerate(value):
             data = chk.mapping(item, value.line_of(i), "a staff member")
@@ -438,14 +443,11 @@ class _Builder:
         return out[0], out[1]
 
     def _standard_rooms(self, classes: dict[str, RoomClass], units: dict[str, Unit]) -> list[StandardRoom]:
-        found = self.section("standard_rooms")
         rooms: list[StandardRoom] = []
+        found = self.list_section("standard_rooms", "rooms")
         if found is None:
             return rooms
-        value, chk, line = found
-        if not isinstance(value, LineList):
-            chk.error(line, "'standard_rooms' must be a list of rooms")
-            return rooms
+        value, chk = found
         aliases: dict[str, int] = {}
         fields = ("unit", "unit_name", "hospital")
         for i, item in enumerate(value):

@@ -16,6 +16,7 @@ import pytest
 from nio import AsyncClient, LoginResponse, RoomSendResponse
 
 from carematrix.deploy import REPO_ROOT
+from carematrix.ports import free_port_pair
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 
@@ -81,8 +82,6 @@ async def login_and_post(port: int, localpart: str, password: str) -> None:
 
 
 async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_path: Path):
-    from tests.support import free_port_pair
-
     data_dir = tmp_path / "var"
     port = free_port_pair()
     first = UpProcess(data_dir, port)
@@ -140,8 +139,6 @@ def test_up_refuses_an_unwritable_data_dir(tmp_path: Path):
 
 
 def test_up_reports_unreachable_postgres(tmp_path: Path):
-    from tests.support import free_port_pair
-
     result = run_cli(
         "up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()),
         "--database", "postgres", "--db-url", "postgresql://postgres@127.0.0.1:1/carematrix",
@@ -152,8 +149,6 @@ def test_up_reports_unreachable_postgres(tmp_path: Path):
 
 
 def test_up_refuses_an_invalid_policy_and_writes_nothing(tmp_path: Path):
-    from tests.support import free_port_pair
-
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "hospital.yaml").write_text("hospital:\n  name: Test\nroles: {}\nunits:\n  - id: ward\n    name: Ward\n")
