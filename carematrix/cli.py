@@ -66,6 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         db_url=args.db_url,
         policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
         demo=not args.no_demo,
+        audit_syslog=args.audit_syslog or os.environ.get("CAREMATRIX_AUDIT_SYSLOG"),
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
     check_ports(settings)
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--server-name", default=os.environ.get("CAREMATRIX_SERVER_NAME", "localhost"))
     up.add_argument("--bind", default="127.0.0.1", help="address the homeserver listens on")
     up.add_argument("--policy-dir", type=Path, help="policies directory (default ./policies)")
+    up.add_argument("--audit-syslog", metavar="HOST:PORT", help="forward every audit record to this syslog collector (TCP)")
     up.add_argument("--no-demo", action="store_true", help="accounts get no password (sign-in via SSO); no demo logins printed")
     up.set_defaults(func=cmd_up)
 

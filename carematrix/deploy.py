@@ -58,6 +58,8 @@ class Settings:
     audit_checkpoint_seconds: float = 60.0
     # False leaves the audit module out: only for measuring what the audit costs.
     audit_enabled: bool = True
+    # "host:port" of a syslog collector (RFC 5424 over TCP) that receives every record.
+    audit_syslog: str | None = None
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -92,6 +94,7 @@ class Paths:
     signing_key = property(lambda self: self.synapse_dir / "signing.key")
     audit_signing_key = property(lambda self: self.synapse_dir / "audit_signing.key")
     audit_verify_key = property(lambda self: self.root / "audit_verify.key")
+    audit_spool = property(lambda self: self.root / "audit-syslog-spool.db")
     sqlite_db = property(lambda self: self.synapse_dir / "homeserver.db")
     media = property(lambda self: self.synapse_dir / "media")
     synapse_log = property(lambda self: self.synapse_dir / "homeserver.log")
@@ -324,6 +327,11 @@ def _modules(settings: Settings, paths: Paths, bot_user_id: str, as_token: str) 
             "checkpoint_interval_seconds": settings.audit_checkpoint_seconds,
         },
     }
+    if settings.audit_syslog:
+        host, _, port = settings.audit_syslog.rpartition(":")
+        if not host or not port.isdigit():
+            raise DeployError(f"--audit-syslog must be host:port, got {settings.audit_syslog!r}")
+        audit["config"]["syslog"] = {"host": host, "port": int(port), "spool": str(paths.audit_spool)}
     policy = {
         "module": "synapse_modules.policy_module.CareMatrixPolicy",
         "config": {

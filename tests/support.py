@@ -75,7 +75,7 @@ class RunningStack:
         return client
 
 
-def start_stack(backend: str, base: Path) -> RunningStack:
+def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningStack:
     policy_dir = base / "policies"
     shutil.copytree(REPO_ROOT / "policies", policy_dir)
     pg_dbname = None
@@ -91,6 +91,7 @@ def start_stack(backend: str, base: Path) -> RunningStack:
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
         audit_checkpoint_seconds=2,
+        **settings_overrides,
     )
     deployment = prepare(settings)
     stack = Stack(deployment)
