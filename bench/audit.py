@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from bench.stats import summary
 from carematrix.audit import actions as A
@@ -30,8 +29,14 @@ from carematrix.audit.record import AuditRecord, now_us
 from carematrix.audit.store import append, ensure_schema
 from carematrix.audit.verify import verify
 from carematrix.deploy import REPO_ROOT
+from carematrix.pgadmin import (
+    TEST_SERVER_URL,
+    create_database,
+    database_url,
+    drop_database,
+    on_maintenance_db,
+)
 
-PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
 _ACTIONS = (
     A.MESSAGE_SEND,
     A.MESSAGE_SEND,
@@ -65,18 +70,6 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _pg(dbname: str) -> str:
-    return urlparse(PG_URL)._replace(path="/" + dbname).geturl()
-
-
-def _admin(statement: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(_pg("postgres"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement)
-    conn.close()
 
 
 def appends(db: AuditDb, batch: int, batches: int, offset: int) -> dict[str, float]:
@@ -206,14 +199,11 @@ def main() -> None:
         print(format_result(results[-1]), flush=True)
     if args.backend in ("postgres", "both"):
         dbname = f"carematrix_audit_bench_{secrets.token_hex(4)}"
-        _admin(
-            f"CREATE DATABASE {dbname} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
-            "TEMPLATE template0"
-        )
+        on_maintenance_db(TEST_SERVER_URL, create_database, dbname)
         try:
-            results.append(run_backend("postgres", _pg(dbname), args))
+            results.append(run_backend("postgres", database_url(TEST_SERVER_URL, dbname), args))
         finally:
-            _admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+            on_maintenance_db(TEST_SERVER_URL, drop_database, dbname)
         print(format_result(results[-1]), flush=True)
     report = {"benchmark": "audit trail", "machine": machine(), "results": results}
     print(f"  machine: {report['machine']}")

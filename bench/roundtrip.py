@@ -8,8 +8,6 @@ Both homeservers run at once from the same Synapse install on SQLite with the sa
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from bench.stats import comparison, summary
 from carematrix.deploy import Deployment, Settings, prepare
 from carematrix.policy.model import ROOM_CLASS_EVENT
 from carematrix.ports import free_port_pair
-from carematrix.seed import Seeder
+from carematrix.seed import Seeder, shared_secret_registration
 from carematrix.supervisor import Stack
 
 
@@ -47,9 +45,7 @@ async def _call(session: aiohttp.ClientSession, method: str, url: str, token: st
 async def _register(session: aiohttp.ClientSession, d: Deployment, localpart: str, password: str) -> str:
     base = d.settings.homeserver_url
     nonce = (await _call(session, "GET", f"{base}/_synapse/admin/v1/register"))["nonce"]
-    mac = hmac.new(d.secrets["registration_shared_secret"].encode(), digestmod=hashlib.sha1)
-    mac.update(b"\x00".join(x.encode() for x in (nonce, localpart, password, "notadmin")))
-    body = {"nonce": nonce, "username": localpart, "password": password, "admin": False, "mac": mac.hexdigest()}
+    body = shared_secret_registration(d.secrets["registration_shared_secret"], nonce, localpart, password, False)
     return (await _call(session, "POST", f"{base}/_synapse/admin/v1/register", body=body))["access_token"]
 
 

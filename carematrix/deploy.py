@@ -240,7 +240,8 @@ def prepare_postgres(db_url: str) -> dict[str, Any]:
     """Check that PostgreSQL answers, and create the databases Synapse and the appservice
     need (with the C collation Synapse requires) if they do not exist yet."""
     import psycopg2
-    from psycopg2 import sql
+
+    from carematrix.pgadmin import create_database
 
     args = parse_db_url(db_url)
     where = f"{args['host']}:{args['port']}"
@@ -260,11 +261,7 @@ def prepare_postgres(db_url: str) -> dict[str, Any]:
                 cur.execute("SELECT datcollate, datctype FROM pg_database WHERE datname = %s", (dbname,))
                 row = cur.fetchone()
                 if row is None:
-                    cur.execute(
-                        sql.SQL(
-                            "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-                        ).format(sql.Identifier(dbname))
-                    )
+                    create_database(cur, dbname)
                 elif dbname == args["dbname"] and (row[0] != "C" or row[1] != "C"):
                     raise DeployError(
                         f"PostgreSQL database {dbname} at {where} has collation {row[0]}/{row[1]}; "

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 ANNOUNCEMENT_ALIAS = "announcements"
 
 
+def shared_secret_registration(secret: str, nonce: str, localpart: str, password: str, admin: bool) -> dict:
+    """Body for Synapse's shared-secret registration API (HMAC-SHA1 over the NUL-joined fields)."""
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+    mac.update(b"\x00".join(p.encode() for p in (nonce, localpart, password, "admin" if admin else "notadmin")))
+    return {"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac.hexdigest()}
+
+
 @dataclass
 class SeedResult:
     created_users: list[str]
@@ -42,9 +49,7 @@ class Seeder:
         """Returns False if the account already exists."""
         url = f"{self.base}/_synapse/admin/v1/register"
         nonce = request_json("GET", url)["nonce"]
-        mac = hmac.new(self.d.secrets["registration_shared_secret"].encode(), digestmod=hashlib.sha1)
-        mac.update(b"\x00".join(p.encode() for p in (nonce, localpart, password, "admin" if admin else "notadmin")))
-        body = {"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac.hexdigest()}
+        body = shared_secret_registration(self.d.secrets["registration_shared_secret"], nonce, localpart, password, admin)
         try:
             request_json("POST", url, body)
         except HttpError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import time
@@ -11,33 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from nio import AsyncClient, LoginResponse
 
 from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix.pgadmin import TEST_SERVER_URL, database_url, drop_database, on_maintenance_db
 from carematrix.ports import free_port_pair
 from carematrix.seed import Seeder, SeedResult
 from carematrix.supervisor import Stack
 
-PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
 WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
 
 
-def pg_url_for(dbname: str) -> str:
-    return urlparse(PG_URL)._replace(path="/" + dbname).geturl()
-
-
 def drop_pg_databases(dbname: str) -> None:
-    import psycopg2
-    from psycopg2 import sql
-
-    conn = psycopg2.connect(pg_url_for("postgres"))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in (dbname, appservice_pg_dbname(dbname)):
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    conn.close()
+    on_maintenance_db(TEST_SERVER_URL, drop_database, dbname, appservice_pg_dbname(dbname))
 
 
 @dataclass
@@ -82,7 +68,7 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
     db_url = None
     if backend == "postgres":
         pg_dbname = f"carematrix_test_{secrets.token_hex(4)}"
-        db_url = pg_url_for(pg_dbname)
+        db_url = database_url(TEST_SERVER_URL, pg_dbname)
     settings = Settings(
         data_dir=base / "var",
         port=free_port_pair(),

@@ -4,11 +4,10 @@ fresh schema per test."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -16,33 +15,27 @@ from psycopg2 import sql
 
 from carematrix.audit.db import AuditDb, connect
 from carematrix.audit.store import ensure_schema
-
-PG_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
+from carematrix.pgadmin import (
+    TEST_SERVER_URL,
+    create_database,
+    database_url,
+    drop_database,
+    on_maintenance_db,
+)
 
 
 def _pg_url(dbname: str, query: str = "") -> str:
-    return urlparse(PG_URL)._replace(path="/" + dbname, query=query).geturl()
+    return database_url(TEST_SERVER_URL, dbname, query)
 
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     name = f"carematrix_audit_test_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(_pg_url("postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE DATABASE {} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-            ).format(sql.Identifier(name))
-        )
+    on_maintenance_db(TEST_SERVER_URL, create_database, name)
     try:
         yield name
     finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        admin.close()
+        on_maintenance_db(TEST_SERVER_URL, drop_database, name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
