@@ -16,15 +16,20 @@ from typing import Any
 
 from carematrix.policy.errors import PolicyError, PolicyInvalid
 from carematrix.policy.model import (
+    DEFAULT_BURN,
     DISPLAY_NAME_FIELDS,
+    ENCRYPTION_STANCES,
     HISTORY_VISIBILITIES,
     IDENT_RE,
     JOIN_RULES,
+    OTHER_FILES,
     POWER_LEVEL_KEYS,
     SCOPES,
     STAFF_NUMBER_RE,
     Audience,
+    BurnPolicy,
     Policy,
+    Protection,
     RoomClass,
     Staff,
     StandardRoom,
@@ -32,7 +37,12 @@ from carematrix.policy.model import (
 )
 from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse_yaml
 
-SECTIONS = ("hospital", "roles", "units", "staff", "room_classes", "room_defaults", "standard_rooms")
+SECTIONS = (
+    "hospital", "roles", "units", "staff", "room_classes", "room_defaults", "standard_rooms",
+    "burn_after_read",
+)
+DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 ALIAS_RE = re.compile(r"^[a-z0-9._=-]+$")
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -172,6 +182,7 @@ class _Builder:
         room_classes = self._room_classes(roles, {s.staff_number for s in staff})
         default_room, default_direct = self._room_defaults(room_classes)
         standard_rooms = self._standard_rooms(room_classes, units)
+        burn_defaults = self._burn_defaults()
         if self.errors:
             raise PolicyInvalid(self.errors)
         return Policy(
@@ -185,6 +196,7 @@ class _Builder:
             standard_rooms=tuple(standard_rooms),
             default_room_class=default_room,
             default_direct_class=default_direct,
+            burn_defaults=burn_defaults,
         )
 
     def _hospital(self, first_file: str) -> tuple[str, str]:
@@ -362,7 +374,7 @@ class _Builder:
             chk.keys(
                 spec_map,
                 ("description", "post", "create", "reactions", "scope", "join_rules",
-                 "history_visibility", "min_power_levels", "max_members"),
+                 "history_visibility", "min_power_levels", "max_members", "protection"),
                 what,
             )
             reactions = spec_map.get("reactions", True)
@@ -387,8 +399,113 @@ class _Builder:
                 history_visibility=history,
                 min_power_levels=self._power_floors(chk, spec_map, what),
                 max_members=self._max_members(chk, spec_map, what),
+                protection=self._protection(chk, spec_map, what),
             )
         return classes
+
+    def _protection(self, chk: _Checker, data: LineDict, what: str) -> Protection:
+        if "protection" not in data:
+            return Protection()
+        spec = chk.mapping(data["protection"], data.line_of("protection"), f"'protection' of {what}")
+        if spec is None:
+            return Protection()
+        chk.keys(
+            spec,
+            ("no_forward", "watermark", "other_files", "no_screenshot", "burn_after_read",
+             "retention", "encryption"),
+            f"'protection' of {what}",
+        )
+        flags = {}
+        for key in ("no_forward", "watermark", "no_screenshot"):
+            value = spec.get(key, False)
+            if not isinstance(value, bool):
+                chk.error(spec.line_of(key), f"'protection.{key}' of {what} must be true or false")
+                value = True  # fail closed
+            flags[key] = value
+        other_files = spec.get("other_files", "audited")
+        if other_files not in OTHER_FILES:
+            chk.error(
+                spec.line_of("other_files"),
+                f"'protection.other_files' of {what} must be one of: {', '.join(OTHER_FILES)}",
+            )
+            other_files = "block"
+        encryption = spec.get("encryption", "server")
+        if encryption not in ENCRYPTION_STANCES:
+            chk.error(
+                spec.line_of("encryption"),
+                f"'protection.encryption' of {what} must be one of: {', '.join(ENCRYPTION_STANCES)}",
+            )
+            encryption = "server"
+        elif encryption != "server" and (flags["watermark"] or flags["no_forward"]):
+            needs = " and ".join(k for k in ("watermark", "no_forward") if flags[k])
+            chk.error(
+                spec.line_of("encryption"),
+                f"'protection.encryption: {encryption}' of {what} cannot be combined with {needs}: "
+                "the server must see a message to watermark its images or recognise it when it "
+                "is forwarded, and end-to-end encryption hides it from the server. Use "
+                "'encryption: server' or drop " + needs,
+            )
+        burn = None
+        if "burn_after_read" in spec:
+            burn = self._burn_policy(chk, spec, "burn_after_read", f"'protection' of {what}", DEFAULT_BURN)
+        retention = None
+        if spec.get("retention") not in (None, "keep"):
+            retention = self._duration(chk, spec, "retention", f"'protection' of {what}", minimum=60)
+        return Protection(
+            no_forward=flags["no_forward"],
+            watermark=flags["watermark"],
+            other_files=other_files,
+            no_screenshot=flags["no_screenshot"],
+            burn=burn,
+            retention_seconds=retention,
+            encryption=encryption,
+        )
+
+    def _duration(self, chk: _Checker, data: LineDict, key: str, what: str, minimum: int = 1) -> int | None:
+        """Seconds from ``90``, ``30s``, ``15m``, ``24h`` or ``180d``."""
+        value = data.get(key)
+        text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        match = DURATION_RE.match(text)
+        if not match:
+            chk.error(
+                data.line_of(key),
+                f"'{key}' of {what} must be a duration like 30s, 15m, 24h or 180d, got {_kind(value)}",
+            )
+            return None
+        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if seconds < minimum:
+            chk.error(data.line_of(key), f"'{key}' of {what} must be at least {minimum} seconds")
+            return None
+        return seconds
+
+    def _burn_policy(
+        self, chk: _Checker, data: LineDict, key: str, what: str, default: BurnPolicy
+    ) -> BurnPolicy | None:
+        value = data[key]
+        if value is False or value is None:
+            return None
+        if value is True:
+            return default
+        spec = chk.mapping(value, data.line_of(key), f"'{key}' of {what}")
+        if spec is None:
+            return default
+        chk.keys(spec, ("grace", "ttl"), f"'{key}' of {what}")
+        grace = self._duration(chk, spec, "grace", f"'{key}' of {what}", minimum=0) if "grace" in spec else None
+        ttl = self._duration(chk, spec, "ttl", f"'{key}' of {what}") if "ttl" in spec else None
+        return BurnPolicy(
+            grace_seconds=default.grace_seconds if grace is None else grace,
+            ttl_seconds=default.ttl_seconds if ttl is None else ttl,
+        )
+
+    def _burn_defaults(self) -> BurnPolicy:
+        found = self.section("burn_after_read")
+        if found is None:
+            return DEFAULT_BURN
+        value, chk, line = found
+        holder = LineDict({"burn_after_read": value})
+        holder.key_lines = {"burn_after_read": line}
+        holder.line = line
+        return self._burn_policy(chk, holder, "burn_after_read", "the policy", DEFAULT_BURN) or DEFAULT_BURN
 
     def _choices(self, chk: _Checker, data: LineDict, key: str, what: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
         values = chk.text_list(data, key, what)

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 
 # Room state event that records a room's class; clients can read it, only the bot may change it.
 ROOM_CLASS_EVENT = "org.carematrix.room_class"
+# Room state event listing the content protections of the room's class, for clients to honour
+# (no-screenshot needs the client) and show; the server enforces from the policy, not from it.
+PROTECTION_EVENT = "org.carematrix.protection"
+# Content flag a client or bot sets on a message to have it burnt after reading.
+BURN_FLAG = "org.carematrix.burn_after_read"
+# State only the CareMatrix service may set in a classified room.
+SERVICE_STATE_EVENTS = (ROOM_CLASS_EVENT, PROTECTION_EVENT, "m.room.retention")
 
 STAFF_NUMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -56,6 +63,84 @@ class Audience:
         return bool(self.roles & person.roles) or person.staff_number in self.staff
 
 
+OTHER_FILES = ("audited", "block")
+ENCRYPTION_STANCES = ("server", "required", "optional")
+
+
+@dataclass(frozen=True)
+class BurnPolicy:
+    """When a burn-after-read message is purged: ``grace_seconds`` after every intended
+    recipient has read it, or ``ttl_seconds`` after it was sent, whichever comes first."""
+
+    grace_seconds: int
+    ttl_seconds: int
+
+
+DEFAULT_BURN = BurnPolicy(grace_seconds=30, ttl_seconds=7 * 86400)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Content protections of a room class (docs/protection.md)."""
+
+    no_forward: bool = False
+    watermark: bool = False
+    # Non-image files in a watermark room: served to members with an audit record, or blocked.
+    other_files: str = "audited"
+    no_screenshot: bool = False
+    # Every message in the room burns after reading; None: only messages flagged by the sender.
+    burn: BurnPolicy | None = None
+    # Maximum message lifetime, enforced by the homeserver's purge jobs; None keeps messages.
+    retention_seconds: int | None = None
+    # "server": end-to-end encryption refused so the server can protect content; "required":
+    # rooms are created encrypted; "optional": members decide.
+    encryption: str = "server"
+
+    @property
+    def any(self) -> bool:
+        return self != Protection()
+
+    def state_content(self) -> dict[str, object]:
+        """The ``org.carematrix.protection`` state content clients read."""
+        return {
+            "no_forward": self.no_forward,
+            "watermark": self.watermark,
+            "other_files": self.other_files,
+            "no_screenshot": self.no_screenshot,
+            "burn_after_read": (
+                {"grace_seconds": self.burn.grace_seconds, "ttl_seconds": self.burn.ttl_seconds}
+                if self.burn
+                else None
+            ),
+            "retention_seconds": self.retention_seconds,
+            "encryption": self.encryption,
+        }
+
+    def labels(self) -> list[str]:
+        """Short words for the room topic, so Element users see what applies."""
+        out = []
+        if self.no_forward:
+            out.append("no forwarding")
+        if self.watermark:
+            out.append("watermarked images")
+        if self.no_screenshot:
+            out.append("no screenshots")
+        if self.burn:
+            out.append("burn after read")
+        if self.retention_seconds:
+            out.append(f"kept {format_duration(self.retention_seconds)}")
+        if self.encryption == "required":
+            out.append("end-to-end encrypted")
+        return out
+
+
+def format_duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 JOIN_RULES = ("invite", "knock", "restricted", "public")
 HISTORY_VISIBILITIES = ("shared", "invited", "joined", "world_readable")
 POWER_LEVEL_KEYS = ("events_default", "state_default", "invite", "kick", "ban", "redact")
@@ -83,6 +168,7 @@ class RoomClass:
     # Floors: a power-levels change may not set these below the given level.
     min_power_levels: tuple[tuple[str, int], ...] = ()
     max_members: int | None = None
+    protection: Protection = Protection()
 
     @property
     def label(self) -> str:
@@ -146,6 +232,8 @@ class Policy:
     # Class given to rooms created without one, and to direct chats.
     default_room_class: str | None = None
     default_direct_class: str | None = None
+    # Applies to messages their sender flags burn-after-read in rooms without a burn policy.
+    burn_defaults: BurnPolicy = DEFAULT_BURN
     _by_localpart: dict[str, Staff] = field(default_factory=dict, repr=False, compare=False)
     _subtrees: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
