@@ -251,6 +251,52 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_watermark_trace(args: argparse.Namespace) -> int:
+    from carematrix.audit.db import connect
+    from carematrix.policy import load_policy
+    from carematrix.protect.tracing import trace_leak
+
+    deployment = load_existing(args.data_dir or _default_data_dir())
+    try:
+        leaked = args.file.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    media_root = deployment.paths.media / "local_content"
+
+    def read_original(media_id: str) -> bytes | None:
+        try:
+            return (media_root / media_id[:2] / media_id[2:4] / media_id[4:]).read_bytes()
+        except OSError:
+            return None
+
+    policy = load_policy(deployment.settings.policy_dir)
+
+    def name_of(user_id: str) -> str:
+        staff = policy.staff_for_localpart(user_id[1:].split(":", 1)[0])
+        return f"{staff.name} ({staff.staff_number})" if staff else user_id
+
+    key = deployment.secrets["watermark_key"].encode()
+    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
+        report = trace_leak(leaked, txn, db.dialect, read_original, key)
+    print(report.summary(deployment.settings.server_name, name_of))
+    return EXIT_OK if report.delivery is not None else EXIT_FAILED
+
+
+def cmd_retention_report(args: argparse.Namespace) -> int:
+    import time
+
+    from carematrix.audit.db import connect
+    from carematrix.protect.retention import render, retention_report
+
+    deployment = load_existing(args.data_dir or _default_data_dir())
+    now = int(time.time() * 1000)
+    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
+        rows = retention_report(txn, db.dialect, now, args.days * 86_400_000)
+    print(render(rows, args.days))
+    return EXIT_OK
+
+
 def _login_token(deployment: object, localpart: str) -> str:
     import getpass
 
@@ -354,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=100)
     search.add_argument("--format", choices=["table", "json", "csv", "fhir"], default="table")
     search.set_defaults(func=cmd_audit_search)
+
+    watermark = sub.add_parser("watermark", help="per-viewer image watermarks")
+    watermark_sub = watermark.add_subparsers(dest="watermark_command", required=True)
+    trace = watermark_sub.add_parser("trace", help="name the viewer a leaked image was rendered for")
+    trace.add_argument("file", type=Path, help="the leaked image (photo, screenshot or re-encoded copy)")
+    trace.add_argument("--data-dir", type=Path)
+    trace.set_defaults(func=cmd_watermark_trace)
+
+    retention = sub.add_parser("retention", help="message lifetimes per room class")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    report = retention_sub.add_parser("report", help="what the purge jobs will delete, per room")
+    report.add_argument("--days", type=int, default=7, help="also count what expires within this many days")
+    report.add_argument("--data-dir", type=Path)
+    report.set_defaults(func=cmd_retention_report)
 
     status = sub.add_parser("status", help="health of a running stack")
     status.add_argument("--data-dir", type=Path)

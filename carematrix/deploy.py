@@ -31,6 +31,8 @@ SECRET_KEYS = (
     "hs_token",
     "admin_password",
     "demo_password",
+    # Keys the hidden watermark pattern; `carematrix watermark trace` needs the same key.
+    "watermark_key",
 )
 
 
@@ -60,6 +62,9 @@ class Settings:
     audit_enabled: bool = True
     # "host:port" of a syslog collector (RFC 5424 over TCP) that receives every record.
     audit_syslog: str | None = None
+    # How often the homeserver's retention purge jobs run (messages past their class's
+    # lifetime are deleted then); tests shorten it.
+    retention_purge_seconds: int = 3600
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -103,6 +108,7 @@ class Paths:
     appservice_db = property(lambda self: self.appservice_dir / "appservice.db")
     appservice_log = property(lambda self: self.appservice_dir / "appservice.log")
     logs = property(lambda self: self.root / "logs")
+    watermark_cache = property(lambda self: self.root / "watermark-cache")
 
 
 @dataclass
@@ -309,7 +315,9 @@ def _record_deployment(settings: Settings, paths: Paths) -> None:
     _atomic_write(paths.deployment, json.dumps(full, indent=2) + "\n", 0o600)
 
 
-def _modules(settings: Settings, paths: Paths, bot_user_id: str, as_token: str) -> list[dict[str, Any]]:
+def _modules(
+    settings: Settings, paths: Paths, bot_user_id: str, as_token: str, watermark_key: str
+) -> list[dict[str, Any]]:
     """The Synapse modules, audit first: the policy module records through its writer."""
     if not settings.carematrix_enabled:
         return []
@@ -335,6 +343,8 @@ def _modules(settings: Settings, paths: Paths, bot_user_id: str, as_token: str) 
             "policy_dir": str(settings.policy_dir),
             "bot_user_id": bot_user_id,
             "reload_interval_seconds": 1,
+            "watermark_key": watermark_key,
+            "watermark_cache_dir": str(paths.watermark_cache),
         },
     }
     return [audit, policy] if settings.audit_enabled else [policy]
@@ -377,7 +387,13 @@ def prepare(settings: Settings) -> Deployment:
         "media_store_path": str(paths.media),
         "signing_key_path": str(paths.signing_key),
         "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
-        "modules": _modules(settings, paths, deployment.bot_user_id, secret_values["as_token"]),
+        "modules": _modules(
+            settings, paths, deployment.bot_user_id, secret_values["as_token"], secret_values["watermark_key"]
+        ),
+        "retention": {
+            "enabled": settings.carematrix_enabled,
+            "purge_jobs": [{"interval": f"{settings.retention_purge_seconds}s"}],
+        },
         "rc_message": relaxed if settings.relaxed_rate_limits else {"per_second": 10, "burst_count": 50},
         "rc_login": (
             {k: relaxed for k in ("address", "account", "failed_attempts")}

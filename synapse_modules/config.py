@@ -17,13 +17,21 @@ class PolicyModuleConfig:
     policy_dir: Path
     bot_user_id: str
     reload_interval_seconds: float
+    # Secret keying the hidden watermark; None switches watermarking to "refuse protected
+    # images" (fail closed) rather than serving them unmarked.
+    watermark_key: bytes | None = None
+    watermark_cache_dir: Path | None = None
+    burn_interval_seconds: float = 1.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PolicyModuleConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
         if not isinstance(config, dict):
             raise ValueError("module config must be a mapping")
-        allowed = {"policy_dir", "bot_user_id", "reload_interval_seconds"}
+        allowed = {
+            "policy_dir", "bot_user_id", "reload_interval_seconds", "watermark_key",
+            "watermark_cache_dir", "burn_interval_seconds",
+        }
         unknown = set(config) - allowed
         if unknown:
             raise ValueError(
@@ -38,9 +46,21 @@ class PolicyModuleConfig:
         interval = config.get("reload_interval_seconds", 2)
         if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0.2 <= interval <= 3600:
             raise ValueError(f"'reload_interval_seconds' must be a number between 0.2 and 3600, got {interval!r}")
+        key = config.get("watermark_key")
+        if key is not None and (not isinstance(key, str) or len(key) < 16):
+            raise ValueError("'watermark_key' must be a secret of at least 16 characters")
+        cache = config.get("watermark_cache_dir")
+        if cache is not None and (not isinstance(cache, str) or not cache):
+            raise ValueError("'watermark_cache_dir' must be a directory path")
+        burn = config.get("burn_interval_seconds", 1.0)
+        if not isinstance(burn, int | float) or isinstance(burn, bool) or not 0.1 <= burn <= 600:
+            raise ValueError(f"'burn_interval_seconds' must be a number between 0.1 and 600, got {burn!r}")
         path = Path(policy_dir)
         try:
             load_policy(path)
         except PolicyInvalid as exc:
             raise ValueError(f"the policy in {path} is invalid:\n{exc}") from exc
-        return cls(path, bot, float(interval))
+        return cls(
+            path, bot, float(interval), key.encode() if key else None,
+            Path(cache) if cache else None, float(burn),
+        )

@@ -32,9 +32,11 @@ from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
+from synapse_modules import internals
 from synapse_modules.audit_writer import current_writer
 from synapse_modules.compat import refusal_with_reason
 from synapse_modules.config import PolicyModuleConfig
+from synapse_modules.protection import ContentProtection
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,21 @@ class CareMatrixPolicy:
         self._class_changing: dict[str, float] = {}
         self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
+        self._protection = ContentProtection(
+            api, self._holder, self._is_system, config.watermark_key, config.watermark_cache_dir,
+            self._refuse,
+        )
+        # Every media download of this process passes the gate (protected files only are
+        # handled by it; everything else goes to Synapse untouched).
+        internals.install_media_gate(self._protection)
+        # Burns run on the one instance that runs background tasks (the main process unless
+        # configured otherwise); their state is in the database.
+        api.looping_background_call(
+            self._protection.burn_tick, config.burn_interval_seconds * 1000, desc="carematrix_burn"
+        )
+        api.looping_background_call(
+            self._protection.evict_cache, 60_000, desc="carematrix_watermark_cache", run_on_all_instances=True
+        )
         api.looping_background_call(
             self._holder.refresh,
             config.reload_interval_seconds * 1000,
@@ -245,10 +262,15 @@ class CareMatrixPolicy:
             verdict = decide_state_change(policy, room, event.type, event.content, is_system)
         else:
             verdict = decide_post(policy, room.class_id, self._staff(event.sender), event.type, is_system)
-        if verdict.allowed:
-            await self._audit_allowed(event)
-            return NOT_SPAM
-        return await self._refuse(verdict, event.sender, event.room_id, event.type)
+        if not verdict.allowed:
+            return await self._refuse(verdict, event.sender, event.room_id, event.type)
+        rc = policy.room_classes.get(room.class_id or "")
+        refusal, hash_prints = await self._protection.check_send(event, rc)
+        if refusal is not None:
+            return await self._refuse(refusal, event.sender, event.room_id, event.type)
+        await self._audit_allowed(event)
+        await self._protection.after_accept(event, rc, hash_prints)
+        return NOT_SPAM
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
@@ -309,14 +331,15 @@ class CareMatrixPolicy:
                 403, await self._refuse(decision.verdict, user_id, None, "createRoom"), Codes.FORBIDDEN
             )
         if decision.add_class_event and decision.room.class_id:
-            request_content.setdefault("initial_state", []).append(
-                {"type": ROOM_CLASS_EVENT, "state_key": "", "content": decision.room.content()}
+            # First, so the protection state after it is judged against the class.
+            request_content.setdefault("initial_state", []).insert(
+                0, {"type": ROOM_CLASS_EVENT, "state_key": "", "content": decision.room.content()}
             )
         rc = policy.room_classes.get(decision.room.class_id or "")
         if rc is not None and not request_content.get("is_direct"):
             # Element users see the class in the topic, not only in room state.
             topic = request_content.get("topic")
-            prefix = f"[{rc.label}]"
+            prefix = "[" + " · ".join([rc.label, *rc.protection.labels()]) + "]"
             if not (isinstance(topic, str) and topic.startswith(prefix)):
                 request_content["topic"] = f"{prefix} {topic}" if isinstance(topic, str) and topic else prefix
 

@@ -25,6 +25,8 @@ ROOM_STATE = "room.state"
 MESSAGE_SEND = "message.send"
 MESSAGE_EDIT = "message.edit"
 MESSAGE_REDACT = "message.redact"
+# A burn-after-read message purged (content, search row, edits and files deleted).
+MESSAGE_BURN = "message.burn"
 
 MEDIA_UPLOAD = "media.upload"
 MEDIA_DOWNLOAD = "media.download"
@@ -53,6 +55,7 @@ ACTIONS: frozenset[str] = frozenset(
         MESSAGE_SEND,
         MESSAGE_EDIT,
         MESSAGE_REDACT,
+        MESSAGE_BURN,
         MEDIA_UPLOAD,
         MEDIA_DOWNLOAD,
         MEDIA_THUMBNAIL,

@@ -79,6 +79,7 @@ MAPPING: dict[str, tuple[Coding, Coding | None, str]] = {
     A.MESSAGE_SEND: (REST, _rest("create"), "C"),
     A.MESSAGE_EDIT: (REST, _rest("update"), "U"),
     A.MESSAGE_REDACT: (REST, _rest("delete"), "D"),
+    A.MESSAGE_BURN: (REST, _rest("delete"), "D"),
     A.MEDIA_UPLOAD: (REST, _rest("create"), "C"),
     A.MEDIA_DOWNLOAD: (REST, _rest("read"), "R"),
     A.MEDIA_THUMBNAIL: (REST, _rest("read"), "R"),

@@ -7,6 +7,7 @@ from typing import Any
 
 from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
 from carematrix.rules.membership import decide_membership
+from carematrix.rules.protection import adjust_creation_request
 from carematrix.rules.room_class import decide_class_change, power_floor_violation
 from carematrix.rules.verdict import ALLOW, Verdict
 
@@ -62,9 +63,12 @@ def decide_create(
             room,
         )
     verdict = decide_class_change(policy, None, room.class_id, creator, is_system, room.unit)
-    if not verdict.allowed or is_system:
+    if not verdict.allowed:
         return CreationDecision(verdict, room, given is None)
     rc = policy.room_classes[room.class_id]
+    adjust_creation_request(rc, request)
+    if is_system:
+        return CreationDecision(verdict, room, given is None)
 
     join_rules = _initial_state(request, "m.room.join_rules")
     preset = request.get("preset") or ("public_chat" if request.get("visibility") == "public" else "private_chat")

@@ -6,12 +6,14 @@ from typing import Any
 
 from carematrix.policy.model import (
     POWER_LEVEL_DEFAULTS,
+    PROTECTION_EVENT,
     Audience,
     Policy,
     RoomClass,
     RoomClassState,
     Staff,
 )
+from carematrix.rules.protection import ENCRYPTION_EVENT, RETENTION_EVENT, decide_protection_state
 from carematrix.rules.verdict import ALLOW, Verdict
 
 # Events a reader of a restricted room may still send: acknowledging with a reaction
@@ -156,10 +158,12 @@ def decide_state_change(
     content: dict[str, Any],
     is_system: bool,
 ) -> Verdict:
-    """Keep join rules, history visibility and power levels within the class policy."""
+    """Keep join rules, history visibility, power levels and protections within the class."""
     if is_system:
         return ALLOW
     rc = resolve(policy, room)
+    if event_type in (PROTECTION_EVENT, RETENTION_EVENT, ENCRYPTION_EVENT):
+        return rc if isinstance(rc, Verdict) else decide_protection_state(rc, event_type, content, is_system)
     if rc is None:
         return ALLOW
     if isinstance(rc, Verdict):

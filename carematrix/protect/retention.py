@@ -1,0 +1,73 @@
+"""What the homeserver's retention purge jobs will delete, for admins to see beforehand
+(``carematrix retention report``).
+
+Each room's lifetime comes from its ``m.room.retention`` state, which the policy module sets
+from the room class; Synapse's purge jobs delete messages older than that. This reads the
+homeserver database directly (Synapse's ``room_retention``, ``room_stats_state`` and
+``events`` tables), like ``carematrix audit verify`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from carematrix.audit.store import sql
+
+
+@dataclass(frozen=True)
+class RoomRetention:
+    room_id: str
+    name: str | None
+    max_lifetime_ms: int
+    due_now: int  # messages already past their lifetime (purged at the next job)
+    due_soon: int  # messages that pass it within the horizon
+    oldest_ts: int | None
+
+
+def retention_report(txn: Any, dialect: str, now_ms: int, horizon_ms: int) -> list[RoomRetention]:
+    txn.execute(
+        sql(
+            "SELECT r.room_id, s.name, MIN(r.max_lifetime) FROM room_retention AS r "
+            "LEFT JOIN room_stats_state AS s ON s.room_id = r.room_id "
+            "WHERE r.max_lifetime IS NOT NULL GROUP BY r.room_id, s.name ORDER BY r.room_id",
+            dialect,
+        )
+    )
+    rooms = txn.fetchall()
+    out = []
+    for room_id, name, lifetime in rooms:
+        cutoff = now_ms - lifetime
+        txn.execute(
+            sql(
+                "SELECT "
+                "SUM(CASE WHEN origin_server_ts < ? THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN origin_server_ts >= ? AND origin_server_ts < ? THEN 1 ELSE 0 END), "
+                "MIN(origin_server_ts) FROM events WHERE room_id = ? AND state_key IS NULL",
+                dialect,
+            ),
+            (cutoff, cutoff, cutoff + horizon_ms, room_id),
+        )
+        due_now, due_soon, oldest = txn.fetchone()
+        out.append(RoomRetention(room_id, name, int(lifetime), int(due_now or 0), int(due_soon or 0), oldest))
+    return out
+
+
+def render(rows: list[RoomRetention], horizon_days: int) -> str:
+    from carematrix.policy.model import format_duration
+
+    if not rows:
+        return "No room has a message lifetime; nothing will be purged."
+    lines = [f"{'room':<44} {'lifetime':>8} {'past it':>8} {f'next {horizon_days}d':>8}  name"]
+    for r in rows:
+        lines.append(
+            f"{r.room_id:<44} {format_duration(r.max_lifetime_ms // 1000):>8} {r.due_now:>8} "
+            f"{r.due_soon:>8}  {r.name or ''}"
+        )
+    total_now = sum(r.due_now for r in rows)
+    total_soon = sum(r.due_soon for r in rows)
+    lines.append(
+        f"{len(rows)} rooms with a lifetime: {total_now} messages are past it (deleted at the next "
+        f"purge job), {total_soon} more within {horizon_days} days."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""Everything CareMatrix needs from Synapse beyond its module API, in one small adapter.
+
+Synapse gives modules no hook on media downloads and no way to purge a message at once, so
+this file (and only this file, with compat.py and access_log.py) touches Synapse internals:
+
+* the media servlets' ``on_GET`` (client v1, legacy ``/_matrix/media``, federation) are
+  wrapped so the media gate sees every download and thumbnail request first;
+* local media file paths, deletion of media with their thumbnails;
+* receipts and stream positions (who has read a message);
+* censoring a message's stored JSON and deleting its full-text search row.
+
+tests/unit/test_synapse_internals.py checks each of these against the installed Synapse and
+fails loudly on an upgrade that moves them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+# (module, class, endpoint kind, how the viewer authenticates)
+MEDIA_SERVLETS = (
+    ("synapse.rest.client.media", "DownloadResource", "download", "client"),
+    ("synapse.rest.client.media", "ThumbnailResource", "thumbnail", "client"),
+    ("synapse.rest.media.download_resource", "DownloadResource", "download", "legacy"),
+    ("synapse.rest.media.thumbnail_resource", "ThumbnailResource", "thumbnail", "legacy"),
+    ("synapse.federation.transport.server.federation", "FederationMediaDownloadServlet", "download", "federation"),
+    ("synapse.federation.transport.server.federation", "FederationMediaThumbnailServlet", "thumbnail", "federation"),
+)
+_WRAPPED = "_carematrix_media_gate"
+
+
+class MediaGate(Protocol):
+    async def handle(
+        self,
+        request: Any,
+        server_name: str | None,
+        media_id: str,
+        kind: str,
+        auth: str,
+        serve_original: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Answer ``request`` (possibly by awaiting ``serve_original``)."""
+
+
+_gate: MediaGate | None = None
+
+
+def install_media_gate(gate: MediaGate) -> None:
+    """Route every media download through ``gate``. Idempotent per process: the servlet
+    classes are patched once and always call the most recently installed gate."""
+    global _gate
+    _gate = gate
+    import importlib
+
+    for module_name, class_name, kind, auth in MEDIA_SERVLETS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if getattr(cls.on_GET, _WRAPPED, False):
+            continue
+        cls.on_GET = _wrap(cls.on_GET, kind, auth)
+
+
+def _wrap(original: Callable[..., Awaitable[None]], kind: str, auth: str) -> Callable[..., Awaitable[None]]:
+    if auth == "federation":
+
+        @functools.wraps(original)
+        async def federation_on_get(self: Any, origin: Any, content: Any, request: Any, media_id: str, *a: Any, **kw: Any) -> None:
+            async def serve() -> None:
+                await original(self, origin, content, request, media_id, *a, **kw)
+
+            if _gate is None:
+                await serve()
+            else:
+                await _gate.handle(request, None, media_id, kind, auth, serve)
+
+        setattr(federation_on_get, _WRAPPED, True)
+        return federation_on_get
+
+    @functools.wraps(original)
+    async def on_get(self: Any, request: Any, server_name: str, media_id: str, *a: Any, **kw: Any) -> None:
+        async def serve() -> None:
+            await original(self, request, server_name, media_id, *a, **kw)
+
+        if _gate is None:
+            await serve()
+        else:
+            await _gate.handle(request, server_name, media_id, kind, auth, serve)
+
+    setattr(on_get, _WRAPPED, True)
+    return on_get
+
+
+def hs_of(api: Any) -> Any:
+    return api._hs
+
+
+def is_local_server(api: Any, server_name: str | None) -> bool:
+    return server_name is None or hs_of(api).is_mine_server_name(server_name)
+
+
+def local_media_path(api: Any, media_id: str) -> str:
+    return hs_of(api).get_media_repository().filepaths.local_media_filepath(media_id)
+
+
+async def requester_user_id(api: Any, request: Any, required: bool) -> str | None:
+    """The signed-in user of a media request; None when ``required`` is False and the request
+    carries no access token (legacy endpoints are unauthenticated)."""
+    auth = hs_of(api).get_auth()
+    if not required and not auth.has_access_token(request):
+        return None
+    requester = await auth.get_user_by_req(request, allow_guest=False)
+    return requester.user.to_string()
+
+
+def set_media_security_headers(request: Any) -> None:
+    """The same cross-origin and sandboxing headers Synapse sets on its own media."""
+    from synapse.http.server import set_corp_headers, set_cors_headers
+
+    set_cors_headers(request)
+    set_corp_headers(request)
+    request.setHeader(b"Content-Security-Policy", b"sandbox; default-src 'none'; script-src 'none';")
+    request.setHeader(b"X-Content-Security-Policy", b"sandbox;")
+    request.setHeader(b"Referrer-Policy", b"no-referrer")
+
+
+def respond_error(request: Any, code: int, errcode: str, message: str, **extra: Any) -> None:
+    from synapse.http.server import respond_with_json
+
+    respond_with_json(request, code, {"errcode": errcode, "error": message, **extra}, send_cors=True)
+
+
+async def delete_local_media(api: Any, media_ids: list[str]) -> int:
+    """Delete media files, their thumbnails and database rows; returns how many went."""
+    if not media_ids:
+        return 0
+    _, total = await hs_of(api).get_media_repository().delete_local_media_ids(media_ids)
+    return total
+
+
+def media_sha256(txn: Any, media_ids: list[str]) -> dict[str, str]:
+    """Synapse stores the SHA-256 of every local upload; a re-upload of the same bytes gets a
+    new media ID with the same hash."""
+    if not media_ids:
+        return {}
+    marks = ",".join("?" for _ in media_ids)
+    txn.execute(
+        f"SELECT media_id, sha256 FROM local_media_repository WHERE media_id IN ({marks}) "
+        "AND sha256 IS NOT NULL",
+        tuple(media_ids),
+    )
+    return {row[0]: row[1] for row in txn.fetchall()}
+
+
+def readers_since(txn: Any, room_id: str, event_id: str) -> set[str] | None:
+    """Users whose public or private read receipt in ``room_id`` is at or after ``event_id``
+    (any thread), read from the database so receipts sent while nothing was listening count.
+    None if the event is not stored (yet, or any more)."""
+    txn.execute("SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,))
+    row = txn.fetchone()
+    if row is None:
+        return None
+    txn.execute(
+        "SELECT DISTINCT r.user_id FROM receipts_linearized AS r "
+        "JOIN events AS e ON e.event_id = r.event_id "
+        "WHERE r.room_id = ? AND r.receipt_type IN ('m.read', 'm.read.private') "
+        "AND e.stream_ordering >= ?",
+        (room_id, row[0]),
+    )
+    return {r[0] for r in txn.fetchall()}
+
+
+def edits_of(txn: Any, event_id: str) -> list[str]:
+    txn.execute(
+        "SELECT event_id FROM event_relations WHERE relates_to_id = ? AND relation_type = 'm.replace'",
+        (event_id,),
+    )
+    return [r[0] for r in txn.fetchall()]
+
+
+async def censor_event(api: Any, event_id: str) -> None:
+    """Replace the stored JSON of an event with its redacted form now (Synapse otherwise
+    keeps it for ``redaction_retention_period``), across every worker's event cache, and
+    delete its full-text search row."""
+    store = hs_of(api).get_datastores().main
+    await store.expire_event(event_id)
+
+    def drop_search_row(txn: Any) -> None:
+        txn.execute("DELETE FROM event_search WHERE event_id = ?", (event_id,))
+
+    await store.db_pool.runInteraction("carematrix_burn_search_row", drop_search_row)
+
+
+def stored_event_json(txn: Any, event_id: str) -> str | None:
+    txn.execute("SELECT json FROM event_json WHERE event_id = ?", (event_id,))
+    row = txn.fetchone()
+    return row[0] if row else None
+
+
+def dialect_of(api: Any) -> str:
+    from synapse.storage.engines import PostgresEngine
+
+    engine = hs_of(api).get_datastores().main.database_engine
+    return "postgres" if isinstance(engine, PostgresEngine) else "sqlite"
+
+
+def thumbnail_args(request: Any) -> tuple[int, int, str]:
+    """width, height and method of a thumbnail request, validated as Synapse does."""
+    from synapse.http.servlet import parse_integer, parse_string
+
+    width = parse_integer(request, "width", required=True)
+    height = parse_integer(request, "height", required=True)
+    method = parse_string(request, "method", "scale", allowed_values=("scale", "crop"))
+    return width, height, method

@@ -1,0 +1,406 @@
+"""Content protection inside Synapse: no-forward, the watermarking media gate, burn-after-read.
+
+The policy module owns one of these and calls it from its send check; the media gate is
+installed on Synapse's media servlets (synapse_modules/internals.py); the burn loop runs on
+the one instance that runs background tasks. Everything it remembers lives in the homeserver
+database, so any worker can answer and a restart forgets nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from synapse.events import EventBase
+from synapse.module_api import ModuleApi
+
+from carematrix.audit import AuditRecord
+from carematrix.audit import actions as A
+from carematrix.policy.holder import PolicyHolder
+from carematrix.policy.model import RoomClass
+from carematrix.protect import burn_store, forward_store, media_store
+from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint, media_uris
+from carematrix.rules import Verdict
+from carematrix.rules.protection import NO_FORWARD, burn_terms
+from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
+from synapse_modules import internals
+from synapse_modules.audit_writer import current_writer
+
+log = logging.getLogger(__name__)
+
+IMAGE_MSGTYPES = ("m.image",)
+CACHE_SECONDS = 180
+NOT_STORED_GIVE_UP_MS = 120_000
+
+MEMBERS_ONLY = Verdict(
+    False,
+    "protection.media_members",
+    "This file was shared in a protected room; only its members can open it.",
+)
+FILES_BLOCKED = Verdict(
+    False,
+    "protection.other_files",
+    "Files other than images cannot be downloaded from this room (hospital policy).",
+)
+NOT_RECORDED = Verdict(
+    False,
+    "audit.unavailable",
+    "This protected file cannot be opened right now because the download could not be "
+    "recorded in the audit trail. Please try again or contact IT.",
+)
+
+
+def _mxc_parts(uri: str) -> tuple[str, str] | None:
+    if not uri.startswith("mxc://"):
+        return None
+    server, _, media_id = uri[6:].partition("/")
+    return (server, media_id) if server and media_id and "/" not in media_id else None
+
+
+class ContentProtection:
+    def __init__(
+        self,
+        api: ModuleApi,
+        holder: PolicyHolder,
+        is_system: Callable[[str], bool],
+        watermark_key: bytes | None,
+        cache_dir: Path | None,
+        refuse: Callable[[Verdict, str, str | None, str], Awaitable[str]],
+    ) -> None:
+        self._api = api
+        self._holder = holder
+        self._is_system = is_system
+        self._key = watermark_key
+        self._cache_dir = cache_dir
+        self._refuse = refuse
+        self._dialect = internals.dialect_of(api)
+        self._schema_ready = False
+
+    # -- database ---------------------------------------------------------------------
+
+    async def _db(self, desc: str, func: Callable[..., Any], *args: Any) -> Any:
+        if not self._schema_ready:
+            await self._api.run_db_interaction("carematrix_protect_schema", self._ensure_schema)
+            self._schema_ready = True
+        return await self._api.run_db_interaction(desc, func, *args)
+
+    def _ensure_schema(self, txn: Any) -> None:
+        forward_store.ensure_schema(txn, self._dialect)
+        media_store.ensure_schema(txn, self._dialect)
+        burn_store.ensure_schema(txn, self._dialect)
+
+    def _local_media_ids(self, uris: list[str]) -> list[str]:
+        out = []
+        for uri in uris:
+            parts = _mxc_parts(uri)
+            if parts and internals.is_local_server(self._api, parts[0]):
+                out.append(parts[1])
+        return out
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def check_send(self, event: EventBase, rc: RoomClass | None) -> tuple[Verdict | None, list[str]]:
+        """No-forward: refuse content first posted in another protected room. Returns the
+        refusal (or None) and the fingerprints of the file bytes, for ``after_accept``."""
+        if event.is_state() or self._is_system(event.sender):
+            return None, []
+        prints = content_fingerprints(event.type, event.content)
+        uris = media_uris(event.content)
+        if prints.is_empty() and not uris:
+            return None, []
+        media_ids = self._local_media_ids(uris)
+        dialect = self._dialect
+
+        def check(txn: Any) -> tuple[Any, list[str]]:
+            hashes = internals.media_sha256(txn, media_ids)
+            extra = sorted({media_hash_fingerprint(h) for h in hashes.values()})
+            return forward_store.find_foreign(txn, dialect, prints, extra, event.room_id), extra
+
+        match, extra = await self._db("carematrix_no_forward_check", check)
+        if match is not None:
+            log.info("no-forward: %s in %s matches %s", event.event_id, event.room_id, match.origin_event)
+            return NO_FORWARD, extra
+        return None, extra
+
+    async def after_accept(self, event: EventBase, rc: RoomClass | None, hash_prints: list[str]) -> None:
+        """Bookkeeping for an accepted message, committed before the client is answered:
+        its fingerprints (no-forward rooms), its files (watermark rooms), its burn."""
+        if event.is_state():
+            return
+        protection = rc.protection if rc is not None else None
+        now = int(time.time() * 1000)
+        prints: list[str] = []
+        if protection is not None and protection.no_forward and not self._is_system(event.sender):
+            prints = sorted(content_fingerprints(event.type, event.content).all()) + hash_prints
+        uris = media_uris(event.content)
+        postings = []
+        if protection is not None and protection.watermark:
+            is_image = event.content.get("msgtype") in IMAGE_MSGTYPES or event.type == "m.sticker"
+            main_url = event.content.get("url")
+            for uri in uris:
+                local = self._local_media_ids([uri])
+                if not local:
+                    continue
+                media_id = local[0]
+                # The thumbnail of any file is an image; the file itself only if it is one.
+                kind = "image" if is_image or uri != main_url else "file"
+                postings.append(
+                    media_store.ProtectedPosting(media_id, event.room_id, event.event_id, kind, protection.other_files)
+                )
+        terms = burn_terms(self._holder.current, rc, event.content)
+        burn = None
+        if terms is not None:
+            burn = burn_store.PendingBurn(
+                event_id=event.event_id, room_id=event.room_id, sender=event.sender, sent_at=now,
+                grace_ms=terms.grace_seconds * 1000, deadline=now + terms.ttl_seconds * 1000,
+                recipients=tuple(await self._recipients(event)), media=tuple(uris),
+                all_read_at=None, burn_at=now + terms.ttl_seconds * 1000,
+            )
+        if not (prints or postings or burn):
+            return
+        dialect = self._dialect
+
+        def store(txn: Any) -> None:
+            if prints:
+                forward_store.record_origin(txn, dialect, prints, event.room_id, event.event_id, now)
+            media_store.record_postings(txn, dialect, postings, now)
+            if burn is not None:
+                burn_store.add(txn, dialect, burn)
+
+        await self._db("carematrix_protect_record", store)
+
+    async def _recipients(self, event: EventBase) -> list[str]:
+        state = await self._api.get_room_state(event.room_id, [("m.room.member", None)])
+        return sorted(
+            e.state_key
+            for e in state.values()
+            if e.content.get("membership") == "join" and e.state_key != event.sender and not self._is_system(e.state_key)
+        )
+
+    # -- media gate -------------------------------------------------------------------
+
+    async def handle(
+        self,
+        request: Any,
+        server_name: str | None,
+        media_id: str,
+        kind: str,
+        auth: str,
+        serve_original: Callable[[], Awaitable[None]],
+    ) -> None:
+        if not internals.is_local_server(self._api, server_name):
+            await serve_original()
+            return
+        postings = await self._db("carematrix_media_postings", media_store.postings_of, self._dialect, media_id)
+        if not postings:
+            await serve_original()
+            return
+        mxc = f"mxc://{self._api.server_name}/{media_id}"
+        room = postings[0].room_id
+        if auth == "federation":
+            # Federation is off by default; a protected file never leaves for another server.
+            internals.respond_error(request, 404, "M_NOT_FOUND", "Not found")
+            return
+        user_id = await internals.requester_user_id(self._api, request, required=auth == "client")
+        if user_id is None:
+            internals.respond_error(
+                request, 401, "M_MISSING_TOKEN",
+                "Protected clinical files are only served to signed-in members "
+                "(authenticated media API).",
+            )
+            return
+        rooms = [p.room_id for p in postings]
+        if not self._is_system(user_id) and not await self._member_of_any(user_id, rooms):
+            message = await self._refuse(MEMBERS_ONLY, user_id, room, f"{kind} {mxc}")
+            internals.respond_error(request, 403, "M_FORBIDDEN", message, **{"org.carematrix.rule": MEMBERS_ONLY.rule})
+            return
+        images = [p for p in postings if p.kind == "image"]
+        if not images:
+            if any(p.other_files == "block" for p in postings):
+                message = await self._refuse(FILES_BLOCKED, user_id, room, f"{kind} {mxc}")
+                internals.respond_error(request, 403, "M_FORBIDDEN", message, **{"org.carematrix.rule": FILES_BLOCKED.rule})
+                return
+            if not await self._record_serve(user_id, mxc, room, kind, request, {"protected": "file"}):
+                return
+            await serve_original()
+            return
+        thumb = internals.thumbnail_args(request) if kind == "thumbnail" else None
+        minute = int(time.time()) // 60 * 60
+        mark_id = media_store.mark_id_for(media_id, user_id, minute)
+        if not await self._record_serve(user_id, mxc, room, kind, request, {"protected": "watermark", "mark_id": mark_id}):
+            return
+        try:
+            data, content_type = await self._rendered(media_id, user_id, minute, mark_id, thumb)
+        except MediaRejected as exc:
+            internals.respond_error(request, 415, "M_UNKNOWN", f"This image cannot be shown: {exc.reason}")
+            return
+        except FileNotFoundError:
+            internals.respond_error(request, 404, "M_NOT_FOUND", "The original of this image is missing.")
+            return
+        self._respond_private(request, data, content_type)
+
+    async def _member_of_any(self, user_id: str, rooms: list[str]) -> bool:
+        for room_id in rooms:
+            state = await self._api.get_room_state(room_id, [("m.room.member", user_id)])
+            member = state.get(("m.room.member", user_id))
+            if member is not None and member.content.get("membership") == "join":
+                return True
+        return False
+
+    async def _record_serve(
+        self, user_id: str, mxc: str, room: str, kind: str, request: Any, details: dict[str, Any]
+    ) -> bool:
+        """Fail closed: a protected file is served only once its download is on record."""
+        writer = current_writer()
+        if writer is None:
+            return True
+        action = A.MEDIA_DOWNLOAD if kind == "download" else A.MEDIA_THUMBNAIL
+        try:
+            await writer.record(
+                AuditRecord(
+                    actor=user_id, action=action, object=mxc, room=room, outcome=A.SUCCESS,
+                    source=request.getClientAddress().host, process=writer.process, details=details,
+                )
+            )
+        except Exception:
+            log.exception("audit record for protected media %s failed; refusing", mxc)
+            internals.respond_error(request, 503, "M_UNKNOWN", NOT_RECORDED.message())
+            return False
+        return True
+
+    def _viewer(self, user_id: str, minute: int) -> Viewer:
+        staff = self._holder.current.staff_for_localpart(user_id[1:].split(":", 1)[0])
+        return Viewer(
+            name=staff.name if staff else user_id,
+            staff_number=staff.staff_number if staff else "-",
+            user_id=user_id,
+            minute=datetime.fromtimestamp(minute).astimezone(),
+        )
+
+    def _cache_path(self, mark_id: str, thumb: tuple[int, int, str] | None) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{mark_id}|{thumb}".encode()).hexdigest()
+        return self._cache_dir / key[:2] / key
+
+    async def _rendered(
+        self, media_id: str, user_id: str, minute: int, mark_id: str, thumb: tuple[int, int, str] | None
+    ) -> tuple[bytes, str]:
+        if self._key is None:
+            raise MediaRejected("watermarking is not configured on this server", "unconfigured")
+        cached = self._cache_path(mark_id, thumb)
+        if cached is not None:
+            try:
+                blob = cached.read_bytes()
+                content_type, _, data = blob.partition(b"\n")
+                return data, content_type.decode()
+            except OSError:
+                pass
+        path = internals.local_media_path(self._api, media_id)
+        viewer = self._viewer(user_id, minute)
+        key = self._key
+
+        def render() -> tuple[bytes, str]:
+            with open(path, "rb") as f:
+                original = f.read()
+            if sniff_image(original) is None:
+                raise MediaRejected("it is not an image format this server can mark", "unsupported")
+            rendered = render_for_viewer(original, viewer, key, mark_id, thumbnail=thumb)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(rendered.content_type.encode() + b"\n" + rendered.data)
+                os.replace(tmp, cached)
+            return rendered.data, rendered.content_type
+
+        data, content_type = await self._api.defer_to_thread(render)
+        delivery = media_store.Delivery(mark_id, media_id, user_id, minute, int(time.time() * 1000))
+        await self._db("carematrix_watermark_delivery", media_store.record_delivery, self._dialect, delivery)
+        return data, content_type
+
+    def _respond_private(self, request: Any, data: bytes, content_type: str) -> None:
+        """Per-viewer bytes: never cached by a browser or proxy, never revalidated by ETag."""
+        internals.set_media_security_headers(request)
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", content_type.encode())
+        request.setHeader(b"Content-Length", str(len(data)).encode())
+        request.setHeader(b"Cache-Control", b"private, no-store, max-age=0")
+        request.setHeader(b"Pragma", b"no-cache")
+        request.setHeader(b"Content-Disposition", b"inline")
+        request.write(data)
+        request.finish()
+
+    def evict_cache(self) -> None:
+        """Renderings are per minute: anything older than a few minutes is never asked again."""
+        if self._cache_dir is None or not self._cache_dir.is_dir():
+            return
+        cutoff = time.time() - CACHE_SECONDS
+        for sub in self._cache_dir.iterdir():
+            for f in sub.iterdir() if sub.is_dir() else ():
+                try:
+                    if f.stat().st_mtime < cutoff:
+                        f.unlink()
+                except OSError:
+                    pass
+
+    # -- burn after read --------------------------------------------------------------
+
+    async def burn_tick(self) -> None:
+        pending = await self._db("carematrix_burn_pending", burn_store.pending, self._dialect)
+        now = int(time.time() * 1000)
+        for burn in pending:
+            burn_at = burn.burn_at
+            if burn.all_read_at is None:
+                readers = await self._db("carematrix_burn_readers", internals.readers_since, burn.room_id, burn.event_id)
+                if readers is None:
+                    if now - burn.sent_at > NOT_STORED_GIVE_UP_MS:
+                        await self._db("carematrix_burn_done", burn_store.mark_burned, self._dialect, burn.event_id, now, "never stored")
+                    continue
+                if not burn_store.unread_by(burn.recipients, readers):
+                    burn_at = burn_store.burn_time(burn, now)
+                    await self._db("carematrix_burn_read", burn_store.mark_all_read, self._dialect, burn.event_id, now, burn_at)
+            if burn_at <= now:
+                await self._burn(burn, now)
+
+    async def _burn(self, burn: burn_store.PendingBurn, now: int) -> None:
+        outcome = "purged"
+        try:
+            await self._api.create_and_send_event_into_room(
+                {
+                    "type": "m.room.redaction", "room_id": burn.room_id, "sender": burn.sender,
+                    "redacts": burn.event_id,
+                    "content": {"redacts": burn.event_id, "reason": "burn after read"},
+                }
+            )
+        except Exception as exc:  # e.g. the sender has left: the stored content still goes
+            log.warning("burn: redaction of %s as its sender failed: %s", burn.event_id, exc)
+            outcome = "purged without redaction event"
+        edits = await self._db("carematrix_burn_edits", internals.edits_of, burn.event_id)
+        for event_id in [burn.event_id, *edits]:
+            await internals.censor_event(self._api, event_id)
+        media_ids = self._local_media_ids(list(burn.media))
+        deleted = await internals.delete_local_media(self._api, media_ids)
+        dialect = self._dialect
+
+        def done(txn: Any) -> None:
+            media_store.forget_media(txn, dialect, media_ids)
+            burn_store.mark_burned(txn, dialect, burn.event_id, now, outcome)
+
+        await self._db("carematrix_burn_done", done)
+        writer = current_writer()
+        if writer is not None:
+            writer.record_soon(
+                AuditRecord(
+                    actor="carematrix", action=A.MESSAGE_BURN, object=burn.event_id, room=burn.room_id,
+                    outcome=A.SUCCESS, process=writer.process,
+                    details={"sender": burn.sender, "edits": len(edits), "media_deleted": deleted,
+                             "read_by_all": burn.all_read_at is not None, "result": outcome},
+                )
+            )
+        log.info("burnt %s in %s (%s, %d files)", burn.event_id, burn.room_id, outcome, deleted)

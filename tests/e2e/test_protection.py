@@ -1,0 +1,371 @@
+"""Content protection end to end on a real Synapse: forwarding out of a ward room is refused
+(by mxc, by re-upload, by copied text, by an edit), images are watermarked per viewer and
+traced back, burn-after-read purges message, search row and files, encryption is honoured."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse, UploadResponse
+from PIL import Image
+
+from carematrix.audit.db import connect
+from tests.support import RunningStack, eventually
+
+CLI = str(Path(sys.executable).parent / "carematrix")
+REPORT = (
+    "ICU bed 7 王建国 72y: K+ 6.8 mmol/L at 02:10, ECG peaked T waves, calcium gluconate given, "
+    "repeat potassium at 04:00 and call the attending if still above 6.0."
+)
+
+
+def photo(seed: int, size: tuple[int, int] = (1200, 900), fmt: str = "JPEG") -> bytes:
+    """A photo-like image: gradients, shapes and sensor noise, different per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack(
+        [
+            128 + 90 * np.sin(x / (37 + seed) + y / 53),
+            128 + 80 * np.cos(y / (29 + seed)),
+            100 + 60 * np.sin((x + y) / 71),
+        ],
+        axis=-1,
+    )
+    for _ in range(12):
+        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(20, 160)
+        base[(x - cx) ** 2 + (y - cy) ** 2 < r * r] += rng.integers(-60, 60, size=3)
+    base += rng.normal(0, 4, base.shape)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(out, fmt, quality=92)
+    return out.getvalue()
+
+
+async def upload(client: AsyncClient, data: bytes, content_type: str, name: str) -> str:
+    resp, _ = await client.upload(io.BytesIO(data), content_type=content_type, filename=name, filesize=len(data))
+    assert isinstance(resp, UploadResponse), resp
+    return resp.content_uri
+
+
+async def send(client: AsyncClient, room: str, content: dict[str, Any], event_type: str = "m.room.message") -> Any:
+    return await client.room_send(room, event_type, content, ignore_unverified_devices=True)
+
+
+def image_content(uri: str, name: str = "ct.jpg") -> dict[str, Any]:
+    return {"msgtype": "m.image", "body": name, "url": uri, "info": {"mimetype": "image/jpeg"}}
+
+
+async def media_get(stack: RunningStack, client: AsyncClient | None, path: str) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Authorization": f"Bearer {client.access_token}"} if client else {}
+    async with aiohttp.ClientSession() as http, http.get(stack.url + path, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+def mxc_path(uri: str) -> str:
+    return uri[len("mxc://"):]
+
+
+async def team_room(stack: RunningStack, client: AsyncClient, unit: str) -> str:
+    return (await client.room_resolve_alias(f"#{unit}-team:{stack.server_name}")).room_id
+
+
+async def new_room(owner: AsyncClient, members: list[AsyncClient], **kwargs: Any) -> str:
+    created = await owner.room_create(invite=[m.user_id for m in members], **kwargs)
+    assert isinstance(created, RoomCreateResponse), created
+    for member in members:
+        await member.join(created.room_id)
+    return created.room_id
+
+
+def denied_as_no_forward(resp: Any) -> None:
+    assert isinstance(resp, RoomSendError), f"forward was accepted: {resp}"
+    assert resp.status_code == "M_FORBIDDEN"
+    assert "Forwarding clinical content out of this room is disabled by hospital policy" in resp.message
+
+
+def db_rows(stack: RunningStack, query: str, *args: Any) -> list[tuple]:
+    s = stack.deployment.settings
+    target = s.db_url if s.database == "postgres" else str(stack.deployment.paths.sqlite_db)
+    with connect(target) as db, db.transaction(read_only=True) as txn:
+        txn.execute(query.replace("?", "%s") if db.dialect == "postgres" else query, args)
+        return list(txn.fetchall())
+
+
+async def test_forwarding_out_of_a_ward_room_is_refused_every_way(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        scan = photo(1)
+        uri = await upload(nurse, scan, "image/jpeg", "ct.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri)), RoomSendResponse)
+        assert isinstance(await send(nurse, icu, {"msgtype": "m.text", "body": REPORT}), RoomSendResponse)
+
+        elsewhere = await new_room(nurse, [doctor], name="handover chat")
+        denied_as_no_forward(await send(nurse, elsewhere, image_content(uri)))
+        again = await upload(doctor, scan, "image/jpeg", "copy.jpg")
+        assert again != uri
+        denied_as_no_forward(await send(doctor, elsewhere, image_content(again, "copy.jpg")))
+        altered = "FWD: " + REPORT.upper().replace(", ", " ,  ") + "  thanks"
+        denied_as_no_forward(await send(doctor, elsewhere, {"msgtype": "m.text", "body": altered}))
+        quoted = "> " + REPORT[:110] + "\n\nsee this, what do you think?"
+        denied_as_no_forward(await send(doctor, elsewhere, {"msgtype": "m.text", "body": quoted}))
+        innocent = await send(doctor, elsewhere, {"msgtype": "m.text", "body": "Quick question about bed 7"})
+        assert isinstance(innocent, RoomSendResponse)
+        edit = {
+            "msgtype": "m.text", "body": "* " + REPORT,
+            "m.new_content": {"msgtype": "m.text", "body": REPORT},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": innocent.event_id},
+        }
+        denied_as_no_forward(await send(doctor, elsewhere, edit))
+        # Ordinary talk about the same patient is not a forward.
+        ok = await send(doctor, elsewhere, {"msgtype": "m.text", "body": "Please review the patient in bed 7 when you can."})
+        assert isinstance(ok, RoomSendResponse)
+        # Inside the ward room itself, replies and re-posts are fine.
+        assert isinstance(await send(doctor, icu, {"msgtype": "m.text", "body": "> " + REPORT + "\n\nseen"}), RoomSendResponse)
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+    denials = db_rows(
+        stack,
+        "SELECT actor FROM carematrix_audit_log WHERE action = 'policy.denied' AND rule = 'protection.no_forward' AND room = ?",
+        elsewhere,
+    )
+    assert len(denials) == 5, denials
+
+
+async def test_each_member_gets_an_image_marked_for_them_and_a_leak_is_traced(stack: RunningStack, tmp_path: Path):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    outsider = await stack.login("d1001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        original = photo(2, (1600, 1200))
+        uri = await upload(nurse, original, "image/jpeg", "xray.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri, "xray.jpg")), RoomSendResponse)
+        path = f"/_matrix/client/v1/media/download/{mxc_path(uri)}"
+        status_n, headers_n, for_nurse = await media_get(stack, nurse, path)
+        status_d, headers_d, for_doctor = await media_get(stack, doctor, path)
+        assert status_n == 200 and status_d == 200
+        assert for_nurse != for_doctor and original not in (for_nurse, for_doctor)
+        assert Image.open(io.BytesIO(for_doctor)).size == (1600, 1200)
+        for headers in (headers_n, headers_d):
+            assert "no-store" in headers["Cache-Control"] and "private" in headers["Cache-Control"]
+            assert "ETag" not in headers
+        # Asking again within the minute gives the same rendering (cached per viewer).
+        assert (await media_get(stack, doctor, path))[2] == for_doctor
+
+        thumb = f"/_matrix/client/v1/media/thumbnail/{mxc_path(uri)}?width=320&height=240&method=scale"
+        t_nurse, t_doctor = (await media_get(stack, nurse, thumb)), (await media_get(stack, doctor, thumb))
+        assert t_nurse[0] == 200 and t_doctor[0] == 200 and t_nurse[2] != t_doctor[2]
+        assert max(Image.open(io.BytesIO(t_doctor[2])).size) <= 320
+
+        status, _, body = await media_get(stack, outsider, path)
+        assert status == 403 and "only its members can open it" in json.loads(body)["error"]
+        legacy = await media_get(stack, None, f"/_matrix/media/v3/download/{mxc_path(uri)}")
+        assert legacy[0] in (401, 404) and legacy[2] != original
+    finally:
+        await nurse.close()
+        await doctor.close()
+        await outsider.close()
+
+    # The doctor photographs the screen: a half-size, quality-70 copy.
+    leaked = Image.open(io.BytesIO(for_doctor))
+    leaked = leaked.resize((800, 600), Image.Resampling.BILINEAR)
+    leak_file = tmp_path / "leaked.jpg"
+    leaked.save(leak_file, "JPEG", quality=70)
+    result = subprocess.run(
+        [CLI, "watermark", "trace", str(leak_file), "--data-dir", str(stack.deployment.settings.data_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert stack.user_id("d2001") in result.stdout and "许" not in result.stdout
+    assert time.strftime("%Y-%m-%d") in result.stdout
+
+    trail = db_rows(
+        stack,
+        "SELECT actor, action, outcome FROM carematrix_audit_log WHERE object = ? AND room = ?",
+        uri, icu,
+    )
+    assert (stack.user_id("d2001"), "media.download", "success") in trail
+    assert (stack.user_id("d1001"), "policy.denied", "denied") in [tuple(r) for r in db_rows(
+        stack, "SELECT actor, action, outcome FROM carematrix_audit_log WHERE object = ?", f"download {uri}"
+    )]
+
+
+async def test_broken_image_in_a_protected_room_gets_an_error_never_the_original(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        broken = b"\xff\xd8\xff\xe0 not really a jpeg" + os.urandom(200)
+        uri = await upload(nurse, broken, "image/jpeg", "broken.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri, "broken.jpg")), RoomSendResponse)
+        status, _, body = await media_get(stack, nurse, f"/_matrix/client/v1/media/download/{mxc_path(uri)}")
+        assert status == 415 and body != broken
+        assert "cannot be shown" in json.loads(body)["error"]
+    finally:
+        await nurse.close()
+
+
+async def read_receipt(client: AsyncClient, room: str, event_id: str) -> None:
+    resp = await client.room_read_markers(room, event_id, event_id)
+    assert resp.__class__.__name__ == "RoomReadMarkersResponse", resp
+
+
+async def event_content(client: AsyncClient, room: str, event_id: str) -> dict:
+    resp = await client.room_get_event(room, event_id)
+    return resp.event.source.get("content", {}) if hasattr(resp, "event") else {"error": str(resp)}
+
+
+async def test_burn_after_read_purges_message_search_row_and_files(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        room = await new_room(nurse, [doctor], name="bed 7 consult", initial_state=[
+            {"type": "org.carematrix.room_class", "state_key": "", "content": {"class": "confidential"}},
+        ])
+        uri = await upload(nurse, photo(3, (640, 480)), "image/jpeg", "wound.jpg")
+        secret = "Burnword zebra-quartz: HIV status of bed 7 is positive, treat accordingly."
+        text = await send(nurse, room, {
+            "msgtype": "m.text", "body": secret,
+            "org.carematrix.burn_after_read": {"grace_seconds": 1},
+        })
+        image = await send(nurse, room, {**image_content(uri, "wound.jpg"), "org.carematrix.burn_after_read": {"grace_seconds": 1}})
+        assert isinstance(text, RoomSendResponse) and isinstance(image, RoomSendResponse)
+        assert (await event_content(doctor, room, text.event_id)).get("body") == secret
+        # Not read yet: still there a little later.
+        await asyncio.sleep(2.5)
+        assert (await event_content(doctor, room, text.event_id)).get("body") == secret
+        await read_receipt(doctor, room, image.event_id)
+
+        async def burnt() -> bool:
+            return (await event_content(doctor, room, text.event_id)) == {} and (
+                await event_content(nurse, room, image.event_id)
+            ) == {}
+
+        assert await eventually(burnt, timeout=30)
+        status, _, _ = await media_get(stack, doctor, f"/_matrix/client/v1/media/download/{mxc_path(uri)}")
+        assert status == 404
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+    stored = db_rows(stack, "SELECT json FROM event_json WHERE event_id = ?", text.event_id)
+    assert stored and "zebra-quartz" not in stored[0][0]
+    assert db_rows(stack, "SELECT event_id FROM event_search WHERE event_id = ?", text.event_id) == []
+    burns = db_rows(stack, "SELECT details FROM carematrix_audit_log WHERE action = 'message.burn' AND object = ?", text.event_id)
+    assert burns and "zebra" not in burns[0][0]
+
+
+async def test_unread_burn_message_goes_when_its_time_to_live_runs_out(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        sent = await send(nurse, icu, {
+            "msgtype": "m.text", "body": "Door code for the drug store tonight is 4711-burn",
+            "org.carematrix.burn_after_read": {"ttl_seconds": 3},
+        })
+        assert isinstance(sent, RoomSendResponse)
+
+        async def gone() -> bool:
+            return (await event_content(doctor, icu, sent.event_id)) == {}
+
+        assert await eventually(gone, timeout=30)
+    finally:
+        await nurse.close()
+        await doctor.close()
+    stored = db_rows(stack, "SELECT json FROM event_json WHERE event_id = ?", sent.event_id)
+    assert "4711-burn" not in stored[0][0]
+
+
+async def test_encrypted_room_class_keeps_membership_burn_retention_and_audit(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        room = await new_room(nurse, [doctor], name="private", initial_state=[
+            {"type": "org.carematrix.room_class", "state_key": "", "content": {"class": "encrypted"}},
+        ])
+        state = {(e["type"], e.get("state_key")): e["content"] for e in (await nurse.room_get_state(room)).events}
+        assert state[("m.room.encryption", "")]["algorithm"] == "m.megolm.v1.aes-sha2"
+        assert state[("m.room.retention", "")] == {"max_lifetime": 90 * 86400 * 1000}
+        # What a client sends in an encrypted room: ciphertext the server cannot read, plus
+        # the burn flag in the clear part of the envelope.
+        sent = await send(nurse, room, {
+            "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEoABzXb6nq0CIPHER", "sender_key": "k",
+            "session_id": "s", "device_id": "D", "org.carematrix.burn_after_read": {"ttl_seconds": 2},
+        }, event_type="m.room.encrypted")
+        assert isinstance(sent, RoomSendResponse), sent
+
+        async def gone() -> bool:
+            return "ciphertext" not in (await event_content(doctor, room, sent.event_id))
+
+        assert await eventually(gone, timeout=30)
+        # Membership rules hold in encrypted rooms: the class admits invitations only.
+        retention = await nurse.room_put_state(room, "m.room.retention", {"max_lifetime": 1000})
+        assert retention.__class__.__name__ == "RoomPutStateError"
+        assert "set by hospital policy" in retention.message
+    finally:
+        await nurse.close()
+        await doctor.close()
+    assert db_rows(stack, "SELECT action FROM carematrix_audit_log WHERE object = ?", sent.event_id)
+
+
+async def test_ward_room_cannot_be_encrypted_and_its_protection_is_fixed(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        state = {(e["type"], e.get("state_key")): e["content"] for e in (await nurse.room_get_state(icu)).events}
+        protection = state[("org.carematrix.protection", "")]
+        assert protection["no_forward"] and protection["watermark"] and protection["no_screenshot"]
+        assert state[("m.room.retention", "")] == {"max_lifetime": 180 * 86400 * 1000}
+        enc = await nurse.room_put_state(icu, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
+        assert enc.__class__.__name__ == "RoomPutStateError" and "End-to-end encryption is off" in enc.message
+        # Element asks for encryption when it creates a room; a server-protected class drops it.
+        created = await nurse.room_create(name="shift planning", initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+        ])
+        assert isinstance(created, RoomCreateResponse), created
+        new_state = {e["type"] for e in (await nurse.room_get_state(created.room_id)).events}
+        assert "m.room.encryption" not in new_state
+    finally:
+        await nurse.close()
+
+
+def test_policy_check_rejects_encryption_with_watermark(stack: RunningStack, tmp_path: Path):
+    policies = tmp_path / "policies"
+    subprocess.run(["cp", "-r", str(stack.policy_dir), str(policies)], check=True)
+    rooms = policies / "rooms.yaml"
+    rooms.write_text(rooms.read_text().replace("      encryption: required  #", "      watermark: true\n      encryption: required  #"))
+    result = subprocess.run([CLI, "policy", "check", str(policies)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "rooms.yaml:" in result.stdout + result.stderr
+    assert "cannot be combined with watermark" in result.stdout + result.stderr
+
+
+async def test_admins_see_what_retention_will_purge(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+    finally:
+        await nurse.close()
+    result = subprocess.run(
+        [CLI, "retention", "report", "--days", "200", "--data-dir", str(stack.deployment.settings.data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith(icu))
+    lifetime, past, soon = line.split()[1:4]
+    # Everything in the ICU room is recent: nothing is past 180 days, all of it is due within 200.
+    assert lifetime == "180d" and past == "0" and int(soon) > 0
