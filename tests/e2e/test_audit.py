@@ -15,6 +15,7 @@ import pytest
 from nio import AsyncClient, JoinError, RoomSendResponse, UploadResponse
 
 from carematrix.audit.db import connect
+from tests.images import photo
 from tests.support import RunningStack, start_stack, stop_stack
 
 CLI = str(Path(sys.executable).parent / "carematrix")
@@ -42,20 +43,25 @@ def db_target(stack: RunningStack) -> str:
 
 async def test_login_send_download_and_denial_are_all_found_by_an_auditor(stack: RunningStack):
     nurse = await stack.login("n3001")
+    icu_doctor = await stack.login("d2001")
     cardiologist = await stack.login("d1001")
     try:
         icu = (await nurse.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
-        data = b"\x89PNG fake scan"
+        data = photo(7, (400, 300), "PNG")
         upload, _ = await nurse.upload(io.BytesIO(data), content_type="image/png", filename="scan.png", filesize=len(data))
         assert isinstance(upload, UploadResponse), upload
         sent = await nurse.room_send(icu, "m.room.message", {"msgtype": "m.image", "body": "scan.png", "url": upload.content_uri})
         assert isinstance(sent, RoomSendResponse), sent
-        download = await cardiologist.download(upload.content_uri)
+        # A member of the ward room gets the (watermarked) scan; an outsider is refused.
+        download = await icu_doctor.download(upload.content_uri)
         assert getattr(download, "body", None) is not None, download
+        refused = await cardiologist.download(upload.content_uri)
+        assert getattr(refused, "body", None) is None, "an outsider downloaded a protected scan"
         denied = await cardiologist.join(f"#icu-team:{stack.server_name}")
         assert isinstance(denied, JoinError)
     finally:
         await nurse.close()
+        await icu_doctor.close()
         await cardiologist.close()
 
     nurse_trail = search(stack, "--actor", stack.user_id("n3001"))
@@ -66,10 +72,14 @@ async def test_login_send_download_and_denial_are_all_found_by_an_auditor(stack:
     assert "scan.png" not in json.dumps(nurse_trail), "message text reached the audit trail"
     assert any(r["action"] == "media.upload" for r in nurse_trail)
 
+    doctor_trail = search(stack, "--actor", stack.user_id("d2001"))
+    fetched = next(r for r in doctor_trail if r["action"] == "media.download" and r["object"] == upload.content_uri and r["room"] == icu)
+    assert fetched["details"]["protected"] == "watermark"
+
     cardio_trail = search(stack, "--actor", stack.user_id("d1001"))
-    assert any(r["action"] == "media.download" and r["object"] == upload.content_uri for r in cardio_trail)
-    denial = next(r for r in cardio_trail if r["action"] == "policy.denied")
-    assert denial["rule"] == "room_class.department.scope" and denial["outcome"] == "denied"
+    rules = {r["rule"] for r in cardio_trail if r["action"] == "policy.denied"}
+    assert {"room_class.department.scope", "protection.media_members"} <= rules
+    assert all(r["outcome"] == "denied" for r in cardio_trail if r["action"] == "policy.denied")
 
 
 def test_non_auditor_cannot_search_and_the_attempt_is_recorded(stack: RunningStack):

@@ -73,7 +73,7 @@ async def test_icu_nurse_is_in_the_icu_room_and_colleagues_read_her(stack: Runni
         state = await nurse.room_get_state_event(icu, ROOM_CLASS_EVENT)
         assert state.content == {"class": "department", "unit": "icu"}
         topic = await nurse.room_get_state_event(icu, "m.room.topic")
-        assert topic.content["topic"].startswith("[科室群 department room]")
+        assert topic.content["topic"].startswith("[科室群 department room · no forwarding · watermarked images")
     finally:
         await nurse.close()
         await doctor.close()
@@ -167,7 +167,7 @@ async def test_new_rooms_get_a_class_and_cannot_go_in_the_directory(stack: Runni
         state = await doctor.room_get_state_event(room.room_id, ROOM_CLASS_EVENT)
         assert state.content["class"] == "discussion"
         topic = await doctor.room_get_state_event(room.room_id, "m.room.topic")
-        assert topic.content["topic"] == "[讨论组 discussion] Papers on heart failure"
+        assert topic.content["topic"] == "[讨论组 discussion · kept 365d] Papers on heart failure"
     finally:
         await doctor.close()
 

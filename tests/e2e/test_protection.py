@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse, UploadResponse
 from PIL import Image
 
 from carematrix.audit.db import connect
+from tests.images import photo
 from tests.support import RunningStack, eventually
 
 CLI = str(Path(sys.executable).parent / "carematrix")
@@ -27,28 +27,6 @@ REPORT = (
     "ICU bed 7 王建国 72y: K+ 6.8 mmol/L at 02:10, ECG peaked T waves, calcium gluconate given, "
     "repeat potassium at 04:00 and call the attending if still above 6.0."
 )
-
-
-def photo(seed: int, size: tuple[int, int] = (1200, 900), fmt: str = "JPEG") -> bytes:
-    """A photo-like image: gradients, shapes and sensor noise, different per seed."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack(
-        [
-            128 + 90 * np.sin(x / (37 + seed) + y / 53),
-            128 + 80 * np.cos(y / (29 + seed)),
-            100 + 60 * np.sin((x + y) / 71),
-        ],
-        axis=-1,
-    )
-    for _ in range(12):
-        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(20, 160)
-        base[(x - cx) ** 2 + (y - cy) ** 2 < r * r] += rng.integers(-60, 60, size=3)
-    base += rng.normal(0, 4, base.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(out, fmt, quality=92)
-    return out.getvalue()
 
 
 async def upload(client: AsyncClient, data: bytes, content_type: str, name: str) -> str:
