@@ -168,7 +168,7 @@ async def test_each_member_gets_an_image_marked_for_them_and_a_leak_is_traced(st
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert stack.user_id("d2001") in result.stdout and "许" not in result.stdout
+    assert stack.user_id("d2001") in result.stdout and "陈静 Chen Jing (D2001)" in result.stdout
     assert time.strftime("%Y-%m-%d") in result.stdout
 
     trail = db_rows(
