@@ -2,7 +2,9 @@
 
 Prints the comparison tables and saves JSON under var/bench/. ``--only NAME`` runs one:
 roundtrip (messages: plain Synapse / CareMatrix / audit off), access (invite+join check),
-orgsync (org sync at a scale this machine finishes in minutes), audit (the audit store).
+orgsync (org sync at a scale this machine finishes in minutes), audit (the audit store),
+watermark (marking a 12 MP photo), media (protected download vs Synapse's), noforward (the
+no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bench import org_sync, roundtrip
 from bench.stats import format_comparison
 from carematrix.deploy import REPO_ROOT
 
-BENCHMARKS = ("roundtrip", "access", "orgsync", "audit")
+BENCHMARKS = ("roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward")
 
 
 def machine() -> str:
@@ -70,6 +72,21 @@ def main() -> None:
 
                 sys.argv = [sys.argv[0], "--out", str(args.out)]
                 audit.main()
+            elif name == "watermark":
+                from bench import watermark
+
+                _save(args.out, name, watermark.measure())
+            elif name == "media":
+                from bench import protected_media
+
+                result = asyncio.run(protected_media.measure(work))
+                print(format_comparison(result), f"  first render per viewer: {result['first_render_ms']} ms", sep="\n", flush=True)
+                _save(args.out, name, result)
+            elif name == "noforward":
+                from bench import no_forward
+
+                sys.argv = [sys.argv[0]]
+                no_forward.main()
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
