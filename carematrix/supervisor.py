@@ -154,6 +154,10 @@ class Stack:
         self.synapse.start()
         self._wait_healthy(self.synapse, timeout)
 
+    def restart_appservice(self, timeout: float = 180.0) -> None:
+        self.appservice.start()
+        self._wait_healthy(self.appservice, timeout)
+
     def stop(self) -> None:
         # The appservice first, so it does not hammer a homeserver that is going away.
         for proc in reversed(self.processes):

@@ -450,7 +450,9 @@ class _Builder:
             burn = self._burn_policy(chk, spec, "burn_after_read", f"'protection' of {what}", DEFAULT_BURN)
         retention = None
         if spec.get("retention") not in (None, "keep"):
-            retention = self._duration(chk, spec, "retention", f"'protection' of {what}", minimum=60)
+            retention = self._duration(
+                chk, spec, "retention", f"'protection' of {what}", minimum=10, unit_required=True
+            )
         return Protection(
             no_forward=flags["no_forward"],
             watermark=flags["watermark"],
@@ -461,11 +463,22 @@ class _Builder:
             encryption=encryption,
         )
 
-    def _duration(self, chk: _Checker, data: LineDict, key: str, what: str, minimum: int = 1) -> int | None:
-        """Seconds from ``90``, ``30s``, ``15m``, ``24h`` or ``180d``."""
+    def _duration(
+        self, chk: _Checker, data: LineDict, key: str, what: str, minimum: int = 1, unit_required: bool = False
+    ) -> int | None:
+        """Seconds from ``90``, ``30s``, ``15m``, ``24h`` or ``180d``. Where a misread unit
+        destroys data (retention: ``180`` meant as days would purge after three minutes), a
+        bare number is refused."""
         value = data.get(key)
         text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
         match = DURATION_RE.match(text)
+        if match and unit_required and not match.group(2):
+            chk.error(
+                data.line_of(key),
+                f"'{key}' of {what} needs a unit: write {text.strip()}d for days, {text.strip()}h for hours "
+                "(a bare number would mean seconds)",
+            )
+            return None
         if not match:
             chk.error(
                 data.line_of(key),

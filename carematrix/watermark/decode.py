@@ -107,6 +107,22 @@ def _normalise_mode(im: Image.Image, gray: bool) -> Image.Image:
     return im
 
 
+def _complete(data: bytes, fmt: str) -> bool:
+    """Is the file whole? Synapse sets Pillow's process-wide ``LOAD_TRUNCATED_IMAGES``, under
+    which a cut-off file decodes with grey filler instead of failing; a half-delivered scan
+    must be refused, so completeness is checked on the bytes, independent of that flag."""
+    if fmt == "jpeg":
+        # 0xFF in entropy-coded data is always stuffed, so an end-of-image marker after the
+        # last start-of-scan means the last scan ended.
+        last_scan = data.rfind(b"\xff\xda")
+        return last_scan >= 0 and data.find(b"\xff\xd9", last_scan) >= 0
+    if fmt == "png":
+        return data.rfind(b"IEND") > 8
+    if fmt == "webp":
+        return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    return True  # GIF: only the first frame is used, and its decoder fails on a cut frame
+
+
 def open_image(
     data: bytes,
     max_pixels: int,
@@ -123,6 +139,8 @@ def open_image(
     fmt = sniff_image(data)
     if fmt is None:
         raise MediaRejected("unsupported", UNSUPPORTED)
+    if not _complete(data, fmt):
+        raise MediaRejected("corrupt", CORRUPT)
     try:
         im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
     except Image.DecompressionBombError as exc:

@@ -336,6 +336,7 @@ async def test_admins_see_what_retention_will_purge(stack: RunningStack):
     nurse = await stack.login("n3001")
     try:
         icu = await team_room(stack, nurse, "icu")
+        assert isinstance(await send(nurse, icu, {"msgtype": "m.text", "body": "Handover at 8"}), RoomSendResponse)
     finally:
         await nurse.close()
     result = subprocess.run(
@@ -347,3 +348,68 @@ async def test_admins_see_what_retention_will_purge(stack: RunningStack):
     lifetime, past, soon = line.split()[1:4]
     # Everything in the ICU room is recent: nothing is past 180 days, all of it is due within 200.
     assert lifetime == "180d" and past == "0" and int(soon) > 0
+
+
+async def test_retention_purge_job_deletes_messages_past_the_class_lifetime(stack: RunningStack):
+    rooms_yaml = stack.policy_dir / "rooms.yaml"
+    text = rooms_yaml.read_text()
+    if "  shortlived:" not in text:
+        rooms_yaml.write_text(text.replace(
+            "room_classes:\n",
+            "room_classes:\n  shortlived:\n    description: short-lived test room\n"
+            "    protection:\n      retention: 10s\n",
+            1,
+        ))
+    nurse = await stack.login("n3001")
+    try:
+        async def created() -> str | None:
+            resp = await nurse.room_create(name="drill", initial_state=[
+                {"type": "org.carematrix.room_class", "state_key": "", "content": {"class": "shortlived"}},
+            ])
+            return resp.room_id if isinstance(resp, RoomCreateResponse) else None
+
+        room = await eventually(created)
+        old = await send(nurse, room, {"msgtype": "m.text", "body": "drill message one"})
+        assert isinstance(old, RoomSendResponse)
+        await asyncio.sleep(11)
+        # A newer message: Synapse always keeps a room's latest event.
+        assert isinstance(await send(nurse, room, {"msgtype": "m.text", "body": "drill message two"}), RoomSendResponse)
+
+        def purged() -> bool:
+            return db_rows(stack, "SELECT event_id FROM events WHERE event_id = ?", old.event_id) == []
+
+        assert await eventually(purged, timeout=60, interval=1)
+    finally:
+        await nurse.close()
+
+
+async def test_burn_needs_no_appservice_and_survives_a_homeserver_crash(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        room = await new_room(nurse, [doctor], name="crash drill", initial_state=[
+            {"type": "org.carematrix.room_class", "state_key": "", "content": {"class": "confidential"}},
+        ])
+        sent = await send(nurse, room, {
+            "msgtype": "m.text", "body": "Crash drill: burn me after reading",
+            "org.carematrix.burn_after_read": {"grace_seconds": 2},
+        })
+        assert isinstance(sent, RoomSendResponse)
+        stack.stack.appservice.stop()
+        try:
+            # Read while the appservice is down, then the homeserver dies before the burn.
+            await read_receipt(doctor, room, sent.event_id)
+            stack.stack.synapse.kill()
+            stack.stack.restart_synapse()
+
+            async def gone() -> bool:
+                return (await event_content(doctor, room, sent.event_id)) == {}
+
+            assert await eventually(gone, timeout=60)
+        finally:
+            stack.stack.restart_appservice()
+    finally:
+        await nurse.close()
+        await doctor.close()
+    stored = db_rows(stack, "SELECT json FROM event_json WHERE event_id = ?", sent.event_id)
+    assert "Crash drill" not in stored[0][0]

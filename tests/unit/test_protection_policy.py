@@ -74,3 +74,8 @@ def test_top_level_burn_defaults():
     assert policy.burn_defaults == BurnPolicy(5, 3600)
     errors = errors_of("burn_after_read:\n  ttl: 0\n")
     assert errors and errors[0].startswith("r.yaml:2:") and "at least 1 seconds" in errors[0]
+
+
+def test_retention_needs_a_unit():
+    errors = errors_of(classes("      retention: 180\n"))
+    assert errors == ["r.yaml:5: 'retention' of 'protection' of room class 'ward' needs a unit: write 180d for days, 180h for hours (a bare number would mean seconds)"]

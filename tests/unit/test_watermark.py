@@ -378,7 +378,12 @@ def test_unservable_input_is_rejected_with_a_reason(case: str) -> None:
     assert err.value.reason and err.value.reason.endswith(".")
 
 
-def test_truncated_jpeg_is_corrupt_not_half_served(original: bytes) -> None:
+@pytest.mark.parametrize("tolerant", [False, True])
+def test_truncated_jpeg_is_corrupt_not_half_served(original: bytes, tolerant: bool, monkeypatch) -> None:
+    # Synapse switches Pillow to tolerate truncated files process-wide; the gate must not.
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", tolerant)
     with pytest.raises(MediaRejected) as err:
         render_for_viewer(original[: len(original) // 2], VIEWERS[0], KEY, "m")
     assert err.value.code == "corrupt"
