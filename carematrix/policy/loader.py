@@ -39,7 +39,7 @@ from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse
 
 SECTIONS = (
     "hospital", "roles", "units", "staff", "room_classes", "room_defaults", "standard_rooms",
-    "burn_after_read",
+    "burn_after_read", "oncall",
 )
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -183,6 +183,7 @@ class _Builder:
         default_room, default_direct = self._room_defaults(room_classes)
         standard_rooms = self._standard_rooms(room_classes, units)
         burn_defaults = self._burn_defaults()
+        oncall = self._oncall(units, {s.staff_number for s in staff}, roles)
         if self.errors:
             raise PolicyInvalid(self.errors)
         return Policy(
@@ -197,6 +198,7 @@ class _Builder:
             default_room_class=default_room,
             default_direct_class=default_direct,
             burn_defaults=burn_defaults,
+            oncall=oncall,
         )
 
     def _hospital(self, first_file: str) -> tuple[str, str]:
@@ -509,6 +511,15 @@ class _Builder:
             grace_seconds=default.grace_seconds if grace is None else grace,
             ttl_seconds=default.ttl_seconds if ttl is None else ttl,
         )
+
+    def _oncall(self, units: dict[str, Unit], staff: set[str], roles: dict[str, str]) -> Any:
+        found = self.section("oncall")
+        if found is None:
+            return None
+        from carematrix.policy.oncall_loader import load_oncall
+
+        value, chk, line = found
+        return load_oncall(self, value, chk, line, units, staff, roles)
 
     def _burn_defaults(self) -> BurnPolicy:
         found = self.section("burn_after_read")

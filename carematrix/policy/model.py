@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # Room state event that records a room's class; clients can read it, only the bot may change it.
 ROOM_CLASS_EVENT = "org.carematrix.room_class"
@@ -234,6 +235,8 @@ class Policy:
     default_direct_class: str | None = None
     # Applies to messages their sender flags burn-after-read in rooms without a burn policy.
     burn_defaults: BurnPolicy = DEFAULT_BURN
+    # The ``oncall:`` section (carematrix.oncall.policy.OncallPolicy), if the hospital has one.
+    oncall: Any = None
     _by_localpart: dict[str, Staff] = field(default_factory=dict, repr=False, compare=False)
     _subtrees: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 

@@ -1,0 +1,1 @@
+"""On-duty role addressing: rosters, who holds a role now, escalation and quiet hours."""

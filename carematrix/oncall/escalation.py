@@ -1,0 +1,236 @@
+"""A page to an on-duty role and its escalation, as a pure state machine.
+
+The appservice owns the clock, the database and Matrix; this module only decides. Each
+function takes the page as it was persisted plus the current time and returns the next page
+state with the actions to carry out. The caller persists the new page and queues the actions
+in one transaction, so a crash either did both or neither, and a restarted appservice simply
+calls :func:`due` and :func:`on_deadline` again.
+
+Decisions worth knowing:
+
+* Never silent. A step that resolves to nobody (a roster gap) is reported to the sender at
+  ``critical`` priority and as a ``gap`` action for the roster office, and the policy's
+  fallback is paged at once in the step's place, on the step's timeout. If the fallback is
+  empty too, the sender is told nobody could be reached at that step and the next step is tried
+  immediately; when no step is left the page is exhausted and the sender is told.
+* Idempotent. A deadline fires only when ``now >= step_deadline`` and the returned page carries
+  the next deadline, so calling :func:`on_deadline` twice (two workers, a retry after a crash
+  before the actions were sent) pages once. Timeouts must be positive for the same reason.
+* Late resumption. After downtime the next step's deadline counts from ``now``, when the step
+  actually fires, never from the missed deadline (which is at or before ``now``): the person
+  paged after an outage still gets their full timeout instead of being skipped at once, and
+  missed steps are walked one per deadline rather than all paged in a burst.
+* Acknowledgement counts only from someone who was paged (a bystander's reaction must not
+  stop the escalation) and only by a method the policy allows. A late acknowledgement of an
+  exhausted page is still accepted: the sender wants that news more than ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from carematrix.oncall.targets import Resolve, describe, parse_target
+
+PRIORITIES = ("routine", "urgent", "critical")
+ACK_METHODS = frozenset({"reply", "reaction", "read"})
+OPEN, ACKED, EXHAUSTED = "open", "acked", "exhausted"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung of the chain: page ``target`` and wait ``timeout_seconds`` for an ack."""
+
+    target: str  # "oncall", "backup:<role>", "role:<role>", "staff:<number>", "pool:<name>"
+    timeout_seconds: int
+    priority: str = "urgent"  # "routine" | "urgent" | "critical"
+
+    def __post_init__(self) -> None:
+        parse_target(self.target)
+        if self.timeout_seconds <= 0:
+            raise ValueError(f"step {self.target}: timeout must be positive")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"step {self.target}: priority must be one of {PRIORITIES}")
+
+
+@dataclass(frozen=True)
+class EscalationPolicy:
+    steps: tuple[Step, ...]  # step 0 is normally "oncall"
+    fallback: str | None  # paged at once when a step resolves to nobody (a roster gap)
+    ack_by: frozenset[str]  # subset of {"reply", "reaction", "read"}
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ValueError("an escalation policy needs at least one step")
+        if self.fallback is not None:
+            parse_target(self.fallback)
+        if not self.ack_by or not self.ack_by <= ACK_METHODS:
+            raise ValueError(f"ack_by must be a non-empty subset of {sorted(ACK_METHODS)}")
+
+
+@dataclass(frozen=True)
+class Page:
+    page_id: str
+    role: str
+    sender: str  # staff number or Matrix user ID
+    room_id: str
+    event_id: str
+    created_at: datetime
+    step: int
+    step_deadline: datetime | None
+    paged: tuple[str, ...]  # staff numbers paged so far, in order, each once
+    acked_by: str | None
+    acked_at: datetime | None
+    state: str  # "open" | "acked" | "exhausted"
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the caller must do. ``page``: bring ``staff`` in / notify them. ``tell_sender``:
+    a notice to the page's sender. ``stop``: escalation is over; ``staff`` are the others who
+    were paged and may have their alert cleared. ``gap``: a roster gap to report/audit."""
+
+    kind: str  # "page" | "tell_sender" | "stop" | "gap"
+    staff: tuple[str, ...] = ()
+    step: int = 0
+    priority: str = "urgent"
+    message: str = ""
+
+
+def _aware(now: datetime) -> None:
+    if now.utcoffset() is None:
+        raise ValueError(f"now must be timezone-aware, got {now!r}")
+
+
+def _names(staff: Iterable[str]) -> str:
+    return ", ".join(staff)
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+def _nobody(role: str, i: int, target: str) -> str:
+    if target == "oncall":
+        return f"Nobody is on duty for {role}"
+    return f"Nobody is reachable as {describe(target)} (step {i + 1} for {role})"
+
+
+def _fire(
+    page: Page, first: int, now: datetime, policy: EscalationPolicy, resolve: Resolve
+) -> tuple[Page, list[Action]]:
+    """Page the first step from ``first`` on that reaches anyone (through the fallback if the
+    step itself is a gap); exhaust the page if none does."""
+    actions: list[Action] = []
+    for i in range(first, len(policy.steps)):
+        step = policy.steps[i]
+        # said once, before the first thing this call tells the sender, when a deadline fired
+        waited = ""
+        if i == first > 0:
+            waited = f"No acknowledgement within {_minutes(policy.steps[i - 1].timeout_seconds)}. "
+        staff = tuple(dict.fromkeys(resolve(step.target, now)))
+        if staff:
+            note = (
+                f"Paging {describe(step.target)} for {page.role} (step {i + 1}): {_names(staff)}."
+            )
+            tell = Action("tell_sender", staff, i, "routine", waited + note)
+        else:
+            nobody = _nobody(page.role, i, step.target)
+            when = now.strftime("%Y-%m-%d %H:%M %Z").strip()
+            actions.append(Action("gap", (), i, step.priority, f"Roster gap at {when}: {nobody}."))
+            fallback = describe(policy.fallback) if policy.fallback else ""
+            staff = tuple(dict.fromkeys(resolve(policy.fallback, now))) if policy.fallback else ()
+            if not staff:
+                why = (
+                    f"the fallback ({fallback}) is empty too"
+                    if fallback
+                    else "there is no fallback"
+                )
+                rest = f" Trying step {i + 2}." if i + 1 < len(policy.steps) else ""
+                message = f"{waited}{nobody}, and {why}: nobody could be reached at this step."
+                actions.append(Action("tell_sender", (), i, "critical", message + rest))
+                continue
+            message = f"{waited}{nobody}; paging the fallback ({fallback}): {_names(staff)}."
+            tell = Action("tell_sender", staff, i, "critical", message)
+        actions.append(Action("page", staff, i, step.priority, f"Page for {page.role}"))
+        actions.append(tell)
+        paged = tuple(dict.fromkeys((*page.paged, *staff)))
+        base = max(now, page.step_deadline) if page.step_deadline else now
+        deadline = base + timedelta(seconds=step.timeout_seconds)
+        new = replace(page, step=i, step_deadline=deadline, paged=paged, state=OPEN)
+        return new, actions
+    if page.paged:
+        message = (
+            f"No acknowledgement for {page.role} after every escalation step "
+            f"(paged: {_names(page.paged)}). Escalation has ended: reach them another way "
+            "(phone, switchboard)."
+        )
+    else:
+        message = (
+            f"Nobody could be reached for {page.role}: no escalation step and no fallback "
+            "reaches anyone. Use the phone or the switchboard."
+        )
+    actions.append(Action("tell_sender", (), len(policy.steps) - 1, "critical", message))
+    last = len(policy.steps) - 1
+    return replace(page, step=last, step_deadline=None, state=EXHAUSTED), actions
+
+
+def open_page(
+    page_id: str,
+    role: str,
+    sender: str,
+    room_id: str,
+    event_id: str,
+    now: datetime,
+    policy: EscalationPolicy,
+    resolve: Resolve,
+) -> tuple[Page, list[Action]]:
+    """A new page to ``role``: step 0 fires at once. ``resolve(target, at)`` gives the staff
+    numbers for a target; the caller builds it per role (see ``targets.resolver``)."""
+    _aware(now)
+    page = Page(page_id, role, sender, room_id, event_id, now, 0, None, (), None, None, OPEN)
+    return _fire(page, 0, now, policy, resolve)
+
+
+def on_deadline(
+    page: Page, now: datetime, policy: EscalationPolicy, resolve: Resolve
+) -> tuple[Page, list[Action]]:
+    """Escalate ``page`` if its deadline has passed; otherwise return it unchanged, with no
+    actions (so a duplicate or early call is harmless)."""
+    _aware(now)
+    if page.state != OPEN or page.step_deadline is None or now < page.step_deadline:
+        return page, []
+    return _fire(page, page.step + 1, now, policy, resolve)
+
+
+def on_ack(
+    page: Page, staff_number: str, how: str, now: datetime, policy: EscalationPolicy
+) -> tuple[Page, list[Action]]:
+    """``staff_number`` acknowledged by ``how`` ("reply", "reaction" or "read"). Ignored
+    (page unchanged, no actions) unless they were paged, the method is allowed by the policy
+    and the page is not already acknowledged."""
+    _aware(now)
+    if page.state == ACKED or how not in policy.ack_by or staff_number not in page.paged:
+        return page, []
+    late = " (after escalation had ended)" if page.state == EXHAUSTED else ""
+    when = now.strftime("%H:%M %Z").strip()
+    acked = replace(page, state=ACKED, acked_by=staff_number, acked_at=now, step_deadline=None)
+    others = tuple(s for s in page.paged if s != staff_number)
+    return acked, [
+        Action("stop", others, page.step, "routine", f"{staff_number} has acknowledged."),
+        Action(
+            "tell_sender",
+            (staff_number,),
+            page.step,
+            "routine",
+            f"{staff_number} acknowledged the page to {page.role} by {how} at {when}{late}.",
+        ),
+    ]
+
+
+def due(pages: Iterable[Page], now: datetime) -> list[Page]:
+    """Open pages whose step deadline has passed, most overdue first."""
+    _aware(now)
+    ready = [p for p in pages if p.state == OPEN and p.step_deadline and p.step_deadline <= now]
+    return sorted(ready, key=lambda p: p.step_deadline or now)

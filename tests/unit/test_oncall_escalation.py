@@ -1,0 +1,227 @@
+"""A page to "Cardiology – attending on duty" and its escalation, as the nurse who sent it and
+the doctors who get it would check it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from carematrix.oncall.escalation import (
+    Action,
+    EscalationPolicy,
+    Page,
+    Step,
+    due,
+    on_ack,
+    on_deadline,
+    open_page,
+)
+from carematrix.oncall.model import Shift
+from carematrix.oncall.roster import Roster
+from carematrix.oncall.targets import describe, parse_target, resolver
+
+BERLIN = ZoneInfo("Europe/Berlin")
+ROLE = "cardiology/attending"
+BACKUP = "cardiology/attending-backup"
+
+
+def at(hour: int, minute: int = 0, day: int = 25) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=BERLIN)
+
+
+NIGHT = at(3)
+
+ROSTER = Roster(
+    [
+        Shift(ROLE, "N2001", at(20, day=24), at(8)),
+        Shift(BACKUP, "B4001", at(20, day=24), at(8)),
+        # a roster gap for the attending from 08:00 to 09:00
+        Shift(ROLE, "D1001", at(9), at(20)),
+    ]
+)
+POOLS = {"cardiology-fallback": ["F9001", "F9002"], "empty": []}
+POLICY = EscalationPolicy(
+    steps=(Step("oncall", 300), Step(f"backup:{BACKUP}", 600, "critical")),
+    fallback="pool:cardiology-fallback",
+    ack_by=frozenset({"reply", "reaction"}),
+)
+RESOLVE = resolver(ROSTER, ROLE, POOLS)
+
+
+def kinds(actions: list[Action]) -> list[str]:
+    return [a.kind for a in actions]
+
+
+def paged(actions: list[Action]) -> list[tuple[str, ...]]:
+    return [a.staff for a in actions if a.kind == "page"]
+
+
+def told(actions: list[Action]) -> str:
+    return " | ".join(a.message for a in actions if a.kind == "tell_sender")
+
+
+def open_at(now: datetime, policy: EscalationPolicy = POLICY) -> tuple[Page, list[Action]]:
+    return open_page(
+        "p1", ROLE, "@nurse:renhe.example", "!ward:renhe.example", "$ev", now, policy, RESOLVE
+    )
+
+
+def test_a_page_at_0300_reaches_the_night_doctor_and_the_sender_is_told_who():
+    page, actions = open_at(NIGHT)
+    assert paged(actions) == [("N2001",)]
+    assert page.state == "open" and page.step == 0 and page.paged == ("N2001",)
+    assert page.step_deadline == NIGHT + timedelta(minutes=5)
+    assert "N2001" in told(actions)
+    assert next(a for a in actions if a.kind == "page").priority == "urgent"
+
+
+def test_unanswered_page_escalates_through_two_steps_and_stops_when_the_second_acks_by_reaction():
+    page, _ = open_at(NIGHT)
+    page, actions = on_deadline(page, NIGHT + timedelta(minutes=5), POLICY, RESOLVE)
+    assert paged(actions) == [("B4001",)]
+    assert next(a for a in actions if a.kind == "page").priority == "critical"
+    assert "No acknowledgement within 5 min" in told(actions)
+    assert page.step == 1 and page.paged == ("N2001", "B4001")
+    assert page.step_deadline == NIGHT + timedelta(minutes=15)
+
+    ack_time = NIGHT + timedelta(minutes=7)
+    page, actions = on_ack(page, "B4001", "reaction", ack_time, POLICY)
+    assert page.state == "acked" and page.acked_by == "B4001" and page.acked_at == ack_time
+    assert page.step_deadline is None
+    assert kinds(actions) == ["stop", "tell_sender"]
+    assert actions[0].staff == ("N2001",)  # the others may have their alert cleared
+    assert "B4001 acknowledged" in told(actions)
+    # nothing more happens to an acknowledged page
+    assert on_deadline(page, NIGHT + timedelta(hours=1), POLICY, RESOLVE) == (page, [])
+    assert on_ack(page, "N2001", "reply", NIGHT + timedelta(minutes=8), POLICY) == (page, [])
+    assert due([page], NIGHT + timedelta(hours=1)) == []
+
+
+def test_ack_by_someone_not_paged_or_by_a_disallowed_method_is_ignored():
+    page, _ = open_at(NIGHT)
+    later = NIGHT + timedelta(minutes=1)
+    assert on_ack(page, "B4001", "reply", later, POLICY) == (page, [])  # not paged (yet)
+    assert on_ack(page, "X0000", "reaction", later, POLICY) == (page, [])  # a bystander
+    assert on_ack(page, "N2001", "read", later, POLICY) == (page, [])  # read is not allowed here
+    assert on_ack(page, "N2001", "typing", later, POLICY) == (page, [])
+    acked, actions = on_ack(page, "N2001", "reply", later, POLICY)
+    assert acked.state == "acked" and kinds(actions) == ["stop", "tell_sender"]
+
+
+def test_roster_gap_tells_the_sender_loudly_and_pages_the_fallback_at_once():
+    gap = at(8, 30)
+    page, actions = open_at(gap)
+    assert paged(actions) == [("F9001", "F9002")]
+    tell = next(a for a in actions if a.kind == "tell_sender")
+    assert tell.priority == "critical"
+    assert "Nobody is on duty for cardiology/attending" in tell.message
+    assert "fallback" in tell.message
+    assert "gap" in kinds(actions)
+    assert page.paged == ("F9001", "F9002") and page.state == "open"
+    assert page.step_deadline == gap + timedelta(minutes=5)
+    # the fallback can acknowledge
+    acked, _ = on_ack(page, "F9002", "reply", gap + timedelta(minutes=1), POLICY)
+    assert acked.acked_by == "F9002"
+
+
+def test_gap_with_an_empty_fallback_tells_the_sender_and_tries_the_next_step_at_once():
+    policy = EscalationPolicy(POLICY.steps, "pool:empty", POLICY.ack_by)
+    day_backup = Shift(BACKUP, "B4002", at(8), at(20))
+    resolve = resolver(Roster([day_backup]), ROLE, POOLS)  # attending rota empty, backup there
+    page, actions = open_page("p2", ROLE, "N1", "!r", "$e", at(8, 30), policy, resolve)
+    assert "nobody could be reached at this step" in told(actions)
+    assert "Trying step 2" in told(actions)
+    assert paged(actions) == [("B4002",)]
+    assert page.step == 1 and page.step_deadline == at(8, 30) + timedelta(minutes=10)
+
+
+def test_nobody_anywhere_is_never_silent():
+    policy = EscalationPolicy(POLICY.steps, None, POLICY.ack_by)
+    page, actions = open_page("p3", ROLE, "N1", "!r", "$e", NIGHT, policy, lambda target, at: ())
+    assert page.state == "exhausted" and page.step_deadline is None
+    assert paged(actions) == []
+    assert "Nobody could be reached for cardiology/attending" in told(actions)
+    assert all(a.priority == "critical" for a in actions if a.kind == "tell_sender")
+    assert kinds(actions).count("gap") == 2
+
+
+def test_exhausted_chain_tells_the_sender():
+    page, _ = open_at(NIGHT)
+    page, _ = on_deadline(page, NIGHT + timedelta(minutes=5), POLICY, RESOLVE)
+    page, actions = on_deadline(page, NIGHT + timedelta(minutes=15), POLICY, RESOLVE)
+    assert page.state == "exhausted" and page.step_deadline is None
+    assert paged(actions) == []
+    assert "No acknowledgement for cardiology/attending" in told(actions)
+    assert "N2001, B4001" in told(actions)
+    assert on_deadline(page, NIGHT + timedelta(minutes=30), POLICY, RESOLVE) == (page, [])
+    # a late acknowledgement is still news the sender wants
+    acked, actions = on_ack(page, "N2001", "reply", NIGHT + timedelta(minutes=20), POLICY)
+    assert acked.state == "acked" and "after escalation had ended" in told(actions)
+
+
+def test_calling_on_deadline_twice_pages_once():
+    page, _ = open_at(NIGHT)
+    fire = NIGHT + timedelta(minutes=5)
+    once, actions = on_deadline(page, fire, POLICY, RESOLVE)
+    twice, again = on_deadline(once, fire, POLICY, RESOLVE)
+    assert paged(actions) == [("B4001",)]
+    assert again == [] and twice == once
+    # and before the deadline nothing happens
+    assert on_deadline(page, fire - timedelta(seconds=1), POLICY, RESOLVE) == (page, [])
+
+
+def test_resuming_late_gives_the_next_person_their_full_timeout():
+    page, _ = open_at(NIGHT)
+    back_up = NIGHT + timedelta(minutes=25)  # appservice was down for 20 minutes
+    assert due([page], back_up) == [page]
+    page, actions = on_deadline(page, back_up, POLICY, RESOLVE)
+    assert paged(actions) == [("B4001",)]
+    assert page.step_deadline == back_up + timedelta(minutes=10)
+
+
+def test_escalation_to_a_step_in_a_roster_gap_pages_the_fallback():
+    policy = EscalationPolicy(
+        (Step("oncall", 300), Step("role:neurology/attending", 300)), POLICY.fallback, POLICY.ack_by
+    )
+    page, _ = open_at(NIGHT, policy)
+    page, actions = on_deadline(page, NIGHT + timedelta(minutes=5), policy, RESOLVE)
+    assert paged(actions) == [("F9001", "F9002")]
+    assert "Nobody is reachable as on-duty neurology/attending" in told(actions)
+    assert page.step == 1 and page.paged == ("N2001", "F9001", "F9002")
+
+
+def test_due_lists_only_open_overdue_pages_most_overdue_first():
+    first, _ = open_at(NIGHT)
+    second, _ = open_at(NIGHT + timedelta(minutes=2))
+    acked, _ = on_ack(first, "N2001", "reply", NIGHT, POLICY)
+    assert due([second, first, acked], NIGHT + timedelta(minutes=8)) == [first, second]
+    assert due([second, first], NIGHT + timedelta(minutes=6)) == [first]
+    assert due([first], NIGHT) == []
+
+
+def test_policies_and_steps_are_checked_when_loaded():
+    with pytest.raises(ValueError):
+        Step("pager:123", 300)
+    with pytest.raises(ValueError):
+        Step("oncall", 0)
+    with pytest.raises(ValueError):
+        Step("oncall", 300, "asap")
+    with pytest.raises(ValueError):
+        EscalationPolicy((), None, frozenset({"reply"}))
+    with pytest.raises(ValueError):
+        EscalationPolicy((Step("oncall", 60),), None, frozenset({"telepathy"}))
+    with pytest.raises(ValueError):
+        EscalationPolicy((Step("oncall", 60),), "pool:", frozenset({"reply"}))
+    with pytest.raises(ValueError):
+        open_at(datetime(2026, 11, 25, 3, 0))
+
+
+def test_targets():
+    assert parse_target("oncall") == ("oncall", "")
+    assert parse_target("staff:D1001") == ("staff", "D1001")
+    assert describe(f"backup:{BACKUP}") == f"backup {BACKUP}"
+    assert RESOLVE("staff:D1001", NIGHT) == ("D1001",)
+    assert RESOLVE(f"role:{BACKUP}", NIGHT) == ("B4001",)
+    assert RESOLVE("pool:unknown", NIGHT) == ()
