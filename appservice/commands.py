@@ -25,7 +25,9 @@ def parse_command(body: str) -> Command | None:
 HELP = (
     "CareMatrix bot commands:\n"
     "!ping — check that the CareMatrix service is answering\n"
-    "!help — this list"
+    "!help — this list\n"
+    "!oncall [unit] — who holds each on-duty role now, and who is next\n"
+    "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then"
 )
 
 

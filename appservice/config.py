@@ -30,6 +30,7 @@ class AppserviceConfig:
     log_file: Path | None
     # Password given to accounts org sync creates (demo only; production logs in via SSO).
     initial_password: str | None = None
+    test_clock: bool = False
 
     @property
     def bot_user_id(self) -> str:
@@ -90,4 +91,5 @@ class AppserviceConfig:
             policy_dir=Path(policy_dir),
             log_file=Path(log_file) if isinstance(log_file, str) else None,
             initial_password=initial_password,
+            test_clock=raw.get("test_clock") is True,
         )

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
@@ -20,7 +24,11 @@ from mautrix.util.async_db import Database
 from appservice.audit_client import AuditClient
 from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
+from appservice.oncall.clock import Clock
+from appservice.oncall.service import OncallService
+from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
+from carematrix.org.matrix import OrgMatrix
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 
@@ -29,17 +37,22 @@ log = logging.getLogger("carematrix.appservice")
 HEALTH_PATH = "/_carematrix/health"
 BOT_DISPLAY_NAME = "CareMatrix"
 ORG_SYNC_PATH = "/_carematrix/org/sync"
+TEST_CLOCK_PATH = "/_carematrix/test/clock"
 POLICY_POLL_SECONDS = 2.0
+ONCALL_TICK_SECONDS = 0.5
+QUIET_HOURS_SECONDS = 10.0
 
 
 class Bot:
     def __init__(
-        self, config: AppserviceConfig, appserv: AppService, policy: PolicyHolder, org: OrgSyncService
+        self, config: AppserviceConfig, appserv: AppService, policy: PolicyHolder, org: OrgSyncService,
+        oncall: OncallService,
     ) -> None:
         self.config = config
         self.appserv = appserv
         self.policy = policy
         self.org = org
+        self.oncall = oncall
         self.started_at = time.time()
         self.last_rejected: ReloadOutcome | None = None
         self._applied_digest = policy.current.digest
@@ -56,6 +69,11 @@ class Bot:
             await self.org.run()
         except Exception:
             log.exception("automatic org sync failed")
+        try:
+            await self.oncall.ensure_role_accounts()
+            await self.oncall.refresh_feeds(self.config.policy_dir, force=True)
+        except Exception:
+            log.exception("on-call refresh after a policy change failed")
 
     async def org_sync(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.config.as_token}":
@@ -69,15 +87,38 @@ class Bot:
         return web.json_response(report.as_json())
 
     async def on_event(self, evt: Event) -> None:
+        log.debug("event %s in %s", evt.type, getattr(evt, "room_id", "?"))
         try:
             if evt.type == EventType.ROOM_MEMBER:
                 await self._on_member(evt)  # type: ignore[arg-type]
             elif evt.type == EventType.ROOM_MESSAGE:
                 await self._on_message(evt)  # type: ignore[arg-type]
+                await self.oncall.on_message(str(evt.room_id), str(evt.sender), str(evt.event_id), None)
+            elif evt.type == EventType.REACTION:
+                await self.oncall.on_reaction(str(evt.room_id), str(evt.sender))
+            elif evt.type == EventType.RECEIPT:
+                await self._on_receipt(evt)
         except Exception:
             log.exception("failed to handle %s in %s", evt.type, getattr(evt, "room_id", "?"))
 
+    async def _on_receipt(self, evt: Any) -> None:
+        content = evt.content.serialize() if hasattr(evt.content, "serialize") else dict(evt.content)
+        readers = {
+            user
+            for by_type in content.values()
+            if isinstance(by_type, dict)
+            for kind, users in by_type.items()
+            if kind in ("m.read", "m.read.private") and isinstance(users, dict)
+            for user in users
+        }
+        for user in readers:
+            await self.oncall.on_read(str(evt.room_id), user)
+
     async def _on_member(self, evt: StateEvent) -> None:
+        if await self.oncall.on_member(
+            str(evt.room_id), str(evt.sender), str(evt.state_key), str(evt.content.membership.value)
+        ):
+            return
         if evt.state_key != self.appserv.bot_mxid or evt.content.membership != Membership.INVITE:
             return
         # Only hospital accounts may pull the bot into rooms.
@@ -101,9 +142,51 @@ class Bot:
             reply = reply_ping(latency, self.policy.current.digest)
         elif command.name == "help":
             reply = HELP
+        elif command.name == "oncall":
+            reply = await self._oncall_command(str(evt.sender), command.args)
         else:
             reply = reply_unknown(command.name)
         await self.appserv.intent.send_notice(evt.room_id, reply)
+
+    async def _oncall_command(self, sender: str, args: tuple[str, ...]) -> str:
+        """``!oncall [unit]`` lists who holds each role now and next; ``!oncall cover <role>
+        until HH:MM [staff number]`` hands a role over until then."""
+        if args and args[0] == "cover":
+            if len(args) < 4 or args[2] != "until":
+                return "Usage: !oncall cover <role> until HH:MM [staff number]"
+            try:
+                hour, minute = (int(x) for x in args[3].split(":"))
+                until = self.oncall.local_today(hour, minute)
+            except ValueError:
+                return f"'{args[3]}' is not a time like 14:00."
+            staff = args[4] if len(args) > 4 else self.oncall.staff_of(sender)
+            if staff is None:
+                return "Name the staff number who covers."
+            return await self.oncall.cover(sender, args[1], until, staff)
+        return self.oncall.listing(args[0] if args else None)
+
+    async def test_clock(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.config.as_token}":
+            return web.json_response({"errcode": "M_FORBIDDEN", "error": "bad token"}, status=403)
+        body = await request.json()
+        self.oncall.clock.set(datetime.fromisoformat(body["now"]))
+        await self.oncall.tick()
+        return web.json_response({"now": self.oncall.clock.now().isoformat()})
+
+    async def oncall_loop(self) -> None:
+        last_quiet = 0.0
+        while True:
+            await asyncio.sleep(ONCALL_TICK_SECONDS)
+            try:
+                if not self.oncall.roles_named:
+                    await self.oncall.ensure_role_accounts()
+                await self.oncall.refresh_feeds(self.config.policy_dir)
+                await self.oncall.tick()
+                if time.monotonic() - last_quiet > QUIET_HOURS_SECONDS:
+                    last_quiet = time.monotonic()
+                    await self.oncall.apply_quiet_hours()
+            except Exception:
+                log.exception("on-call loop failed; retrying")
 
     async def health(self, _: web.Request) -> web.Response:
         body = {
@@ -115,6 +198,8 @@ class Bot:
         }
         if self.last_rejected is not None:
             body["policy_rejected_edit"] = [str(e) for e in self.last_rejected.errors]
+        if self.oncall.feed_errors:
+            body["roster_feed_errors"] = self.oncall.feed_errors
         if self.org.last_report is not None:
             body["org_sync"] = {
                 "policy_digest": self.org.last_report.policy_digest,
@@ -157,11 +242,19 @@ async def run(config: AppserviceConfig) -> None:
         AuditClient(config.homeserver_url, config.as_token),
     )
     await org.setup()
-    bot = Bot(config, appserv, holder, org)
+    session = aiohttp.ClientSession()
+    oncall = OncallService(
+        OncallStore(db), holder,
+        OrgMatrix(session, config.homeserver_url, config.as_token, config.domain, appserv.bot_mxid),
+        appserv.bot_mxid, AuditClient(config.homeserver_url, config.as_token), Clock(),
+    )
+    bot = Bot(config, appserv, holder, org, oncall)
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
     appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)
+    if config.test_clock:
+        appserv.app.router.add_post(TEST_CLOCK_PATH, bot.test_clock)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -180,13 +273,18 @@ async def run(config: AppserviceConfig) -> None:
             # Real-name servers lock display names; `carematrix up` sets the bot's through
             # the admin API instead.
             log.info("display names are locked on this server; bot name set by admin tooling")
+        await oncall.setup()
+        await oncall.refresh_feeds(config.policy_dir, force=True)
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())
+        oncall_task = asyncio.create_task(bot.oncall_loop())
         await stop.wait()
         poller.cancel()
+        oncall_task.cancel()
     finally:
         log.info("stopping")
+        await session.close()
         await appserv.stop()
         await db.stop()
 
@@ -211,7 +309,7 @@ def _setup_logging(config: AppserviceConfig) -> None:
         config.log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(config.log_file, encoding="utf-8"))
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.DEBUG if os.environ.get("CAREMATRIX_DEBUG") else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )

@@ -65,6 +65,8 @@ class Settings:
     # How often the homeserver's retention purge jobs run (messages past their class's
     # lifetime are deleted then); tests shorten it.
     retention_purge_seconds: int = 3600
+    # Lets tests move the appservice's on-call clock; never in production.
+    test_clock: bool = False
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -427,6 +429,7 @@ def prepare(settings: Settings) -> Deployment:
         "appservice_database": appservice_database,
         "appservice_log_file": str(paths.appservice_log),
         "initial_password": secret_values["demo_password"] if settings.demo else None,
+        "test_clock": settings.test_clock,
     }
     for key in SECRET_KEYS:
         values[key] = secret_values[key]

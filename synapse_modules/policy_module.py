@@ -31,6 +31,7 @@ from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState, Staff
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
+from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
 from synapse_modules import internals
 from synapse_modules.audit_writer import current_writer
@@ -198,7 +199,13 @@ class CareMatrixPolicy:
 
     async def _member_count(self, room_id: str) -> int:
         state = await self._api.get_room_state(room_id, [("m.room.member", None)])
-        return sum(1 for e in state.values() if e.content.get("membership") in ("join", "invite"))
+        # Service accounts (the bot, on-duty role accounts) do not take a person's place:
+        # a DM to a role stays a DM when the role brings the doctor on duty in.
+        return sum(
+            1
+            for e in state.values()
+            if e.content.get("membership") in ("join", "invite") and not self._is_system(e.state_key)
+        )
 
     async def _refuse(self, verdict: Verdict, user_id: str, room_id: str | None, action: str) -> str:
         """Log and audit a denial (before the client hears of it); returns the message."""
@@ -262,6 +269,8 @@ class CareMatrixPolicy:
             verdict = decide_state_change(policy, room, event.type, event.content, is_system)
         else:
             verdict = decide_post(policy, room.class_id, self._staff(event.sender), event.type, is_system)
+            if verdict.allowed:
+                verdict = decide_priority(event.content, is_system)
         if not verdict.allowed:
             return await self._refuse(verdict, event.sender, event.room_id, event.type)
         rc = policy.room_classes.get(room.class_id or "")
@@ -291,7 +300,10 @@ class CareMatrixPolicy:
         room = await self._room_state(room_id)
         policy = self._holder.current
         rc = policy.room_classes.get(room.class_id or "")
-        count = await self._member_count(room_id) if rc is not None and rc.max_members else 0
+        # An on-duty role bringing the next person of an escalation into a DM is not a
+        # member growing the chat: the size limit binds people, not the service.
+        limited = rc is not None and rc.max_members and not self._is_system(inviter)
+        count = await self._member_count(room_id) if limited else 0
         verdict = decide_membership(
             policy, room, self._staff(invitee), self._is_system(invitee), "invite", count
         )

@@ -77,7 +77,7 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
         audit_checkpoint_seconds=2,
-        **{"retention_purge_seconds": 5, **settings_overrides},
+        **{"retention_purge_seconds": 5, "test_clock": True, **settings_overrides},
     )
     deployment = prepare(settings)
     stack = Stack(deployment)

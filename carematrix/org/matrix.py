@@ -61,9 +61,12 @@ class OrgMatrix:
     def uid(self, localpart: str) -> str:
         return f"@{localpart}:{self.server}"
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
+        """``as_user``: act as a user of the appservice's namespaces (appservice token only)."""
+        params = {"user_id": as_user} if as_user else None
         async with self.session.request(
-            method, self.base + path, json=body, headers={"Authorization": f"Bearer {self.token}"}
+            method, self.base + path, json=body, params=params,
+            headers={"Authorization": f"Bearer {self.token}"},
         ) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:

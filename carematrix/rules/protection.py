@@ -128,3 +128,22 @@ def _seconds(value: Any, default: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return default
+
+
+PAGE_FLAG = "org.carematrix.page"
+PRIORITY_FIELD = "org.carematrix.priority"
+
+
+def decide_priority(content: Mapping[str, Any], is_system: bool) -> Verdict:
+    """Critical alerts and pages break through muted rooms and quiet hours, so only the
+    CareMatrix service may mark a message that way."""
+    if is_system or not isinstance(content, Mapping):
+        return ALLOW
+    if content.get(PAGE_FLAG) or content.get(PRIORITY_FIELD) == "critical":
+        return Verdict(
+            False,
+            "priority.reserved",
+            "Only the CareMatrix service sends critical alerts and pages; to reach someone on "
+            "duty, message the on-duty role.",
+        )
+    return ALLOW

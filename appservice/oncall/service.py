@@ -1,0 +1,476 @@
+"""On-duty role addressing in the appservice: role accounts, roster feeds, pages, escalation,
+acknowledgements and quiet hours. The decisions are the pure functions of carematrix.oncall;
+this module does the Matrix and database I/O around them.
+
+A page is opened by the first message a member sends in a room with a role account (a DM
+to "Cardiology – attending on duty", or a room the role was invited to). Its state and the
+Matrix sends each transition implies are committed together (an outbox), then sent; a
+restart resumes open pages at their deadlines and sends what was not yet sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from appservice.audit_client import AuditClient
+from appservice.oncall.clock import Clock
+from appservice.oncall.store import OncallStore
+from bridges.roster import FeedConfig, FeedInvalid, parse_feed
+from carematrix.oncall import quiet_hours
+from carematrix.oncall.escalation import Action, Page, due, on_ack, on_deadline, open_page
+from carematrix.oncall.model import Override
+from carematrix.oncall.policy import OncallPolicy, RoleAddress
+from carematrix.oncall.roster import Roster
+from carematrix.oncall.targets import resolver
+from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
+from carematrix.policy.holder import PolicyHolder
+from carematrix.policy.model import Policy, staff_localpart
+from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD
+
+log = logging.getLogger("carematrix.appservice.oncall")
+
+ROSTER_PAST = timedelta(days=2)
+ROSTER_AHEAD = timedelta(days=35)
+
+
+class OncallService:
+    def __init__(
+        self,
+        store: OncallStore,
+        holder: PolicyHolder,
+        matrix: OrgMatrix,
+        bot_user_id: str,
+        audit: AuditClient,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.holder = holder
+        self.matrix = matrix
+        self.bot = bot_user_id
+        self.audit = audit
+        self.clock = clock
+        self._roster = Roster([])
+        self._feed_checked: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+        self._user_tokens: dict[str, str] = {}
+        self._quiet_applied: dict[str, bool] = {}
+        self.feed_errors: dict[str, str] = {}
+        self.roles_named = False
+
+    # -- policy and roster --------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self.holder.current
+
+    @property
+    def oncall(self) -> OncallPolicy | None:
+        return self.policy.oncall
+
+    def role_of_user(self, user_id: str) -> RoleAddress | None:
+        oncall = self.oncall
+        if oncall is None or not user_id.startswith("@role-"):
+            return None
+        return oncall.role_for_localpart(user_id[1:].split(":", 1)[0])
+
+    def user_id(self, staff_number: str) -> str:
+        return self.matrix.uid(staff_localpart(staff_number))
+
+    def staff_of(self, user_id: str) -> str | None:
+        person = self.policy.staff_for_localpart(user_id[1:].split(":", 1)[0]) if self.matrix.server in user_id else None
+        return person.staff_number if person else None
+
+    def name(self, staff_number: str) -> str:
+        for person in self.policy.staff:
+            if person.staff_number == staff_number:
+                return f"{person.name} ({staff_number})"
+        return staff_number
+
+    def _words(self, text: str) -> str:
+        """Staff numbers in the state machine's messages become names people recognise."""
+        numbers = {p.staff_number for p in self.policy.staff}
+        return re.sub(r"\b[A-Za-z0-9][A-Za-z0-9._-]*\b", lambda m: self.name(m.group(0)) if m.group(0) in numbers else m.group(0), text)
+
+    async def setup(self) -> None:
+        await self.store.setup()
+        await self.reload_roster()
+        await self.ensure_role_accounts()
+
+    async def reload_roster(self) -> None:
+        self._roster = Roster(await self.store.shifts(), await self.store.overrides())
+
+    async def ensure_role_accounts(self) -> None:
+        """Every role address is a Matrix account in the appservice's namespace, named so
+        staff find it in the user directory."""
+        oncall = self.oncall
+        if oncall is None:
+            return
+        for role in oncall.roles.values():
+            uid = self.matrix.uid(role.localpart)
+            try:
+                await self.matrix.call(
+                    "POST", "/_matrix/client/v3/register",
+                    {"type": "m.login.application_service", "username": role.localpart},
+                )
+            except MatrixCallFailed as exc:
+                if exc.errcode != "M_USER_IN_USE":
+                    raise
+            try:
+                await self.matrix.call("PUT", f"/_synapse/admin/v2/users/{quote(uid)}", {"displayname": role.name})
+            except MatrixCallFailed as exc:
+                # On a fresh deployment the bot becomes server admin only after start-up;
+                # the on-call loop tries again.
+                log.info("role %s: display name not set yet (%s)", role.id, exc.errcode)
+                self.roles_named = False
+                return
+        self.roles_named = True
+
+    async def refresh_feeds(self, policy_dir: Path, force: bool = False) -> None:
+        oncall = self.oncall
+        if oncall is None:
+            return
+        now = self.clock.now()
+        changed = False
+        for feed in oncall.feeds:
+            last = self._feed_checked.get(feed.id, 0.0)
+            if not force and time.monotonic() - last < feed.refresh_seconds:
+                continue
+            self._feed_checked[feed.id] = time.monotonic()
+            source = feed.url or feed.path or feed.id
+            try:
+                data = await self._read_feed(policy_dir, feed.path, feed.url)
+                digest = hashlib.sha256(data).hexdigest()
+                if not force and digest == await self.store.feed_digest(feed.id):
+                    continue
+                config = FeedConfig(
+                    timezone=oncall.timezone, roles=feed.roles, staff=feed.staff,
+                    known_staff=frozenset(p.staff_number for p in self.policy.staff),
+                    known_roles=frozenset(oncall.roles), role_from=feed.role_from,  # type: ignore[arg-type]
+                    encoding=feed.encoding, **({"columns": feed.columns} if feed.columns else {}),
+                )
+                shifts = parse_feed(feed.kind, data, source, config, (now - ROSTER_PAST, now + ROSTER_AHEAD))
+            except (TimeoutError, OSError, aiohttp.ClientError, FeedInvalid, ValueError) as exc:
+                message = str(exc) if isinstance(exc, FeedInvalid | ValueError) else f"{source}: cannot read the feed ({exc})"
+                await self._feed_problem(feed.id, message, now)
+                continue
+            await self.store.replace_feed(feed.id, shifts, digest, now)
+            self.feed_errors.pop(feed.id, None)
+            changed = True
+            log.info("roster feed %s: %d shifts in force", feed.id, len(shifts))
+            await self.audit.record(
+                actor=self.bot, action="appservice.roster.loaded", object=feed.id, outcome="success",
+                process="appservice", details={"shifts": len(shifts), "digest": digest[:16]},
+            )
+        if changed:
+            await self.reload_roster()
+
+    async def _read_feed(self, policy_dir: Path, path: str | None, url: str | None) -> bytes:
+        if path is not None:
+            return (policy_dir / path).read_bytes()
+        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:  # type: ignore[arg-type]
+            resp.raise_for_status()
+            return await resp.read()
+
+    async def _feed_problem(self, feed_id: str, message: str, now: datetime) -> None:
+        """The previous roster stays in force; the admins hear about it once per new error."""
+        if self.feed_errors.get(feed_id) == message:
+            return
+        self.feed_errors[feed_id] = message
+        log.error("roster feed %s rejected, previous roster kept:\n%s", feed_id, message)
+        await self.store.feed_failed(feed_id, message, now)
+        await self.audit.record(
+            actor=self.bot, action="appservice.roster.rejected", object=feed_id, outcome="failure",
+            process="appservice", details={"errors": message.count("\n") + 1},
+        )
+        room = self.oncall.admin_room if self.oncall else None
+        if room:
+            try:
+                room_id = (await self.matrix.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + room + ':' + self.matrix.server)}"))["room_id"]
+                await self._notice(room_id, self.bot, f"Roster feed '{feed_id}' was rejected; the previous roster stays in force.\n{message}", None)
+            except MatrixCallFailed as exc:
+                log.error("could not tell the admin room about feed %s: %s", feed_id, exc)
+
+    # -- Matrix events ------------------------------------------------------------------
+
+    async def on_member(self, room_id: str, sender: str, state_key: str, membership: str) -> bool:
+        """A role account invited somewhere joins and explains itself. True if handled."""
+        role = self.role_of_user(state_key)
+        if role is None or membership != "invite":
+            return False
+        if not sender.endswith(":" + self.matrix.server):
+            return True
+        # Recorded before joining: the requester's first message may arrive right after.
+        await self.store.set_role_room(room_id, role.id, sender)
+        await self.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=state_key)
+        holders = self._roster.on_duty(role.id, self.clock.now())
+        who = ", ".join(self.name(s) for s in holders) or "nobody (a roster gap: your message will go to the fallback)"
+        await self._notice(
+            room_id, state_key,
+            f"This is {role.name}. On duty now: {who}. Write your message here: it pages whoever is on duty.",
+            None,
+        )
+        return True
+
+    async def on_message(self, room_id: str, sender: str, event_id: str, relates_to: dict | None) -> None:
+        if sender == self.bot or sender.startswith("@role-"):
+            return
+        role_id = await self.store.role_room(room_id)
+        log.debug("message %s in %s from %s (role room: %s)", event_id, room_id, sender, role_id)
+        if role_id is None:
+            return
+        async with self._lock:
+            page = await self.store.page_for_room(room_id)
+            staff = self.staff_of(sender)
+            if page is not None:
+                if staff is not None and staff in page.paged:
+                    await self._ack(page, staff, "reply")
+                return
+            oncall = self.oncall
+            role = oncall.roles.get(role_id) if oncall else None
+            if role is None:
+                return
+            page, actions = open_page(
+                uuid.uuid4().hex, role.id, sender, room_id, event_id, self.clock.now(),
+                role.escalation, self._resolve(role.id),
+            )
+            await self._commit(page, actions)
+            await self.audit.record(
+                actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
+                process="appservice", details={"page": page.page_id, "paged": list(page.paged)},
+            )
+        await self.flush()
+
+    async def on_reaction(self, room_id: str, sender: str) -> None:
+        await self._ack_in_room(room_id, sender, "reaction")
+
+    async def on_read(self, room_id: str, sender: str) -> None:
+        await self._ack_in_room(room_id, sender, "read")
+
+    async def _ack_in_room(self, room_id: str, sender: str, how: str) -> None:
+        staff = self.staff_of(sender)
+        if staff is None:
+            return
+        async with self._lock:
+            page = await self.store.page_for_room(room_id)
+            if page is not None and staff in page.paged:
+                await self._ack(page, staff, how)
+        await self.flush()
+
+    async def _ack(self, page: Page, staff: str, how: str) -> None:
+        role = self.oncall.roles.get(page.role) if self.oncall else None
+        if role is None:
+            return
+        new, actions = on_ack(page, staff, how, self.clock.now(), role.escalation)
+        if actions:
+            await self._commit(new, actions)
+            await self.audit.record(
+                actor=self.user_id(staff), action="appservice.page.acknowledged", object=page.role,
+                room=page.room_id, outcome="success", process="appservice",
+                details={"page": page.page_id, "by": how, "step": page.step},
+            )
+
+    # -- escalation ---------------------------------------------------------------------
+
+    def _resolve(self, role_id: str) -> Any:
+        return resolver(self._roster, role_id, self.oncall.pools if self.oncall else {})
+
+    async def tick(self) -> None:
+        """Fire every step whose deadline has passed, then send what is owed."""
+        oncall = self.oncall
+        if oncall is not None:
+            async with self._lock:
+                now = self.clock.now()
+                for page in due(await self.store.pages(), now):
+                    role = oncall.roles.get(page.role)
+                    if role is None:
+                        continue
+                    new, actions = on_deadline(page, now, role.escalation, self._resolve(role.id))
+                    if actions:
+                        await self._commit(new, actions)
+                        await self.audit.record(
+                            actor=self.bot, action="appservice.page.escalated", object=page.role,
+                            room=page.room_id, outcome="success", process="appservice",
+                            details={"page": page.page_id, "step": new.step, "state": new.state},
+                        )
+        await self.flush()
+
+    async def _commit(self, page: Page, actions: list[Action]) -> None:
+        stamp = int(time.time() * 1000)
+        await self.store.save_page(
+            page, [(f"{stamp:013d}-{i:03d}-{uuid.uuid4().hex[:8]}", a) for i, a in enumerate(actions)]
+        )
+
+    async def flush(self) -> None:
+        """Send the outbox in order; each send carries its outbox ID as transaction ID, so a
+        send retried after a crash is not delivered twice."""
+        for txn_id, page_id, action in await self.store.unsent():
+            pages = [p for p in await self.store.pages(None) if p.page_id == page_id]
+            if not pages:
+                await self.store.mark_sent(txn_id)
+                continue
+            try:
+                await self._perform(pages[0], action, txn_id)
+            except MatrixCallFailed as exc:
+                log.error("page %s: %s failed: %s", page_id, action.kind, exc)
+                if exc.status < 500:
+                    await self.store.mark_sent(txn_id)  # a refusal will not change on retry
+                continue
+            await self.store.mark_sent(txn_id)
+
+    async def _perform(self, page: Page, action: Action, txn_id: str) -> None:
+        role_user = self.matrix.uid(f"role-{page.role.replace('/', '-')}")
+        message = self._words(action.message)
+        if action.kind == "page":
+            for staff in action.staff:
+                try:
+                    await self.matrix.call(
+                        "POST", f"/_matrix/client/v3/rooms/{quote(page.room_id)}/invite",
+                        {"user_id": self.user_id(staff), "reason": f"Paged for {page.role}"}, as_user=role_user,
+                    )
+                except MatrixCallFailed as exc:
+                    if exc.errcode != "M_FORBIDDEN" or "already in the room" not in str(exc.body):
+                        log.info("invite of %s to %s: %s", staff, page.room_id, exc)
+            mentions = [self.user_id(s) for s in action.staff]
+            text = message or f"Page for {page.role}: " + ", ".join(self.name(s) for s in action.staff)
+            await self._notice(page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True)
+        elif action.kind in ("tell_sender", "stop"):
+            await self._notice(page.room_id, role_user, message, txn_id, mentions=[page.sender], priority=action.priority)
+        elif action.kind == "gap":
+            log.warning("roster gap for %s: %s", page.role, message)
+            await self.audit.record(
+                actor=self.bot, action="appservice.roster.gap", object=page.role, room=page.room_id,
+                outcome="failure", process="appservice", details={"page": page.page_id},
+            )
+
+    async def _notice(
+        self, room_id: str, sender: str, text: str, txn_id: str | None, *, mentions: list[str] | None = None,
+        priority: str = "routine", page: bool = False,
+    ) -> None:
+        content: dict[str, Any] = {"msgtype": "m.notice", "body": text, PRIORITY_FIELD: priority}
+        if mentions:
+            content["m.mentions"] = {"user_ids": mentions}
+        if page:
+            content[PAGE_FLAG] = True
+        txn = txn_id or uuid.uuid4().hex
+        await self.matrix.call(
+            "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{txn}", content,
+            as_user=None if sender == self.bot else sender,
+        )
+
+    # -- overrides and listing ----------------------------------------------------------
+
+    def local_today(self, hour: int, minute: int) -> datetime:
+        """HH:MM today in the hospital's time zone (tomorrow if that has passed)."""
+        zone = _zone(self.oncall.timezone if self.oncall else "UTC")
+        now = self.clock.now().astimezone(zone)
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return at if at > now else at + timedelta(days=1)
+
+    def listing(self, unit: str | None) -> str:
+        oncall = self.oncall
+        if oncall is None:
+            return "This hospital has no on-call roles configured."
+        now = self.clock.now()
+        lines = []
+        for role in sorted(oncall.roles.values(), key=lambda r: r.id):
+            if unit and not role.id.startswith(unit + "/") and role.unit != unit:
+                continue
+            holders = self._roster.on_duty(role.id, now)
+            change = self._roster.next_change(role.id, now)
+            nxt = ""
+            if change is not None:
+                after = self._roster.on_duty(role.id, change)
+                local = change.astimezone(_zone(oncall.timezone)).strftime("%a %H:%M")
+                nxt = f"; from {local}: " + (", ".join(self.name(s) for s in after) or "nobody")
+            lines.append(f"{role.name}: " + (", ".join(self.name(s) for s in holders) or "NOBODY (roster gap)") + nxt)
+        return "\n".join(lines) or f"No on-call roles for '{unit}'."
+
+    async def cover(self, requester: str, role_id: str, until: datetime, staff_number: str) -> str:
+        oncall = self.oncall
+        person = self.policy.staff_for_localpart(requester[1:].split(":", 1)[0])
+        if oncall is None or role_id not in oncall.roles:
+            return f"Unknown role '{role_id}'."
+        allowed = person is not None and (bool(person.roles & oncall.overrides_by) or person.staff_number in self._roster.on_duty(role_id, self.clock.now()))
+        if not allowed:
+            return "Only the current holder or staff with the roles " + ", ".join(sorted(oncall.overrides_by)) + " may change the roster."
+        now = self.clock.now()
+        holders = self._roster.on_duty(role_id, now)
+        replaces = holders[0] if holders else None
+        override = Override(role_id, staff_number, now, until, replaces, person.staff_number if person else "?", "cover")
+        await self.store.add_override(uuid.uuid4().hex, override)
+        await self.reload_roster()
+        await self.audit.record(
+            actor=requester, action="appservice.roster.cover", object=role_id, outcome="success", process="appservice",
+            details={"staff": staff_number, "replaces": replaces, "until": until.isoformat()},
+        )
+        return f"{self.name(staff_number)} covers {oncall.roles[role_id].name} until {until.astimezone(_zone(oncall.timezone)):%H:%M}."
+
+    # -- quiet hours --------------------------------------------------------------------
+
+    async def apply_quiet_hours(self) -> None:
+        """Staff who work shifts get their notifications silenced while off duty; critical
+        messages and pages addressed to them still ring (carematrix.oncall.quiet_hours)."""
+        oncall = self.oncall
+        if oncall is None or oncall.quiet_hours == "off":
+            return
+        now = self.clock.now()
+        shift_workers = {s for role in oncall.roles for _, _, holders in self._roster.holders_between(role, now - ROSTER_PAST, now + ROSTER_AHEAD) for s in holders}
+        for staff in sorted(shift_workers):
+            off = not self._roster.is_on_duty(staff, now)
+            if self._quiet_applied.get(staff) == off:
+                continue
+            try:
+                await self._set_quiet(self.user_id(staff), off)
+                self._quiet_applied[staff] = off
+            except MatrixCallFailed as exc:
+                log.error("quiet hours for %s: %s", staff, exc)
+
+    async def reassert_quiet_hours(self, user_id: str) -> None:
+        """A user changed their push rules (e.g. muted a room, which lands above ours)."""
+        staff = self.staff_of(user_id)
+        if staff is not None and staff in self._quiet_applied:
+            await self._set_quiet(user_id, self._quiet_applied[staff])
+
+    async def _set_quiet(self, user_id: str, off_duty: bool) -> None:
+        token = await self._token_for(user_id)
+        session, base = self.matrix.session, self.matrix.base
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.get(f"{base}/_matrix/client/v3/pushrules/global/", headers=headers) as resp:
+            current = (await resp.json()).get("override", []) if resp.status == 200 else []
+        for op, rule_id, body, before in quiet_hours.needed_changes(current, off_duty, user_id=user_id):
+            url = f"{base}/_matrix/client/v3/pushrules/global/override/{quote(rule_id)}"
+            if op == "put":
+                async with session.put(url, json=body, params={"before": before} if before else None, headers=headers) as resp:
+                    if resp.status >= 400:
+                        raise MatrixCallFailed("PUT", url, resp.status, await resp.json(content_type=None))
+            elif op == "delete":
+                async with session.delete(url, headers=headers):
+                    pass
+            elif op in ("enable", "disable"):
+                async with session.put(url + "/enabled", json={"enabled": op == "enable"}, headers=headers):
+                    pass
+
+    async def _token_for(self, user_id: str) -> str:
+        token = self._user_tokens.get(user_id)
+        if token is None:
+            data = await self.matrix.call("POST", f"/_synapse/admin/v1/users/{quote(user_id)}/login", {})
+            token = data["access_token"]
+            self._user_tokens[user_id] = token
+        return token
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)

@@ -1,0 +1,178 @@
+"""Durable on-call state in the appservice database (SQLite or PostgreSQL through mautrix's
+Database): the roster each feed last delivered, overrides, open pages and an outbox of
+Matrix sends, so a restart resumes escalations with their deadlines and repeats nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+from carematrix.oncall.escalation import Action, Page
+from carematrix.oncall.model import Override, Shift
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS oncall_shift (
+        feed_id TEXT NOT NULL, role TEXT NOT NULL, staff_number TEXT NOT NULL,
+        start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, source TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_feed (
+        feed_id TEXT PRIMARY KEY, digest TEXT, loaded_at BIGINT, last_error TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_override (
+        id TEXT PRIMARY KEY, role TEXT NOT NULL, staff_number TEXT NOT NULL,
+        start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, replaces TEXT, by_staff TEXT NOT NULL,
+        kind TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_page (
+        page_id TEXT PRIMARY KEY, role TEXT NOT NULL, sender TEXT NOT NULL, room_id TEXT NOT NULL,
+        event_id TEXT NOT NULL, created_at BIGINT NOT NULL, step INTEGER NOT NULL,
+        step_deadline BIGINT, paged TEXT NOT NULL, acked_by TEXT, acked_at BIGINT, state TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_outbox (
+        txn_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, action TEXT NOT NULL, sent INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_role_room (
+        room_id TEXT PRIMARY KEY, role TEXT NOT NULL, requester TEXT NOT NULL
+    )""",
+]
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class OncallStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        for statement in SCHEMA:
+            await self.db.execute(statement)
+
+    # -- roster -------------------------------------------------------------------------
+
+    async def replace_feed(self, feed_id: str, shifts: list[Shift], digest: str, now: datetime) -> None:
+        """A validated feed replaces that feed's previous shifts in one transaction."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM oncall_shift WHERE feed_id = $1", feed_id)
+            for s in shifts:
+                await conn.execute(
+                    "INSERT INTO oncall_shift (feed_id, role, staff_number, start_ts, end_ts, source) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    feed_id, s.role, s.staff_number, _ms(s.start), _ms(s.end), s.source,
+                )
+            await self._feed_row(conn, feed_id, digest, now, None)
+
+    async def feed_failed(self, feed_id: str, error: str, now: datetime) -> None:
+        row = await self.db.fetchrow("SELECT digest FROM oncall_feed WHERE feed_id = $1", feed_id)
+        await self._feed_row(self.db, feed_id, row["digest"] if row else None, now, error)
+
+    @staticmethod
+    async def _feed_row(conn: Any, feed_id: str, digest: str | None, now: datetime, error: str | None) -> None:
+        await conn.execute(
+            "INSERT INTO oncall_feed (feed_id, digest, loaded_at, last_error) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (feed_id) DO UPDATE SET digest = excluded.digest, loaded_at = excluded.loaded_at, "
+            "last_error = excluded.last_error",
+            feed_id, digest, _ms(now), error,
+        )
+
+    async def feed_digest(self, feed_id: str) -> str | None:
+        row = await self.db.fetchrow("SELECT digest FROM oncall_feed WHERE feed_id = $1", feed_id)
+        return row["digest"] if row else None
+
+    async def shifts(self) -> list[Shift]:
+        rows = await self.db.fetch("SELECT role, staff_number, start_ts, end_ts, source FROM oncall_shift")
+        return [Shift(r["role"], r["staff_number"], _dt(r["start_ts"]), _dt(r["end_ts"]), r["source"]) for r in rows]  # type: ignore[arg-type]
+
+    async def add_override(self, override_id: str, o: Override) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_override (id, role, staff_number, start_ts, end_ts, replaces, by_staff, kind) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            override_id, o.role, o.staff_number, _ms(o.start), _ms(o.end), o.replaces, o.by, o.kind,
+        )
+
+    async def overrides(self) -> list[Override]:
+        rows = await self.db.fetch(
+            "SELECT role, staff_number, start_ts, end_ts, replaces, by_staff, kind FROM oncall_override ORDER BY start_ts"
+        )
+        return [
+            Override(r["role"], r["staff_number"], _dt(r["start_ts"]), _dt(r["end_ts"]), r["replaces"], r["by_staff"], r["kind"])  # type: ignore[arg-type]
+            for r in rows
+        ]
+
+    # -- role rooms ---------------------------------------------------------------------
+
+    async def set_role_room(self, room_id: str, role: str, requester: str) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_role_room (room_id, role, requester) VALUES ($1, $2, $3) "
+            "ON CONFLICT (room_id) DO NOTHING",
+            room_id, role, requester,
+        )
+
+    async def role_room(self, room_id: str) -> str | None:
+        row = await self.db.fetchrow("SELECT role FROM oncall_role_room WHERE room_id = $1", room_id)
+        return row["role"] if row else None
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def save_page(self, page: Page, actions: list[tuple[str, Action]]) -> None:
+        """The page's new state and the sends it implies commit together (the outbox)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO oncall_page (page_id, role, sender, room_id, event_id, created_at, step, "
+                "step_deadline, paged, acked_by, acked_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                "$9, $10, $11, $12) ON CONFLICT (page_id) DO UPDATE SET step = excluded.step, "
+                "step_deadline = excluded.step_deadline, paged = excluded.paged, acked_by = excluded.acked_by, "
+                "acked_at = excluded.acked_at, state = excluded.state",
+                page.page_id, page.role, page.sender, page.room_id, page.event_id, _ms(page.created_at),
+                page.step, _ms(page.step_deadline) if page.step_deadline else None, json.dumps(list(page.paged)),
+                page.acked_by, _ms(page.acked_at) if page.acked_at else None, page.state,
+            )
+            for txn_id, action in actions:
+                await conn.execute(
+                    "INSERT INTO oncall_outbox (txn_id, page_id, action, sent) VALUES ($1, $2, $3, 0) "
+                    "ON CONFLICT (txn_id) DO NOTHING",
+                    txn_id, page.page_id, json.dumps(_action_json(action)),
+                )
+
+    async def pages(self, state: str | None = "open") -> list[Page]:
+        query = "SELECT * FROM oncall_page" + (" WHERE state = $1" if state else "")
+        rows = await (self.db.fetch(query, state) if state else self.db.fetch(query))
+        return [_page(r) for r in rows]
+
+    async def page_for_room(self, room_id: str) -> Page | None:
+        row = await self.db.fetchrow(
+            "SELECT * FROM oncall_page WHERE room_id = $1 AND state = 'open' ORDER BY created_at DESC LIMIT 1", room_id
+        )
+        return _page(row) if row else None
+
+    async def unsent(self) -> list[tuple[str, str, Action]]:
+        rows = await self.db.fetch("SELECT txn_id, page_id, action FROM oncall_outbox WHERE sent = 0 ORDER BY txn_id")
+        return [(r["txn_id"], r["page_id"], _action(json.loads(r["action"]))) for r in rows]
+
+    async def mark_sent(self, txn_id: str) -> None:
+        await self.db.execute("UPDATE oncall_outbox SET sent = 1 WHERE txn_id = $1", txn_id)
+
+
+def _action_json(a: Action) -> dict[str, Any]:
+    return {"kind": a.kind, "staff": list(a.staff), "step": a.step, "priority": a.priority, "message": a.message}
+
+
+def _action(d: dict[str, Any]) -> Action:
+    return Action(kind=d["kind"], staff=tuple(d["staff"]), step=d["step"], priority=d["priority"], message=d["message"])
+
+
+def _page(r: Any) -> Page:
+    return Page(
+        page_id=r["page_id"], role=r["role"], sender=r["sender"], room_id=r["room_id"], event_id=r["event_id"],
+        created_at=_dt(r["created_at"]),  # type: ignore[arg-type]
+        step=r["step"], step_deadline=_dt(r["step_deadline"]), paged=tuple(json.loads(r["paged"])),
+        acked_by=r["acked_by"], acked_at=_dt(r["acked_at"]), state=r["state"],
+    )

@@ -1,0 +1,250 @@
+"""On-duty role addressing end to end: a real Synapse and appservice, the demo hospital's
+roster feeds (iCalendar and CSV), and the appservice clock moved by the test (the
+``test_clock`` switch) so 07:59 and 08:01 happen within a test run."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
+
+from tests.support import RunningStack, eventually
+
+HOSPITAL_TZ = ZoneInfo("Asia/Shanghai")
+ATTENDING = "role-cardiology-attending"
+ICU = "role-icu-doctor"
+
+
+def tomorrow_at(hour: int, minute: int) -> datetime:
+    day = datetime.now(HOSPITAL_TZ).date() + timedelta(days=1)
+    return datetime.combine(day, time(hour, minute), HOSPITAL_TZ)
+
+
+async def set_clock(stack: RunningStack, at: datetime) -> None:
+    url = stack.deployment.settings.appservice_url + "/_carematrix/test/clock"
+    headers = {"Authorization": f"Bearer {stack.deployment.secrets['as_token']}"}
+    async with aiohttp.ClientSession() as http, http.post(url, json={"now": at.isoformat()}, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def members(client: AsyncClient, room: str) -> dict[str, str]:
+    state = await client.room_get_state(room)
+    return {e["state_key"]: e["content"].get("membership") for e in state.events if e["type"] == "m.room.member"}
+
+
+async def dm_role(stack: RunningStack, client: AsyncClient, role_localpart: str) -> str:
+    role = stack.user_id(role_localpart)
+    created = await client.room_create(invite=[role], is_direct=True)
+    assert isinstance(created, RoomCreateResponse), created
+
+    async def joined() -> bool:
+        return (await members(client, created.room_id)).get(role) == "join"
+
+    assert await eventually(joined)
+    return created.room_id
+
+
+async def notices(client: AsyncClient, room: str) -> list[dict[str, Any]]:
+    resp = await client.room_messages(room, limit=100)
+    assert hasattr(resp, "chunk"), resp
+    return [e.source for e in reversed(resp.chunk) if e.source.get("content", {}).get("msgtype") == "m.notice"]
+
+
+async def paged_in(client: AsyncClient, room: str) -> set[str]:
+    out: set[str] = set()
+    for n in await notices(client, room):
+        if n["content"].get("org.carematrix.page"):
+            out |= set(n["content"].get("m.mentions", {}).get("user_ids", []))
+    return out
+
+
+async def page(stack: RunningStack, nurse: AsyncClient, role_localpart: str, at: datetime, text: str) -> str:
+    await set_clock(stack, at)
+    room = await dm_role(stack, nurse, role_localpart)
+    sent = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": text})
+    assert isinstance(sent, RoomSendResponse), sent
+    return room
+
+
+async def test_role_account_is_found_by_name_in_the_user_directory(stack: RunningStack):
+    nurse = await stack.login("n3002")
+    try:
+        async def found() -> bool:
+            async with aiohttp.ClientSession() as http, http.post(
+                stack.url + "/_matrix/client/v3/user_directory/search",
+                json={"search_term": "attending on duty"},
+                headers={"Authorization": f"Bearer {nurse.access_token}"},
+            ) as r:
+                body = await r.json()
+            return any(u["user_id"] == stack.user_id(ATTENDING) for u in body.get("results", []))
+
+        assert await eventually(found, timeout=60, interval=1)
+    finally:
+        await nurse.close()
+
+
+async def test_page_at_0759_reaches_the_night_doctor_and_at_0801_the_day_doctor(stack: RunningStack):
+    nurse = await stack.login("n3002")
+    try:
+        # Each page is routed at the moment the service handles it, so the clock moves on
+        # only once the first page is out.
+        night = await page(stack, nurse, ATTENDING, tomorrow_at(7, 59), "Bed 12: chest pain, ST elevation?")
+        assert await eventually(lambda: _paged_is(nurse, night, {stack.user_id("d1002")}))
+        day = await page(stack, nurse, ATTENDING, tomorrow_at(8, 1), "Bed 14: new AF, rate 150")
+        assert await eventually(lambda: _paged_is(nurse, day, {stack.user_id("d1001")}))
+        assert (await members(nurse, night)).get(stack.user_id("d1002")) in ("invite", "join")
+        assert stack.user_id("d1001") not in await members(nurse, night)
+        told = " ".join(n["content"]["body"] for n in await notices(nurse, night))
+        assert "王芳 Wang Fang (D1002)" in told
+    finally:
+        await nurse.close()
+
+
+async def test_unacknowledged_page_escalates_two_steps_and_stops_on_a_reaction(stack: RunningStack):
+    nurse = await stack.login("n3002")
+    chief = await stack.login("d1001")
+    try:
+        start = tomorrow_at(2, 0)
+        room = await page(stack, nurse, ATTENDING, start, "Bed 3: BP 70/40, not responding to fluids")
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}))
+        # Nobody answers for five minutes: the backup (the chief, at night) is paged.
+        await set_clock(stack, start + timedelta(minutes=5, seconds=5))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002"), stack.user_id("d1001")}))
+        joined = await chief.join(room)
+        assert joined.__class__.__name__ == "JoinResponse", joined
+        notice = next(n for n in reversed(await notices(chief, room)) if stack.user_id("d1001") in n["content"].get("m.mentions", {}).get("user_ids", []))
+        reacted = await chief.room_send(room, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": notice["event_id"], "key": "👍"}})
+        assert isinstance(reacted, RoomSendResponse), reacted
+
+        async def acknowledged() -> bool:
+            return any("acknowledged" in n["content"]["body"] and "李伟" in n["content"]["body"] for n in await notices(nurse, room))
+
+        assert await eventually(acknowledged)
+        # Well past the next deadline: the chain has stopped, nobody else is paged.
+        before = len(await notices(nurse, room))
+        await set_clock(stack, start + timedelta(minutes=30))
+        await asyncio.sleep(2)
+        after = await notices(nurse, room)
+        assert not any(n["content"].get("org.carematrix.page") for n in after[before:])
+    finally:
+        await nurse.close()
+        await chief.close()
+
+
+async def _paged_is(client: AsyncClient, room: str, who: set[str]) -> bool:
+    return (await paged_in(client, room)) == who
+
+
+async def test_roster_gap_pages_the_fallback_and_tells_the_sender(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        # The ICU roster has day shifts only: at 03:00 nobody holds the role.
+        room = await page(stack, nurse, ICU, tomorrow_at(3, 0), "Bed 2: SpO2 82% on 60% O2")
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
+        told = " ".join(n["content"]["body"] for n in await notices(nurse, room))
+        assert "Nobody is on duty" in told
+    finally:
+        await nurse.close()
+
+
+async def test_restart_mid_escalation_resumes_without_repeating(stack: RunningStack):
+    nurse = await stack.login("n3002")
+    try:
+        start = tomorrow_at(22, 0)
+        room = await page(stack, nurse, ATTENDING, start, "Bed 9: K+ 6.9")
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}))
+        stack.stack.appservice.kill()
+        stack.stack.restart_appservice()
+        # The restarted appservice has the real clock again; move it past the deadline.
+        await set_clock(stack, start + timedelta(minutes=5, seconds=5))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002"), stack.user_id("d1001")}))
+        await asyncio.sleep(2)
+        pages = [n for n in await notices(nurse, room) if n["content"].get("org.carematrix.page")]
+        assert len(pages) == 2, [p["content"]["body"] for p in pages]
+    finally:
+        await nurse.close()
+
+
+async def _notified(client: AsyncClient) -> list[str]:
+    async with aiohttp.ClientSession() as http, http.get(
+        client.homeserver + "/_matrix/client/v3/notifications?limit=50",
+        headers={"Authorization": f"Bearer {client.access_token}"},
+    ) as resp:
+        body = await resp.json()
+    return [n["event"]["content"].get("body", "") for n in body.get("notifications", [])]
+
+
+async def test_off_duty_push_rules_silence_normal_messages_but_not_critical_ones(stack: RunningStack):
+    # The ICU doctor (D2001) works day shifts: at 23:00 she is off duty.
+    await set_clock(stack, tomorrow_at(23, 0))
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        async def quiet_rule_in_place() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(
+                stack.url + "/_matrix/client/v3/pushrules/global/",
+                headers={"Authorization": f"Bearer {doctor.access_token}"},
+            ) as resp:
+                ids = [r["rule_id"] for r in (await resp.json())["override"]]
+            return "org.carematrix.quiet_hours" in ids and ids.index("org.carematrix.critical") < ids.index(
+                "org.carematrix.quiet_hours"
+            )
+
+        assert await eventually(quiet_rule_in_place, timeout=60, interval=1)
+        created = await nurse.room_create(invite=[doctor.user_id, stack.bot_user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        await doctor.join(created.room_id)
+
+        async def bot_joined() -> bool:
+            return (await members(nurse, created.room_id)).get(stack.bot_user_id) == "join"
+
+        assert await eventually(bot_joined)
+        normal = await nurse.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "quiet-test routine question"})
+        assert isinstance(normal, RoomSendResponse)
+        url = f"{stack.url}/_matrix/client/v3/rooms/{created.room_id}/send/m.room.message/crit-{created.room_id[1:8]}"
+        async with aiohttp.ClientSession() as http, http.put(
+            url, json={"msgtype": "m.notice", "body": "quiet-test CRITICAL K+ 7.1", "org.carematrix.priority": "critical"},
+            headers={"Authorization": f"Bearer {stack.deployment.secrets['as_token']}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        # A member cannot fake a critical alert to break through.
+        fake = await nurse.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "x", "org.carematrix.priority": "critical"})
+        assert not isinstance(fake, RoomSendResponse)
+
+        async def only_critical() -> bool:
+            bodies = await _notified(doctor)
+            return "quiet-test CRITICAL K+ 7.1" in bodies and "quiet-test routine question" not in bodies
+
+        assert await eventually(only_critical)
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+
+async def test_oncall_command_lists_who_holds_each_role(stack: RunningStack):
+    await set_clock(stack, tomorrow_at(9, 0))
+    nurse = await stack.login("n3002")
+    try:
+        created = await nurse.room_create(invite=[stack.bot_user_id], is_direct=True)
+        assert isinstance(created, RoomCreateResponse)
+
+        async def bot_joined() -> bool:
+            return (await members(nurse, created.room_id)).get(stack.bot_user_id) == "join"
+
+        assert await eventually(bot_joined)
+        await nurse.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall cardiology"})
+
+        async def listed() -> str | None:
+            for n in await notices(nurse, created.room_id):
+                if "Cardiology – attending on duty" in n["content"]["body"]:
+                    return n["content"]["body"]
+            return None
+
+        body = await eventually(listed)
+        assert "Cardiology – attending on duty: 李伟 Li Wei (D1001); from" in body and "20:00: 王芳 Wang Fang (D1002)" in body
+    finally:
+        await nurse.close()
