@@ -174,6 +174,17 @@ class Bot:
         return web.json_response({"now": self.oncall.clock.now().isoformat()})
 
     async def oncall_loop(self) -> None:
+        """Escalation deadlines are checked every half second; nothing slow runs here."""
+        while True:
+            await asyncio.sleep(ONCALL_TICK_SECONDS)
+            try:
+                await self.oncall.tick()
+            except Exception:
+                log.exception("on-call escalation tick failed; retrying")
+
+    async def oncall_upkeep_loop(self) -> None:
+        """Role accounts, roster feeds and quiet hours: slower work in its own task, so it
+        never delays an escalation."""
         last_quiet = 0.0
         while True:
             await asyncio.sleep(ONCALL_TICK_SECONDS)
@@ -181,12 +192,11 @@ class Bot:
                 if not self.oncall.roles_named:
                     await self.oncall.ensure_role_accounts()
                 await self.oncall.refresh_feeds(self.config.policy_dir)
-                await self.oncall.tick()
                 if time.monotonic() - last_quiet > QUIET_HOURS_SECONDS:
                     last_quiet = time.monotonic()
                     await self.oncall.apply_quiet_hours()
             except Exception:
-                log.exception("on-call loop failed; retrying")
+                log.exception("on-call upkeep failed; retrying")
 
     async def health(self, _: web.Request) -> web.Response:
         body = {
@@ -278,10 +288,11 @@ async def run(config: AppserviceConfig) -> None:
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())
-        oncall_task = asyncio.create_task(bot.oncall_loop())
+        oncall_tasks = [asyncio.create_task(bot.oncall_loop()), asyncio.create_task(bot.oncall_upkeep_loop())]
         await stop.wait()
         poller.cancel()
-        oncall_task.cancel()
+        for task in oncall_tasks:
+            task.cancel()
     finally:
         log.info("stopping")
         await session.close()

@@ -4,7 +4,9 @@ Prints the comparison tables and saves JSON under var/bench/. ``--only NAME`` ru
 roundtrip (messages: plain Synapse / CareMatrix / audit off), access (invite+join check),
 orgsync (org sync at a scale this machine finishes in minutes), audit (the audit store),
 watermark (marking a 12 MP photo), media (protected download vs Synapse's), noforward (the
-no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL).
+no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL), oncall (role
+resolution with 10,000 roster entries), paging (a message to an on-duty role until the doctor
+sees it, against a direct message; escalation lag after a deadline).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from bench import org_sync, roundtrip
 from bench.stats import format_comparison
 from carematrix.deploy import REPO_ROOT
 
-BENCHMARKS = ("roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward")
+BENCHMARKS = (
+    "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",
+)
 
 
 def machine() -> str:
@@ -81,6 +85,18 @@ def main() -> None:
 
                 result = asyncio.run(protected_media.measure(work))
                 print(format_comparison(result), f"  first render per viewer: {result['first_render_ms']} ms", sep="\n", flush=True)
+                _save(args.out, name, result)
+            elif name == "oncall":
+                from bench import oncall
+
+                _save(args.out, name, oncall.measure())
+            elif name == "paging":
+                from bench import oncall_e2e
+
+                result = asyncio.run(oncall_e2e.measure(work))
+                lag = result["escalation_lag"]
+                print(format_comparison(result["latency"]), flush=True)
+                print(f"escalation lag after the deadline: n {lag['n']} p50 {lag['p50_ms']:.0f} ms p99 {lag['p99_ms']:.0f} ms", flush=True)
                 _save(args.out, name, result)
             elif name == "noforward":
                 from bench import no_forward
