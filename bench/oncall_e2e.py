@@ -88,7 +88,7 @@ async def measure(work: Path, rounds: int = 30, escalations: int = 8) -> dict:
             await _call(s, "PUT", f"{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/warmack", doctor, {"msgtype": "m.text", "body": "here"})
             await asyncio.sleep(1)
             paged, plain = [], []
-            for i in range(rounds):
+            for _ in range(rounds):
                 tag = uuid.uuid4().hex[:8]
                 start = time.perf_counter()
                 await _call(s, "PUT", f"{base}/_matrix/client/v3/rooms/{direct}/send/m.room.message/{tag}d", nurse, {"msgtype": "m.text", "body": f"direct {tag}"})
