@@ -25,7 +25,11 @@ Fingerprints (plain strings, so the store and logs need no knowledge of their ki
 ``s:<hex>``
     Winnowed k-gram hashes (k = :data:`K` characters, window :data:`W`) of each normalised
     text source: the partial-copy test. Characters, not words, because Chinese has no
-    spaces. Winnowing keeps about 2/(W+1) of the k-grams, and a window's choice depends
+    spaces. The hash is a 64-bit polynomial over the code points with fixed constants,
+    computed for all k-grams at once with numpy (:func:`_kgram_hashes`), so it is the same
+    in every process and on every machine, and a 4,000-character text is fingerprinted in
+    about 0.2 ms. Winnowing keeps about 2/(W+1) of the k-grams (every k-gram that is the
+    smallest of some window of W), and a window's choice depends
     only on the text inside it, so two texts sharing a stretch of L >= K+W-1 normalised
     characters pick the same k-grams inside it, whatever surrounds it: a chain of
     consecutive shared shingles spanning at least L-2W+2 characters. There is no cap on the
@@ -82,6 +86,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+import numpy as np
+
 MIN_TEXT_CHARS = 12  # shorter texts ("ok", "收到", "thanks") get no whole-text fingerprint
 K = 16  # characters per shingle
 W = 8  # winnowing window, in k-grams
@@ -101,13 +107,23 @@ _MAX_SOURCE_CHARS = 65_536
 _MAX_WALK_NODES = 10_000  # values visited when looking for mxc URIs anywhere in the content
 _MAX_WALK_DEPTH = 32
 
-_ROLL_PRIME = (1 << 61) - 1
-_ROLL_BASE = 0x5DEECE66D  # any base in 2..P-2 works; fixed so fingerprints are stable
-_ROLL_BASE_K = pow(_ROLL_BASE, K, _ROLL_PRIME)
-_ROLL_MIX = 0x9E3779B97F4A7C15  # odd, so multiplying modulo 2^64 is a bijection
-_MASK64 = (1 << 64) - 1
+# k-gram hashing, all arithmetic modulo 2^64 (numpy uint64 wraps): fixed constants, so a
+# fingerprint is the same in every process and on every machine.
+_CHAR_SEED = np.uint64(0x243F6A8885A308D3)  # so that code point 0 does not hash to 0
+_ROLL_BASE = 0x5DEECE66D  # odd: multiplying by any power of it is a bijection modulo 2^64
+_FMIX_1 = np.uint64(0xFF51AFD7ED558CCD)  # MurmurHash3's 64-bit finaliser constants
+_FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
+_SHIFT_33 = np.uint64(33)
 
 _DROP_CATEGORIES = frozenset("PSZC")
+# Hangul conjoining jamo (L, V, T), which compose with each other although of class 0
+_JAMO = ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
+_ASCII_DROP = {c: None for c in range(128) if unicodedata.category(chr(c))[0] in _DROP_CATEGORIES}
+# CJK Unified Ideographs: all letters (Lo) that NFKC and casefolding leave alone
+_CJK_FIRST, _CJK_LAST = 0x4E00, 0x9FFF
+_DROPPED = np.uint32(0xFFFFFFFF)  # not a code point: marks a dropped character
+_CHAR_CACHE: dict[str, str | None] = {}  # character -> normalised, None: not alone
+_MAX_CACHED_CHARS = 50_000
 # In free text: server-name and media-ID characters only, so "mxc://hs/abc." or "(mxc://…)"
 # yield the URI, and "mxc://hs/a/b" (no media ID has a slash) yields nothing.
 _MXC_IN_TEXT = re.compile(
@@ -141,16 +157,47 @@ class Fingerprints:
 EMPTY = Fingerprints()
 
 
-def normalise_text(text: str) -> str:
-    """The text as the copy tests see it: only letters, marks and digits, NFKC-casefolded.
+def _is_boundary(char: str) -> bool:
+    """Whether a text may be split just before ``char`` without changing its NFKC.
 
-    NFKC runs again after casefolding because casefolding can produce non-normalised
-    sequences; the result is Unicode's NFKC_Casefold up to the dropped categories. Each
-    distinct character is classified once and dropped with ``str.translate``, which keeps a
-    long message well under a millisecond.
+    True for a character whose decomposition starts with a starter (canonical combining
+    class 0) that never composes with what precedes it. The starters that do compose
+    backwards are marks (Mc vowel signs) and the Hangul conjoining jamo; every mark and
+    every jamo is refused here, which keeps the test simple and safe (a unit test checks
+    it against every canonical composition in Unicode).
     """
-    if not isinstance(text, str) or not text:
-        return ""
+    first = unicodedata.normalize("NFKD", char)[:1] or char
+    code = ord(first)
+    return not (
+        unicodedata.combining(first)
+        or unicodedata.category(first)[0] == "M"
+        or unicodedata.category(char)[0] == "M"
+        or any(low <= code <= high for low, high in _JAMO)
+    )
+
+
+def _char_normalised(char: str) -> str | None:
+    """What :func:`normalise_text` makes of ``char`` alone, or None when a text can't be
+    normalised one character at a time around it (see :func:`_is_boundary`). Cached."""
+    try:
+        return _CHAR_CACHE[char]
+    except KeyError:
+        pass
+    result: str | None = None
+    if _is_boundary(char):
+        folded = unicodedata.normalize("NFKC", char).casefold()
+        if _is_boundary(folded[:1]):
+            result = "".join(
+                c
+                for c in unicodedata.normalize("NFKC", folded)
+                if unicodedata.category(c)[0] not in _DROP_CATEGORIES
+            )
+    if len(_CHAR_CACHE) < _MAX_CACHED_CHARS:
+        _CHAR_CACHE[char] = result
+    return result
+
+
+def _normalise_exact(text: str) -> str:
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
     text = text.casefold()
@@ -158,6 +205,51 @@ def normalise_text(text: str) -> str:
         text = unicodedata.normalize("NFKC", text)
     drop = {ord(c): None for c in set(text) if unicodedata.category(c)[0] in _DROP_CATEGORIES}
     return text.translate(drop)
+
+
+def _normalise_by_char(text: str) -> str:
+    """:func:`normalise_text` of a non-ASCII text, one character at a time when that is
+    exact (every character a boundary), with numpy doing the per-character work."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    # ASCII digits and small letters and CJK unified ideographs stay as they are; only
+    # the other characters (punctuation, spaces, capitals, other scripts) are looked up
+    special = ~(
+        ((codes >= 0x61) & (codes <= 0x7A))
+        | ((codes >= 0x30) & (codes <= 0x39))
+        | ((codes >= _CJK_FIRST) & (codes <= _CJK_LAST))
+    )
+    distinct = np.unique(codes[special])
+    mapping: dict[int, str] = {}
+    single = True
+    for code in distinct.tolist():
+        mapped = _char_normalised(chr(code))
+        if mapped is None:  # a mark or a conjoining jamo: the whole text, the slow way
+            return _normalise_exact(text)
+        mapping[code] = mapped
+        single = single and len(mapped) <= 1
+    if not single:  # some character expands ("ß" -> "ss", "㎎" -> "mg")
+        return text.translate(mapping)
+    replacement = np.array([ord(m) if m else _DROPPED for m in mapping.values()], dtype=np.uint32)
+    out = codes.copy()
+    out[special] = replacement[np.searchsorted(distinct, codes[special])]
+    return out[out != _DROPPED].tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def normalise_text(text: str) -> str:
+    """The text as the copy tests see it: only letters, marks and digits, NFKC-casefolded.
+
+    NFKC runs again after casefolding because casefolding can produce non-normalised
+    sequences; the result is Unicode's NFKC_Casefold up to the dropped categories. ASCII
+    needs only lower-casing and a translate table; any other text is normalised one
+    character at a time (each distinct character once, cached), which is exact when every
+    character starts a normalisation boundary, and by ``unicodedata`` when one doesn't (a
+    combining mark, a Hangul jamo). A long message costs well under 0.1 ms.
+    """
+    if not isinstance(text, str) or not text:
+        return ""
+    if text.isascii():  # ASCII is NFKC already, and its casefold is lower()
+        return text.lower().translate(_ASCII_DROP)
+    return _normalise_by_char(text)
 
 
 def media_hash_fingerprint(sha256_hex: str) -> str:
@@ -361,51 +453,115 @@ def text_fingerprint(normalised: str) -> str:
     )
 
 
-def _kgram_hashes(normalised: str) -> list[int]:
-    """A 64-bit hash of every K-character window, in one pass over the text.
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser on every element: a bijection whose every output bit
+    depends on every input bit (uint64 arrays wrap, so numpy never warns)."""
+    x = x ^ (x >> _SHIFT_33)
+    x = x * _FMIX_1
+    x = x ^ (x >> _SHIFT_33)
+    x = x * _FMIX_2
+    return x ^ (x >> _SHIFT_33)
 
-    Karp-Rabin rolling hash modulo the Mersenne prime 2^61-1 (each window costs a few integer
-    operations instead of a cryptographic hash call, several times faster on the long texts
-    that decide the check's p99), then a multiply by an odd constant modulo 2^64, a bijection
-    that spreads the values so that window minima don't favour particular characters. The
-    base is fixed, so collisions could be crafted; that gains nothing, since a crafted
-    collision only makes a message share what its author could have pasted anyway.
+
+def _kgram_hashes(normalised: str) -> np.ndarray:
+    """A 64-bit hash (``uint64``) of every K-character window, computed for all windows at
+    once with numpy.
+
+    Each code point is first mixed (:func:`_fmix64`), then each window gets the polynomial
+    ``sum(c[i+j] * B^(K-1-j))`` modulo 2^64, built by doubling: windows of 2m characters
+    from two windows of m, so K = 16 takes four array operations whatever the text length.
+    A final :func:`_fmix64` spreads the values, so that window minima (winnowing) don't
+    favour particular characters and the low bits are as good as the high ones. Only fixed
+    constants and wrapping 64-bit arithmetic are involved: the same text gives the same
+    hashes in every process, on every machine. The constants are public, so collisions
+    could be crafted; that gains nothing, since a crafted collision only makes a message
+    share what its author could have pasted anyway.
     """
-    codes = [ord(c) for c in normalised]
-    h = 0
-    for c in codes[:K]:
-        h = (h * _ROLL_BASE + c) % _ROLL_PRIME
-    hashes = [(h * _ROLL_MIX) & _MASK64]
-    for out, c in zip(codes, codes[K:], strict=False):
-        h = (h * _ROLL_BASE + c - out * _ROLL_BASE_K) % _ROLL_PRIME
-        hashes.append((h * _ROLL_MIX) & _MASK64)
-    return hashes
+    raw = normalised.encode("utf-32-le", "surrogatepass")
+    chars = _fmix64(np.frombuffer(raw, dtype="<u4").astype(np.uint64) + _CHAR_SEED)
+    # windows[i] hashes chars[i : i + width]; grow width by doubling and combine the
+    # doublings that make up K (its binary digits), lowest first
+    result: np.ndarray | None = None
+    result_width = 0
+    block, width, remaining = chars, 1, K
+    while True:
+        if remaining & 1:
+            if result is None:
+                result, result_width = block, width
+            else:
+                count = len(chars) - result_width - width + 1
+                shift = np.uint64(pow(_ROLL_BASE, width, 1 << 64))
+                result = result[:count] * shift + block[result_width : result_width + count]
+                result_width += width
+        remaining >>= 1
+        if not remaining:
+            break
+        shift = np.uint64(pow(_ROLL_BASE, width, 1 << 64))
+        block = block[: len(block) - width] * shift + block[width:]
+        width *= 2
+    assert result is not None
+    return _fmix64(result)
+
+
+def _sliding_min(values: np.ndarray, width: int) -> np.ndarray:
+    """``out[i] = min(values[i : i + width])``, by doubling (a few array operations)."""
+    span = 1
+    while span * 2 <= width:
+        values = np.minimum(values[: len(values) - span], values[span:])
+        span *= 2
+    if span < width:  # two overlapping power-of-two windows cover any width
+        values = np.minimum(values[: len(values) - (width - span)], values[width - span :])
+    return values
+
+
+def _sliding_max(values: np.ndarray, width: int) -> np.ndarray:
+    span = 1
+    while span * 2 <= width:
+        values = np.maximum(values[: len(values) - span], values[span:])
+        span *= 2
+    if span < width:
+        values = np.maximum(values[: len(values) - (width - span)], values[width - span :])
+    return values
+
+
+def _winnow(hashes: np.ndarray) -> np.ndarray:
+    """Positions chosen by winnowing, ascending: every k-gram whose hash is the smallest of
+    some window of W consecutive k-grams (all of them on a tie, which only a k-gram
+    repeated within W positions can cause, and a repeat has the same hash anyway).
+
+    A k-gram is the smallest of a window containing it exactly when its hash equals the
+    largest of those windows' minima; padding the minima with zeros (the smallest uint64)
+    lets the first and last k-grams take part in fewer windows.
+    """
+    minima = _sliding_min(hashes, W)
+    padding = np.zeros(W - 1, dtype=hashes.dtype)
+    best = _sliding_max(np.concatenate((padding, minima, padding)), W)
+    return np.flatnonzero(hashes == best)
+
+
+def _shingles(normalised: str) -> tuple[list[int], list[str]]:
+    """Offsets and shingles (``s:<hex>``) of the winnowed K-grams, in text order."""
+    if len(normalised) < K + W:
+        return [], []
+    hashes = _kgram_hashes(normalised)
+    chosen = _winnow(hashes)
+    # one hex string with a separator every 8 bytes, split in C: far cheaper than
+    # formatting hundreds of integers one by one
+    digits = hashes[chosen].astype(">u8").tobytes().hex(":", 8)
+    shingles = (SHINGLE_PREFIX + digits.replace(":", " " + SHINGLE_PREFIX)).split(" ")
+    return chosen.tolist(), shingles
 
 
 def shingle_sequence(normalised: str) -> tuple[tuple[int, str], ...]:
-    """(offset, shingle) for the winnowed K-grams in text order: in every window of W
-    consecutive k-grams the smallest hash (rightmost on ties), each position once
-    (Schleimer, Wilkerson & Aiken, 2003).
+    """(offset, shingle) for the winnowed K-grams in text order: every k-gram that has the
+    smallest hash in some window of W consecutive k-grams (Schleimer, Wilkerson & Aiken,
+    2003).
 
     A window's choice depends only on the text inside it, so two texts sharing a stretch of
     K+W-1 characters choose the same k-grams there, whatever surrounds the stretch.
     """
-    if len(normalised) < K + W:
-        return ()
-    hashes = _kgram_hashes(normalised)
-    chosen: list[int] = []
-    min_pos, min_hash = -1, 0
-    for i in range(W - 1, len(hashes)):
-        start = i - W + 1
-        if min_pos < start:  # the minimum left the window: find the new (rightmost) one
-            window = hashes[start : i + 1]
-            min_hash = min(window)
-            min_pos = i - window[::-1].index(min_hash)
-        elif hashes[i] <= min_hash:
-            min_pos, min_hash = i, hashes[i]
-        if not chosen or chosen[-1] != min_pos:
-            chosen.append(min_pos)
-    return tuple((i, f"{SHINGLE_PREFIX}{hashes[i]:016x}") for i in chosen)
+    offsets, shingles = _shingles(normalised)
+    return tuple(zip(offsets, shingles, strict=True))
 
 
 def content_fingerprints(event_type: str, content: Mapping[str, Any]) -> Fingerprints:
@@ -419,24 +575,50 @@ def content_fingerprints(event_type: str, content: Mapping[str, Any]) -> Fingerp
     media = frozenset(MEDIA_PREFIX + uri[len("mxc://") :] for uri in media_uris(content))
     texts: set[str] = set()
     sequences: list[tuple[tuple[int, str], ...]] = []
+    shingles: set[str] = set()
     seen: set[str] = set()
     for source, is_html in _text_sources(content):
         segments = _html_segments(source) if is_html else _plain_segments(source)
         whole = normalise_text(segments[0])
         if whole not in seen:
             seen.add(whole)
-            sequence = shingle_sequence(whole)
-            if sequence:
-                sequences.append(sequence)
+            offsets, found = _shingles(whole)
+            if found:
+                sequences.append(tuple(zip(offsets, found, strict=True)))
+                shingles.update(found)
         for normalised in (whole, *(normalise_text(s) for s in segments[1:])):
             if len(normalised) >= MIN_TEXT_CHARS:
                 texts.add(text_fingerprint(normalised))
     return Fingerprints(
         media=media,
         text=frozenset(texts),
-        shingles=frozenset(s for sequence in sequences for _, s in sequence),
+        shingles=frozenset(shingles),
         sequences=tuple(sequences),
     )
+
+
+def _position_index(
+    candidate: Fingerprints,
+) -> tuple[dict[str, list[int]], list[int], list[int]]:
+    """Every position of ``candidate.sequences`` numbered in one series: shingle -> its
+    position numbers, then each position's text offset and sequence number. Built once per
+    candidate and kept on it (not a dataclass field: equality and repr ignore it), so that
+    deciding on each of many origin events costs what that event shares, not the length
+    of the candidate."""
+    cached = candidate.__dict__.get("_position_index")
+    if cached is not None:
+        return cached
+    index: dict[str, list[int]] = {}
+    offsets: list[int] = []
+    sources: list[int] = []
+    for number, sequence in enumerate(candidate.sequences):
+        for offset, shingle in sequence:
+            index.setdefault(shingle, []).append(len(offsets))
+            offsets.append(offset)
+            sources.append(number)
+    built = (index, offsets, sources)
+    object.__setattr__(candidate, "_position_index", built)
+    return built
 
 
 def longest_shared_run(candidate: Fingerprints, shared: AbstractSet[str]) -> int:
@@ -446,17 +628,17 @@ def longest_shared_run(candidate: Fingerprints, shared: AbstractSet[str]) -> int
     the candidate shares. Measured in characters, not shingles, because a protected text
     that repeats a phrase in several contexts has most of that phrase's k-grams selected
     somewhere, which can make a short phrase a long chain of shingles but never a long span.
+    Only the positions of the shared shingles are visited.
     """
+    index, offsets, sources = _position_index(candidate)
+    positions = sorted(p for shingle in shared for p in index.get(shingle, ()))
     longest = 0
-    for sequence in candidate.sequences:
-        start: int | None = None
-        for offset, shingle in sequence:
-            if shingle not in shared:
-                start = None
-                continue
-            if start is None:
-                start = offset
-            longest = max(longest, offset - start + K)
+    start = previous = -2
+    for position in positions:
+        if position != previous + 1 or sources[position] != sources[previous]:
+            start = position  # not the next one of the same sequence: a new chain
+        longest = max(longest, offsets[position] - offsets[start] + K)
+        previous = position
     return longest
 
 

@@ -268,3 +268,23 @@ def test_unknown_dialect_is_refused(store):
             ensure_schema(txn, "mysql")
         with pytest.raises(ValueError, match="dialect"):
             find_foreign(txn, "mysql", msg(TEXT), (), WARD)
+
+
+def test_malformed_shingle_strings_are_keyed_one_by_one(store):
+    odd = ["s:NOT-HEX-AT-ALL!", "s:00000000000000ff", "s:0123", "s:0000000000000001x"]
+    f = Fingerprints(shingles=frozenset(odd))
+    record(store, f, ICU, "$odd")
+    assert count(store, TABLE) == len(odd)
+    match = find(store, f, WARD)
+    assert match is not None and match.matched == set(odd)
+
+
+def test_a_copy_of_the_rooms_own_event_gives_way_to_one_from_elsewhere(store):
+    shingles = [f"s:{i:016x}" for i in range(10)]
+    record(store, Fingerprints(shingles=frozenset(shingles[:6])), WARD, "$own")
+    record(store, Fingerprints(shingles=frozenset(shingles[6:])), ICU, "$other")
+    candidate = Fingerprints(shingles=frozenset(shingles))
+    match = find(store, candidate, WARD)  # $own shares more, but is this room's own
+    assert match is not None and match.origin_event == "$other"
+    assert match.matched == set(shingles[6:])
+    assert find(store, Fingerprints(shingles=frozenset(shingles[:6])), WARD) is None

@@ -3,12 +3,15 @@ whatever a client sends, and the copy decision (what must and must not count as 
 
 from __future__ import annotations
 
+import random
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from immutabledict import immutabledict
 
+from carematrix.protect import fingerprint
 from carematrix.protect.fingerprint import (
     MIN_TEXT_CHARS,
     Fingerprints,
@@ -515,3 +518,135 @@ def test_hand_built_fingerprints_without_offsets_fall_back_to_counting():
 def test_any_whole_text_or_media_match_is_a_copy():
     assert is_foreign_copy(fp(WARD_EN), {next(iter(fp(WARD_EN).text))})
     assert is_foreign_copy(Fingerprints(), {"mxc:hs/abc"})
+
+
+# --- the fast paths equal the plain definitions ----------------------------------------------
+
+M64 = (1 << 64) - 1
+
+
+def _fmix(x: int) -> int:
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & M64
+    return x ^ (x >> 33)
+
+
+def _reference_hashes(text: str) -> list[int]:
+    """Every K-gram's hash, one at a time in Python integers: what numpy must compute."""
+    chars = [_fmix((ord(c) + 0x243F6A8885A308D3) & M64) for c in text]
+    out = []
+    for i in range(len(chars) - fingerprint.K + 1):
+        h = 0
+        for c in chars[i : i + fingerprint.K]:
+            h = (h * fingerprint._ROLL_BASE + c) & M64
+        out.append(_fmix(h))
+    return out
+
+
+def _reference_winnow(hashes: list[int]) -> list[int]:
+    chosen: set[int] = set()
+    for i in range(len(hashes) - fingerprint.W + 1):
+        window = hashes[i : i + fingerprint.W]
+        chosen.update(i + j for j, h in enumerate(window) if h == min(window))
+    return sorted(chosen)
+
+
+def _texts(seed: int, count: int) -> Iterator[str]:
+    rng = random.Random(seed)
+    alphabets = ["ab", "abcdefghij", "患者血压心率", "a\ud800b", "0123456789", "zz"]
+    for _ in range(count):
+        alphabet = rng.choice(alphabets)
+        yield "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+
+
+def test_kgram_hashes_and_winnowing_equal_the_definition():
+    for text in _texts(1, 300):
+        offsets = [o for o, _ in fingerprint.shingle_sequence(text)]
+        if len(text) < fingerprint.K + fingerprint.W:
+            assert offsets == []
+            continue
+        hashes = _reference_hashes(text)
+        assert fingerprint._kgram_hashes(text).tolist() == hashes
+        assert offsets == _reference_winnow(hashes)
+        assert all(s == f"s:{hashes[o]:016x}" for o, s in fingerprint.shingle_sequence(text))
+
+
+def test_shingles_are_the_same_on_every_machine():
+    # fixed constants and wrapping 64-bit arithmetic: these values must never change by
+    # accident (stored fingerprints would stop matching)
+    assert fingerprint._kgram_hashes("abcdefghijklmnop").tolist() == [17596573770018659192]
+    text = normalise_text("Bed 12 Mr Wang Jianguo, K+ 6.8 mmol/L, repeat potassium at 08:00")
+    assert fingerprint.shingle_sequence(text)[:3] == (
+        (1, "s:0ca21e6edbae3a29"),
+        (6, "s:22e0c8efd7233c75"),
+        (12, "s:1d35abd7c1a5e83c"),
+    )
+
+
+def test_no_character_that_composes_backwards_counts_as_a_boundary():
+    seconds = set()
+    for code in range(0x110000):
+        decomposition = unicodedata.decomposition(chr(code))
+        if decomposition and not decomposition.startswith("<"):
+            parts = decomposition.split()
+            if len(parts) == 2:
+                seconds.add(chr(int(parts[1], 16)))
+    assert len(seconds) > 50
+    assert not [hex(ord(c)) for c in seconds if fingerprint._is_boundary(c)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ｶﾞｷﾞ 半角",  # halfwidth voiced sound mark: composes with the kana before it
+        "\u1100\u1161\u11a8 한국어",  # conjoining jamo compose into a syllable
+        "cafe\u0301 CAFÉ ǅ ß ẞ ﬁ ㎎ ① Ⅻ",  # marks, expansions, compatibility forms
+        "\u0b47\u0b3e \u0bc6\u0bbe",  # Oriya and Tamil vowel signs that compose
+        "ΐ ΰ ς Σ İ ı",  # casefolding into combining sequences
+        "患者，血钾６．８ｍｍｏｌ／Ｌ。请复查！",
+        "lone \ud800 surrogate \udfff",
+    ],
+)
+def test_normalisation_by_character_equals_unicodedata(text):
+    assert normalise_text(text) == fingerprint._normalise_exact(text)
+
+
+def test_normalisation_by_character_equals_unicodedata_on_random_text():
+    rng = random.Random(4)
+    pool = [chr(c) for c in (*range(0x20, 0x2500), *range(0x3000, 0x3100), *range(0xFF00, 0xFFF0))]
+    pool += [chr(c) for c in (*range(0x1100, 0x1200), *range(0xAC00, 0xAC20), 0x4E00, 0x9FA5)]
+    for _ in range(3000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
+        assert normalise_text(text) == fingerprint._normalise_exact(text), repr(text)
+
+
+def test_longest_shared_run_equals_a_walk_over_every_position():
+    def walk(candidate: Fingerprints, shared: set[str]) -> int:
+        longest = 0
+        for sequence in candidate.sequences:
+            start = None
+            for offset, shingle in sequence:
+                if shingle not in shared:
+                    start = None
+                    continue
+                start = offset if start is None else start
+                longest = max(longest, offset - start + fingerprint.K)
+        return longest
+
+    rng = random.Random(5)
+    for _ in range(500):
+        sequences = []
+        for _ in range(rng.randint(0, 3)):
+            offset, sequence = 0, []
+            for _ in range(rng.randint(0, 30)):
+                offset += rng.randint(1, fingerprint.W)
+                sequence.append((offset, f"s:{rng.randint(0, 12):016x}"))
+            sequences.append(tuple(sequence))
+        candidate = Fingerprints(
+            shingles=frozenset(s for q in sequences for _, s in q), sequences=tuple(sequences)
+        )
+        for _ in range(4):
+            shared = {f"s:{rng.randint(0, 14):016x}" for _ in range(rng.randint(0, 10))}
+            assert fingerprint.longest_shared_run(candidate, shared) == walk(candidate, shared)
