@@ -93,7 +93,9 @@ class Bot:
                 await self._on_member(evt)  # type: ignore[arg-type]
             elif evt.type == EventType.ROOM_MESSAGE:
                 await self._on_message(evt)  # type: ignore[arg-type]
-                await self.oncall.on_message(str(evt.room_id), str(evt.sender), str(evt.event_id), None)
+                await self.oncall.on_message(
+                    str(evt.room_id), str(evt.sender), str(evt.event_id), evt.content.serialize()
+                )
             elif evt.type == EventType.REACTION:
                 await self.oncall.on_reaction(str(evt.room_id), str(evt.sender))
             elif evt.type == EventType.RECEIPT:
@@ -116,7 +118,8 @@ class Bot:
 
     async def _on_member(self, evt: StateEvent) -> None:
         if await self.oncall.on_member(
-            str(evt.room_id), str(evt.sender), str(evt.state_key), str(evt.content.membership.value)
+            str(evt.room_id), str(evt.sender), str(evt.state_key), str(evt.content.membership.value),
+            bool(evt.content.serialize().get("is_direct")),
         ):
             return
         if evt.state_key != self.appserv.bot_mxid or evt.content.membership != Membership.INVITE:

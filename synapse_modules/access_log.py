@@ -1,6 +1,7 @@
-"""Audit records from Synapse's request log: logins that failed, admin API use, media
-downloads and thumbnails. Synapse offers modules no hook for these requests, so a logging
-handler reads the access-log line Synapse writes when a request finishes.
+"""Audit records from Synapse's request log: admin API use, media downloads and thumbnails
+(logins are recorded by the login observer in internals.py). Synapse offers modules no
+hook for these requests, so a logging handler reads the access-log line Synapse writes
+when a request finishes.
 
 The positions of the fields in that log call are a Synapse implementation detail; this is
 one of the two places (with compat.py) that rely on one, guarded by
@@ -24,7 +25,6 @@ ARG_COUNT = 16
 
 _MEDIA = re.compile(r"^/_matrix/(?:client/v1|media/v3|media/r0)/(?:media/)?(download|thumbnail)/([^/?]+)/([^/?]+)")
 _UPLOAD = re.compile(r"^/_matrix/(?:media/v3|media/r0|client/v1/media)/upload")
-_LOGIN = re.compile(r"^/_matrix/client/(?:v3|r0)/login(?:\?|$)")
 _ADMIN = re.compile(r"^/_synapse/admin/")
 
 
@@ -48,11 +48,6 @@ def classify(ip: str, requester: str, code: str, method: str, uri: str, process:
         # records it (details.media), tying upload, room and sender together.
         return AuditRecord(
             actor=actor, action=A.MEDIA_UPLOAD, object=path[:200], outcome=outcome,
-            source=ip, process=process, details={"status": code},
-        )
-    if _LOGIN.match(uri) and method == "POST" and outcome != A.SUCCESS:
-        return AuditRecord(
-            actor=actor, action=A.AUTH_LOGIN_FAILED, object="login", outcome=A.FAILURE,
             source=ip, process=process, details={"status": code},
         )
     if _ADMIN.match(path):

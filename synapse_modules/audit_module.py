@@ -39,7 +39,7 @@ from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.search import AuditQueryInvalid
 from carematrix.policy.holder import PolicyHolder
-from synapse_modules import access_log
+from synapse_modules import access_log, internals
 from synapse_modules.audit_writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,10 @@ class CareMatrixAudit:
         if not config.verify_key_path.exists():
             config.verify_key_path.write_text(export_verify_key(self._signing_key) + "\n")
         api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
-        api.register_account_validity_callbacks(on_user_login=self.on_user_login)
+        # Logins (success and failure, with user, device and address) come from the login
+        # servlet (synapse_modules/internals.py); Synapse's own on_user_login hook knows
+        # neither failures nor the device.
+        internals.install_login_observer(self.on_login_request)
         api.register_password_auth_provider_callbacks(on_logged_out=self.on_logged_out)
         api.register_web_resource(RECORDS_PATH, _AsyncResource(post=self._submit_records))
         api.register_web_resource(SEARCH_PATH, _AsyncResource(get=self._search))
@@ -147,11 +150,29 @@ class CareMatrixAudit:
             return False, None
         return True, None
 
-    async def on_user_login(self, user_id: str, auth_provider_type: str | None, auth_provider_id: str | None) -> None:
-        await self.writer.record(
+    async def on_login_request(
+        self, request: Any, submission: dict, result: dict | None, error: BaseException | None
+    ) -> None:
+        """Every /login attempt: who (as typed), from where, with which device, and how it
+        ended. Successful logins are on record before the client gets its token."""
+        address = request.getClientAddress().host
+        if result is not None:
+            user = str(result.get("user_id", ""))
+            await self.writer.record(
+                AuditRecord(
+                    actor=user, action=A.AUTH_LOGIN, object=user, source=address, process=self.process,
+                    details={"device": str(result.get("device_id", "")), "type": str(submission.get("type", ""))},
+                )
+            )
+            return
+        user = login_identity(submission, self._api.server_name)
+        code = getattr(error, "errcode", None) or type(error).__name__
+        self.writer.record_soon(
             AuditRecord(
-                actor=user_id, action=A.AUTH_LOGIN, object=user_id, process=self.process,
-                details={"provider": str(auth_provider_type or "password")},
+                actor=user or "anonymous", action=A.AUTH_LOGIN_FAILED, object=user or "login",
+                outcome=A.DENIED if getattr(error, "code", 0) in (401, 403) else A.FAILURE,
+                source=address, process=self.process,
+                details={"device": str(submission.get("device_id", "")), "type": str(submission.get("type", "")), "error": str(code)},
             )
         )
 
@@ -278,3 +299,19 @@ class _AsyncResource(Resource):
 
         run_as_background_process("carematrix_audit_http", respond)
         return NOT_DONE_YET
+
+
+def login_identity(submission: dict, server_name: str) -> str | None:
+    """The account a /login names (``identifier.user``, legacy ``user``, or a third-party
+    address), as a full Matrix ID where it is one of ours."""
+    identifier = submission.get("identifier")
+    user = None
+    if isinstance(identifier, dict):
+        user = identifier.get("user") or identifier.get("address")
+    user = user or submission.get("user")
+    if not isinstance(user, str) or not user:
+        return None
+    user = user.strip()[:255]
+    if not user.startswith("@") and "@" not in user:
+        return f"@{user.lower()}:{server_name}"
+    return user

@@ -215,3 +215,59 @@ def thumbnail_args(request: Any) -> tuple[int, int, str]:
     height = parse_integer(request, "height", required=True)
     method = parse_string(request, "method", "scale", allowed_values=("scale", "crop"))
     return width, height, method
+
+
+LOGIN_SERVLET = ("synapse.rest.client.login", "LoginRestServlet")
+_login_observer: Any = None
+
+
+def install_login_observer(observer: Callable[[Any, dict, dict | None, BaseException | None], Awaitable[None]]) -> None:
+    """Let ``observer`` see every /login: the submitted identifier (never the password is
+    passed on), the result or the error. Synapse tells modules about successful logins only,
+    without the device or the address; the audit trail needs failed attempts by user too."""
+    global _login_observer
+    _login_observer = observer
+    import importlib
+
+    module_name, class_name = LOGIN_SERVLET
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if getattr(cls.on_POST, _WRAPPED, False):
+        return
+    original = cls.on_POST
+
+    @functools.wraps(original)
+    async def on_post(self: Any, request: Any, *a: Any, **kw: Any) -> Any:
+        try:
+            result = await original(self, request, *a, **kw)
+        except BaseException as exc:
+            if _login_observer is not None:
+                await _safe_observe(request, None, exc)
+            raise
+        if _login_observer is not None:
+            body = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+            await _safe_observe(request, body if isinstance(body, dict) else None, None)
+        return result
+
+    setattr(on_post, _WRAPPED, True)
+    cls.on_POST = on_post
+
+
+async def _safe_observe(request: Any, result: dict | None, error: BaseException | None) -> None:
+    try:
+        await _login_observer(request, login_submission(request), result, error)
+    except Exception:
+        log.exception("login observer failed")
+
+
+def login_submission(request: Any) -> dict:
+    """The /login body without secrets (password, token)."""
+    import json
+
+    try:
+        request.content.seek(0)
+        body = json.loads(request.content.read() or b"{}")
+    except (ValueError, OSError, AttributeError):
+        return {}
+    if not isinstance(body, dict):
+        return {}
+    return {k: v for k, v in body.items() if k not in ("password", "token")}

@@ -203,7 +203,7 @@ class OncallService:
 
     # -- Matrix events ------------------------------------------------------------------
 
-    async def on_member(self, room_id: str, sender: str, state_key: str, membership: str) -> bool:
+    async def on_member(self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False) -> bool:
         """A role account invited somewhere joins and explains itself. True if handled."""
         role = self.role_of_user(state_key)
         if role is None or membership != "invite":
@@ -211,42 +211,51 @@ class OncallService:
         if not sender.endswith(":" + self.matrix.server):
             return True
         # Recorded before joining: the requester's first message may arrive right after.
-        await self.store.set_role_room(room_id, role.id, sender)
+        await self.store.set_role_room(room_id, role.id, sender, direct)
         await self.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=state_key)
         holders = self._roster.on_duty(role.id, self.clock.now())
         who = ", ".join(self.name(s) for s in holders) or "nobody (a roster gap: your message will go to the fallback)"
+        how = "Write your message here" if direct else f"Mention {role.name} in a message"
         await self._notice(
-            room_id, state_key,
-            f"This is {role.name}. On duty now: {who}. Write your message here: it pages whoever is on duty.",
-            None,
+            room_id, state_key, f"This is {role.name}. On duty now: {who}. {how}: it pages whoever is on duty.", None
         )
         return True
 
-    async def on_message(self, room_id: str, sender: str, event_id: str, relates_to: dict | None) -> None:
+    async def on_message(self, room_id: str, sender: str, event_id: str, content: dict | None = None) -> None:
+        """In a direct chat with a role every message pages it; in a group room only a
+        message that mentions the role does. A message from someone paged acknowledges."""
         if sender == self.bot or sender.startswith("@role-"):
             return
-        role_id = await self.store.role_room(room_id)
-        log.debug("message %s in %s from %s (role room: %s)", event_id, room_id, sender, role_id)
-        if role_id is None:
+        roles = await self.store.role_rooms(room_id)
+        if not roles:
             return
+        mentioned = set((content or {}).get("m.mentions", {}).get("user_ids", []) or [])
+        body = str((content or {}).get("body", ""))
+        opened: list[Page] = []
         async with self._lock:
-            page = await self.store.page_for_room(room_id)
+            open_pages = await self.store.open_pages_in(room_id)
             staff = self.staff_of(sender)
-            if page is not None:
+            for page in open_pages:
                 if staff is not None and staff in page.paged:
                     await self._ack(page, staff, "reply")
-                return
+            busy = {p.role for p in open_pages}
             oncall = self.oncall
-            role = oncall.roles.get(role_id) if oncall else None
-            if role is None:
-                return
-            page, actions = open_page(
-                uuid.uuid4().hex, role.id, sender, room_id, event_id, self.clock.now(),
-                role.escalation, self._resolve(role.id),
-            )
-            await self._commit(page, actions)
+            for role_id, direct in roles:
+                role = oncall.roles.get(role_id) if oncall else None
+                if role is None or role_id in busy or (staff is not None and any(staff in p.paged for p in open_pages)):
+                    continue
+                uid = self.matrix.uid(role.localpart)
+                if not (direct or uid in mentioned or uid in body or role.name in body):
+                    continue
+                page, actions = open_page(
+                    uuid.uuid4().hex, role.id, sender, room_id, event_id, self.clock.now(),
+                    role.escalation, self._resolve(role.id),
+                )
+                await self._commit(page, actions)
+                opened.append(page)
+        for page in opened:
             await self.audit.record(
-                actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
+                actor=sender, action="appservice.page.opened", object=page.role, room=room_id, outcome="success",
                 process="appservice", details={"page": page.page_id, "paged": list(page.paged)},
             )
         await self.flush()
@@ -262,9 +271,9 @@ class OncallService:
         if staff is None:
             return
         async with self._lock:
-            page = await self.store.page_for_room(room_id)
-            if page is not None and staff in page.paged:
-                await self._ack(page, staff, how)
+            for page in await self.store.open_pages_in(room_id):
+                if staff in page.paged:
+                    await self._ack(page, staff, how)
         await self.flush()
 
     async def _ack(self, page: Page, staff: str, how: str) -> None:

@@ -35,7 +35,8 @@ SCHEMA = [
         txn_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, action TEXT NOT NULL, sent INTEGER NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS oncall_role_room (
-        room_id TEXT PRIMARY KEY, role TEXT NOT NULL, requester TEXT NOT NULL
+        room_id TEXT NOT NULL, role TEXT NOT NULL, requester TEXT NOT NULL, direct INTEGER NOT NULL,
+        PRIMARY KEY (room_id, role)
     )""",
 ]
 
@@ -109,16 +110,17 @@ class OncallStore:
 
     # -- role rooms ---------------------------------------------------------------------
 
-    async def set_role_room(self, room_id: str, role: str, requester: str) -> None:
+    async def set_role_room(self, room_id: str, role: str, requester: str, direct: bool) -> None:
         await self.db.execute(
-            "INSERT INTO oncall_role_room (room_id, role, requester) VALUES ($1, $2, $3) "
-            "ON CONFLICT (room_id) DO NOTHING",
-            room_id, role, requester,
+            "INSERT INTO oncall_role_room (room_id, role, requester, direct) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (room_id, role) DO NOTHING",
+            room_id, role, requester, 1 if direct else 0,
         )
 
-    async def role_room(self, room_id: str) -> str | None:
-        row = await self.db.fetchrow("SELECT role FROM oncall_role_room WHERE room_id = $1", room_id)
-        return row["role"] if row else None
+    async def role_rooms(self, room_id: str) -> list[tuple[str, bool]]:
+        """The roles present in a room, and whether it is a direct chat with that role."""
+        rows = await self.db.fetch("SELECT role, direct FROM oncall_role_room WHERE room_id = $1 ORDER BY role", room_id)
+        return [(r["role"], bool(r["direct"])) for r in rows]
 
     # -- pages --------------------------------------------------------------------------
 
@@ -147,11 +149,11 @@ class OncallStore:
         rows = await (self.db.fetch(query, state) if state else self.db.fetch(query))
         return [_page(r) for r in rows]
 
-    async def page_for_room(self, room_id: str) -> Page | None:
-        row = await self.db.fetchrow(
-            "SELECT * FROM oncall_page WHERE room_id = $1 AND state = 'open' ORDER BY created_at DESC LIMIT 1", room_id
+    async def open_pages_in(self, room_id: str) -> list[Page]:
+        rows = await self.db.fetch(
+            "SELECT * FROM oncall_page WHERE room_id = $1 AND state = 'open' ORDER BY created_at", room_id
         )
-        return _page(row) if row else None
+        return [_page(r) for r in rows]
 
     async def unsent(self) -> list[tuple[str, str, Action]]:
         rows = await self.db.fetch("SELECT txn_id, page_id, action FROM oncall_outbox WHERE sent = 0 ORDER BY txn_id")

@@ -204,7 +204,12 @@ def audit_event(
             f"{r.outcome} by rule {r.rule}" if r.rule else f"{r.action}: {r.outcome}"
         )
     entities: list[dict[str, Any]] = []
-    detail = [{"type": k, "valueString": _detail_value(v)} for k, v in sorted(details.items())]
+    # FHIR strings may not be empty: a detail without a value is left out.
+    detail = [
+        {"type": k, "valueString": text}
+        for k, v in sorted(details.items())
+        if (text := _detail_value(v)).strip()
+    ]
     if r.rule:
         detail.append({"type": "rule", "valueString": r.rule})
     if r.action == A.AUDIT_QUERY:

@@ -43,6 +43,8 @@ from carematrix.protect.fingerprint import (
     TEXT_PREFIX,
     Fingerprints,
     is_foreign_copy,
+    shingle_neighbours,
+    shingle_sample,
 )
 
 TABLE = "carematrix_protected_fingerprint"
@@ -223,6 +225,40 @@ def _select_in(
     return rows
 
 
+def _probe(txn: Any, dialect: str, wanted: dict[int, str], by_origin: dict[int, set[str]]) -> None:
+    """Add to ``by_origin`` which of ``wanted`` are stored, under their origin ids: one
+    primary-key probe per key and nothing else (joining the origin table here made
+    PostgreSQL hash the whole of it; a correlated subquery per matched row cost more than
+    the separate origin lookup)."""
+    if not wanted:
+        return
+    for fp, origin in _select_in(
+        txn, dialect, f"SELECT fp, origin FROM {TABLE}", "fp", list(wanted)
+    ):
+        fingerprint = wanted.get(int(fp))
+        if fingerprint is not None and origin is not None:
+            by_origin.setdefault(int(origin), set()).add(fingerprint)
+
+
+def _best_foreign(
+    txn: Any, dialect: str, copies: dict[int, set[str]], room_id: str
+) -> ForeignMatch | None:
+    """Among the origin events this content copies, the best one outside ``room_id``."""
+    if not copies:
+        return None
+    select = f"SELECT id, room_id, event_id FROM {ORIGIN_TABLE}"
+    origins = {int(i): (r, e) for i, r, e in _select_in(txn, dialect, select, "id", list(copies))}
+    best: ForeignMatch | None = None
+    for origin, matched in copies.items():
+        origin_room, origin_event = origins.get(origin, (None, None))
+        if origin_room is None or origin_room == room_id:
+            continue  # the room's own content, or (never written so) a row without origin
+        found = ForeignMatch(origin_room, origin_event, frozenset(matched))
+        if best is None or _strength(found.matched) > _strength(best.matched):
+            best = found
+    return best
+
+
 def find_foreign(
     txn: Any,
     dialect: str,
@@ -237,33 +273,35 @@ def find_foreign(
     at once: a message sharing a few common phrases with each of many protected messages is
     not a copy of any of them. When several events qualify, a media or exact-text match
     wins, then the most shared fingerprints.
+
+    A long candidate (one with a :func:`shingle_sample`) is probed in two phases: first its
+    media, texts, extras and sample; then, only for origins not already found copied and
+    only when the sample had hits, the neighbours of those hits (:func:`shingle_neighbours`),
+    which completes every chain that can satisfy rule 3. Rule 4 counts on the sample, so
+    the decision is the same as probing every key. For such a candidate ``matched`` holds
+    what was probed: all media and texts, the sample's shingles and the neighbours probed.
     """
     check_dialect(dialect)
-    wanted = _keys((*fingerprints.media, *fingerprints.text, *extra), fingerprints.shingles)
+    sample = shingle_sample(fingerprints)
+    first = fingerprints.shingles if sample is None else sample
+    wanted = _keys((*fingerprints.media, *fingerprints.text, *extra), first)
     if not wanted:
         return None
-    # 1. which keys are stored, and for which origin: one primary-key probe per key and
-    # nothing else (joining the origin table here made PostgreSQL hash the whole of it;
-    # a correlated subquery per matched row cost more than the second statement below)
     by_origin: dict[int, set[str]] = {}
-    for fp, origin in _select_in(
-        txn, dialect, f"SELECT fp, origin FROM {TABLE}", "fp", list(wanted)
-    ):
-        fingerprint = wanted.get(int(fp))
-        if fingerprint is not None and origin is not None:
-            by_origin.setdefault(int(origin), set()).add(fingerprint)
-    # 2. the rule per origin event; only events it makes this a copy of are looked up
+    _probe(txn, dialect, wanted, by_origin)
+    # the rule per origin event; only events it makes this a copy of are looked up
     copies = {o: m for o, m in by_origin.items() if is_foreign_copy(fingerprints, m)}
-    if not copies:
+    best = _best_foreign(txn, dialect, copies, room_id)
+    if best is not None or sample is None:
+        return best
+    # phase two: the chains around the sample's hits with every origin not yet a copy
+    hits = {s for o, m in by_origin.items() if o not in copies for s in m if s in sample}
+    more = shingle_neighbours(fingerprints, hits) - set(wanted.values())
+    if not more:
         return None
-    select = f"SELECT id, room_id, event_id FROM {ORIGIN_TABLE}"
-    origins = {int(i): (r, e) for i, r, e in _select_in(txn, dialect, select, "id", list(copies))}
-    best: ForeignMatch | None = None
-    for origin, matched in copies.items():
-        origin_room, origin_event = origins.get(origin, (None, None))
-        if origin_room is None or origin_room == room_id:
-            continue  # the room's own content, or (never written so) a row without origin
-        found = ForeignMatch(origin_room, origin_event, frozenset(matched))
-        if best is None or _strength(found.matched) > _strength(best.matched):
-            best = found
-    return best
+    undecided = {o: m for o, m in by_origin.items() if o not in copies}
+    _probe(txn, dialect, _keys((), more), undecided)
+    copies = {
+        o: m for o, m in undecided.items() if o not in copies and is_foreign_copy(fingerprints, m)
+    }
+    return _best_foreign(txn, dialect, copies, room_id)

@@ -82,6 +82,21 @@ async def test_login_send_download_and_denial_are_all_found_by_an_auditor(stack:
     assert all(r["outcome"] == "denied" for r in cardio_trail if r["action"] == "policy.denied")
 
 
+async def test_failed_login_is_recorded_with_user_device_and_address(stack: RunningStack):
+    client = AsyncClient(stack.url, stack.user_id("n3002"))
+    try:
+        resp = await client.login("wrong-password", device_name="stolen-laptop")
+        assert resp.__class__.__name__ == "LoginError"
+    finally:
+        await client.close()
+    failed = [r for r in search(stack, "--actor", stack.user_id("n3002"), "--action", "auth.login_failed")]
+    assert failed, "the failed login is not on record"
+    assert failed[0]["outcome"] == "denied" and failed[0]["source"] == "127.0.0.1"
+    assert "wrong-password" not in json.dumps(failed)
+    ok = search(stack, "--actor", stack.user_id("n3001"), "--action", "auth.login")
+    assert ok and ok[0]["details"]["device"] and ok[0]["source"] == "127.0.0.1"
+
+
 def test_non_auditor_cannot_search_and_the_attempt_is_recorded(stack: RunningStack):
     refused = audit_cli(stack, "search", "--actor", stack.user_id("n3001"), login="d1002")
     assert refused.returncode == 1

@@ -248,3 +248,30 @@ async def test_oncall_command_lists_who_holds_each_role(stack: RunningStack):
         assert "Cardiology – attending on duty: 李伟 Li Wei (D1001); from" in body and "20:00: 王芳 Wang Fang (D1002)" in body
     finally:
         await nurse.close()
+
+
+async def test_in_a_group_room_only_a_mention_pages_the_role(stack: RunningStack):
+    nurse = await stack.login("n3002")
+    try:
+        await set_clock(stack, tomorrow_at(14, 0))
+        role = stack.user_id(ATTENDING)
+        created = await nurse.room_create(name="ward 5A handover", invite=[role])
+        assert isinstance(created, RoomCreateResponse), created
+        room = created.room_id
+        assert await eventually(lambda: _joined(nurse, room, role))
+        chatter = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "Bed 4 discharged"})
+        assert isinstance(chatter, RoomSendResponse)
+        await asyncio.sleep(2)
+        assert await paged_in(nurse, room) == set()
+        mention = await nurse.room_send(room, "m.room.message", {
+            "msgtype": "m.text", "body": "Cardiology – attending on duty: bed 6 troponin rising",
+            "m.mentions": {"user_ids": [role]},
+        })
+        assert isinstance(mention, RoomSendResponse)
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}))
+    finally:
+        await nurse.close()
+
+
+async def _joined(client: AsyncClient, room: str, user: str) -> bool:
+    return (await members(client, room)).get(user) == "join"

@@ -3,6 +3,7 @@ who may not re-post it, and that first origin wins."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 
 from carematrix.audit.db import AuditDb, connect
 from carematrix.audit.store import sql
+from carematrix.protect import fingerprint
 from carematrix.protect.fingerprint import (
     Fingerprints,
     content_fingerprints,
@@ -288,3 +290,43 @@ def test_a_copy_of_the_rooms_own_event_gives_way_to_one_from_elsewhere(store):
     assert match is not None and match.origin_event == "$other"
     assert match.matched == set(shingles[6:])
     assert find(store, Fingerprints(shingles=frozenset(shingles[:6])), WARD) is None
+
+
+def _filler(rng: random.Random, words: int) -> str:
+    vocabulary = (
+        "ward round bloods review plan family stable improving fluids oxygen chest sputum "
+        "renal potassium insulin theatre discharge clinic referral dressing drain wound pain"
+    ).split()
+    return " ".join(f"{rng.choice(vocabulary)}{rng.randint(0, 99)}" for _ in range(words))
+
+
+def test_a_long_message_is_decided_as_if_every_key_were_probed(store):
+    """Two-phase lookups of long messages (sample, then the neighbours of its hits) decide
+    exactly what the rule decides on everything the message shares."""
+    rng = random.Random(8)
+    report = _filler(rng, 150)
+    original = msg(report)
+    record(store, original, ICU, "$report")
+    for _ in range(40):
+        start = rng.randrange(len(report) - 100)
+        paste = report[start : start + rng.randint(20, 90)]
+        candidate = msg(f"{_filler(rng, 60)} {paste} {_filler(rng, 60)}")
+        assert fingerprint.shingle_sample(candidate) is not None  # two phases
+        expected = fingerprint.is_foreign_copy(candidate, candidate.all() & original.all())
+        match = find(store, candidate, WARD)
+        assert (match is not None) == expected
+        if match is not None:
+            assert match.origin_event == "$report" and match.matched <= original.all()
+
+
+def test_a_long_copy_of_the_rooms_own_event_still_finds_one_from_elsewhere(store):
+    rng = random.Random(9)
+    own, other = _filler(rng, 120), _filler(rng, 30)
+    record(store, msg(own), WARD, "$own")
+    record(store, msg(other), ICU, "$other")
+    # an exact and a reworded copy of the room's own report, with a pasted paragraph
+    candidate = msg(own + " " + other[40:140])
+    match = find(store, candidate, WARD)
+    assert match is not None and match.origin_event == "$other"
+    assert find(store, msg(own), WARD) is None
+    assert find(store, msg(own), ICU).origin_event == "$own"

@@ -128,7 +128,7 @@ def test_fingerprint_kinds_and_format():
 def test_shingles_work_on_characters_so_chinese_gets_them_too():
     f = fp(WARD_ZH)
     assert len(f.text) == 1
-    # bounded by winnowing: about 2/(W+1) of the k-grams, never one per character
+    # bounded by the window: about 3/17 of the k-grams, never one per character
     assert 10 <= len(f.shingles) <= len(normalise_text(WARD_ZH)) // 2
 
 
@@ -545,11 +545,27 @@ def _reference_hashes(text: str) -> list[int]:
     return out
 
 
-def _reference_winnow(hashes: list[int]) -> list[int]:
+def _reference_hashes_of_width(text: str, width: int) -> list[int]:
+    chars = [_fmix((ord(c) + 0x243F6A8885A308D3) & M64) for c in text]
+    out = []
+    for i in range(len(chars) - width + 1):
+        h = 0
+        for c in chars[i : i + width]:
+            h = (h * fingerprint._ROLL_BASE + c) & M64
+        out.append(_fmix(h))
+    return out
+
+
+def _reference_mod_minimizer(text: str) -> list[int]:
+    """Each window of W k-grams: its smallest t-gram (top bits of the hash, then leftmost)
+    at x within the window chooses the k-gram at x mod W."""
+    k, w, t = fingerprint.K, fingerprint.W, fingerprint.T
+    tmers = _reference_hashes_of_width(text, t)
     chosen: set[int] = set()
-    for i in range(len(hashes) - fingerprint.W + 1):
-        window = hashes[i : i + fingerprint.W]
-        chosen.update(i + j for j, h in enumerate(window) if h == min(window))
+    for start in range(len(text) - k + 1 - w + 1):
+        window = tmers[start : start + w + k - t]
+        x = min(range(len(window)), key=lambda i: (window[i] >> fingerprint._TIE_BITS, i))
+        chosen.add(start + x % w)
     return sorted(chosen)
 
 
@@ -569,8 +585,64 @@ def test_kgram_hashes_and_winnowing_equal_the_definition():
             continue
         hashes = _reference_hashes(text)
         assert fingerprint._kgram_hashes(text).tolist() == hashes
-        assert offsets == _reference_winnow(hashes)
+        assert offsets == _reference_mod_minimizer(text)
         assert all(s == f"s:{hashes[o]:016x}" for o, s in fingerprint.shingle_sequence(text))
+
+
+def test_a_shared_stretch_of_46_characters_is_always_a_chain_of_32():
+    # the mod-minimizer is forward: every k-gram chosen inside a shared stretch, between
+    # the choices of its first and last windows, is chosen in both texts
+    rng = random.Random(6)
+    alphabets = ["ab", "abcdefghij", "患者血压心率", "abcdefghijklmnopqrstuvwxyz0123456789"]
+    for _ in range(400):
+        alphabet = rng.choice(alphabets)
+
+        def text(n: int, alphabet: str = alphabet) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(n))
+
+        stretch = text(rng.randint(46, 90))
+        one = text(rng.randint(0, 40)) + stretch + text(rng.randint(0, 40))
+        two = text(rng.randint(0, 40)) + stretch + text(rng.randint(0, 40))
+        candidate = fp(two)
+        shared = candidate.shingles & fp(one).shingles
+        assert fingerprint.longest_shared_run(candidate, shared) >= len(stretch) - 2 * 8 + 2
+
+
+def test_chosen_k_grams_are_at_most_w_apart_and_about_3_in_17():
+    text = normalise_text(REPORT * 3)
+    offsets = [o for o, _ in fingerprint.shingle_sequence(text)]
+    assert offsets[0] < fingerprint.W
+    assert max(b - a for a, b in zip(offsets, offsets[1:], strict=False)) <= fingerprint.W
+    assert 0.15 < len(offsets) / (len(text) - fingerprint.K + 1) < 0.2
+
+
+def test_a_long_candidate_is_sampled_and_its_sample_covers_every_long_chain():
+    assert fingerprint.shingle_sample(fp(WARD_EN)) is None  # short: looked up whole
+    assert fingerprint.shingle_sample(Fingerprints(shingles=frozenset({"s:1"}))) is None
+    candidate = fp(REPORT)
+    sample = fingerprint.shingle_sample(candidate)
+    assert sample is not None and len(candidate.shingles) >= fingerprint.SAMPLE_MIN_SHINGLES
+    assert len(sample) <= len(candidate.shingles) // 3 + 2
+    sequence = [s for _, s in candidate.sequences[0]]
+    rng = random.Random(7)
+    for _ in range(300):
+        start = rng.randrange(len(sequence) - 3)
+        chain = set(sequence[start : start + rng.randint(3, 8)])
+        hits = chain & sample
+        assert hits  # every chain of three positions has a sampled one
+        assert chain <= hits | fingerprint.shingle_neighbours(candidate, hits)
+
+
+def test_rule_4_counts_on_the_sample_of_a_long_candidate():
+    candidate = fp(REPORT)
+    sample = sorted(fingerprint.shingle_sample(candidate))
+    others = sorted(candidate.shingles - set(sample))
+    # half the sample: a reworded copy
+    assert is_foreign_copy(candidate, set(sample[: (len(sample) + 1) // 2]))
+    assert not is_foreign_copy(candidate, set(sample[: len(sample) // 2 - 1]))
+    # the shingles outside the sample count only through rule 3
+    lone = {s for s in others if fingerprint.longest_shared_run(candidate, {s}) < 32}
+    assert not is_foreign_copy(candidate, set(list(lone)[:3]))
 
 
 def test_shingles_are_the_same_on_every_machine():
@@ -579,9 +651,9 @@ def test_shingles_are_the_same_on_every_machine():
     assert fingerprint._kgram_hashes("abcdefghijklmnop").tolist() == [17596573770018659192]
     text = normalise_text("Bed 12 Mr Wang Jianguo, K+ 6.8 mmol/L, repeat potassium at 08:00")
     assert fingerprint.shingle_sequence(text)[:3] == (
-        (1, "s:0ca21e6edbae3a29"),
-        (6, "s:22e0c8efd7233c75"),
-        (12, "s:1d35abd7c1a5e83c"),
+        (0, "s:706dcb3968c5ab72"),
+        (2, "s:d9751ce618c98cd8"),
+        (8, "s:c365de772b70f3cf"),
     )
 
 

@@ -60,3 +60,28 @@ def test_tables_and_columns_we_query_exist():
     ):
         assert needle in text, needle
     assert re.search(r"ALTER TABLE local_media_repository ADD COLUMN sha256", text, re.I), "sha256 column"
+
+
+def test_login_servlet_still_has_the_on_post_we_observe():
+    module_name, class_name = internals.LOGIN_SERVLET
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert list(inspect.signature(cls.on_POST).parameters)[:2] == ["self", "request"]
+
+
+def test_login_submission_never_carries_the_password():
+    import io
+
+    class Req:
+        content = io.BytesIO(b'{"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "n3001"}, "password": "secret"}')
+
+    sub = internals.login_submission(Req())
+    assert "password" not in sub and sub["identifier"]["user"] == "n3001"
+
+
+def test_login_identity_qualifies_localparts():
+    from synapse_modules.audit_module import login_identity
+
+    assert login_identity({"identifier": {"type": "m.id.user", "user": "N3001"}}, "renhe.example") == "@n3001:renhe.example"
+    assert login_identity({"user": "@d1001:renhe.example"}, "renhe.example") == "@d1001:renhe.example"
+    assert login_identity({"identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "a@b.cn"}}, "x") == "a@b.cn"
+    assert login_identity({}, "x") is None
