@@ -47,6 +47,15 @@ class AuditWriter:
             )
         await make_deferred_yieldable(self._schema_ready)
 
+    async def ready(self) -> None:
+        """The audit tables exist (for callers that append inside their own transaction)."""
+        await self._ensure_schema()
+
+    def append_in(self, txn: object, records: list[AuditRecord]) -> None:
+        """Append inside a caller's transaction (after ``ready``): the records commit with
+        whatever that transaction stores, in the same chain, with no extra round trip."""
+        append(txn, self.dialect, records)
+
     async def record(self, record: AuditRecord) -> None:
         """Return once ``record`` is committed; raises if it could not be written."""
         done: defer.Deferred = defer.Deferred()

@@ -220,17 +220,19 @@ class CareMatrixPolicy:
             )
         return verdict.message()
 
+    @staticmethod
+    def _record_of(event: EventBase, process: str) -> AuditRecord:
+        return record_for_event(
+            event_type=event.type, sender=event.sender, room_id=event.room_id,
+            event_id=event.event_id, state_key=event.get_state_key(),
+            content=event.content, process=process,
+        )
+
     async def _audit_allowed(self, event: EventBase) -> None:
         """An accepted event is on record before Synapse stores it and answers the client."""
         writer = current_writer()
         if writer is not None:
-            await writer.record(
-                record_for_event(
-                    event_type=event.type, sender=event.sender, room_id=event.room_id,
-                    event_id=event.event_id, state_key=event.get_state_key(),
-                    content=event.content, process=writer.process,
-                )
-            )
+            await writer.record(self._record_of(event, writer.process))
 
     async def keep_real_name(self, event: EventBase, state_events: Any) -> tuple[bool, dict | None]:
         """Staff appear under their real name in every room: a per-room nickname in a
@@ -274,10 +276,17 @@ class CareMatrixPolicy:
         if not verdict.allowed:
             return await self._refuse(verdict, event.sender, event.room_id, event.type)
         rc = policy.room_classes.get(room.class_id or "")
-        refusal, hash_prints = await self._protection.check_send(event, rc)
+        writer = current_writer()
+        also = None
+        if writer is not None:
+            await writer.ready()
+            record = self._record_of(event, writer.process)
+            also = functools.partial(writer.append_in, records=[record])
+        refusal, hash_prints, recorded = await self._protection.check_send(event, rc, also)
         if refusal is not None:
             return await self._refuse(refusal, event.sender, event.room_id, event.type)
-        await self._audit_allowed(event)
+        if not recorded:
+            await self._audit_allowed(event)
         await self._protection.after_accept(event, rc, hash_prints)
         return NOT_SPAM
 

@@ -105,28 +105,35 @@ class ContentProtection:
 
     # -- sending ----------------------------------------------------------------------
 
-    async def check_send(self, event: EventBase, rc: RoomClass | None) -> tuple[Verdict | None, list[str]]:
+    async def check_send(
+        self, event: EventBase, rc: RoomClass | None, also: Callable[[Any], None] | None = None
+    ) -> tuple[Verdict | None, list[str], bool]:
         """No-forward: refuse content first posted in another protected room. Returns the
-        refusal (or None) and the fingerprints of the file bytes, for ``after_accept``."""
+        refusal (or None), the fingerprints of the file bytes (for ``after_accept``), and
+        whether ``also`` ran: when the check needs the database and passes, ``also`` (the
+        message's audit record) is written in the same transaction, saving a round trip."""
         if event.is_state() or self._is_system(event.sender):
-            return None, []
+            return None, [], False
         prints = content_fingerprints(event.type, event.content)
         uris = media_uris(event.content)
         if prints.is_empty() and not uris:
-            return None, []
+            return None, [], False
         media_ids = self._local_media_ids(uris)
         dialect = self._dialect
 
         def check(txn: Any) -> tuple[Any, list[str]]:
             hashes = internals.media_sha256(txn, media_ids)
             extra = sorted({media_hash_fingerprint(h) for h in hashes.values()})
-            return forward_store.find_foreign(txn, dialect, prints, extra, event.room_id), extra
+            match = forward_store.find_foreign(txn, dialect, prints, extra, event.room_id)
+            if match is None and also is not None:
+                also(txn)
+            return match, extra
 
         match, extra = await self._db("carematrix_no_forward_check", check)
         if match is not None:
             log.info("no-forward: %s in %s matches %s", event.event_id, event.room_id, match.origin_event)
-            return NO_FORWARD, extra
-        return None, extra
+            return NO_FORWARD, extra, False
+        return None, extra, also is not None
 
     async def after_accept(self, event: EventBase, rc: RoomClass | None, hash_prints: list[str]) -> None:
         """Bookkeeping for an accepted message, committed before the client is answered:

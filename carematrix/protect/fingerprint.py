@@ -23,18 +23,19 @@ Fingerprints (plain strings, so the store and logs need no knowledge of their ki
     quoted/unquoted parts make "> protected text" plus a comment, and reply fallbacks that
     carry the protected message, match exactly even when too short for shingles.
 ``s:<hex>``
-    Winnowed k-gram hashes (k = :data:`K` characters, window :data:`W`) of each normalised
-    text source: the partial-copy test. Characters, not words, because Chinese has no
-    spaces. The hash is a 64-bit polynomial over the code points with fixed constants,
-    computed for all k-grams at once with numpy (:func:`_kgram_hashes`), so it is the same
-    in every process and on every machine, and a 4,000-character text is fingerprinted in
-    about 0.2 ms. Winnowing keeps about 2/(W+1) of the k-grams (every k-gram that is the
-    smallest of some window of W), and a window's choice depends
-    only on the text inside it, so two texts sharing a stretch of L >= K+W-1 normalised
-    characters pick the same k-grams inside it, whatever surrounds it: a chain of
-    consecutive shared shingles spanning at least L-2W+2 characters. There is no cap on the
-    count: Synapse's 64 KiB event limit bounds it (about 14,600 for the largest possible
-    text), and a cap would let a copy hide behind a long preamble.
+    Hashes of selected k-grams (k = :data:`K` characters, one chosen in every window of
+    :data:`W` consecutive k-grams) of each normalised text source: the partial-copy test.
+    Characters, not words, because Chinese has no spaces. The hash is a 64-bit polynomial
+    over the code points with fixed constants, computed for all k-grams at once with numpy
+    (:func:`_kgram_hashes`), so it is the same in every process and on every machine, and a
+    4,000-character text is fingerprinted in about 0.2 ms. The choice is the mod-minimizer
+    (:func:`_mod_minimizer`): it keeps about 3/17 of the k-grams (winnowing, used before,
+    kept 2/(W+1) = 2/9: a fifth more keys to store and probe). A window's choice depends
+    only on the text inside it and the scheme is forward, so two texts sharing a stretch of
+    L >= K+W-1 normalised characters pick the same k-grams inside it, whatever surrounds
+    it: a chain of consecutive shared shingles spanning at least L-2W+2 characters. There
+    is no cap on the count: Synapse's 64 KiB event limit bounds it (about 11,600 for the
+    largest possible text), and a cap would let a copy hide behind a long preamble.
 
 Normalisation (:func:`normalise_text`): NFKC, casefold, then drop every character of
 Unicode category P* (punctuation), S* (symbols), Z* (separators) and C* (controls, format,
@@ -60,6 +61,12 @@ protected messages never add up:
 4. a reworded copy: at least :data:`SHINGLE_MIN_MATCHES` (3) shared shingles and at least
    :data:`SHINGLE_FRACTION` (half) of the candidate's shingles -> copy: the whole protected
    text with a few words added or changed, where edits break every stretch into short ones.
+   A candidate of :data:`SAMPLE_MIN_SHINGLES` (64, about 350 characters) or more shingles
+   is counted on its sample (:func:`shingle_sample`: every third shingle of each
+   sequence): half of the sample shared, which a systematic sample estimates closely, and
+   which lets the store probe a third of a long message's shingles first and the rest only
+   around hits (rule 3 stays exact: every chain that can reach 32 characters has three or
+   more shingles, so a sampled one, and the others within two positions of it).
 
 Measured on generated clinical messages (English and Chinese): a 60-character paragraph of
 a 2,000-character report pasted into a new message is caught >= 99 %; a 120-character
