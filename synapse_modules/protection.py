@@ -376,9 +376,11 @@ class ContentProtection:
                 await self._burn(burn, now)
 
     async def _burn(self, burn: burn_store.PendingBurn, now: int) -> None:
-        # Stored content first (event JSON, edits, search row), then the redaction that
-        # makes every client drop the message: by the time a client sees it gone, so is the
-        # database copy.
+        # Files first, then the stored content (event JSON, edits, search row), then the
+        # redaction that makes every client drop the message: by the time anyone sees it
+        # gone, nothing of it is left on the server.
+        media_ids = self._local_media_ids(list(burn.media))
+        deleted = await internals.delete_local_media(self._api, media_ids)
         edits = await self._db("carematrix_burn_edits", internals.edits_of, burn.event_id)
         for event_id in [burn.event_id, *edits]:
             await internals.censor_event(self._api, event_id)
@@ -394,8 +396,6 @@ class ContentProtection:
         except Exception as exc:  # e.g. the sender has left: the stored content is gone anyway
             log.warning("burn: redaction of %s as its sender failed: %s", burn.event_id, exc)
             outcome = "purged without redaction event"
-        media_ids = self._local_media_ids(list(burn.media))
-        deleted = await internals.delete_local_media(self._api, media_ids)
         dialect = self._dialect
 
         def done(txn: Any) -> None:
