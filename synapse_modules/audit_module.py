@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from synapse.events import EventBase
-from synapse.module_api import ModuleApi, run_as_background_process
+from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -114,8 +114,8 @@ class CareMatrixAudit:
         # neither failures nor the device.
         internals.install_login_observer(self.on_login_request)
         api.register_password_auth_provider_callbacks(on_logged_out=self.on_logged_out)
-        api.register_web_resource(RECORDS_PATH, _AsyncResource(post=self._submit_records))
-        api.register_web_resource(SEARCH_PATH, _AsyncResource(get=self._search))
+        api.register_web_resource(RECORDS_PATH, _AsyncResource(api, post=self._submit_records))
+        api.register_web_resource(SEARCH_PATH, _AsyncResource(api, get=self._search))
         access_log.install(self.writer.record_soon, self.process)
         api.looping_background_call(self._policy.refresh, 2000, desc="carematrix_audit_policy", run_on_all_instances=True)
         if api.should_run_background_tasks():
@@ -263,8 +263,9 @@ class _AsyncResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, get: Any = None, post: Any = None) -> None:
+    def __init__(self, api: ModuleApi, get: Any = None, post: Any = None) -> None:
         super().__init__()
+        self._api = api
         self._get, self._post = get, post
 
     def render_GET(self, request: Request) -> Any:  # noqa: N802 - twisted naming
@@ -297,7 +298,7 @@ class _AsyncResource(Resource):
             request.write(payload)
             request.finish()
 
-        run_as_background_process("carematrix_audit_http", respond)
+        self._api.run_as_background_process("carematrix_audit_http", respond)
         return NOT_DONE_YET
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from synapse.module_api import ModuleApi, make_deferred_yieldable, run_as_background_process
+from synapse.module_api import ModuleApi, make_deferred_yieldable
 from twisted.internet import defer
 
 from carematrix.audit import AuditRecord, append, ensure_schema
@@ -71,7 +71,7 @@ class AuditWriter:
     def _kick(self) -> None:
         if not self._flushing:
             self._flushing = True
-            run_as_background_process("carematrix_audit_flush", self._flush)
+            self._api.run_as_background_process("carematrix_audit_flush", self._flush)
 
     async def _flush(self) -> None:
         try:

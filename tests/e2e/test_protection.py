@@ -413,3 +413,35 @@ async def test_burn_needs_no_appservice_and_survives_a_homeserver_crash(stack: R
         await doctor.close()
     stored = db_rows(stack, "SELECT json FROM event_json WHERE event_id = ?", sent.event_id)
     assert "Crash drill" not in stored[0][0]
+
+
+async def test_other_files_are_served_to_members_on_record_or_blocked_per_class(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    outsider = await stack.login("d1001")
+    pdf = b"%PDF-1.4\n% discharge letter bed 7\n" + os.urandom(64) + b"\n%%EOF\n"
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        uri = await upload(nurse, pdf, "application/pdf", "letter.pdf")
+        sent = await send(nurse, icu, {"msgtype": "m.file", "body": "letter.pdf", "url": uri})
+        assert isinstance(sent, RoomSendResponse)
+        path = f"/_matrix/client/v1/media/download/{mxc_path(uri)}"
+        status, _, body = await media_get(stack, doctor, path)
+        assert status == 200 and body == pdf  # ward rooms: other files audited, not altered
+        assert (await media_get(stack, outsider, path))[0] == 403
+
+        room = await new_room(nurse, [doctor], name="confidential files", initial_state=[
+            {"type": "org.carematrix.room_class", "state_key": "", "content": {"class": "confidential"}},
+        ])
+        uri2 = await upload(nurse, pdf + b" ", "application/pdf", "letter2.pdf")
+        assert isinstance(await send(nurse, room, {"msgtype": "m.file", "body": "letter2.pdf", "url": uri2}), RoomSendResponse)
+        status, _, body = await media_get(stack, doctor, f"/_matrix/client/v1/media/download/{mxc_path(uri2)}")
+        assert status == 403 and "cannot be downloaded from this room" in json.loads(body)["error"]
+    finally:
+        await nurse.close()
+        await doctor.close()
+        await outsider.close()
+    fetched = db_rows(
+        stack, "SELECT actor, details FROM carematrix_audit_log WHERE action = 'media.download' AND object = ? AND room = ?", uri, icu
+    )
+    assert any(actor == stack.user_id("d2001") and '"protected":"file"' in details for actor, details in fetched), fetched

@@ -47,6 +47,10 @@ def test_storage_and_media_methods_exist():
     from synapse.storage.databases.main.censor_events import CensorEventsStore
 
     assert hasattr(BaseAuth, "has_access_token")
+    assert hasattr(BaseAuth, "get_access_token_from_request")
+    from synapse.api.auth.internal import InternalAuth
+
+    assert "token" in inspect.signature(InternalAuth.get_user_by_access_token).parameters
     assert hasattr(MediaFilePaths, "local_media_filepath")
     assert "media_ids" in inspect.signature(MediaRepository.delete_local_media_ids).parameters
     assert list(inspect.signature(CensorEventsStore.expire_event).parameters) == ["self", "event_id"]
