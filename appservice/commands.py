@@ -27,7 +27,8 @@ HELP = (
     "!ping — check that the CareMatrix service is answering\n"
     "!help — this list\n"
     "!oncall [unit] — who holds each on-duty role now, and who is next\n"
-    "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then"
+    "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then\n"
+    "!oncall swap <role> <staff number> — trade your next shift of a role for theirs"
 )
 
 

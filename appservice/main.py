@@ -154,6 +154,10 @@ class Bot:
     async def _oncall_command(self, sender: str, args: tuple[str, ...]) -> str:
         """``!oncall [unit]`` lists who holds each role now and next; ``!oncall cover <role>
         until HH:MM [staff number]`` hands a role over until then."""
+        if args and args[0] == "swap":
+            if len(args) != 3:
+                return "Usage: !oncall swap <role> <staff number>  (your next shift of the role for theirs)"
+            return await self.oncall.swap_shifts(sender, args[1], args[2].upper())
         if args and args[0] == "cover":
             if len(args) < 4 or args[2] != "until":
                 return "Usage: !oncall cover <role> until HH:MM [staff number]"
@@ -195,6 +199,7 @@ class Bot:
                 if not self.oncall.roles_named:
                     await self.oncall.ensure_role_accounts()
                 await self.oncall.refresh_feeds(self.config.policy_dir)
+                await self.oncall.hand_over()
                 if time.monotonic() - last_quiet > QUIET_HOURS_SECONDS:
                     last_quiet = time.monotonic()
                     await self.oncall.apply_quiet_hours()

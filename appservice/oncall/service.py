@@ -32,6 +32,7 @@ from carematrix.oncall.escalation import Action, Page, due, on_ack, on_deadline,
 from carematrix.oncall.model import Override
 from carematrix.oncall.policy import OncallPolicy, RoleAddress
 from carematrix.oncall.roster import Roster
+from carematrix.oncall.swap import swap
 from carematrix.oncall.targets import resolver
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
@@ -425,6 +426,82 @@ class OncallService:
         )
         return f"{self.name(staff_number)} covers {oncall.roles[role_id].name} until {until.astimezone(_zone(oncall.timezone)):%H:%M}."
 
+    async def swap_shifts(self, requester: str, role_id: str, other: str) -> str:
+        """The requester's next shift of ``role_id`` (the current one if on it) and the
+        other person's next one are traded."""
+        oncall = self.oncall
+        me = self.staff_of(requester)
+        if oncall is None or role_id not in oncall.roles:
+            return f"Unknown role '{role_id}'."
+        if me is None:
+            return "Only staff on the roster can swap shifts."
+        now = self.clock.now()
+        shifts = [s for s in await self.store.shifts() if s.role == role_id and s.end > now]
+
+        def next_of(staff: str) -> Any:
+            mine = sorted((s for s in shifts if s.staff_number == staff), key=lambda s: s.start)
+            return mine[0] if mine else None
+
+        a, b = next_of(me), next_of(other)
+        if a is None or b is None:
+            who = self.name(me if a is None else other)
+            return f"{who} has no coming shift of {oncall.roles[role_id].name} to swap."
+        try:
+            first, second = swap(a, b, me)
+        except ValueError as exc:
+            return str(exc)
+        for override in (first, second):
+            await self.store.add_override(uuid.uuid4().hex, override)
+        await self.reload_roster()
+        await self.audit.record(
+            actor=requester, action="appservice.roster.swap", object=role_id, outcome="success",
+            process="appservice", details={"with": other, "mine": a.start.isoformat(), "theirs": b.start.isoformat()},
+        )
+        zone = _zone(oncall.timezone)
+        return (
+            f"Swapped: {self.name(me)} takes {b.start.astimezone(zone):%a %H:%M}–{b.end.astimezone(zone):%H:%M}, "
+            f"{self.name(other)} takes {a.start.astimezone(zone):%a %H:%M}–{a.end.astimezone(zone):%H:%M}."
+        )
+
+    async def hand_over(self) -> None:
+        """At a shift change, conversations a role had in the last day get the incoming
+        holder (who sees the history) and a notice; ``handover: release`` tells the outgoing
+        holder they are no longer paged there."""
+        oncall = self.oncall
+        if oncall is None:
+            return
+        now = self.clock.now()
+        for role in oncall.roles.values():
+            holders = self._roster.on_duty(role.id, now)
+            last = await self.store.last_holders(role.id)
+            if last is None or tuple(last) == holders:
+                if last is None:
+                    await self.store.set_last_holders(role.id, holders)
+                continue
+            incoming = [s for s in holders if s not in last]
+            outgoing = [s for s in last if s not in holders]
+            role_user = self.matrix.uid(role.localpart)
+            for room_id in await self.store.recent_rooms(role.id, now - timedelta(days=1)):
+                for staff in incoming:
+                    try:
+                        await self.matrix.call(
+                            "POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite",
+                            {"user_id": self.user_id(staff), "reason": "Shift change"}, as_user=role_user,
+                        )
+                    except MatrixCallFailed as exc:
+                        log.info("hand-over invite of %s to %s: %s", staff, room_id, exc)
+                text = (
+                    f"Shift change: {', '.join(self.name(s) for s in incoming) or 'nobody'} now holds {role.name}"
+                    + (f", taking over from {', '.join(self.name(s) for s in outgoing)}" if outgoing else "")
+                    + ("; they are released from this conversation." if outgoing and role.handover == "release" else ".")
+                )
+                await self._notice(room_id, role_user, text, None, mentions=[self.user_id(s) for s in incoming + outgoing])
+            await self.store.set_last_holders(role.id, holders)
+            await self.audit.record(
+                actor=self.bot, action="appservice.roster.handover", object=role.id, outcome="success",
+                process="appservice", details={"incoming": incoming, "outgoing": outgoing},
+            )
+
     # -- quiet hours --------------------------------------------------------------------
 
     async def apply_quiet_hours(self) -> None:
@@ -437,19 +514,13 @@ class OncallService:
         shift_workers = {s for role in oncall.roles for _, _, holders in self._roster.holders_between(role, now - ROSTER_PAST, now + ROSTER_AHEAD) for s in holders}
         for staff in sorted(shift_workers):
             off = not self._roster.is_on_duty(staff, now)
-            if self._quiet_applied.get(staff) == off:
-                continue
+            # Checked every pass, not only when the shift changes: a room the user mutes
+            # afterwards lands above our rules, and the critical rule must go back on top.
             try:
                 await self._set_quiet(self.user_id(staff), off)
                 self._quiet_applied[staff] = off
             except MatrixCallFailed as exc:
                 log.error("quiet hours for %s: %s", staff, exc)
-
-    async def reassert_quiet_hours(self, user_id: str) -> None:
-        """A user changed their push rules (e.g. muted a room, which lands above ours)."""
-        staff = self.staff_of(user_id)
-        if staff is not None and staff in self._quiet_applied:
-            await self._set_quiet(user_id, self._quiet_applied[staff])
 
     async def _set_quiet(self, user_id: str, off_duty: bool) -> None:
         token = await self._token_for(user_id)

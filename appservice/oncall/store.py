@@ -34,6 +34,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS oncall_outbox (
         txn_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, action TEXT NOT NULL, sent INTEGER NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS oncall_holders (
+        role TEXT PRIMARY KEY, holders TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS oncall_role_room (
         room_id TEXT NOT NULL, role TEXT NOT NULL, requester TEXT NOT NULL, direct INTEGER NOT NULL,
         PRIMARY KEY (room_id, role)
@@ -121,6 +124,26 @@ class OncallStore:
         """The roles present in a room, and whether it is a direct chat with that role."""
         rows = await self.db.fetch("SELECT role, direct FROM oncall_role_room WHERE room_id = $1 ORDER BY role", room_id)
         return [(r["role"], bool(r["direct"])) for r in rows]
+
+    async def last_holders(self, role: str) -> list[str] | None:
+        row = await self.db.fetchrow("SELECT holders FROM oncall_holders WHERE role = $1", role)
+        return json.loads(row["holders"]) if row else None
+
+    async def set_last_holders(self, role: str, holders: tuple[str, ...]) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_holders (role, holders) VALUES ($1, $2) "
+            "ON CONFLICT (role) DO UPDATE SET holders = excluded.holders",
+            role, json.dumps(list(holders)),
+        )
+
+    async def recent_rooms(self, role: str, since: datetime) -> list[str]:
+        """Rooms where ``role`` was paged since ``since``: the conversations a hand-over
+        brings the incoming holder into."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT room_id FROM oncall_page WHERE role = $1 AND created_at >= $2 ORDER BY room_id",
+            role, _ms(since),
+        )
+        return [r["room_id"] for r in rows]
 
     # -- pages --------------------------------------------------------------------------
 

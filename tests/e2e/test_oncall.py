@@ -97,9 +97,17 @@ async def test_page_at_0759_reaches_the_night_doctor_and_at_0801_the_day_doctor(
         day = await page(stack, nurse, ATTENDING, tomorrow_at(8, 1), "Bed 14: new AF, rate 150")
         assert await eventually(lambda: _paged_is(nurse, day, {stack.user_id("d1001")}))
         assert (await members(nurse, night)).get(stack.user_id("d1002")) in ("invite", "join")
-        assert stack.user_id("d1001") not in await members(nurse, night)
         told = " ".join(n["content"]["body"] for n in await notices(nurse, night))
         assert "王芳 Wang Fang (D1002)" in told
+
+        # 08:00 was a shift change: the night conversation gets the day doctor, with its
+        # history, and a notice of who took over from whom.
+        async def handed_over() -> bool:
+            bodies = [n["content"]["body"] for n in await notices(nurse, night)]
+            return any(b.startswith("Shift change: 李伟 Li Wei (D1001)") and "王芳 Wang Fang (D1002)" in b for b in bodies)
+
+        assert await eventually(handed_over)
+        assert (await members(nurse, night)).get(stack.user_id("d1001")) in ("invite", "join")
     finally:
         await nurse.close()
 
@@ -220,6 +228,25 @@ async def test_off_duty_push_rules_silence_normal_messages_but_not_critical_ones
             return "quiet-test CRITICAL K+ 7.1" in bodies and "quiet-test routine question" not in bodies
 
         assert await eventually(only_critical)
+
+        # She mutes the room; a newer rule lands on top, so the service puts its
+        # breakthrough rule back above it.
+        mute = f"{stack.url}/_matrix/client/v3/pushrules/global/override/{created.room_id}"
+        async with aiohttp.ClientSession() as http, http.put(
+            mute, json={"conditions": [{"kind": "event_match", "key": "room_id", "pattern": created.room_id}], "actions": []},
+            headers={"Authorization": f"Bearer {doctor.access_token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+        async def critical_above_mute() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(
+                stack.url + "/_matrix/client/v3/pushrules/global/",
+                headers={"Authorization": f"Bearer {doctor.access_token}"},
+            ) as resp:
+                ids = [r["rule_id"] for r in (await resp.json())["override"]]
+            return ids.index("org.carematrix.critical") < ids.index(created.room_id)
+
+        assert await eventually(critical_above_mute, timeout=60, interval=1)
     finally:
         await nurse.close()
         await doctor.close()
@@ -275,3 +302,37 @@ async def test_in_a_group_room_only_a_mention_pages_the_role(stack: RunningStack
 
 async def _joined(client: AsyncClient, room: str, user: str) -> bool:
     return (await members(client, room)).get(user) == "join"
+
+
+async def test_swap_trades_the_next_shifts(stack: RunningStack):
+    await set_clock(stack, tomorrow_at(9, 0))
+    night_doctor = await stack.login("d1002")
+    try:
+        created = await night_doctor.room_create(invite=[stack.bot_user_id], is_direct=True)
+        assert isinstance(created, RoomCreateResponse)
+        assert await eventually(lambda: _joined(night_doctor, created.room_id, stack.bot_user_id))
+        # At 09:00 D1002 holds the day backup; her next attending shift is tonight at 20:00.
+        await night_doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall swap cardiology/attending D1001"})
+
+        async def replied() -> str | None:
+            for n in await notices(night_doctor, created.room_id):
+                if n["content"]["body"].startswith("Swapped"):
+                    return n["content"]["body"]
+            return None
+
+        body = await eventually(replied)
+        assert "王芳 Wang Fang (D1002) takes" in body and "李伟 Li Wei (D1001) takes" in body
+        await night_doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall cardiology"})
+
+        async def listed() -> str | None:
+            for n in reversed(await notices(night_doctor, created.room_id)):
+                if n["content"]["body"].startswith("心内科 · 主班医生"):
+                    return n["content"]["body"]
+            return None
+
+        listing = await eventually(listed)
+        # Now D1002 holds the day shift and D1001 takes tonight.
+        assert listing.startswith("心内科 · 主班医生 (值班) Cardiology – attending on duty: 王芳 Wang Fang (D1002)")
+        assert "20:00: 李伟 Li Wei (D1001)" in listing
+    finally:
+        await night_doctor.close()

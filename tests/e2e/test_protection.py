@@ -445,3 +445,49 @@ async def test_other_files_are_served_to_members_on_record_or_blocked_per_class(
         stack, "SELECT actor, details FROM carematrix_audit_log WHERE action = 'media.download' AND object = ? AND room = ?", uri, icu
     )
     assert any(actor == stack.user_id("d2001") and '"protected":"file"' in details for actor, details in fetched), fetched
+
+
+def _audit_store(stack: RunningStack, up: bool) -> None:
+    """Make every audit insert fail (up=False) or work again, from outside Synapse."""
+    s = stack.deployment.settings
+    target = s.db_url if s.database == "postgres" else str(stack.deployment.paths.sqlite_db)
+    with connect(target) as db, db.transaction() as txn:
+        if db.dialect == "sqlite":
+            txn.execute("DROP TRIGGER IF EXISTS carematrix_test_block")
+            if not up:
+                txn.execute(
+                    "CREATE TRIGGER carematrix_test_block BEFORE INSERT ON carematrix_audit_log "
+                    "BEGIN SELECT RAISE(ABORT, 'audit store unavailable'); END"
+                )
+        else:
+            txn.execute("DROP TRIGGER IF EXISTS carematrix_test_block ON carematrix_audit_log")
+            if not up:
+                txn.execute(
+                    "CREATE OR REPLACE FUNCTION carematrix_test_block() RETURNS trigger AS $$ "
+                    "BEGIN RAISE EXCEPTION 'audit store unavailable'; END $$ LANGUAGE plpgsql"
+                )
+                txn.execute(
+                    "CREATE TRIGGER carematrix_test_block BEFORE INSERT ON carematrix_audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION carematrix_test_block()"
+                )
+
+
+async def test_protected_download_is_refused_when_it_cannot_be_recorded(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        uri = await upload(nurse, photo(11, (400, 300)), "image/jpeg", "scan.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri, "scan.jpg")), RoomSendResponse)
+        path = f"/_matrix/client/v1/media/download/{mxc_path(uri)}"
+        _audit_store(stack, up=False)
+        try:
+            status, _, body = await media_get(stack, doctor, path)
+        finally:
+            _audit_store(stack, up=True)
+        assert status == 503 and "could not be recorded in the audit trail" in json.loads(body)["error"]
+        status, _, body = await media_get(stack, doctor, path)
+        assert status == 200 and Image.open(io.BytesIO(body)).size == (400, 300)
+    finally:
+        await nurse.close()
+        await doctor.close()
