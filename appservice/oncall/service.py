@@ -63,6 +63,7 @@ class OncallService:
         self.clock = clock
         self._roster = Roster([])
         self._feed_checked: dict[str, float] = {}
+        self._feed_stamps: dict[str, tuple[int, int] | None] = {}
         self._lock = asyncio.Lock()
         self._user_tokens: dict[str, str] = {}
         self._quiet_applied: dict[str, bool] = {}
@@ -145,14 +146,19 @@ class OncallService:
         changed = False
         for feed in oncall.feeds:
             last = self._feed_checked.get(feed.id, 0.0)
-            if not force and time.monotonic() - last < feed.refresh_seconds:
+            stamp = self._file_stamp(policy_dir, feed.path)
+            edited = stamp is not None and stamp != self._feed_stamps.get(feed.id)
+            if not force and not edited and time.monotonic() - last < feed.refresh_seconds:
                 continue
+            self._feed_stamps[feed.id] = stamp
             self._feed_checked[feed.id] = time.monotonic()
             source = feed.url or feed.path or feed.id
             try:
                 data = await self._read_feed(policy_dir, feed.path, feed.url)
                 digest = hashlib.sha256(data).hexdigest()
                 if not force and digest == await self.store.feed_digest(feed.id):
+                    # Back to the content in force (e.g. a broken edit was reverted).
+                    self.feed_errors.pop(feed.id, None)
                     continue
                 config = FeedConfig(
                     timezone=oncall.timezone, roles=feed.roles, staff=feed.staff,
@@ -175,6 +181,17 @@ class OncallService:
             )
         if changed:
             await self.reload_roster()
+
+    @staticmethod
+    def _file_stamp(policy_dir: Path, path: str | None) -> tuple[int, int] | None:
+        """A file feed is re-read as soon as it changes, not only every ``refresh``."""
+        if path is None:
+            return None
+        try:
+            st = (policy_dir / path).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     async def _read_feed(self, policy_dir: Path, path: str | None, url: str | None) -> bytes:
         if path is not None:

@@ -336,3 +336,45 @@ async def test_swap_trades_the_next_shifts(stack: RunningStack):
         assert "20:00: 李伟 Li Wei (D1001)" in listing
     finally:
         await night_doctor.close()
+
+
+async def test_broken_roster_feed_is_rejected_and_the_previous_roster_stays(stack: RunningStack):
+    feed = stack.policy_dir / "rosters" / "cardiology.ics"
+    good = feed.read_text()
+    broken = good.replace("SUMMARY:Backup\nX-STAFF-NUMBER:D1001", "SUMMARY:Registrar\nX-STAFF-NUMBER:D1001")
+    assert broken != good
+    health_url = stack.deployment.settings.appservice_url + "/_carematrix/health"
+    admin = await stack.login("a0001")
+    try:
+        office = (await admin.room_resolve_alias(f"#roster-office:{stack.server_name}")).room_id
+        feed.write_text(broken)
+
+        async def reported() -> str | None:
+            async with aiohttp.ClientSession() as http, http.get(health_url) as resp:
+                errors = (await resp.json()).get("roster_feed_errors", {})
+            return errors.get("cardiology-roster")
+
+        error = await eventually(reported)
+        assert "rosters/cardiology.ics:" in error and "Registrar" in error
+
+        async def office_told() -> bool:
+            return any("cardiology-roster" in n["content"]["body"] and "previous roster stays" in n["content"]["body"]
+                       for n in await notices(admin, office))
+
+        assert await eventually(office_told)
+        # The previous roster is still in force: tonight's backup is still the chief.
+        nurse = await stack.login("n3002")
+        try:
+            room = await page(stack, nurse, "role-cardiology-backup", tomorrow_at(23, 0), "Bed 1: need backup")
+            assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}))
+        finally:
+            await nurse.close()
+    finally:
+        feed.write_text(good)
+        await admin.close()
+
+    async def recovered() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(health_url) as resp:
+            return "roster_feed_errors" not in await resp.json()
+
+    assert await eventually(recovered)
