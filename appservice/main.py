@@ -269,6 +269,7 @@ async def run(config: AppserviceConfig) -> None:
     bot = Bot(config, appserv, holder, org, oncall)
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
+    appserv.query_alias = oncall.query_alias
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
     appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)
     if config.test_clock:

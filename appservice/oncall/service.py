@@ -219,6 +219,29 @@ class OncallService:
             except MatrixCallFailed as exc:
                 log.error("could not tell the admin room about feed %s: %s", feed_id, exc)
 
+    async def query_alias(self, alias: str) -> dict | None:
+        """``#role-cardiology-attending`` resolves to the role's desk room, created the first
+        time anyone looks it up (the appservice owns the ``#role-…`` aliases). Joining it and
+        writing pages the role like a DM does; a DM keeps the conversation private."""
+        localpart = alias[1:].split(":", 1)[0] if alias.startswith("#") else ""
+        role = self.oncall.role_for_localpart(localpart) if self.oncall else None
+        if role is None:
+            return None
+        role_user = self.matrix.uid(role.localpart)
+        created = await self.matrix.call(
+            "POST", "/_matrix/client/v3/createRoom",
+            {
+                "room_alias_name": localpart, "preset": "public_chat", "name": role.name,
+                "topic": f"Messages here page whoever is {role.name} now. For a private conversation, message the role directly.",
+            },
+            as_user=role_user,
+        )
+        await self.store.set_role_room(created["room_id"], role.id, role_user, True)
+        log.info("created the desk room %s for %s", alias, role.id)
+        # Synapse only needs a 200 and then looks the alias up itself; the body must not be
+        # empty for mautrix, which answers 404 for a falsy result.
+        return {"room_id": created["room_id"]}
+
     # -- Matrix events ------------------------------------------------------------------
 
     async def on_member(self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False) -> bool:

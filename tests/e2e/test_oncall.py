@@ -378,3 +378,18 @@ async def test_broken_roster_feed_is_rejected_and_the_previous_roster_stays(stac
             return "roster_feed_errors" not in await resp.json()
 
     assert await eventually(recovered)
+
+
+async def test_role_alias_leads_to_a_desk_room_that_pages_the_role(stack: RunningStack):
+    await set_clock(stack, tomorrow_at(10, 0))
+    nurse = await stack.login("n3001")
+    try:
+        joined = await nurse.join(f"#role-icu-doctor:{stack.server_name}")
+        assert joined.__class__.__name__ == "JoinResponse", joined
+        room = joined.room_id
+        assert await eventually(lambda: _joined(nurse, room, stack.user_id(ICU)))
+        sent = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "Bed 8 extubation check please"})
+        assert isinstance(sent, RoomSendResponse)
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
+    finally:
+        await nurse.close()
