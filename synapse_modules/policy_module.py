@@ -360,7 +360,7 @@ class CareMatrixPolicy:
         if rc is not None and not request_content.get("is_direct"):
             # Element users see the class in the topic, not only in room state.
             topic = request_content.get("topic")
-            prefix = "[" + " · ".join([rc.label, *rc.protection.labels()]) + "]"
+            prefix = rc.topic_prefix
             if not (isinstance(topic, str) and topic.startswith(prefix)):
                 request_content["topic"] = f"{prefix} {topic}" if isinstance(topic, str) and topic else prefix
 

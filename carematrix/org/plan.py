@@ -98,7 +98,7 @@ def desired_state(policy: Policy) -> Desired:
                 DesiredRoom(
                     alias=spec.alias.format(**fields),
                     name=spec.name.format(**fields),
-                    topic=f"[{rc.label}] {spec.topic.format(**fields)}".strip(),
+                    topic=f"{rc.topic_prefix} {spec.topic.format(**fields)}".strip(),
                     room=RoomClassState(spec.room_class, unit.id),
                     is_space=False,
                     parent_alias=space_alias(unit.id),

@@ -175,6 +175,12 @@ class RoomClass:
     def label(self) -> str:
         return self.description or f"{self.id} room"
 
+    @property
+    def topic_prefix(self) -> str:
+        """What every room of the class shows first in its topic: the class and what
+        protects it, so Element users see it."""
+        return "[" + " · ".join([self.label, *self.protection.labels()]) + "]"
+
 
 @dataclass(frozen=True)
 class RoomClassState:
