@@ -31,6 +31,9 @@ class AppserviceConfig:
     # Password given to accounts org sync creates (demo only; production logs in via SSO).
     initial_password: str | None = None
     test_clock: bool = False
+    hl7_host: str = "127.0.0.1"
+    hl7_port: int = 0
+    his_token: str | None = None
 
     @property
     def bot_user_id(self) -> str:
@@ -92,4 +95,19 @@ class AppserviceConfig:
             log_file=Path(log_file) if isinstance(log_file, str) else None,
             initial_password=initial_password,
             test_clock=raw.get("test_clock") is True,
+            **_hl7(raw.get("hl7")),
         )
+
+
+def _hl7(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ValueError("'hl7' must be a mapping")
+    port = section.get("listen_port", 0)
+    if not isinstance(port, int) or not 0 <= port < 65536:
+        raise ValueError(f"'hl7.listen_port' must be a port number (0: off), got {port!r}")
+    token = section.get("his_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ValueError("'hl7.his_token' must be a secret of at least 16 characters")
+    return {"hl7_host": str(section.get("listen_host", "127.0.0.1")), "hl7_port": port, "his_token": token}

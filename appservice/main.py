@@ -22,6 +22,8 @@ from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
+from appservice.clinical.service import ClinicalService
+from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.oncall.clock import Clock
@@ -38,6 +40,7 @@ HEALTH_PATH = "/_carematrix/health"
 BOT_DISPLAY_NAME = "CareMatrix"
 ORG_SYNC_PATH = "/_carematrix/org/sync"
 TEST_CLOCK_PATH = "/_carematrix/test/clock"
+ALERTS_PATH = "/_carematrix/alerts/{facility}/{control_id}"
 POLICY_POLL_SECONDS = 2.0
 ONCALL_TICK_SECONDS = 0.5
 QUIET_HOURS_SECONDS = 10.0
@@ -216,6 +219,9 @@ class Bot:
         }
         if self.last_rejected is not None:
             body["policy_rejected_edit"] = [str(e) for e in self.last_rejected.errors]
+        clinical = getattr(self, "clinical", None)
+        if clinical is not None:
+            body["hl7"] = await clinical.store.counts()
         if self.oncall.feed_errors:
             body["roster_feed_errors"] = self.oncall.feed_errors
         if self.org.last_report is not None:
@@ -266,10 +272,16 @@ async def run(config: AppserviceConfig) -> None:
         OrgMatrix(session, config.homeserver_url, config.as_token, config.domain, appserv.bot_mxid),
         appserv.bot_mxid, AuditClient(config.homeserver_url, config.as_token), Clock(),
     )
+    clinical = ClinicalService(
+        ClinicalStore(db), holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
+        appserv.bot_mxid, config.his_token,
+    )
     bot = Bot(config, appserv, holder, org, oncall)
+    bot.clinical = clinical
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.query_alias = oncall.query_alias
+    appserv.app.router.add_get(ALERTS_PATH, clinical.alert_state)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
     appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)
     if config.test_clock:
@@ -294,14 +306,22 @@ async def run(config: AppserviceConfig) -> None:
             log.info("display names are locked on this server; bot name set by admin tooling")
         await oncall.setup()
         await oncall.refresh_feeds(config.policy_dir, force=True)
+        await clinical.store.setup()
+        hl7_server = await clinical.serve(config.hl7_host, config.hl7_port) if config.hl7_port else None
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())
-        oncall_tasks = [asyncio.create_task(bot.oncall_loop()), asyncio.create_task(bot.oncall_upkeep_loop())]
+        oncall_tasks = [
+            asyncio.create_task(bot.oncall_loop()),
+            asyncio.create_task(bot.oncall_upkeep_loop()),
+            asyncio.create_task(clinical.deliver_loop()),
+        ]
         await stop.wait()
         poller.cancel()
         for task in oncall_tasks:
             task.cancel()
+        if hl7_server is not None:
+            hl7_server.close()
     finally:
         log.info("stopping")
         await session.close()

@@ -73,11 +73,11 @@ async def _join_cost(session: aiohttp.ClientSession, base: str, inviter: str, jo
 async def access_check_cost(work: Path, joins: int) -> dict:
     """invite+join into an invite-only room: plain Synapse vs a CareMatrix unit room, where
     both the invite and the join pass the org-scope check."""
-    plain = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, carematrix_enabled=False))
+    plain = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, carematrix_enabled=False))
     policy_dir = work / "access-policy"
     policy_dir.mkdir()
     synthetic_policy(policy_dir, staff=joins + 1, units=3)
-    ours = prepare(Settings(data_dir=work / "ours", port=free_port_pair(), relaxed_rate_limits=True, policy_dir=policy_dir))
+    ours = prepare(Settings(data_dir=work / "ours", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, policy_dir=policy_dir))
     stacks = [Stack(plain), Stack(ours)]
     try:
         for s in stacks:
@@ -111,7 +111,7 @@ async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_ur
     policy_dir.mkdir()
     synthetic_policy(policy_dir, staff, units)
     d = prepare(
-        Settings(data_dir=work / f"org-{database}", port=free_port_pair(), relaxed_rate_limits=True,
+        Settings(data_dir=work / f"org-{database}", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0,
                  policy_dir=policy_dir, database=database, db_url=db_url, demo=False)
     )
     stack = Stack(d)

@@ -60,6 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         data_dir=args.data_dir or _default_data_dir(),
         port=port,
         appservice_port=args.appservice_port or _env_int("CAREMATRIX_APPSERVICE_PORT", 0),
+        hl7_port=args.hl7_port if args.hl7_port is not None else _env_int("CAREMATRIX_HL7_PORT", 2575),
         server_name=args.server_name,
         bind_address=args.bind,
         database=args.database,
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, help="data dir (default $CAREMATRIX_DATA_DIR or ./var)")
     up.add_argument("--port", type=_port, help="homeserver port (default $CAREMATRIX_PORT or 8008)")
     up.add_argument("--appservice-port", type=_port, help="appservice port (default homeserver port + 1)")
+    up.add_argument("--hl7-port", type=int, help="MLLP port for HL7 v2 from the HIS (default 2575; 0: off)")
     up.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     up.add_argument("--db-url", help="PostgreSQL URL, e.g. postgresql://synapse@127.0.0.1:5432/carematrix")
     up.add_argument("--server-name", default=os.environ.get("CAREMATRIX_SERVER_NAME", "localhost"))

@@ -33,6 +33,8 @@ SECRET_KEYS = (
     "demo_password",
     # Keys the hidden watermark pattern; `carematrix watermark trace` needs the same key.
     "watermark_key",
+    # Bearer token hospital systems use to ask the appservice about their alerts.
+    "his_token",
 )
 
 
@@ -67,6 +69,9 @@ class Settings:
     retention_purge_seconds: int = 3600
     # Lets tests move the appservice's on-call clock; never in production.
     test_clock: bool = False
+    # MLLP (HL7 v2 over TCP) port the appservice listens on for the HIS; 0 switches it off.
+    hl7_port: int = 2575
+    hl7_bind: str = "127.0.0.1"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -176,6 +181,8 @@ def check_ports(settings: Settings) -> None:
             "appservice",
             "stop what uses it or set CAREMATRIX_APPSERVICE_PORT / --appservice-port",
         )
+        if settings.hl7_port:
+            check_port_free(settings.hl7_bind, settings.hl7_port, "HL7 (MLLP)", "stop what uses it or set --hl7-port")
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -430,6 +437,9 @@ def prepare(settings: Settings) -> Deployment:
         "appservice_log_file": str(paths.appservice_log),
         "initial_password": secret_values["demo_password"] if settings.demo else None,
         "test_clock": settings.test_clock,
+        "hl7_port": settings.hl7_port if settings.carematrix_enabled else 0,
+        "hl7_bind": settings.hl7_bind,
+        "his_token": secret_values["his_token"],
     }
     for key in SECRET_KEYS:
         values[key] = secret_values[key]

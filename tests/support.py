@@ -15,7 +15,7 @@ from nio import AsyncClient, LoginResponse
 
 from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
 from carematrix.pgadmin import TEST_SERVER_URL, database_url, drop_database, on_maintenance_db
-from carematrix.ports import free_port_pair
+from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder, SeedResult
 from carematrix.supervisor import Stack
 
@@ -77,7 +77,7 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
         audit_checkpoint_seconds=2,
-        **{"retention_purge_seconds": 5, "test_clock": True, **settings_overrides},
+        **{"retention_purge_seconds": 5, "test_clock": True, "hl7_port": free_port(), **settings_overrides},
     )
     deployment = prepare(settings)
     stack = Stack(deployment)

@@ -301,6 +301,40 @@ class OncallService:
             )
         await self.flush()
 
+    async def page_for_system(self, page_id: str, role_id: str, room_id: str, event_id: str, sender: str) -> Page | None:
+        """A page opened by a hospital system (a critical result) in a room the role account
+        is brought into. Idempotent by ``page_id``: a redelivered message pages nobody twice."""
+        oncall = self.oncall
+        role = oncall.roles.get(role_id) if oncall else None
+        if role is None:
+            return None
+        existing = await self.store.page(page_id)
+        if existing is not None:
+            return existing
+        await self.ensure_in_room(role, room_id)
+        await self.store.set_role_room(room_id, role.id, sender, False)
+        async with self._lock:
+            page, actions = open_page(
+                page_id, role.id, sender, room_id, event_id, self.clock.now(), role.escalation, self._resolve(role.id)
+            )
+            await self._commit(page, actions)
+        await self.audit.record(
+            actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
+            process="appservice", details={"page": page_id, "paged": list(page.paged), "by": "hospital system"},
+        )
+        await self.flush()
+        return page
+
+    async def ensure_in_room(self, role: RoleAddress, room_id: str) -> None:
+        """The bot (which created the hospital's standard rooms) invites the role account,
+        which joins; both steps are harmless if already done."""
+        role_user = self.matrix.uid(role.localpart)
+        try:
+            await self.matrix.call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": role_user})
+        except MatrixCallFailed as exc:
+            log.debug("invite of %s to %s: %s", role_user, room_id, exc)
+        await self.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=role_user)
+
     async def on_reaction(self, room_id: str, sender: str) -> None:
         await self._ack_in_room(room_id, sender, "reaction")
 

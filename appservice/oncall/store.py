@@ -172,6 +172,10 @@ class OncallStore:
         rows = await (self.db.fetch(query, state) if state else self.db.fetch(query))
         return [_page(r) for r in rows]
 
+    async def page(self, page_id: str) -> Page | None:
+        row = await self.db.fetchrow("SELECT * FROM oncall_page WHERE page_id = $1", page_id)
+        return _page(row) if row else None
+
     async def open_pages_in(self, room_id: str) -> list[Page]:
         rows = await self.db.fetch(
             "SELECT * FROM oncall_page WHERE room_id = $1 AND state = 'open' ORDER BY created_at", room_id

@@ -39,7 +39,7 @@ from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse
 
 SECTIONS = (
     "hospital", "roles", "units", "staff", "room_classes", "room_defaults", "standard_rooms",
-    "burn_after_read", "oncall",
+    "burn_after_read", "oncall", "clinical",
 )
 DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -184,6 +184,7 @@ class _Builder:
         standard_rooms = self._standard_rooms(room_classes, units)
         burn_defaults = self._burn_defaults()
         oncall = self._oncall(units, {s.staff_number for s in staff}, roles)
+        clinical = self._clinical(units, set(oncall.roles) if oncall else set())
         if self.errors:
             raise PolicyInvalid(self.errors)
         return Policy(
@@ -199,6 +200,7 @@ class _Builder:
             default_direct_class=default_direct,
             burn_defaults=burn_defaults,
             oncall=oncall,
+            clinical=clinical,
         )
 
     def _hospital(self, first_file: str) -> tuple[str, str]:
@@ -511,6 +513,15 @@ class _Builder:
             grace_seconds=default.grace_seconds if grace is None else grace,
             ttl_seconds=default.ttl_seconds if ttl is None else ttl,
         )
+
+    def _clinical(self, units: dict[str, Unit], oncall_roles: set[str]) -> Any:
+        found = self.section("clinical")
+        if found is None:
+            return None
+        from carematrix.clinical_policy import load_clinical
+
+        value, chk, line = found
+        return load_clinical(value, chk, line, units, oncall_roles)
 
     def _oncall(self, units: dict[str, Unit], staff: set[str], roles: dict[str, str]) -> Any:
         found = self.section("oncall")

@@ -243,6 +243,8 @@ class Policy:
     burn_defaults: BurnPolicy = DEFAULT_BURN
     # The ``oncall:`` section (carematrix.oncall.policy.OncallPolicy), if the hospital has one.
     oncall: Any = None
+    # The ``clinical:`` section (carematrix.clinical_policy.ClinicalPolicy): HIS routing.
+    clinical: Any = None
     _by_localpart: dict[str, Staff] = field(default_factory=dict, repr=False, compare=False)
     _subtrees: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 

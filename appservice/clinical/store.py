@@ -1,0 +1,115 @@
+"""Durable HL7 intake in the appservice database: every accepted message is stored before its
+ACK is sent and stays until it has been delivered; rejected ones go to a dead-letter table;
+the patient registry remembers each patient's ward from ADT so results without a PV1 find
+their ward."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mautrix.util.async_db import Database
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS hl7_inbox (
+        id INTEGER PRIMARY KEY, facility TEXT NOT NULL, control_id TEXT NOT NULL,
+        message_type TEXT NOT NULL, received_at BIGINT NOT NULL, raw BYTEA NOT NULL,
+        state TEXT NOT NULL, result TEXT,
+        UNIQUE (facility, control_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS hl7_dead_letter (
+        id INTEGER PRIMARY KEY, received_at BIGINT NOT NULL, peer TEXT NOT NULL,
+        raw BYTEA NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS clinical_patient (
+        patient_id TEXT PRIMARY KEY, name TEXT NOT NULL, ward TEXT, bed TEXT, updated_at BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS clinical_alert (
+        control_id TEXT NOT NULL, facility TEXT NOT NULL, page_id TEXT NOT NULL, role TEXT NOT NULL,
+        PRIMARY KEY (facility, control_id, page_id)
+    )""",
+]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    id: int
+    facility: str
+    control_id: str
+    raw: bytes
+
+
+class ClinicalStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        for statement in SCHEMA:
+            if self.db.scheme != "postgres":
+                statement = statement.replace("BYTEA", "BLOB")
+            else:
+                statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+            await self.db.execute(statement)
+
+    async def accept(self, facility: str, control_id: str, message_type: str, raw: bytes) -> bool:
+        """Store an inbound message; False if this (facility, control ID) was accepted before
+        (a resend after a lost ACK), which must be acknowledged again but not delivered twice."""
+        existing = await self.db.fetchrow(
+            "SELECT id FROM hl7_inbox WHERE facility = $1 AND control_id = $2", facility, control_id
+        )
+        if existing:
+            return False
+        await self.db.execute(
+            "INSERT INTO hl7_inbox (facility, control_id, message_type, received_at, raw, state) "
+            "VALUES ($1, $2, $3, $4, $5, 'pending') ON CONFLICT (facility, control_id) DO NOTHING",
+            facility, control_id, message_type, int(time.time() * 1000), raw,
+        )
+        return True
+
+    async def dead_letter(self, peer: str, raw: bytes, code: str, error: str) -> None:
+        await self.db.execute(
+            "INSERT INTO hl7_dead_letter (received_at, peer, raw, error_code, error) VALUES ($1, $2, $3, $4, $5)",
+            int(time.time() * 1000), peer, raw, code, error[:1000],
+        )
+
+    async def pending(self, limit: int = 100) -> list[Inbound]:
+        rows = await self.db.fetch(
+            "SELECT id, facility, control_id, raw FROM hl7_inbox WHERE state = 'pending' ORDER BY id LIMIT $1", limit
+        )
+        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"])) for r in rows]
+
+    async def done(self, inbox_id: int, state: str, result: str) -> None:
+        await self.db.execute("UPDATE hl7_inbox SET state = $1, result = $2 WHERE id = $3", state, result[:500], inbox_id)
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetch("SELECT state, COUNT(*) AS n FROM hl7_inbox GROUP BY state")
+        out = {r["state"]: int(r["n"]) for r in rows}
+        out["dead_letter"] = int((await self.db.fetchval("SELECT COUNT(*) FROM hl7_dead_letter")) or 0)
+        return out
+
+    async def remember_patient(self, patient_id: str, name: str, ward: str | None, bed: str | None) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_patient (patient_id, name, ward, bed, updated_at) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (patient_id) DO UPDATE SET name = excluded.name, ward = excluded.ward, "
+            "bed = excluded.bed, updated_at = excluded.updated_at",
+            patient_id, name, ward, bed, int(time.time() * 1000),
+        )
+
+    async def patient(self, patient_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow("SELECT name, ward, bed FROM clinical_patient WHERE patient_id = $1", patient_id)
+        return dict(row) if row else None
+
+    async def link_alert(self, facility: str, control_id: str, page_id: str, role: str) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_alert (control_id, facility, page_id, role) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING",
+            control_id, facility, page_id, role,
+        )
+
+    async def alert_pages(self, facility: str, control_id: str) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT page_id, role FROM clinical_alert WHERE facility = $1 AND control_id = $2 ORDER BY role",
+            facility, control_id,
+        )
+        return [(r["page_id"], r["role"]) for r in rows]

@@ -1,0 +1,172 @@
+"""HL7 v2 from the HIS over a real TCP socket (MLLP) into the conversation: admissions in the
+ward room, a critical potassium paging the on-duty nurse and escalating, malformed messages
+refused with a NAK and a dead letter, and the HIS asking whether its alert was acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+
+import aiohttp
+from nio import AsyncClient, RoomSendResponse
+
+from bridges.hl7.mllp import MllpDecoder, frame
+from bridges.hl7.parse import parse
+from tests.e2e.test_oncall import notices, paged_in, set_clock, tomorrow_at
+from tests.support import RunningStack, eventually
+
+
+def hl7(*segments: str, charset: str = "UNICODE UTF-8", control: str | None = None, facility: str = "HIS",
+        kind: str = "ADT^A01") -> tuple[str, bytes]:
+    control = control or uuid.uuid4().hex[:12]
+    msh = f"MSH|^~\\&|HIS-APP|{facility}|CAREMATRIX|RENHE|{datetime.now():%Y%m%d%H%M%S}||{kind}|{control}|P|2.5|||||CHN|{charset}"
+    text = "\r".join([msh, *segments]) + "\r"
+    return control, text.encode("gb18030" if "18030" in charset else "utf-8")
+
+
+async def send_mllp(stack: RunningStack, payload: bytes) -> object:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
+    try:
+        writer.write(frame(payload))
+        await writer.drain()
+        decoder = MllpDecoder()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            assert data, "connection closed without an ACK"
+            frames = decoder.feed(data)
+            if frames:
+                return parse(frames[0])
+    finally:
+        writer.close()
+
+
+def ack_code(ack: object) -> str:
+    return ack.get("MSA", 1)  # type: ignore[attr-defined]
+
+
+async def team(stack: RunningStack, client: AsyncClient, unit: str) -> str:
+    return (await client.room_resolve_alias(f"#{unit}-team:{stack.server_name}")).room_id
+
+
+async def bodies(client: AsyncClient, room: str) -> list[str]:
+    return [n["content"]["body"] for n in await notices(client, room)]
+
+
+async def test_admission_is_posted_in_the_ward_room_once_even_if_resent(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team(stack, nurse, "icu")
+        patient = f"P{uuid.uuid4().hex[:6].upper()}"
+        control, payload = hl7(
+            f"EVN|A01|{datetime.now():%Y%m%d%H%M}",
+            f"PID|1||{patient}^^^RENHE^MR||王^建国||19540312|M",
+            "PV1|1|I|ICU^07^07||||D2001^陈^静",
+            charset="GB 18030-2000",
+        )
+        ack = await send_mllp(stack, payload)
+        assert ack_code(ack) == "AA" and ack.get("MSA", 2) == control  # type: ignore[attr-defined]
+        again = await send_mllp(stack, payload)  # the HIS lost the ACK and resends
+        assert ack_code(again) == "AA"
+
+        async def posted() -> list[str]:
+            return [b for b in await bodies(nurse, icu) if patient in b]
+
+        found = await eventually(posted)
+        assert found[0].startswith(f"Admission: 王建国 ({patient}) to ICU bed 07")
+        await asyncio.sleep(2)
+        assert len(await posted()) == 1
+    finally:
+        await nurse.close()
+
+
+async def test_critical_potassium_pages_the_on_duty_nurse_and_escalates(stack: RunningStack):
+    start = tomorrow_at(10, 0)
+    await set_clock(stack, start)
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team(stack, nurse, "icu")
+        patient = f"P{uuid.uuid4().hex[:6].upper()}"
+        _, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||李^秀英||19600101|F", "PV1|1|I|ICU^03^03")
+        assert ack_code(await send_mllp(stack, adt)) == "AA"
+        control, oru = hl7(
+            f"PID|1||{patient}^^^RENHE^MR||李^秀英||19600101|F",
+            "OBR|1|ORD1|LAB1|BMP^Basic metabolic panel|||202611251000|||||||||D2001",
+            "OBX|1|NM|2823-3^Potassium||6.8|mmol/L|3.5-5.3|HH|||F",
+            "OBX|2|NM|2951-2^Sodium||139|mmol/L|137-147|N|||F",
+            kind="ORU^R01", facility="LIS",
+        )
+        assert ack_code(await send_mllp(stack, oru)) == "AA"
+
+        async def alerted() -> str | None:
+            for n in await notices(nurse, icu):
+                c = n["content"]
+                if c["body"].startswith("CRITICAL RESULT") and patient in str(c.get("org.carematrix.hl7")):
+                    return n["event_id"] if c.get("org.carematrix.priority") == "critical" else None
+            return None
+
+        assert await eventually(alerted)
+        body = next(b for b in await bodies(nurse, icu) if b.startswith("CRITICAL RESULT") and "李秀英" in b)
+        assert "Potassium 6.8 mmol/L [HH]" in body and "Sodium" not in body
+        assert await eventually(lambda: _has_paged(nurse, icu, {stack.user_id("n3001"), stack.user_id("d2001")}))
+
+        url = f"{stack.deployment.settings.appservice_url}/_carematrix/alerts/LIS/{control}"
+        headers = {"Authorization": f"Bearer {stack.deployment.secrets['his_token']}"}
+
+        async def state() -> dict:
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        assert (await state())["acknowledged"] is False
+        # Nobody answers the nurse's page for two minutes: it climbs to the ICU doctor.
+        await set_clock(stack, start + timedelta(minutes=2, seconds=10))
+
+        async def escalated() -> bool:
+            s = await state()
+            nurse_page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+            return nurse_page["step"] >= 1 and len(nurse_page["paged"]) == 2
+
+        assert await eventually(escalated)
+        page_notice = next(
+            n for n in reversed(await notices(doctor, icu))
+            if n["content"].get("org.carematrix.page") and stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]
+        )
+        reacted = await doctor.room_send(icu, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": page_notice["event_id"], "key": "✅"}})
+        assert isinstance(reacted, RoomSendResponse)
+
+        async def acknowledged() -> dict | None:
+            s = await state()
+            return s if s["acknowledged"] else None
+
+        s = await eventually(acknowledged)
+        assert any(p["acknowledged_by"] == "陈静 Chen Jing (D2001)" for p in s["pages"])
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert resp.status == 401  # the HIS must present its token
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+
+async def _has_paged(client: AsyncClient, room: str, who: set[str]) -> bool:
+    return who <= await paged_in(client, room)
+
+
+async def test_malformed_hl7_gets_a_nak_and_a_dead_letter(stack: RunningStack):
+    health = stack.deployment.settings.appservice_url + "/_carematrix/health"
+
+    async def dead_letters() -> int:
+        async with aiohttp.ClientSession() as http, http.get(health) as resp:
+            return (await resp.json())["hl7"]["dead_letter"]
+
+    before = await dead_letters()
+    _, no_patient = hl7("PID|1||||无名||19700101|M", "PV1|1|I|ICU^01^01")
+    nak = await send_mllp(stack, no_patient)
+    assert ack_code(nak) == "AE"
+    assert "PID-3" in str(nak.get("ERR", 2)) or "PID" in nak.raw_text  # type: ignore[attr-defined]
+    garbage = await send_mllp(stack, b"this is not HL7 at all\r")
+    assert ack_code(garbage) == "AR"
+    _, stranger = hl7("PID|1||X1^^^RENHE^MR||A^B", "PV1|1|I|ICU^01^01", facility="UNKNOWN-CLINIC")
+    assert ack_code(await send_mllp(stack, stranger)) == "AR"
+    assert await dead_letters() == before + 3
