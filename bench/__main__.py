@@ -6,7 +6,8 @@ orgsync (org sync at a scale this machine finishes in minutes), audit (the audit
 watermark (marking a 12 MP photo), media (protected download vs Synapse's), noforward (the
 no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL), oncall (role
 resolution with 10,000 roster entries), paging (a message to an on-duty role until the doctor
-sees it, against a direct message; escalation lag after a deadline).
+sees it, against a direct message; escalation lag after a deadline), hl7 (parse + ACK),
+ingest (HL7 over MLLP stored and acknowledged, 1 and 4 connections).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from carematrix.deploy import REPO_ROOT
 
 BENCHMARKS = (
     "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",
+    "hl7", "ingest",
 )
 
 
@@ -97,6 +99,18 @@ def main() -> None:
                 lag = result["escalation_lag"]
                 print(format_comparison(result["latency"]), flush=True)
                 print(f"escalation lag after the deadline: n {lag['n']} p50 {lag['p50_ms']:.0f} ms p99 {lag['p99_ms']:.0f} ms", flush=True)
+                _save(args.out, name, result)
+            elif name == "hl7":
+                from bench import hl7
+
+                _save(args.out, name, hl7.measure())
+            elif name == "ingest":
+                from bench import clinical_ingest
+
+                result = asyncio.run(clinical_ingest.measure(work))
+                for key, value in result.items():
+                    ack = value["ack"]
+                    print(f"MLLP ingest, {key}: {value['messages_per_s']} msg/s, ACK p50 {ack['p50_ms']:.1f} ms p99 {ack['p99_ms']:.1f} ms", flush=True)
                 _save(args.out, name, result)
             elif name == "noforward":
                 from bench import no_forward

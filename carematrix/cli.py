@@ -119,8 +119,10 @@ def _print_banner(deployment: object, result: object) -> None:
         f"  Homeserver URL : {url}",
         f"  Server name    : {s.server_name}",
         f"  Data dir       : {s.data_dir}",
-        f"  Bot            : {deployment.bot_user_id} (DM it '!ping')",
+        f"  Bot            : {deployment.bot_user_id} (DM it '!ping', '!oncall')",
     ]
+    if s.hl7_port:
+        lines.append(f"  HL7 v2 (MLLP)  : {s.hl7_bind}:{s.hl7_port} (senders: see policies/clinical.yaml)")
     if isinstance(result, SeedResult) and s.demo:
         policy = load_policy(s.policy_dir)
         lines.append(f"  Demo logins (password for all: {deployment.secrets['demo_password']}):")
