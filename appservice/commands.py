@@ -28,7 +28,8 @@ HELP = (
     "!help — this list\n"
     "!oncall [unit] — who holds each on-duty role now, and who is next\n"
     "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then\n"
-    "!oncall swap <role> <staff number> — trade your next shift of a role for theirs"
+    "!oncall swap <role> <staff number> — trade your next shift of a role for theirs\n"
+    "!quiet on|off — silence work notifications while you are off duty (critical alerts still ring)"
 )
 
 

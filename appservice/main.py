@@ -148,6 +148,8 @@ class Bot:
             reply = reply_ping(latency, self.policy.current.digest)
         elif command.name == "help":
             reply = HELP
+        elif command.name == "quiet" and command.args[:1] in (("on",), ("off",)):
+            reply = await self.oncall.set_quiet(str(evt.sender), command.args[0] == "on")
         elif command.name == "oncall":
             reply = await self._oncall_command(str(evt.sender), command.args)
         else:

@@ -578,6 +578,17 @@ class OncallService:
 
     # -- quiet hours --------------------------------------------------------------------
 
+    async def set_quiet(self, requester: str, on: bool) -> str:
+        staff = self.staff_of(requester)
+        if staff is None:
+            return "Quiet hours are for staff on the roster."
+        await self.store.set_quiet_pref(staff, on)
+        await self.apply_quiet_hours()
+        return (
+            "Quiet hours on: off duty, only critical alerts and pages addressed to you will ring."
+            if on else "Quiet hours off: your notifications follow your own settings at all times."
+        )
+
     async def apply_quiet_hours(self) -> None:
         """Staff who work shifts get their notifications silenced while off duty; critical
         messages and pages addressed to them still ring (carematrix.oncall.quiet_hours)."""
@@ -586,8 +597,12 @@ class OncallService:
             return
         now = self.clock.now()
         shift_workers = {s for role in oncall.roles for _, _, holders in self._roster.holders_between(role, now - ROSTER_PAST, now + ROSTER_AHEAD) for s in holders}
+        prefs = await self.store.quiet_prefs()
+        default = oncall.quiet_hours == "everyone"
         for staff in sorted(shift_workers):
-            off = not self._roster.is_on_duty(staff, now)
+            # Someone who has not chosen follows the hospital default; choosing "off" keeps
+            # every notification as the client's own settings say.
+            off = prefs.get(staff, default) and not self._roster.is_on_duty(staff, now)
             # Checked every pass, not only when the shift changes: a room the user mutes
             # afterwards lands above our rules, and the critical rule must go back on top.
             try:

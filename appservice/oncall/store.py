@@ -34,6 +34,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS oncall_outbox (
         txn_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, action TEXT NOT NULL, sent INTEGER NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS oncall_quiet_pref (
+        staff_number TEXT PRIMARY KEY, quiet INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS oncall_holders (
         role TEXT PRIMARY KEY, holders TEXT NOT NULL
     )""",
@@ -124,6 +127,17 @@ class OncallStore:
         """The roles present in a room, and whether it is a direct chat with that role."""
         rows = await self.db.fetch("SELECT role, direct FROM oncall_role_room WHERE room_id = $1 ORDER BY role", room_id)
         return [(r["role"], bool(r["direct"])) for r in rows]
+
+    async def set_quiet_pref(self, staff_number: str, quiet: bool) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_quiet_pref (staff_number, quiet) VALUES ($1, $2) "
+            "ON CONFLICT (staff_number) DO UPDATE SET quiet = excluded.quiet",
+            staff_number, 1 if quiet else 0,
+        )
+
+    async def quiet_prefs(self) -> dict[str, bool]:
+        rows = await self.db.fetch("SELECT staff_number, quiet FROM oncall_quiet_pref")
+        return {r["staff_number"]: bool(r["quiet"]) for r in rows}
 
     async def last_holders(self, role: str) -> list[str] | None:
         row = await self.db.fetchrow("SELECT holders FROM oncall_holders WHERE role = $1", role)

@@ -393,3 +393,33 @@ async def test_role_alias_leads_to_a_desk_room_that_pages_the_role(stack: Runnin
         assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
     finally:
         await nurse.close()
+
+
+async def test_staff_choose_quiet_hours_with_a_command(stack: RunningStack):
+    await set_clock(stack, tomorrow_at(23, 30))
+    doctor = await stack.login("d2001")
+    try:
+        async def override_ids() -> list[str]:
+            async with aiohttp.ClientSession() as http, http.get(
+                stack.url + "/_matrix/client/v3/pushrules/global/",
+                headers={"Authorization": f"Bearer {doctor.access_token}"},
+            ) as resp:
+                return [r["rule_id"] for r in (await resp.json())["override"]]
+
+        created = await doctor.room_create(invite=[stack.bot_user_id], is_direct=True)
+        assert isinstance(created, RoomCreateResponse)
+        assert await eventually(lambda: _joined(doctor, created.room_id, stack.bot_user_id))
+        await doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!quiet off"})
+
+        async def quiet_gone() -> bool:
+            return "org.carematrix.quiet_hours" not in await override_ids()
+
+        assert await eventually(quiet_gone, timeout=60, interval=1)
+        await doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!quiet on"})
+
+        async def quiet_back() -> bool:
+            return "org.carematrix.quiet_hours" in await override_ids()
+
+        assert await eventually(quiet_back, timeout=60, interval=1)
+    finally:
+        await doctor.close()
