@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.policy.yamlsrc import LineDict, LineList
+from carematrix.policy.yamlsrc import LineList
 
 EVENTS = ("admission", "transfer", "discharge", "update", "result", "critical_result", "order")
 PRIORITIES = ("routine", "urgent", "critical")
@@ -102,4 +102,3 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links)
 
 
-__all__ = ["ClinicalPolicy", "LineDict", "Rule", "Ward", "load_clinical"]
