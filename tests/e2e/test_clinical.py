@@ -170,3 +170,40 @@ async def test_malformed_hl7_gets_a_nak_and_a_dead_letter(stack: RunningStack):
     _, stranger = hl7("PID|1||X1^^^RENHE^MR||A^B", "PV1|1|I|ICU^01^01", facility="UNKNOWN-CLINIC")
     assert ack_code(await send_mllp(stack, stranger)) == "AR"
     assert await dead_letters() == before + 3
+
+
+async def test_kill_9_with_messages_queued_delivers_each_exactly_once(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team(stack, nurse, "icu")
+        batch = uuid.uuid4().hex[:4].upper()
+        patients = [f"K{batch}{i:03d}" for i in range(40)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
+        decoder = MllpDecoder()
+        try:
+            for pid in patients:
+                _, payload = hl7(f"PID|1||{pid}^^^RENHE^MR||测试^{pid}||19700101|M", "PV1|1|I|ICU^09^09")
+                writer.write(frame(payload))
+                await writer.drain()
+                while not (acks := decoder.feed(await asyncio.wait_for(reader.read(65536), 30))):
+                    pass
+                assert ack_code(parse(acks[0])) == "AA"
+        finally:
+            writer.close()
+        # Every message is acknowledged, so stored; the appservice dies while delivering.
+        stack.stack.appservice.kill()
+        delivered_before = len([b for b in await bodies(nurse, icu) if f"K{batch}" in b])
+        stack.stack.restart_appservice()
+
+        async def all_posted() -> bool:
+            found = [b for b in await bodies(nurse, icu) if f"K{batch}" in b]
+            return len({pid for pid in patients if any(pid in b for b in found)}) == len(patients)
+
+        assert await eventually(all_posted, timeout=90, interval=1)
+        await asyncio.sleep(3)
+        found = [b for b in await bodies(nurse, icu) if f"K{batch}" in b]
+        assert len(found) == len(patients), (
+            f"{len(found)} notices for {len(patients)} messages ({delivered_before} were out before the kill)"
+        )
+    finally:
+        await nurse.close()
