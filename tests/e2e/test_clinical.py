@@ -13,7 +13,7 @@ from nio import AsyncClient, RoomSendResponse
 
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
-from tests.e2e.test_oncall import notices, paged_in, set_clock, tomorrow_at
+from tests.oncall_support import notices, paged_in, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
 

@@ -5,35 +5,16 @@ roster feeds (iCalendar and CSV), and the appservice clock moved by the test (th
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, time, timedelta
-from typing import Any
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 import aiohttp
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
+from tests.oncall_support import members, notices, paged_in, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
-HOSPITAL_TZ = ZoneInfo("Asia/Shanghai")
 ATTENDING = "role-cardiology-attending"
 ICU = "role-icu-doctor"
-
-
-def tomorrow_at(hour: int, minute: int) -> datetime:
-    day = datetime.now(HOSPITAL_TZ).date() + timedelta(days=1)
-    return datetime.combine(day, time(hour, minute), HOSPITAL_TZ)
-
-
-async def set_clock(stack: RunningStack, at: datetime) -> None:
-    url = stack.deployment.settings.appservice_url + "/_carematrix/test/clock"
-    headers = {"Authorization": f"Bearer {stack.deployment.secrets['as_token']}"}
-    async with aiohttp.ClientSession() as http, http.post(url, json={"now": at.isoformat()}, headers=headers) as resp:
-        assert resp.status == 200, await resp.text()
-
-
-async def members(client: AsyncClient, room: str) -> dict[str, str]:
-    state = await client.room_get_state(room)
-    return {e["state_key"]: e["content"].get("membership") for e in state.events if e["type"] == "m.room.member"}
 
 
 async def dm_role(stack: RunningStack, client: AsyncClient, role_localpart: str) -> str:
@@ -46,20 +27,6 @@ async def dm_role(stack: RunningStack, client: AsyncClient, role_localpart: str)
 
     assert await eventually(joined)
     return created.room_id
-
-
-async def notices(client: AsyncClient, room: str) -> list[dict[str, Any]]:
-    resp = await client.room_messages(room, limit=100)
-    assert hasattr(resp, "chunk"), resp
-    return [e.source for e in reversed(resp.chunk) if e.source.get("content", {}).get("msgtype") == "m.notice"]
-
-
-async def paged_in(client: AsyncClient, room: str) -> set[str]:
-    out: set[str] = set()
-    for n in await notices(client, room):
-        if n["content"].get("org.carematrix.page"):
-            out |= set(n["content"].get("m.mentions", {}).get("user_ids", []))
-    return out
 
 
 async def page(stack: RunningStack, nurse: AsyncClient, role_localpart: str, at: datetime, text: str) -> str:
