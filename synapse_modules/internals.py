@@ -197,11 +197,6 @@ async def censor_event(api: Any, event_id: str) -> None:
     await store.db_pool.runInteraction("carematrix_burn_search_row", drop_search_row)
 
 
-def stored_event_json(txn: Any, event_id: str) -> str | None:
-    txn.execute("SELECT json FROM event_json WHERE event_id = ?", (event_id,))
-    row = txn.fetchone()
-    return row[0] if row else None
-
 
 def dialect_of(api: Any) -> str:
     from synapse.storage.engines import PostgresEngine
