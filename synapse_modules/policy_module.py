@@ -228,12 +228,6 @@ class CareMatrixPolicy:
             content=event.content, process=process,
         )
 
-    async def _audit_allowed(self, event: EventBase) -> None:
-        """An accepted event is on record before Synapse stores it and answers the client."""
-        writer = current_writer()
-        if writer is not None:
-            await writer.record(self._record_of(event, writer.process))
-
     async def keep_real_name(self, event: EventBase, state_events: Any) -> tuple[bool, dict | None]:
         """Staff appear under their real name in every room: a per-room nickname in a
         member event is replaced by the org's display name (Synapse rebuilds the event)."""
@@ -276,8 +270,10 @@ class CareMatrixPolicy:
         if not verdict.allowed:
             return await self._refuse(verdict, event.sender, event.room_id, event.type)
         rc = policy.room_classes.get(room.class_id or "")
+        # An accepted event is on record before Synapse stores it and answers the client:
+        # inside the no-forward check's transaction when it has one, else on its own.
         writer = current_writer()
-        also = None
+        also = record = None
         if writer is not None:
             await writer.ready()
             record = self._record_of(event, writer.process)
@@ -285,8 +281,8 @@ class CareMatrixPolicy:
         refusal, hash_prints, recorded = await self._protection.check_send(event, rc, also)
         if refusal is not None:
             return await self._refuse(refusal, event.sender, event.room_id, event.type)
-        if not recorded:
-            await self._audit_allowed(event)
+        if writer is not None and record is not None and not recorded:
+            await writer.record(record)
         await self._protection.after_accept(event, rc, hash_prints)
         return NOT_SPAM
 

@@ -49,6 +49,7 @@ class ClinicalService:
         self.bot = bot_user_id
         self.his_token = his_token
         self._wake = asyncio.Event()
+        self._rooms: dict[str, str] = {}  # ward-room alias -> room ID
 
     @property
     def policy(self) -> ClinicalPolicy | None:
@@ -206,8 +207,12 @@ class ClinicalService:
         return f"\n{template.format(patient_id=quote(patient_id))}" if template else ""
 
     async def _ward_room(self, policy: ClinicalPolicy, ward: Ward) -> str:
+        """Resolved once per alias: org sync keeps a unit's room, so its ID does not change."""
         alias = "#" + policy.ward_room.format(unit=ward.unit) + ":" + self.matrix.server
-        return (await self.matrix.call("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}"))["room_id"]
+        if alias not in self._rooms:
+            data = await self.matrix.call("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}")
+            self._rooms[alias] = data["room_id"]
+        return self._rooms[alias]
 
     async def _post(self, room_id: str, item: Inbound, priority: str, text: str, patient: dict[str, str]) -> str:
         content = {

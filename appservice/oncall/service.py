@@ -30,7 +30,7 @@ from bridges.roster import FeedConfig, FeedInvalid, parse_feed
 from carematrix.oncall import quiet_hours
 from carematrix.oncall.escalation import Action, Page, due, on_ack, on_deadline, open_page
 from carematrix.oncall.model import Override
-from carematrix.oncall.policy import OncallPolicy, RoleAddress
+from carematrix.oncall.policy import OncallPolicy, RoleAddress, role_localpart
 from carematrix.oncall.roster import Roster
 from carematrix.oncall.swap import swap
 from carematrix.oncall.targets import resolver
@@ -94,15 +94,15 @@ class OncallService:
         return person.staff_number if person else None
 
     def name(self, staff_number: str) -> str:
-        for person in self.policy.staff:
-            if person.staff_number == staff_number:
-                return f"{person.name} ({staff_number})"
-        return staff_number
+        """"李伟 Li Wei (D1001)" for a staff number; anything else comes back unchanged."""
+        person = self.policy.staff_for_localpart(staff_localpart(staff_number))
+        if person is None or person.staff_number != staff_number:
+            return staff_number
+        return f"{person.name} ({staff_number})"
 
     def _words(self, text: str) -> str:
         """Staff numbers in the state machine's messages become names people recognise."""
-        numbers = {p.staff_number for p in self.policy.staff}
-        return re.sub(r"\b[A-Za-z0-9][A-Za-z0-9._-]*\b", lambda m: self.name(m.group(0)) if m.group(0) in numbers else m.group(0), text)
+        return re.sub(r"\b[A-Za-z0-9][A-Za-z0-9._-]*\b", lambda m: self.name(m.group(0)), text)
 
     async def setup(self) -> None:
         await self.store.setup()
@@ -399,12 +399,12 @@ class OncallService:
         """Send the outbox in order; each send carries its outbox ID as transaction ID, so a
         send retried after a crash is not delivered twice."""
         for txn_id, page_id, action in await self.store.unsent():
-            pages = [p for p in await self.store.pages(None) if p.page_id == page_id]
-            if not pages:
+            page = await self.store.page(page_id)
+            if page is None:
                 await self.store.mark_sent(txn_id)
                 continue
             try:
-                await self._perform(pages[0], action, txn_id)
+                await self._perform(page, action, txn_id)
             except MatrixCallFailed as exc:
                 log.error("page %s: %s failed: %s", page_id, action.kind, exc)
                 if exc.status < 500:
@@ -413,7 +413,7 @@ class OncallService:
             await self.store.mark_sent(txn_id)
 
     async def _perform(self, page: Page, action: Action, txn_id: str) -> None:
-        role_user = self.matrix.uid(f"role-{page.role.replace('/', '-')}")
+        role_user = self.matrix.uid(role_localpart(page.role))
         message = self._words(action.message)
         if action.kind == "page":
             for staff in action.staff:
