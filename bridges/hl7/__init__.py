@@ -14,7 +14,7 @@ from bridges.hl7.events import extract
 from bridges.hl7.message import Message, Segment
 from bridges.hl7.mllp import MllpDecoder, MllpError, frame
 from bridges.hl7.parse import parse, parse_header
-from bridges.hl7.records import (
+from bridges.records import (
     ABNORMAL_FLAGS,
     CRITICAL_FLAGS,
     AdtEvent,

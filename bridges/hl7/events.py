@@ -17,7 +17,7 @@ from bridges.hl7.errors import (
     Hl7Error,
 )
 from bridges.hl7.message import Message, Segment
-from bridges.hl7.records import (
+from bridges.records import (
     ABNORMAL_FLAGS,
     CRITICAL_FLAGS,
     AdtEvent,

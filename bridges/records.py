@@ -97,3 +97,32 @@ class OrderEvent:
     test: str
     ordering_provider: str
     priority: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEvent:
+    """A diagnostic report is ready (FHIR DiagnosticReport final/amended): the ordering
+    physician should hear about it without watching the EMR."""
+
+    patient: Patient
+    report_id: str
+    title: str
+    status: str
+    ordering_provider: str  # staff number of the requester, "" when unknown
+    conclusion: str = ""
+    issued: datetime | None = None
+    visit: Visit = field(default_factory=Visit)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagingEvent:
+    """A study is available in the PACS (FHIR ImagingStudy): key images can be fetched by
+    its Study Instance UID over DICOMweb."""
+
+    patient: Patient
+    study_uid: str
+    accession: str
+    description: str
+    modalities: tuple[str, ...] = ()
+    started: datetime | None = None
+    visit: Visit = field(default_factory=Visit)
