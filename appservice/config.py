@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,11 @@ class AppserviceConfig:
     hl7_host: str = "127.0.0.1"
     hl7_port: int = 0
     his_token: str | None = None
+    fhir_tokens: dict[str, str] = field(default_factory=dict)  # source -> bearer token
+    fhir_server: str | None = None
+    dicomweb: str | None = None
+    emr_archive: str | None = None
+    case_archives: Path | None = None
 
     @property
     def bot_user_id(self) -> str:
@@ -96,6 +101,8 @@ class AppserviceConfig:
             initial_password=initial_password,
             test_clock=raw.get("test_clock") is True,
             **_hl7(raw.get("hl7")),
+            **_fhir(raw.get("fhir")),
+            **_systems(raw.get("systems")),
         )
 
 
@@ -111,3 +118,31 @@ def _hl7(section: Any) -> dict[str, Any]:
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         raise ValueError("'hl7.his_token' must be a secret of at least 16 characters")
     return {"hl7_host": str(section.get("listen_host", "127.0.0.1")), "hl7_port": port, "his_token": token}
+
+
+def _fhir(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    tokens = section.get("tokens") if isinstance(section, dict) else None
+    if not isinstance(tokens, dict):
+        raise ValueError("'fhir.tokens' must map each FHIR source to its bearer token")
+    for source, token in tokens.items():
+        if not isinstance(token, str) or len(token) < 16:
+            raise ValueError(f"'fhir.tokens.{source}' must be a secret of at least 16 characters")
+    return {"fhir_tokens": {str(k): v for k, v in tokens.items()}}
+
+
+def _systems(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ValueError("'systems' must be a mapping")
+    out: dict[str, Any] = {}
+    for key in ("fhir_server", "dicomweb", "emr_archive"):
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
+            raise ValueError(f"'systems.{key}' must be an http(s) URL or null, got {value!r}")
+        out[key] = value.rstrip("/") if value else None
+    archives = section.get("case_archives")
+    out["case_archives"] = Path(archives) if isinstance(archives, str) else None
+    return out

@@ -68,6 +68,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
         demo=not args.no_demo,
         audit_syslog=args.audit_syslog or os.environ.get("CAREMATRIX_AUDIT_SYSLOG"),
+        fhir_server=args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
+        dicomweb=args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
+        emr_archive=args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
     check_ports(settings)
@@ -366,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--bind", default="127.0.0.1", help="address the homeserver listens on")
     up.add_argument("--policy-dir", type=Path, help="policies directory (default ./policies)")
     up.add_argument("--audit-syslog", metavar="HOST:PORT", help="forward every audit record to this syslog collector (TCP)")
+    up.add_argument("--fhir-server", metavar="URL", help="the hospital's FHIR R4 server (patient summaries in case rooms)")
+    up.add_argument("--dicomweb", metavar="URL", help="the PACS's DICOMweb root (key images in case rooms)")
+    up.add_argument("--emr-archive", metavar="URL", help="FHIR endpoint closed cases are archived to (Bundle + PDF)")
     up.add_argument("--no-demo", action="store_true", help="accounts get no password (sign-in via SSO); no demo logins printed")
     up.set_defaults(func=cmd_up)
 

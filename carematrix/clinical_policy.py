@@ -3,13 +3,24 @@ onto units and on-duty roles, and where each kind of clinical event goes."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from carematrix.policy.yamlsrc import LineList
 
-EVENTS = ("admission", "transfer", "discharge", "update", "result", "critical_result", "order")
+EVENTS = (
+    "admission", "transfer", "discharge", "update", "result", "critical_result", "order",
+    "report", "imaging",
+)
 PRIORITIES = ("routine", "urgent", "critical")
+# Who a rule can notify by direct message besides the ward room and the ward's roles.
+NOTIFY_TARGETS = ("ordering_provider",)
+# FHIR resource types a source may be allowed to push (bridges.fhir.validate.RESOURCE_TYPES).
+FHIR_TYPES = ("Encounter", "Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest", "Patient")
+SOURCE_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEEP_LINK_FIELDS = {"patient": ("patient_id",), "study": ("study_uid", "accession", "patient_id")}
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,16 @@ class Rule:
     post: bool  # a notice in the ward's team room
     page: tuple[str, ...]  # ward role keys ("nurse", "doctor") to page
     priority: str
+    notify: tuple[str, ...] = ()  # NOTIFY_TARGETS told by direct message
+
+
+@dataclass(frozen=True)
+class CasePolicy:
+    """Patient case (MDT) rooms: who may open one and how it is named."""
+
+    open_positions: frozenset[str] = frozenset({"doctor"})
+    room_name: str = "Case {patient_name} ({patient_id})"
+    key_images: int = 4  # images posted per study by !images
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,17 @@ class ClinicalPolicy:
     rules: tuple[Rule, ...]
     ward_room: str = "{unit}-team"  # alias localpart of a unit's room for clinical notices
     deep_links: dict[str, str] | None = None  # "patient"/"study" -> URL template
+    # FHIR sources (named by their bearer token in the deployment's secrets) -> the resource
+    # types each may push.
+    fhir_sources: dict[str, frozenset[str]] | None = None
+    cases: CasePolicy = CasePolicy()
+
+    def link(self, kind: str, **values: str) -> str | None:
+        """A deep link into the HIS/EMR/PACS viewer, or None when the hospital has none."""
+        template = (self.deep_links or {}).get(kind)
+        if not template:
+            return None
+        return template.format(**{k: quote(v, safe="") for k, v in values.items()})
 
     def rules_for(self, event: str) -> list[Rule]:
         return [r for r in self.rules if r.event == event]
@@ -43,7 +75,7 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     data = chk.mapping(value, line, "'clinical'")
     if data is None:
         return None
-    chk.keys(data, ("senders", "wards", "rules", "ward_room", "deep_links"), "'clinical'")
+    chk.keys(data, ("senders", "wards", "rules", "ward_room", "deep_links", "fhir_sources", "cases"), "'clinical'")
     senders = frozenset(v for v, _ in chk.text_list(data, "senders", "'clinical'"))
     if not senders:
         chk.error(data.line, "'clinical' needs 'senders': the sending facilities (MSH-4) accepted")
@@ -75,7 +107,7 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
         if body is None:
             continue
         # "when", not "on": YAML reads a bare "on" as true.
-        chk.keys(body, ("when", "post", "page", "priority"), "a clinical rule")
+        chk.keys(body, ("when", "post", "page", "priority", "notify"), "a clinical rule")
         event = body.get("when")
         if event not in EVENTS:
             chk.error(body.line_of("when"), f"'when' of a clinical rule must be one of: {', '.join(EVENTS)}")
@@ -93,12 +125,66 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
         if priority not in PRIORITIES:
             chk.error(body.line_of("priority"), f"'priority' of a clinical rule must be one of: {', '.join(PRIORITIES)}")
             priority = "critical"
-        rules.append(Rule(str(event), post, tuple(page), str(priority)))
+        notify = [n for n, _ in chk.text_list(body, "notify", "a clinical rule")]
+        for target in notify:
+            if target not in NOTIFY_TARGETS:
+                chk.error(body.line_of("notify"), f"'notify' names '{target}' (known: {', '.join(NOTIFY_TARGETS)})")
+        rules.append(Rule(str(event), post, tuple(page), str(priority), tuple(notify)))
     ward_room = str(data.get("ward_room", "{unit}-team"))
     links = None
     if "deep_links" in data:
         lmap = chk.mapping(data["deep_links"], data.line_of("deep_links"), "'clinical.deep_links'")
-        links = {str(k): str(v) for k, v in (lmap or {}).items()}
-    return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links)
+        links = {}
+        for kind, template in (lmap or {}).items():
+            fields = DEEP_LINK_FIELDS.get(str(kind))
+            if fields is None:
+                chk.error(lmap.line_of(kind), f"deep link '{kind}' is not known (known: {', '.join(DEEP_LINK_FIELDS)})")
+                continue
+            try:
+                str(template).format(**{f: "x" for f in fields})
+            except (KeyError, IndexError, ValueError) as exc:
+                chk.error(lmap.line_of(kind), f"deep link '{kind}' uses an unknown field or bad braces ({exc}); fields: {', '.join('{' + f + '}' for f in fields)}")
+                continue
+            links[str(kind)] = str(template)
+    sources = _fhir_sources(data, chk) if "fhir_sources" in data else None
+    cases = _cases(data, chk) if "cases" in data else CasePolicy()
+    return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links, sources, cases)
+
+
+def _fhir_sources(data: Any, chk: Any) -> dict[str, frozenset[str]]:
+    spec = chk.mapping(data["fhir_sources"], data.line_of("fhir_sources"), "'clinical.fhir_sources'")
+    out: dict[str, frozenset[str]] = {}
+    for name, types in (spec or {}).items():
+        line = spec.line_of(name)
+        if not re.match(SOURCE_RE, str(name)):
+            chk.error(line, f"FHIR source name '{name}' must be letters, digits, '.', '_' or '-'")
+            continue
+        if not isinstance(types, list) or not types:
+            chk.error(line, f"FHIR source '{name}' needs the list of resource types it may push")
+            continue
+        bad = [str(t) for t in types if t not in FHIR_TYPES]
+        if bad:
+            chk.error(line, f"FHIR source '{name}' lists unsupported resource types {', '.join(bad)} (supported: {', '.join(FHIR_TYPES)})")
+        out[str(name)] = frozenset(str(t) for t in types if t in FHIR_TYPES)
+    return out
+
+
+def _cases(data: Any, chk: Any) -> CasePolicy:
+    body = chk.mapping(data["cases"], data.line_of("cases"), "'clinical.cases'")
+    if body is None:
+        return CasePolicy()
+    chk.keys(body, ("open", "room_name", "key_images"), "'clinical.cases'")
+    positions = frozenset(p for p, _ in chk.text_list(body, "open", "'clinical.cases'")) or CasePolicy.open_positions
+    name = str(body.get("room_name", CasePolicy.room_name))
+    try:
+        name.format(patient_name="x", patient_id="x")
+    except (KeyError, IndexError, ValueError) as exc:
+        chk.error(body.line_of("room_name"), f"'room_name' may use {{patient_name}} and {{patient_id}} only ({exc})")
+        name = CasePolicy.room_name
+    images = body.get("key_images", CasePolicy.key_images)
+    if not isinstance(images, int) or isinstance(images, bool) or not 1 <= images <= 20:
+        chk.error(body.line_of("key_images"), "'key_images' must be a whole number from 1 to 20")
+        images = CasePolicy.key_images
+    return CasePolicy(positions, name, images)
 
 

@@ -38,6 +38,11 @@ SECRET_KEYS = (
 )
 
 
+# Each FHIR source in the clinical policy pushes with its own bearer token, kept in the
+# secrets as "fhir_token:<source>".
+FHIR_TOKEN_PREFIX = "fhir_token:"
+
+
 class DeployError(Exception):
     """A problem the operator can fix; the message says what and how."""
 
@@ -72,6 +77,12 @@ class Settings:
     # MLLP (HL7 v2 over TCP) port the appservice listens on for the HIS; 0 switches it off.
     hl7_port: int = 2575
     hl7_bind: str = "127.0.0.1"
+    # The hospital systems the appservice reads from and writes to (None: not connected):
+    # the FHIR R4 server case summaries come from, the PACS's DICOMweb root, and the EMR
+    # FHIR endpoint closed cases are archived to.
+    fhir_server: str | None = None
+    dicomweb: str | None = None
+    emr_archive: str | None = None
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -116,6 +127,7 @@ class Paths:
     appservice_log = property(lambda self: self.appservice_dir / "appservice.log")
     logs = property(lambda self: self.root / "logs")
     watermark_cache = property(lambda self: self.root / "watermark-cache")
+    case_archives = property(lambda self: self.root / "case-archives")
 
 
 @dataclass
@@ -198,7 +210,7 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create_secrets(paths: Paths) -> dict[str, str]:
+def load_or_create_secrets(paths: Paths, extra_keys: list[str] | None = None) -> dict[str, str]:
     existing: dict[str, str] = {}
     if paths.secrets.exists():
         try:
@@ -208,7 +220,7 @@ def load_or_create_secrets(paths: Paths) -> dict[str, str]:
                 f"{paths.secrets} is unreadable or corrupt ({exc}); restore it from backup — "
                 "deleting it would invalidate every token and the appservice registration"
             ) from exc
-    missing = [k for k in SECRET_KEYS if not existing.get(k)]
+    missing = [k for k in (*SECRET_KEYS, *(extra_keys or [])) if not existing.get(k)]
     if missing:
         for key in missing:
             existing[key] = (
@@ -368,7 +380,7 @@ def prepare(settings: Settings) -> Deployment:
     if not re.match(r"^[A-Za-z0-9.-]+(:[0-9]+)?$", settings.server_name):
         raise DeployError(f"server name {settings.server_name!r} is not a valid host name")
     try:
-        load_policy(settings.policy_dir)
+        policy = load_policy(settings.policy_dir)
     except PolicyInvalid as exc:
         raise DeployError(
             f"the policy in {settings.policy_dir} is invalid; fix it (carematrix policy check):\n{exc}"
@@ -379,7 +391,8 @@ def prepare(settings: Settings) -> Deployment:
     _record_deployment(settings, paths)
     for d in (paths.synapse_dir, paths.appservice_dir, paths.media, paths.logs):
         d.mkdir(parents=True, exist_ok=True)
-    secret_values = load_or_create_secrets(paths)
+    sources = sorted((policy.clinical.fhir_sources or {}) if policy.clinical else {})
+    secret_values = load_or_create_secrets(paths, [FHIR_TOKEN_PREFIX + name for name in sources])
     ensure_signing_key(paths)
     deployment = Deployment(settings, paths, secret_values)
     server_re = re.escape(settings.server_name)
@@ -440,6 +453,14 @@ def prepare(settings: Settings) -> Deployment:
         "hl7_port": settings.hl7_port if settings.carematrix_enabled else 0,
         "hl7_bind": settings.hl7_bind,
         "his_token": secret_values["his_token"],
+        "fhir_tokens": {
+            key[len(FHIR_TOKEN_PREFIX):]: value for key, value in secret_values.items()
+            if key.startswith(FHIR_TOKEN_PREFIX)
+        },
+        "fhir_server": settings.fhir_server,
+        "dicomweb": settings.dicomweb,
+        "emr_archive": settings.emr_archive,
+        "case_archives": str(paths.case_archives),
     }
     for key in SECRET_KEYS:
         values[key] = secret_values[key]

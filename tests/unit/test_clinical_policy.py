@@ -41,3 +41,40 @@ def test_mistakes_are_reported_with_lines():
     assert "c.yaml:4: 'roles.nurse' of ward 'W9' names unknown on-call role 'icu/nurse'" in errors
     assert "c.yaml:6: unknown key 'True'" in errors  # YAML reads a bare `on` as true
     assert "c.yaml:7: 'page' names 'pharmacist'" in errors
+
+
+def test_demo_hospital_fhir_sources_cases_and_links():
+    clinical = load_policy(REPO_ROOT / "policies").clinical
+    assert clinical.fhir_sources["LIS"] == {"Observation", "DiagnosticReport"}
+    assert "ImagingStudy" in clinical.fhir_sources["EMR"]
+    (report,) = clinical.rules_for("report")
+    assert report.notify == ("ordering_provider",) and not report.post
+    assert clinical.cases.open_positions == {"doctor", "nurse"}
+    assert clinical.link("study", study_uid="1.2.3") == "https://pacs.renhe.example/viewer?StudyInstanceUID=1.2.3"
+    assert clinical.link("patient", patient_id="P 1/2") == "https://his.renhe.example/patient/P%201%2F2"
+
+
+def test_fhir_case_and_link_mistakes_are_reported_with_lines():
+    text = (
+        "clinical:\n"
+        "  senders: [HIS]\n"
+        "  rules:\n"
+        "    - {when: report, notify: [ward_clerk]}\n"
+        "  fhir_sources:\n"
+        "    EMR: [Observation, Appointment]\n"
+        "    LIS: []\n"
+        "  cases:\n"
+        "    key_images: 50\n"
+        "    room_name: 'Case {bed}'\n"
+        "  deep_links:\n"
+        "    study: 'https://pacs/{study}'\n"
+        "    lab: 'https://lis/{patient_id}'\n"
+    )
+    errors = "\n".join(errors_of(text))
+    assert "c.yaml:4: 'notify' names 'ward_clerk'" in errors
+    assert "c.yaml:6: FHIR source 'EMR' lists unsupported resource types Appointment" in errors
+    assert "c.yaml:7: FHIR source 'LIS' needs the list of resource types" in errors
+    assert "c.yaml:9: 'key_images' must be a whole number from 1 to 20" in errors
+    assert "c.yaml:10: 'room_name' may use {patient_name} and {patient_id} only" in errors
+    assert "c.yaml:12: deep link 'study' uses an unknown field" in errors
+    assert "c.yaml:13: deep link 'lab' is not known" in errors
