@@ -29,7 +29,12 @@ HELP = (
     "!oncall [unit] — who holds each on-duty role now, and who is next\n"
     "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then\n"
     "!oncall swap <role> <staff number> — trade your next shift of a role for theirs\n"
-    "!quiet on|off — silence work notifications while you are off duty (critical alerts still ring)"
+    "!quiet on|off — silence work notifications while you are off duty (critical alerts still ring)\n"
+    "!case open <patient id> [unit ...] — open a patient case (MDT) room with the ward's and those "
+    "units' on-duty roles and the patient's summary\n"
+    "!images <accession number or study UID> — post the study's key images into this case room\n"
+    "!decision <text> — record a decision in this case room\n"
+    "!case close — archive this case (FHIR Bundle + PDF to the EMR) and make the room read-only"
 )
 
 

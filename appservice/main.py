@@ -22,6 +22,8 @@ from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
+from appservice.clinical.cases import CaseService
+from appservice.clinical.fhir_intake import FhirIntake
 from appservice.clinical.service import ClinicalService
 from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
@@ -59,6 +61,7 @@ class Bot:
         self.started_at = time.time()
         self.last_rejected: ReloadOutcome | None = None
         self._applied_digest = policy.current.digest
+        self.cases: CaseService | None = None
 
     def on_policy_outcome(self, outcome: ReloadOutcome) -> None:
         self.last_rejected = None if outcome.accepted else outcome
@@ -152,6 +155,10 @@ class Bot:
             reply = await self.oncall.set_quiet(str(evt.sender), command.args[0] == "on")
         elif command.name == "oncall":
             reply = await self._oncall_command(str(evt.sender), command.args)
+        elif command.name in ("case", "decision", "images") and self.cases is not None:
+            reply = await self.cases.command(str(evt.room_id), str(evt.sender), command.name, command.args)
+            if reply is None:
+                return
         else:
             reply = reply_unknown(command.name)
         await self.appserv.intent.send_notice(evt.room_id, reply)
@@ -278,8 +285,23 @@ async def run(config: AppserviceConfig) -> None:
         ClinicalStore(db), holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
         appserv.bot_mxid, config.his_token,
     )
+    cases = CaseService(
+        db, clinical.store, holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
+        appserv.bot_mxid, fhir_server=config.fhir_server, dicomweb=config.dicomweb,
+        emr_archive=config.emr_archive, archive_dir=config.case_archives, session=session,
+    )
+    clinical.cases = cases
+    clinical.source_tokens = config.fhir_tokens
+    if config.fhir_server:
+        clinical.fetch_resource = _fhir_reader(session, config.fhir_server)
+    fhir = FhirIntake(
+        clinical.store, holder, config.fhir_tokens, AuditClient(config.homeserver_url, config.as_token),
+        clinical.wake, can_fetch=bool(config.fhir_server),
+    )
+    fhir.routes(appserv.app)
     bot = Bot(config, appserv, holder, org, oncall)
     bot.clinical = clinical
+    bot.cases = cases
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.query_alias = oncall.query_alias
@@ -309,6 +331,7 @@ async def run(config: AppserviceConfig) -> None:
         await oncall.setup()
         await oncall.refresh_feeds(config.policy_dir, force=True)
         await clinical.store.setup()
+        await cases.setup()
         hl7_server = await clinical.serve(config.hl7_host, config.hl7_port) if config.hl7_port else None
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
@@ -329,6 +352,18 @@ async def run(config: AppserviceConfig) -> None:
         await session.close()
         await appserv.stop()
         await db.stop()
+
+
+def _fhir_reader(session: aiohttp.ClientSession, base: str) -> Any:
+    """Reads one resource ("Observation/123") from the hospital's FHIR server."""
+
+    async def read(reference: str) -> dict:
+        async with session.get(f"{base}/{reference}", headers={"Accept": "application/fhir+json"}) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"FHIR server answered HTTP {resp.status} for {reference}")
+            return await resp.json(content_type=None)
+
+    return read
 
 
 async def _wait_for_homeserver(appserv: AppService, stop: asyncio.Event) -> None:

@@ -227,6 +227,12 @@ class ContentProtection:
             message = await self._refuse(MEMBERS_ONLY, user_id, room, f"{kind} {mxc}")
             internals.respond_error(request, 403, "M_FORBIDDEN", message, **{"org.carematrix.rule": MEMBERS_ONLY.rule})
             return
+        if self._is_system(user_id):
+            # The hospital's own service archives case rooms into the EMR: it gets the
+            # original, on record like every download.
+            if await self._record_serve(user_id, mxc, room, kind, request, {"protected": "archive"}):
+                await serve_original()
+            return
         images = [p for p in postings if p.kind == "image"]
         if not images:
             if any(p.other_files == "block" for p in postings):

@@ -12,6 +12,8 @@ after a crash is not shown twice.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -19,21 +21,27 @@ from urllib.parse import quote
 from aiohttp import web
 
 from appservice.audit_client import AuditClient
+from appservice.clinical.fhir_intake import MESSAGE_PREFIX
 from appservice.clinical.store import ClinicalStore, Inbound
 from appservice.oncall.service import OncallService
+from bridges.fhir.events import extract_resource
+from bridges.fhir.outcome import FhirInvalid
 from bridges.hl7.ack import ack
-from bridges.hl7.events import AdtEvent, OrderEvent, ResultEvent, extract
+from bridges.hl7.events import extract
 from bridges.hl7.mllp import MllpDecoder, MllpError, frame
 from bridges.hl7.parse import Hl7Error, Message, parse, parse_header
+from bridges.records import AdtEvent, ImagingEvent, OrderEvent, ReportEvent, ResultEvent
 from carematrix.clinical_policy import ClinicalPolicy, Ward
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
+from carematrix.policy.model import staff_localpart
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.clinical")
 
 ADT_EVENTS = {"A01": "admission", "A04": "admission", "A02": "transfer", "A03": "discharge", "A08": "update"}
-HL7_FIELD = "org.carematrix.hl7"
+# Which system message a notice came from (facility/source and its control ID or FHIR key).
+SOURCE_FIELD = "org.carematrix.hl7"
 
 
 class ClinicalService:
@@ -50,6 +58,13 @@ class ClinicalService:
         self.his_token = his_token
         self._wake = asyncio.Event()
         self._rooms: dict[str, str] = {}  # ward-room alias -> room ID
+        self.source_tokens: dict[str, str] = {}  # FHIR source -> its bearer token
+        self.cases: Any = None  # CaseService, when case rooms are wired in
+        self.fetch_resource: Any = None  # async "Type/id" -> resource, when a FHIR server is connected
+
+    def wake(self) -> None:
+        """New input is stored: deliver now rather than at the next poll."""
+        self._wake.set()
 
     @property
     def policy(self) -> ClinicalPolicy | None:
@@ -139,34 +154,57 @@ class ClinicalService:
                 await asyncio.sleep(1)
 
     async def _deliver(self, item: Inbound) -> None:
-        message = parse(item.raw)
-        event = extract(message)
         policy = self.policy
         if policy is None:
             return
-        kind, patient, ward_code, summary = await self._describe(event)
-        ward = policy.wards.get(ward_code or "")
-        if ward is None:
-            await self.store.done(item.id, "unroutable", f"no ward for '{ward_code}'")
-            log.warning("HL7 %s: ward '%s' is not in the clinical policy", item.control_id, ward_code)
+        event = await self._event_of(item)
+        if event is None:
+            await self.store.done(item.id, "ignored", "carries no event the hospital routes")
             return
-        room_id = await self._ward_room(policy, ward)
-        for rule in policy.rules_for(kind):
+        kind, patient, ward_code, summary = await self._describe(event)
+        rules = policy.rules_for(kind)
+        ward = policy.wards.get(ward_code or "")
+        if ward is None and any(r.post or r.page for r in rules):
+            await self.store.done(item.id, "unroutable", f"no ward for '{ward_code}'")
+            log.warning("%s %s: ward '%s' is not in the clinical policy", item.message_type, item.control_id, ward_code)
+            return
+        room_id = await self._ward_room(policy, ward) if ward is not None else None
+        for rule in rules:
             event_id = ""
-            if rule.post:
+            if rule.post and room_id:
                 event_id = await self._post(room_id, item, rule.priority, summary, patient)
             for key in rule.page:
-                role_id = ward.roles.get(key)
-                if role_id is None:
+                role_id = ward.roles.get(key) if ward is not None else None
+                if role_id is None or room_id is None:
                     continue
                 page_id = f"hl7-{item.facility}-{item.control_id}-{key}"
                 await self.oncall.page_for_system(page_id, role_id, room_id, event_id, self.bot)
                 await self.store.link_alert(item.facility, item.control_id, page_id, role_id)
+            if "ordering_provider" in rule.notify:
+                await self._tell_ordering_provider(item, event, rule.priority, summary, patient)
+        if isinstance(event, ImagingEvent) and self.cases is not None:
+            await self.cases.on_study(event.patient.id, event.study_uid, f"{item.facility}-{item.control_id}")
         await self.store.done(item.id, "delivered", kind)
         await self.audit.record(
-            actor=self.bot, action="bridge.hl7.delivered", object=item.control_id, room=room_id,
-            patient=patient.get("id") or None, outcome="success", process="appservice", details={"event": kind},
+            actor=self.bot, action="bridge.clinical.delivered", object=item.control_id, room=room_id,
+            patient=patient.get("id") or None, outcome="success", process="appservice",
+            details={"event": kind, "source": item.facility, "type": item.message_type},
         )
+
+    async def _event_of(self, item: Inbound) -> Any:
+        if not item.message_type.startswith(MESSAGE_PREFIX):
+            return extract(parse(item.raw))
+        payload = json.loads(item.raw)
+        resource = payload.get("resource")
+        if resource is None:
+            # An id-only Subscription notification: the resource is read now, from the
+            # hospital's FHIR server (a failure retries, the event stays queued).
+            resource = await self.fetch_resource(payload["reference"])
+        try:
+            return extract_resource(resource, payload.get("included") or {})
+        except FhirInvalid as exc:
+            log.warning("FHIR %s cannot be routed: %s", item.control_id, exc.issues[0].diagnostics if exc.issues else exc)
+            return None
 
     async def _describe(self, event: Any) -> tuple[str, dict[str, str], str | None, str]:
         """(event kind, patient, ward code, the notice text)."""
@@ -183,11 +221,16 @@ class ClinicalService:
                 "transfer": f"Transfer: {event.patient.name} ({event.patient.id}) from {event.prior_ward} to {where}",
                 "discharge": f"Discharge: {event.patient.name} ({event.patient.id}) from {where}",
             }.get(kind, f"Update: {event.patient.name} ({event.patient.id}), {where}")
-            return kind, patient, event.visit.ward, text + self._link(event.patient.id)
+            return kind, patient, event.visit.ward, text + self._link("patient", patient_id=event.patient.id)
         known = await self.store.patient(event.patient.id) or {}
-        ward = (event.visit.ward if event.visit and event.visit.ward else None) or known.get("ward")
-        bed = (event.visit.bed if event.visit and event.visit.bed else None) or known.get("bed") or ""
+        if not patient["name"]:
+            patient["name"] = known.get("name") or event.patient.id
+        name = patient["name"]
+        visit = getattr(event, "visit", None)
+        ward = (visit.ward if visit and visit.ward else None) or known.get("ward")
+        bed = (visit.bed if visit and visit.bed else None) or known.get("bed") or ""
         where = f" ({ward} bed {bed})" if bed else (f" ({ward})" if ward else "")
+        link = self._link("patient", patient_id=event.patient.id)
         if isinstance(event, ResultEvent):
             critical = event.critical_observations
             shown = critical or event.observations
@@ -197,14 +240,48 @@ class ClinicalService:
             )
             kind = "critical_result" if critical else "result"
             head = "CRITICAL RESULT" if critical else "Result"
-            return kind, patient, ward, f"{head}: {event.patient.name}{where} — {event.test}: {values}" + self._link(event.patient.id)
+            return kind, patient, ward, f"{head}: {name}{where} — {event.test}: {values}" + link
+        if isinstance(event, ReportEvent):
+            conclusion = f": {event.conclusion}" if event.conclusion else ""
+            return "report", patient, ward, f"Report ready: {event.title} for {name} ({event.patient.id}){conclusion}" + link
+        if isinstance(event, ImagingEvent):
+            what = " ".join(x for x in (" ".join(event.modalities), event.description) if x) or "study"
+            accession = f", accession {event.accession}" if event.accession else ""
+            study = self._link("study", study_uid=event.study_uid, accession=event.accession, patient_id=event.patient.id)
+            return "imaging", patient, ward, f"Images available: {what} for {name}{where}{accession}" + (study or link)
         assert isinstance(event, OrderEvent)
-        return "order", patient, ward, f"Order {event.order_control}: {event.test} for {event.patient.name}{where}"
+        return "order", patient, ward, f"Order {event.order_control}: {event.test} for {name}{where}"
 
-    def _link(self, patient_id: str) -> str:
-        links = self.policy.deep_links if self.policy else None
-        template = (links or {}).get("patient")
-        return f"\n{template.format(patient_id=quote(patient_id))}" if template else ""
+    def _link(self, kind: str, **values: str) -> str:
+        url = self.policy.link(kind, **values) if self.policy else None
+        return f"\n{url}" if url else ""
+
+    async def _tell_ordering_provider(
+        self, item: Inbound, event: Any, priority: str, text: str, patient: dict[str, str]
+    ) -> None:
+        """A report goes to the person who ordered it, in their direct chat with the service."""
+        staff = getattr(event, "ordering_provider", "") or ""
+        number = staff.split("^", 1)[0].strip()
+        person = self.oncall.policy.staff_for_localpart(staff_localpart(number)) if number else None
+        if person is None or person.staff_number != number:
+            log.info("%s %s: ordering provider '%s' is not on the staff list; nobody told", item.message_type, item.control_id, staff)
+            return
+        user_id = self.oncall.user_id(number)
+        room_id = await self.direct_room(user_id)
+        await self._post(room_id, item, priority, text, patient, txn_suffix="tell")
+
+    async def direct_room(self, user_id: str) -> str:
+        """The service's direct chat with one member of staff, created once."""
+        room_id = await self.store.direct_room(user_id)
+        if room_id:
+            return room_id
+        created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
+            "preset": "trusted_private_chat", "is_direct": True, "invite": [user_id],
+            "name": "CareMatrix", "topic": "Reports and notices from the hospital systems",
+        })
+        room_id = str(created["room_id"])
+        await self.store.set_direct_room(user_id, room_id)
+        return room_id
 
     async def _ward_room(self, policy: ClinicalPolicy, ward: Ward) -> str:
         """Resolved once per alias: org sync keeps a unit's room, so its ID does not change."""
@@ -214,12 +291,14 @@ class ClinicalService:
             self._rooms[alias] = data["room_id"]
         return self._rooms[alias]
 
-    async def _post(self, room_id: str, item: Inbound, priority: str, text: str, patient: dict[str, str]) -> str:
+    async def _post(
+        self, room_id: str, item: Inbound, priority: str, text: str, patient: dict[str, str], txn_suffix: str = "post"
+    ) -> str:
         content = {
             "msgtype": "m.notice", "body": text, PRIORITY_FIELD: priority,
-            HL7_FIELD: {"facility": item.facility, "control_id": item.control_id, "patient": patient.get("id")},
+            SOURCE_FIELD: {"facility": item.facility, "control_id": item.control_id, "patient": patient.get("id")},
         }
-        txn = f"hl7-{item.id}-post"
+        txn = f"hl7-{item.id}-{txn_suffix}"
         try:
             sent = await self.matrix.call(
                 "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{txn}", content
@@ -232,9 +311,12 @@ class ClinicalService:
     # -- the HIS asks about its alerts --------------------------------------------------
 
     async def alert_state(self, request: web.Request) -> web.Response:
-        if not self.his_token or request.headers.get("Authorization") != f"Bearer {self.his_token}":
-            return web.json_response({"error": "unauthorised"}, status=401)
         facility, control_id = request.match_info["facility"], request.match_info["control_id"]
+        given = request.headers.get("Authorization", "")
+        # The HIS token reads every alert; a FHIR source's own token reads that source's.
+        tokens = [t for t in (self.his_token, self.source_tokens.get(facility)) if t]
+        if not any(hmac.compare_digest(given.encode(), f"Bearer {t}".encode()) for t in tokens):
+            return web.json_response({"error": "unauthorised"}, status=401)
         pages = await self.store.alert_pages(facility, control_id)
         if not pages:
             return web.json_response({"error": "no alert for this message"}, status=404)

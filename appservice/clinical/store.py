@@ -25,6 +25,9 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clinical_patient (
         patient_id TEXT PRIMARY KEY, name TEXT NOT NULL, ward TEXT, bed TEXT, updated_at BIGINT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS clinical_direct (
+        user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS clinical_alert (
         control_id TEXT NOT NULL, facility TEXT NOT NULL, page_id TEXT NOT NULL, role TEXT NOT NULL,
         PRIMARY KEY (facility, control_id, page_id)
@@ -38,6 +41,7 @@ class Inbound:
     facility: str
     control_id: str
     raw: bytes
+    message_type: str = ""
 
 
 class ClinicalStore:
@@ -75,9 +79,10 @@ class ClinicalStore:
 
     async def pending(self, limit: int = 100) -> list[Inbound]:
         rows = await self.db.fetch(
-            "SELECT id, facility, control_id, raw FROM hl7_inbox WHERE state = 'pending' ORDER BY id LIMIT $1", limit
+            "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' "
+            "ORDER BY id LIMIT $1", limit
         )
-        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"])) for r in rows]
+        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
 
     async def done(self, inbox_id: int, state: str, result: str) -> None:
         await self.db.execute("UPDATE hl7_inbox SET state = $1, result = $2 WHERE id = $3", state, result[:500], inbox_id)
@@ -113,3 +118,13 @@ class ClinicalStore:
             facility, control_id,
         )
         return [(r["page_id"], r["role"]) for r in rows]
+
+    async def direct_room(self, user_id: str) -> str | None:
+        return await self.db.fetchval("SELECT room_id FROM clinical_direct WHERE user_id = $1", user_id)
+
+    async def set_direct_room(self, user_id: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_direct (user_id, room_id) VALUES ($1, $2) "
+            "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
+            user_id, room_id,
+        )

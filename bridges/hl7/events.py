@@ -17,6 +17,7 @@ from bridges.hl7.errors import (
     Hl7Error,
 )
 from bridges.hl7.message import Message, Segment
+from bridges.hl7.timestamps import parse_date, parse_dtm
 from bridges.records import (
     ABNORMAL_FLAGS,
     CRITICAL_FLAGS,
@@ -29,7 +30,6 @@ from bridges.records import (
     ResultEvent,
     Visit,
 )
-from bridges.hl7.timestamps import parse_date, parse_dtm
 
 __all__ = [
     "ABNORMAL_FLAGS",

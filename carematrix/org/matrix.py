@@ -73,6 +73,27 @@ class OrgMatrix:
                 raise MatrixCallFailed(method, path, resp.status, data)
             return data
 
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put a file in the media repository as the bot; returns its mxc:// URI."""
+        path = "/_matrix/media/v3/upload"
+        async with self.session.post(
+            self.base + path, data=data, params={"filename": filename},
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise MatrixCallFailed("POST", path, resp.status, body)
+            return str(body["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        """A file from the media repository as the bot (authenticated media)."""
+        server, media_id = mxc[len("mxc://"):].split("/", 1)
+        path = f"/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}"
+        async with self.session.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}) as resp:
+            if resp.status >= 400:
+                raise MatrixCallFailed("GET", path, resp.status, await resp.text())
+            return await resp.read()
+
     async def _gather(self, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
         gate = asyncio.Semaphore(CONCURRENCY)
 

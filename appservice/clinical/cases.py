@@ -1,0 +1,509 @@
+"""Patient case (MDT) rooms: opened for one patient, filled with the HIS summary and PACS key
+images, closed into an archive the EMR keeps.
+
+``!case open <patient id> [unit ...]`` creates a consult-class room (no-forward, watermarks)
+with the requester, pages the on-duty roles of the patient's ward and of each named unit into
+it, and pins a summary read from the hospital's FHIR server. ``!images <accession | study
+UID>`` posts rendered key images from the PACS. ``!decision <text>`` records a decision.
+``!case close`` archives every message, file and decision as a FHIR Bundle and a PDF, posts
+them to the EMR when one is connected, and makes the room read-only.
+
+A case's state lives in the appservice database; closing is resumable (a crash halfway
+through closes it again on the next command or restart, with the same archive IDs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from mautrix.util.async_db import Database
+
+from appservice.audit_client import AuditClient
+from appservice.clinical.archive import Attachment, CaseInfo, CaseMessage, build_bundle, render_pdf
+from appservice.clinical.store import ClinicalStore
+from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
+from appservice.oncall.service import OncallService
+from bridges.dicom.render import DicomRenderError, render
+from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
+from carematrix.clinical_policy import ClinicalPolicy
+from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
+from carematrix.policy.model import ROOM_CLASS_EVENT, Staff, staff_localpart
+from carematrix.rules.protection import PRIORITY_FIELD
+
+log = logging.getLogger("carematrix.appservice.cases")
+
+CASE_CLASS = "consult"
+CASE_FIELD = "org.carematrix.case"  # on the bot's case notices: {"case_id", "kind"}
+DECISION_FIELD = "org.carematrix.case.decision"
+STUDY_FIELD = "org.carematrix.study"
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS clinical_case (
+        case_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, patient_name TEXT NOT NULL,
+        room_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL, opened_by TEXT NOT NULL,
+        opened_at BIGINT NOT NULL, closed_by TEXT, closed_at BIGINT, summary TEXT NOT NULL,
+        archive TEXT
+    )""",
+]
+
+
+class CaseError(Exception):
+    """A reason to tell the person who typed the command."""
+
+
+class CaseStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        for statement in SCHEMA:
+            await self.db.execute(statement)
+
+    async def add(self, case_id: str, patient_id: str, patient_name: str, room_id: str, opened_by: str, summary: str) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_case (case_id, patient_id, patient_name, room_id, state, opened_by, opened_at, summary) "
+            "VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
+            case_id, patient_id, patient_name, room_id, opened_by, int(time.time() * 1000), summary,
+        )
+
+    async def by_room(self, room_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow("SELECT * FROM clinical_case WHERE room_id = $1", room_id)
+        return dict(row) if row else None
+
+    async def open_for_patient(self, patient_id: str) -> list[dict[str, Any]]:
+        rows = await self.db.fetch(
+            "SELECT * FROM clinical_case WHERE patient_id = $1 AND state = 'open' ORDER BY opened_at", patient_id
+        )
+        return [dict(r) for r in rows]
+
+    async def closing(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.db.fetch("SELECT * FROM clinical_case WHERE state = 'closing'")]
+
+    async def set_state(self, case_id: str, state: str, **fields: Any) -> None:
+        sets = ["state = $1"]
+        values: list[Any] = [state]
+        for name, value in fields.items():
+            values.append(value)
+            sets.append(f"{name} = ${len(values)}")
+        values.append(case_id)
+        await self.db.execute(f"UPDATE clinical_case SET {', '.join(sets)} WHERE case_id = ${len(values)}", *values)
+
+
+class CaseService:
+    def __init__(
+        self, db: Database, clinical: ClinicalStore, holder: Any, matrix: OrgMatrix, oncall: OncallService,
+        audit: AuditClient, bot_user_id: str, *, fhir_server: str | None, dicomweb: str | None,
+        emr_archive: str | None, archive_dir: Path | None, session: aiohttp.ClientSession,
+    ) -> None:
+        self.store = CaseStore(db)
+        self.clinical = clinical
+        self.holder = holder
+        self.matrix = matrix
+        self.oncall = oncall
+        self.audit = audit
+        self.bot = bot_user_id
+        self.fhir_server = fhir_server
+        self.dicomweb = dicomweb
+        self.emr_archive = emr_archive
+        self.archive_dir = archive_dir
+        self.session = session
+        self._lock = asyncio.Lock()
+
+    @property
+    def policy(self) -> ClinicalPolicy | None:
+        return self.holder.current.clinical
+
+    async def setup(self) -> None:
+        await self.store.setup()
+        for case in await self.store.closing():
+            try:
+                await self._finish_close(case)
+            except Exception:
+                log.exception("resuming the close of case %s failed", case["case_id"])
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def command(self, room_id: str, sender: str, name: str, args: tuple[str, ...]) -> str | None:
+        """The reply to a case command, or None when the command says nothing more."""
+        try:
+            if name == "case" and args[:1] == ("open",) and len(args) >= 2:
+                return await self.open_case(sender, args[1], args[2:], room_id)
+            if name == "case" and args[:1] == ("close",):
+                return await self.close_case(room_id, sender)
+            if name == "decision":
+                return await self.decide(room_id, sender, " ".join(args))
+            if name == "images" and len(args) == 1:
+                return await self.post_images(room_id, sender, args[0])
+        except CaseError as exc:
+            return str(exc)
+        except Exception:
+            log.exception("!%s %s in %s failed", name, " ".join(args), room_id)
+            return f"Sorry, !{name} failed on our side; it has been logged for IT. Please try again."
+        return (
+            "Usage: !case open <patient id> [unit ...] · !case close · !decision <text> · "
+            "!images <accession number or study UID>"
+        )
+
+    def _staff(self, user_id: str) -> Staff | None:
+        number = self.oncall.staff_of(user_id)
+        return self.oncall.policy.staff_for_localpart(staff_localpart(number)) if number else None
+
+    async def open_case(self, sender: str, patient_id: str, units: tuple[str, ...], from_room: str) -> str:
+        policy = self.policy
+        if policy is None:
+            raise CaseError("Case rooms need the clinical policy.")
+        person = self._staff(sender)
+        if person is None or person.position not in policy.cases.open_positions:
+            raise CaseError(
+                "Only " + ", ".join(sorted(policy.cases.open_positions)) + " staff may open a patient case."
+            )
+        org = self.oncall.policy
+        unknown = [u for u in units if u not in org.units]
+        if unknown:
+            raise CaseError(f"Unknown unit(s): {', '.join(unknown)}. Name units by their ID (e.g. cardiology, icu).")
+        summary_text, summary_html, name = await self._summary(patient_id)
+        known = await self.clinical.patient(patient_id) or {}
+        name = name or known.get("name") or patient_id
+        case_id = f"case-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:8]}"
+        link = policy.link("patient", patient_id=patient_id)
+        created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
+            "name": policy.cases.room_name.format(patient_name=name, patient_id=patient_id),
+            "topic": f"Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
+            "preset": "private_chat", "visibility": "private", "invite": [sender],
+            "creation_content": {"m.federate": False},
+            "initial_state": [
+                {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": CASE_CLASS}},
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
+            ],
+            "power_level_content_override": {
+                # The bot created the room: from room version 12 creators hold power implicitly.
+                "users": {sender: 50}, "events_default": 0, "state_default": 50,
+                "invite": 50, "kick": 50, "ban": 50, "redact": 50,
+            },
+        })
+        room_id = str(created["room_id"])
+        await self.store.add(case_id, patient_id, name, room_id, sender, summary_text)
+        pinned = await self._send(room_id, {
+            "msgtype": "m.notice", "body": summary_text, "format": "org.matrix.custom.html",
+            "formatted_body": summary_html, CASE_FIELD: {"case_id": case_id, "kind": "summary"},
+        }, f"{case_id}-summary")
+        await self.matrix.call(
+            "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.pinned_events", {"pinned": [pinned]}
+        )
+        paged = await self._page_roles(case_id, room_id, patient_id, units, pinned)
+        await self.audit.record(
+            actor=sender, action="appservice.case.opened", object=case_id, room=room_id, patient=patient_id,
+            outcome="success", process="appservice", details={"units": list(units), "roles": paged},
+        )
+        roles = f" Paged: {', '.join(paged)}." if paged else ""
+        return f"Case room for {name} ({patient_id}) opened: https://matrix.to/#/{room_id}.{roles}"
+
+    async def _summary(self, patient_id: str) -> tuple[str, str, str]:
+        """(plain, html, patient name) — an unavailable summary is said plainly, not hidden."""
+        if not self.fhir_server:
+            text = f"No patient summary: no FHIR server is connected. Patient {patient_id}."
+            return text, text, ""
+        policy = self.policy
+        link = policy.link("patient", patient_id=patient_id) if policy else None
+        try:
+            summary = await asyncio.to_thread(fetch_summary, self.fhir_server, patient_id)
+        except SummaryUnavailable as exc:
+            text = f"No patient summary for {patient_id}: {exc}"
+            return text, text, ""
+        plain, html = format_summary(summary, link)
+        return plain, html, summary.name
+
+    async def _page_roles(self, case_id: str, room_id: str, patient_id: str, units: tuple[str, ...], event_id: str) -> list[str]:
+        """The ward's roles and each invited unit's on-duty roles are paged into the room."""
+        policy = self.policy
+        oncall = self.oncall.oncall
+        roles: list[str] = []
+        known = await self.clinical.patient(patient_id) or {}
+        ward = policy.wards.get(known.get("ward") or "") if policy else None
+        if ward is not None:
+            roles.extend(ward.roles.values())
+        for unit in units:
+            roles.extend(r.id for r in (oncall.roles.values() if oncall else []) if r.unit == unit)
+        paged = []
+        for role_id in dict.fromkeys(roles):
+            page = await self.oncall.page_for_system(f"{case_id}-{role_id}", role_id, room_id, event_id, self.bot)
+            if page is not None:
+                paged.append(role_id)
+        return paged
+
+    async def decide(self, room_id: str, sender: str, text: str) -> str | None:
+        case = await self._open_case_in(room_id)
+        if not text.strip():
+            raise CaseError("Usage: !decision <what was decided>")
+        who = self.oncall.name(self.oncall.staff_of(sender) or sender)
+        await self._send(room_id, {
+            "msgtype": "m.notice", "body": f"Decision ({who}): {text.strip()}",
+            DECISION_FIELD: {"by": sender, "text": text.strip()}, CASE_FIELD: {"case_id": case["case_id"], "kind": "decision"},
+        }, None)
+        return None
+
+    async def _open_case_in(self, room_id: str) -> dict[str, Any]:
+        case = await self.store.by_room(room_id)
+        if case is None:
+            raise CaseError("This is not a patient case room (open one with !case open <patient id>).")
+        if case["state"] != "open":
+            raise CaseError(f"Case {case['case_id']} is closed.")
+        return case
+
+    # -- PACS --------------------------------------------------------------------------
+
+    async def post_images(self, room_id: str, sender: str, reference: str) -> str:
+        case = await self._open_case_in(room_id)
+        if not self.dicomweb:
+            raise CaseError("No PACS is connected (DICOMweb).")
+        async with DicomWebClient(self.dicomweb, session=self.session) as pacs:
+            try:
+                studies = await pacs.find_studies(**find_by_reference(reference))
+            except DicomWebError as exc:
+                raise CaseError(f"The PACS did not answer: {exc}") from exc
+        if not studies:
+            raise CaseError(f"No study {reference} in the PACS.")
+        study = studies[0]
+        if study.patient_id and study.patient_id != case["patient_id"]:
+            raise CaseError(
+                f"Study {reference} belongs to patient {study.patient_id}, not to this case's patient {case['patient_id']}."
+            )
+        count = await self._post_study(room_id, case, study.study_uid, f"cmd-{uuid.uuid4().hex[:8]}")
+        await self.audit.record(
+            actor=sender, action="appservice.case.images", object=study.study_uid, room=room_id,
+            patient=case["patient_id"], outcome="success", process="appservice", details={"images": count},
+        )
+        return f"{count} key image(s) of {study.description or 'the study'} posted."
+
+    async def on_study(self, patient_id: str, study_uid: str, key: str) -> None:
+        """An ImagingStudy notification: key images go to the patient's open case rooms."""
+        if not self.dicomweb:
+            return
+        for case in await self.store.open_for_patient(patient_id):
+            await self._post_study(case["room_id"], case, study_uid, key)
+
+    async def _post_study(self, room_id: str, case: dict[str, Any], study_uid: str, key: str) -> int:
+        policy = self.policy
+        limit = policy.cases.key_images if policy else 4
+        async with DicomWebClient(self.dicomweb or "", session=self.session) as pacs:
+            try:
+                images = await pacs.key_images(study_uid, limit=limit)
+            except DicomWebError as exc:
+                raise CaseError(f"The PACS did not answer: {exc}") from exc
+        link = policy.link("study", study_uid=study_uid, accession="", patient_id=case["patient_id"]) if policy else None
+        posted = 0
+        for series, instance, data in images:
+            try:
+                image = await asyncio.to_thread(render, data, "PNG", 1024)
+            except DicomRenderError as exc:
+                await self._send(room_id, {"msgtype": "m.notice", "body": f"Image {instance.sop_uid} cannot be shown: {exc}"}, None)
+                continue
+            name = f"{series.modality or 'image'}-{series.number or 0}-{instance.number or 0}.png"
+            mxc = await self.matrix.upload(image.data, image.mimetype, name)
+            caption = f"{series.modality} {series.description or ''} · {image.description}".strip()
+            content: dict[str, Any] = {
+                "msgtype": "m.image", "body": caption or name, "filename": name, "url": mxc,
+                "info": {"mimetype": image.mimetype, "w": image.width, "h": image.height, "size": len(image.data)},
+                STUDY_FIELD: {"study_uid": study_uid, "series_uid": series.series_uid, "sop_uid": instance.sop_uid},
+                CASE_FIELD: {"case_id": case["case_id"], "kind": "image"},
+            }
+            # One image per (case, instance, request): a redelivery does not post it twice.
+            txn = "img-" + hashlib.sha256(f"{case['case_id']}|{instance.sop_uid}|{key}".encode()).hexdigest()[:24]
+            await self._send(room_id, content, txn)
+            posted += 1
+        if link and posted:
+            await self._send(room_id, {"msgtype": "m.notice", "body": f"Open the full study in the PACS viewer: {link}"},
+                             "lnk-" + hashlib.sha256(f"{case['case_id']}|{study_uid}|{key}".encode()).hexdigest()[:24])
+        return posted
+
+    # -- closing -----------------------------------------------------------------------
+
+    async def close_case(self, room_id: str, sender: str) -> str | None:
+        case = await self.store.by_room(room_id)
+        if case is None:
+            raise CaseError("This is not a patient case room.")
+        if case["state"] == "closed":
+            raise CaseError(f"Case {case['case_id']} is already closed.")
+        person = self._staff(sender)
+        policy = self.policy
+        if sender != case["opened_by"] and (
+            person is None or policy is None or person.position not in policy.cases.open_positions
+        ):
+            raise CaseError("Only the doctor who opened the case or staff who may open cases can close it.")
+        async with self._lock:
+            if case["state"] == "open":
+                await self.store.set_state(case["case_id"], "closing", closed_by=sender, closed_at=int(time.time() * 1000))
+                case = await self.store.by_room(room_id) or case
+            await self._finish_close(case)
+        return None
+
+    async def _finish_close(self, case: dict[str, Any]) -> None:
+        room_id = case["room_id"]
+        messages = await self._collect(room_id, case["case_id"])
+        info = CaseInfo(
+            case_id=case["case_id"], patient_id=case["patient_id"], patient_name=case["patient_name"],
+            room_id=room_id, title=f"Case {case['patient_name']} ({case['patient_id']})",
+            opened_at=self._dt(case["opened_at"]), opened_by=self._name_of(case["opened_by"]),
+            closed_at=self._dt(case["closed_at"]), closed_by=self._name_of(case["closed_by"] or ""),
+            summary=case["summary"],
+        )
+        bundle = build_bundle(info, messages)
+        pdf = await asyncio.to_thread(render_pdf, info, messages)
+        stored = self._store_archive(info.case_id, bundle, pdf)
+        emr = await self._post_to_emr(info, bundle, pdf)
+        mxc = await self.matrix.upload(pdf, "application/pdf", f"{info.case_id}.pdf")
+        await self._send(room_id, {
+            "msgtype": "m.file", "body": f"{info.case_id}.pdf", "filename": f"{info.case_id}.pdf", "url": mxc,
+            "info": {"mimetype": "application/pdf", "size": len(pdf)},
+            CASE_FIELD: {"case_id": info.case_id, "kind": "archive"},
+        }, f"{info.case_id}-archive-pdf")
+        where = f" and sent to the EMR ({emr})" if emr else ""
+        await self._send(room_id, {
+            "msgtype": "m.notice",
+            "body": f"Case {info.case_id} closed by {info.closed_by}: {len(messages)} messages archived as a FHIR "
+                    f"Bundle and a PDF{where}. This room is now read-only.",
+            CASE_FIELD: {"case_id": info.case_id, "kind": "closed", "bundle_entries": len(bundle.get("entry", []))},
+        }, f"{info.case_id}-closed")
+        await self._make_read_only(room_id)
+        await self.store.set_state(info.case_id, "closed", archive=json.dumps({"dir": stored, "emr": emr}))
+        await self.audit.record(
+            actor=case["closed_by"] or self.bot, action="appservice.case.closed", object=info.case_id, room=room_id,
+            patient=info.patient_id, outcome="success", process="appservice",
+            details={"messages": len(messages), "emr": emr, "pdf_sha256": hashlib.sha256(pdf).hexdigest()},
+        )
+
+    def _name_of(self, user_id: str) -> str:
+        staff = self.oncall.staff_of(user_id) if user_id else None
+        return self.oncall.name(staff) if staff else (user_id or "?")
+
+    async def _collect(self, room_id: str, case_id: str) -> list[CaseMessage]:
+        """Every message of the room in order, files with their original bytes."""
+        out: list[CaseMessage] = []
+        token: str | None = None
+        while True:
+            params = f"?dir=f&limit=500{'&from=' + quote(token) if token else ''}"
+            page = await self.matrix.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/messages{params}")
+            for event in page.get("chunk", []):
+                message = await self._case_message(event, case_id)
+                if message is not None:
+                    out.append(message)
+            token = page.get("end")
+            if not token or not page.get("chunk"):
+                return out
+
+    async def _case_message(self, event: dict[str, Any], case_id: str) -> CaseMessage | None:
+        if event.get("type") != "m.room.message":
+            return None
+        content = event.get("content") or {}
+        case_meta = content.get(CASE_FIELD) or {}
+        if case_meta.get("kind") in ("archive", "closed"):
+            return None
+        msgtype = content.get("msgtype")
+        body = str(content.get("body", ""))
+        if not body and msgtype not in ("m.image", "m.file"):
+            return None  # redacted or burnt
+        sender = str(event.get("sender"))
+        staff = self.oncall.staff_of(sender) or ""
+        kind = "text"
+        attachment = None
+        if DECISION_FIELD in content:
+            kind = "decision"
+            body = str(content[DECISION_FIELD].get("text") or body)
+            decider = str(content[DECISION_FIELD].get("by") or sender)
+            sender, staff = decider, self.oncall.staff_of(decider) or ""
+        elif msgtype in ("m.image", "m.file", "m.video", "m.audio") and isinstance(content.get("url"), str):
+            kind = "image" if msgtype == "m.image" else "file"
+            info = content.get("info") or {}
+            try:
+                data = await self.matrix.download(content["url"])
+            except MatrixCallFailed as exc:
+                log.warning("case %s: file %s not archived: %s", case_id, content["url"], exc)
+                data = b""
+            attachment = Attachment(
+                filename=str(content.get("filename") or body or "file"),
+                mimetype=str(info.get("mimetype") or "application/octet-stream"), data=data,
+            )
+        elif msgtype == "m.notice":
+            kind = "notice"
+        name = self.oncall.name(staff) if staff else ("CareMatrix" if sender == self.bot else sender)
+        return CaseMessage(
+            event_id=str(event.get("event_id")), sender=sender, sender_name=name, staff_number=staff,
+            sent=self._dt(int(event.get("origin_server_ts", 0))), kind=kind, body=body, attachment=attachment,
+        )
+
+    def _store_archive(self, case_id: str, bundle: dict, pdf: bytes) -> str | None:
+        if self.archive_dir is None:
+            return None
+        folder = self.archive_dir / case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "bundle.json").write_text(json.dumps(bundle, ensure_ascii=False, indent=1), encoding="utf-8")
+        (folder / "case.pdf").write_bytes(pdf)
+        return str(folder)
+
+    async def _post_to_emr(self, info: CaseInfo, bundle: dict, pdf: bytes) -> str | None:
+        """The Bundle and the PDF (as a DocumentReference) go to the EMR; a conditional create
+        on the case identifier keeps a resumed close from filing them twice."""
+        if not self.emr_archive:
+            return None
+        ident = f"{info.identifier_system}|{info.case_id}"
+        document = {
+            "resourceType": "DocumentReference", "status": "current",
+            "identifier": [{"system": info.identifier_system, "value": info.case_id}],
+            "type": {"text": "MDT case discussion"},
+            "subject": {"identifier": {"system": "urn:carematrix:mrn", "value": info.patient_id}, "display": info.patient_name},
+            "date": info.closed_at.isoformat(),
+            "description": info.title,
+            "content": [{"attachment": {
+                "contentType": "application/pdf", "data": base64.b64encode(pdf).decode(),
+                "title": f"{info.case_id}.pdf", "size": len(pdf),
+                "hash": base64.b64encode(hashlib.sha1(pdf).digest()).decode(),  # noqa: S324 - FHIR Attachment.hash is SHA-1
+            }}],
+        }
+        locations = []
+        for kind, resource in (("Bundle", bundle), ("DocumentReference", document)):
+            async with self.session.post(
+                f"{self.emr_archive}/{kind}", json=resource,
+                headers={"Content-Type": "application/fhir+json", "If-None-Exist": f"identifier={ident}"},
+            ) as resp:
+                if resp.status >= 400:
+                    raise CaseError(f"The EMR refused the archive {kind} (HTTP {resp.status}); the case stays open for another try.")
+                locations.append(resp.headers.get("Location") or kind)
+        return ", ".join(locations)
+
+    async def _make_read_only(self, room_id: str) -> None:
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels"
+        levels = await self.matrix.call("GET", path)
+        levels["users"] = {u: p for u, p in (levels.get("users") or {}).items() if u == self.bot}
+        levels["events_default"] = 100
+        levels["invite"] = 100
+        levels.setdefault("events", {})["m.reaction"] = 100
+        await self.matrix.call("PUT", path, levels)
+
+    async def _send(self, room_id: str, content: dict[str, Any], txn: str | None) -> str:
+        content.setdefault(PRIORITY_FIELD, "routine")
+        txn = txn or uuid.uuid4().hex
+        sent = await self.matrix.call(
+            "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{quote(txn)}", content
+        )
+        return str(sent.get("event_id", ""))
+
+    def _dt(self, millis: int | None) -> datetime:
+        """In the hospital's time zone: the archive is read by people on the ward."""
+        zone_name = self.oncall.oncall.timezone if self.oncall.oncall else "UTC"
+        try:
+            zone: Any = ZoneInfo(zone_name)
+        except (KeyError, ValueError):
+            zone = UTC
+        return datetime.fromtimestamp((millis or 0) / 1000, zone)

@@ -1,0 +1,327 @@
+"""FHIR R4 from hospital systems over HTTP, and patient case (MDT) rooms end to end: a critical
+Observation pages the ICU, bad input is answered with an OperationOutcome and kept as a dead
+letter, a report reaches the doctor who ordered it, and a case is opened with the FHIR summary,
+shown the PACS key images from a real Orthanc, and closed into a FHIR Bundle and a PDF."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from fhir.resources.R4B.bundle import Bundle as R4BBundle
+from nio import AsyncClient, RoomSendResponse
+from PIL import Image
+from pypdf import PdfReader
+
+from tests.e2e.test_clinical import hl7, send_mllp
+from tests.oncall_support import notices
+from tests.support import RunningStack, eventually
+
+FHIR = "application/fhir+json"
+
+
+def token(stack: RunningStack, source: str) -> str:
+    return stack.deployment.secrets[f"fhir_token:{source}"]
+
+
+async def push(stack: RunningStack, path: str, body: Any, source: str | None = "EMR", method: str = "POST",
+               raw: bytes | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": FHIR}
+    if source:
+        headers["Authorization"] = f"Bearer {token(stack, source)}"
+    url = f"{stack.deployment.settings.appservice_url}/_carematrix/fhir{path}"
+    data = raw if raw is not None else json.dumps(body, ensure_ascii=False).encode()
+    async with aiohttp.ClientSession() as http, http.request(method, url, data=data, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def encounter(patient: str, name: str, ward: str) -> dict:
+    return {
+        "resourceType": "Encounter", "id": f"enc-{patient}", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": f"Patient/{patient}", "display": name},
+        "location": [{"location": {"reference": f"Location/{ward}", "display": ward}, "status": "active"}],
+        "period": {"start": datetime.now(UTC).isoformat()},
+    }
+
+
+def potassium(patient: str, value: float, flag: str) -> dict:
+    return {
+        "resourceType": "Observation", "id": f"k-{uuid.uuid4().hex[:8]}", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3", "display": "Potassium"}], "text": "Potassium"},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": datetime.now(UTC).isoformat(),
+        "valueQuantity": {"value": value, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": flag}]}],
+    }
+
+
+async def bodies(client: AsyncClient, room: str) -> list[str]:
+    return [n["content"]["body"] for n in await notices(client, room)]
+
+
+async def health(stack: RunningStack) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{stack.deployment.settings.appservice_url}/_carematrix/health"
+    ) as resp:
+        return await resp.json()
+
+
+async def test_critical_observation_pushed_over_fhir_pages_the_icu_once(stack: RunningStack):
+    nurse = await stack.login("n3001")
+    try:
+        icu = (await nurse.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
+        patient = f"F{uuid.uuid4().hex[:6].upper()}"
+        status, answer = await push(stack, "/Encounter", encounter(patient, "赵敏", "ICU"))
+        assert status == 201, answer
+        observation = potassium(patient, 6.9, "HH")
+        status, answer = await push(stack, "/", {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+        ]}, source="LIS")
+        assert status == 200 and answer["type"] == "batch-response", answer
+        location = answer["entry"][0]["response"]["location"]
+        assert answer["entry"][0]["response"]["status"] == "201 Created"
+        status, again = await push(stack, "/Observation", observation, source="LIS")  # resent
+        assert status == 200 and again["resourceType"] == "OperationOutcome"
+
+        async def critical() -> list[dict]:
+            return [n for n in await notices(nurse, icu) if patient in n["content"]["body"]
+                    and n["content"]["body"].startswith("CRITICAL RESULT")]
+
+        (alert,) = await eventually(critical)
+        assert "赵敏" in alert["content"]["body"] and "Potassium 6.9 mmol/L [HH]" in alert["content"]["body"]
+        assert alert["content"]["org.carematrix.priority"] == "critical"
+        assert any(patient in b and b.startswith("Admission: 赵敏") for b in await bodies(nurse, icu))
+
+        url = stack.deployment.settings.appservice_url + location
+
+        async def both_paged() -> dict | None:
+            async with aiohttp.ClientSession() as http, http.get(
+                url, headers={"Authorization": f"Bearer {token(stack, 'LIS')}"}
+            ) as resp:
+                if resp.status == 404:  # the notice is out, the pages are being opened
+                    return None
+                assert resp.status == 200, await resp.text()
+                state = await resp.json()
+            return state if {p["role"] for p in state["pages"]} == {"icu/nurse", "icu/doctor"} else None
+
+        state = await eventually(both_paged)
+        assert state["acknowledged"] is False
+        async with aiohttp.ClientSession() as http, http.get(
+            url, headers={"Authorization": f"Bearer {token(stack, 'EMR')}"}
+        ) as resp:
+            assert resp.status == 401  # another source cannot read the LIS's alerts
+        await asyncio.sleep(2)
+        assert len(await critical()) == 1
+    finally:
+        await nurse.close()
+
+
+async def test_bad_fhir_input_gets_an_operation_outcome_and_a_dead_letter(stack: RunningStack):
+    before = (await health(stack))["hl7"].get("dead_letter", 0)
+    patient = f"F{uuid.uuid4().hex[:6].upper()}"
+
+    status, outcome = await push(stack, "/Observation", potassium(patient, 6.0, "HH"), source=None)
+    assert status == 401 and outcome["issue"][0]["code"] == "login"
+
+    status, outcome = await push(stack, "/Encounter", encounter(patient, "钱七", "ICU"), source="LIS")
+    assert status == 403 and outcome["issue"][0]["code"] == "forbidden"
+    assert "Encounter" in outcome["issue"][0]["diagnostics"]
+
+    broken = potassium(patient, 6.0, "HH")
+    del broken["status"]
+    broken["valueQuantity"]["value"] = "six"
+    status, outcome = await push(stack, "/Observation", broken, source="LIS")
+    assert status in (400, 422), outcome
+    expressions = {e for issue in outcome["issue"] for e in issue.get("expression", [])}
+    assert "Observation.status" in expressions
+    assert any("valueQuantity" in e for e in expressions), outcome
+
+    status, outcome = await push(stack, "/Observation", None, source="LIS", raw=b'{"resourceType": "Observation",\n  "status": }')
+    assert status == 400 and outcome["resourceType"] == "OperationOutcome"
+    assert "line 2" in outcome["issue"][0]["diagnostics"]
+
+    async def dead_letters() -> bool:
+        return (await health(stack))["hl7"].get("dead_letter", 0) >= before + 3
+    assert await eventually(dead_letters)
+
+
+async def test_report_ready_notification_reaches_the_ordering_doctor(stack: RunningStack):
+    doctor = await stack.login("d1001")
+    try:
+        patient = f"F{uuid.uuid4().hex[:6].upper()}"
+        order = {
+            "resourceType": "ServiceRequest", "id": f"sr-{patient}", "status": "active", "intent": "order",
+            "code": {"text": "Echocardiogram"}, "subject": {"reference": f"Patient/{patient}"},
+            "requester": {"identifier": {"system": "urn:carematrix:staff", "value": "D1001"}, "display": "李伟"},
+        }
+        report = {
+            "resourceType": "DiagnosticReport", "id": f"dr-{patient}", "status": "final",
+            "code": {"text": "Echocardiogram report"},
+            "subject": {"reference": f"Patient/{patient}", "display": "孙丽"},
+            "basedOn": [{"reference": f"ServiceRequest/sr-{patient}"}],
+            "issued": datetime.now(UTC).isoformat(), "conclusion": "LVEF 35%, moderate MR",
+        }
+        number = str(uuid.uuid4().int % 10**6)
+        notification = {
+            "resourceType": "Bundle", "type": "history", "timestamp": datetime.now(UTC).isoformat(),
+            "entry": [
+                {"fullUrl": "urn:uuid:" + str(uuid.uuid4()), "resource": {
+                    "resourceType": "Parameters",
+                    "meta": {"profile": ["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"]},
+                    "parameter": [
+                        {"name": "subscription", "valueReference": {"reference": "Subscription/reports"}},
+                        {"name": "topic", "valueCanonical": "http://renhe.example/topics/report-ready"},
+                        {"name": "status", "valueCode": "active"},
+                        {"name": "type", "valueCode": "event-notification"},
+                        {"name": "events-since-subscription-start", "valueString": number},
+                        {"name": "notification-event", "part": [
+                            {"name": "event-number", "valueString": number},
+                            {"name": "focus", "valueReference": {"reference": f"DiagnosticReport/dr-{patient}"}},
+                        ]},
+                    ],
+                }},
+                {"fullUrl": f"https://emr.renhe.example/fhir/DiagnosticReport/dr-{patient}", "resource": report,
+                 "request": {"method": "PUT", "url": f"DiagnosticReport/dr-{patient}"}, "response": {"status": "200"}},
+                {"fullUrl": f"https://emr.renhe.example/fhir/ServiceRequest/sr-{patient}", "resource": order,
+                 "request": {"method": "GET", "url": f"ServiceRequest/sr-{patient}"}, "response": {"status": "200"}},
+            ],
+        }
+        status, answer = await push(stack, "/notify", notification)
+        assert status == 200, answer
+
+        async def told() -> str | None:
+            resp = await doctor.sync(timeout=1000)
+            for room_id in resp.rooms.invite:
+                await doctor.join(room_id)
+            for room_id in doctor.rooms:
+                for body in await bodies(doctor, room_id):
+                    if body.startswith("Report ready: Echocardiogram report") and patient in body:
+                        return body
+            return None
+
+        body = await eventually(told)
+        assert "孙丽" in body and "LVEF 35%" in body
+    finally:
+        await doctor.close()
+
+
+async def bot_reply(client: AsyncClient, room: str, bot: str, since: int, predicate: Any) -> dict:
+    async def find() -> dict | None:
+        resp = await client.room_messages(room, limit=50)
+        for event in resp.chunk:
+            source = event.source
+            if source["sender"] == bot and source["origin_server_ts"] >= since and predicate(source["content"]):
+                return source
+        return None
+    return await eventually(find)
+
+
+async def say(client: AsyncClient, room: str, text: str) -> int:
+    sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": text})
+    assert isinstance(sent, RoomSendResponse), sent
+    return int(datetime.now(UTC).timestamp() * 1000) - 5000
+
+
+async def test_case_room_with_summary_images_and_archive(stack: RunningStack, clinical_systems: Any):
+    patient = clinical_systems.patient_id  # in the hospital's FHIR server, and has a CT in the PACS
+    _, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||王^建国||19580314|M", "PV1|1|I|5A^12^02")
+    assert (await send_mllp(stack, adt)).get("MSA", 1) == "AA"  # type: ignore[attr-defined]
+    doctor = await stack.login("d1001")
+    pharmacist = await stack.login("p5001")
+    try:
+        pharmacy = (await pharmacist.room_resolve_alias(f"#pharmacy-team:{stack.server_name}")).room_id
+        await pharmacist.sync(timeout=1000)
+        since = await say(pharmacist, pharmacy, f"!case open {patient}")
+        refusal = await bot_reply(pharmacist, pharmacy, stack.bot_user_id, since, lambda c: "may open" in c.get("body", ""))
+        assert "Only doctor, nurse staff may open a patient case" in refusal["content"]["body"]
+
+        team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
+
+        since = await say(doctor, team, f"!case open {patient} icu")
+        reply = await bot_reply(doctor, team, stack.bot_user_id, since, lambda c: "Case room for" in c.get("body", ""))
+        text = reply["content"]["body"]
+        assert "王建国" in text and "icu/nurse" in text and "cardiology/attending" in text
+        case_room = text.split("https://matrix.to/#/", 1)[1].split(".", 1)[0].split(" ")[0]
+        case_room = case_room if case_room.startswith("!") else "!" + case_room
+
+        async def joined() -> bool:
+            resp = await doctor.sync(timeout=1000)
+            if case_room in resp.rooms.invite:
+                await doctor.join(case_room)
+            return case_room in doctor.rooms
+        assert await eventually(joined)
+
+        state = await doctor.room_get_state(case_room)
+        by_type = {(e["type"], e["state_key"]): e["content"] for e in state.events}
+        assert by_type[("org.carematrix.room_class", "")]["class"] == "consult"
+        pinned = by_type[("m.room.pinned_events", "")]["pinned"]
+        summary = await doctor.room_get_event(case_room, pinned[0])
+        body = summary.event.source["content"]["body"]
+        for expected in ("王建国", "青霉素", "急性ST段抬高型心肌梗死", "Potassium"):
+            assert expected in body, body
+        members = await doctor.joined_members(case_room)
+        assert {stack.user_id("role-icu-nurse"), stack.user_id("role-icu-doctor")} <= {m.user_id for m in members.members}
+
+        since = await say(doctor, case_room, f"!images {clinical_systems.accession}")
+
+        def is_image(c: dict) -> bool:
+            return c.get("msgtype") == "m.image"
+        image = await bot_reply(doctor, case_room, stack.bot_user_id, since, is_image)
+        assert image["content"]["org.carematrix.study"]["study_uid"] == clinical_systems.study_uid
+        assert image["content"]["info"]["mimetype"] == "image/png"
+        server, media_id = image["content"]["url"][len("mxc://"):].split("/", 1)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{stack.url}/_matrix/client/v1/media/download/{server}/{media_id}",
+            headers={"Authorization": f"Bearer {doctor.access_token}"},
+        ) as resp:
+            assert resp.status == 200
+            assert "no-store" in resp.headers.get("Cache-Control", "")  # the per-viewer watermarked copy
+            shown = Image.open(io.BytesIO(await resp.read()))
+            assert shown.size == (image["content"]["info"]["w"], image["content"]["info"]["h"])
+
+        await say(doctor, case_room, "K+ 6.8 this morning; echo shows LVEF 35%.")
+        await say(doctor, case_room, "!decision Urgent PCI today; ICU bed reserved")
+        since = await say(doctor, case_room, "!case close")
+        closed = await bot_reply(doctor, case_room, stack.bot_user_id, since,
+                                 lambda c: c.get("org.carematrix.case", {}).get("kind") == "closed")
+        assert "read-only" in closed["content"]["body"]
+        pdf_event = await bot_reply(doctor, case_room, stack.bot_user_id, since,
+                                    lambda c: c.get("org.carematrix.case", {}).get("kind") == "archive")
+        server, media_id = pdf_event["content"]["url"][len("mxc://"):].split("/", 1)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{stack.url}/_matrix/client/v1/media/download/{server}/{media_id}",
+            headers={"Authorization": f"Bearer {doctor.access_token}"},
+        ) as resp:
+            assert resp.status == 200
+            pdf = PdfReader(io.BytesIO(await resp.read()))
+        text = "\n".join(page.extract_text() for page in pdf.pages)
+        assert patient in text and "Urgent PCI today" in text and "LVEF 35%" in text
+
+        bundles = [r for r in clinical_systems.fhir.received() if r.get("resourceType") == "Bundle"
+                   and r.get("identifier", {}).get("value", "").startswith("case-")
+                   and any(e["resource"].get("payload") for e in r.get("entry", []))]
+        bundle = next(b for b in bundles if any(
+            "Urgent PCI today" in json.dumps(e["resource"], ensure_ascii=False) for e in b["entry"]))
+        R4BBundle.model_validate(bundle)
+        kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+        assert set(kinds) == {"Communication"}
+        attachments = [p["contentAttachment"] for e in bundle["entry"] for p in e["resource"]["payload"]
+                       if "contentAttachment" in p]
+        assert any(a["contentType"] == "image/png" for a in attachments)
+        decisions = [e["resource"] for e in bundle["entry"] if any(
+            c.get("code") == "decision" for cat in e["resource"].get("category", []) for c in cat.get("coding", []))]
+        assert decisions and "Urgent PCI today" in decisions[0]["payload"][0]["contentString"]
+        assert any(r.get("resourceType") == "DocumentReference" for r in clinical_systems.fhir.received())
+
+        refused = await doctor.room_send(case_room, "m.room.message", {"msgtype": "m.text", "body": "one more thing"})
+        assert not isinstance(refused, RoomSendResponse)  # read-only now
+    finally:
+        await doctor.close()
+        await pharmacist.close()
