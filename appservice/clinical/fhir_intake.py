@@ -24,9 +24,11 @@ from aiohttp import web
 
 from appservice.audit_client import AuditClient
 from appservice.clinical.store import ClinicalStore
+from bridges.fhir.events import extract_resource
 from bridges.fhir.notification import parse_notification
 from bridges.fhir.outcome import FhirInvalid, Issue, ok_outcome, operation_outcome
 from bridges.fhir.validate import parse_json, validate_bundle_entries, validate_resource
+from bridges.records import ResultEvent
 from carematrix.policy.holder import PolicyHolder
 
 log = logging.getLogger("carematrix.appservice.fhir")
@@ -64,7 +66,7 @@ def alert_path(source: str, key: str) -> str:
 class FhirIntake:
     def __init__(
         self, store: ClinicalStore, holder: PolicyHolder, tokens: dict[str, str], audit: AuditClient,
-        wake: Callable[[], None], can_fetch: bool,
+        wake: Callable[[bool], None], can_fetch: bool,
     ) -> None:
         self.store = store
         self.holder = holder
@@ -229,16 +231,29 @@ class FhirIntake:
 
     async def _accept(self, source: str, key: str, kind: str, payload: dict, peer: str) -> bool:
         data = json.dumps(payload, ensure_ascii=False).encode()
-        new = await self.store.accept(source, key, MESSAGE_PREFIX + kind, data)
+        urgent = _critical(payload)
+        new = await self.store.accept(source, key, MESSAGE_PREFIX + kind, data, urgent)
         await self.audit.record(
             actor=f"fhir:{source}", action="bridge.fhir.received", object=key, outcome="success",
             source=peer, process="appservice", details={"type": kind, "duplicate": not new},
         )
         if new:
-            self.wake()
+            self.wake(urgent)
         return new
 
 
 def _index(resources: list[dict]) -> dict[str, dict]:
     """Resources of one Bundle by "Type/id", so an Observation finds its Patient or order."""
     return {f"{r['resourceType']}/{r['id']}": r for r in resources if r.get("id")}
+
+
+def _critical(payload: dict) -> bool:
+    """A critical result is delivered ahead of any backlog (like HL7 with OBX-8 HH/LL/AA)."""
+    resource = payload.get("resource")
+    if not resource:
+        return False
+    try:
+        event = extract_resource(resource, payload.get("included") or {})
+    except FhirInvalid:
+        return False
+    return isinstance(event, ResultEvent) and bool(event.critical_observations)

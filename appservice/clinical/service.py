@@ -57,14 +57,17 @@ class ClinicalService:
         self.bot = bot_user_id
         self.his_token = his_token
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # a critical result waits: finish the current item, re-read
         self._rooms: dict[str, str] = {}  # ward-room alias -> room ID
         self.source_tokens: dict[str, str] = {}  # FHIR source -> its bearer token
         self.cases: Any = None  # CaseService, when case rooms are wired in
         self.fetch_resource: Any = None  # async "Type/id" -> resource, when a FHIR server is connected
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = False) -> None:
         """New input is stored: deliver now rather than at the next poll."""
         self._wake.set()
+        if urgent:
+            self._urgent.set()
 
     @property
     def policy(self) -> ClinicalPolicy | None:
@@ -111,11 +114,14 @@ class ClinicalService:
             error = Hl7Error("207", f"sending facility '{message.sending_facility}' is not allowed to send here", "MSH-4")
             return await self._reject(message, payload, peer, "AR", error)
         try:
-            extract(message)
+            event = extract(message)
         except Hl7Error as exc:
             return await self._reject(message, payload, peer, "AE", exc)
+        urgent = isinstance(event, ResultEvent) and bool(event.critical_observations)
         try:
-            new = await self.store.accept(message.sending_facility, message.control_id, message.message_type, payload)
+            new = await self.store.accept(
+                message.sending_facility, message.control_id, message.message_type, payload, urgent
+            )
         except Exception as exc:  # the store is down: the sender must retry, nothing is lost
             log.exception("could not store HL7 %s", message.control_id)
             return ack(message, "AE", "message could not be stored; please resend", Hl7Error("207", str(exc)[:200], "MSH-10"))
@@ -124,7 +130,7 @@ class ClinicalService:
             outcome="success", source=peer, process="appservice",
             details={"type": message.message_type, "duplicate": not new},
         )
-        self._wake.set()
+        self.wake(urgent and new)
         return ack(message, "AA")
 
     async def _reject(self, message: Message | None, payload: bytes, peer: str, code: str, error: Hl7Error) -> bytes:
@@ -140,17 +146,27 @@ class ClinicalService:
     # -- delivery -----------------------------------------------------------------------
 
     async def deliver_loop(self) -> None:
+        """Oldest first, but a critical result stored meanwhile is taken next: the current
+        batch is abandoned (its rest stays pending) and the queue re-read, urgent first."""
+        backlog = False
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            if not backlog:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
             self._wake.clear()
+            self._urgent.clear()
             try:
-                for item in await self.store.pending():
+                batch = await self.store.pending()
+                backlog = len(batch) > 0
+                for item in batch:
                     await self._deliver(item)
+                    if self._urgent.is_set():
+                        break
             except Exception:
-                log.exception("HL7 delivery failed; retrying")
+                log.exception("clinical delivery failed; retrying")
+                backlog = False
                 await asyncio.sleep(1)
 
     async def _deliver(self, item: Inbound) -> None:

@@ -55,19 +55,31 @@ class ClinicalStore:
             else:
                 statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
             await self.db.execute(statement)
+        await self._add_urgent_column()
 
-    async def accept(self, facility: str, control_id: str, message_type: str, raw: bytes) -> bool:
+    async def _add_urgent_column(self) -> None:
+        """Inboxes made before critical results jumped the queue lack the column."""
+        if self.db.scheme == "postgres":
+            await self.db.execute("ALTER TABLE hl7_inbox ADD COLUMN IF NOT EXISTS urgent INTEGER NOT NULL DEFAULT 0")
+        else:
+            columns = {row["name"] for row in await self.db.fetch("PRAGMA table_info(hl7_inbox)")}
+            if "urgent" not in columns:
+                await self.db.execute("ALTER TABLE hl7_inbox ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0")
+        await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_pending ON hl7_inbox (state, urgent, id)")
+
+    async def accept(self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False) -> bool:
         """Store an inbound message; False if this (facility, control ID) was accepted before
-        (a resend after a lost ACK), which must be acknowledged again but not delivered twice."""
+        (a resend after a lost ACK), which must be acknowledged again but not delivered twice.
+        ``urgent`` (a critical result) is delivered before any backlog of routine messages."""
         existing = await self.db.fetchrow(
             "SELECT id FROM hl7_inbox WHERE facility = $1 AND control_id = $2", facility, control_id
         )
         if existing:
             return False
         await self.db.execute(
-            "INSERT INTO hl7_inbox (facility, control_id, message_type, received_at, raw, state) "
-            "VALUES ($1, $2, $3, $4, $5, 'pending') ON CONFLICT (facility, control_id) DO NOTHING",
-            facility, control_id, message_type, int(time.time() * 1000), raw,
+            "INSERT INTO hl7_inbox (facility, control_id, message_type, received_at, raw, state, urgent) "
+            "VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT (facility, control_id) DO NOTHING",
+            facility, control_id, message_type, int(time.time() * 1000), raw, 1 if urgent else 0,
         )
         return True
 
@@ -80,7 +92,7 @@ class ClinicalStore:
     async def pending(self, limit: int = 100) -> list[Inbound]:
         rows = await self.db.fetch(
             "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' "
-            "ORDER BY id LIMIT $1", limit
+            "ORDER BY urgent DESC, id LIMIT $1", limit
         )
         return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
 
