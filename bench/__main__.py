@@ -29,7 +29,7 @@ from carematrix.deploy import REPO_ROOT
 
 BENCHMARKS = (
     "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",
-    "hl7", "ingest",
+    "hl7", "ingest", "alert", "exactlyonce",
 )
 
 
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--joins", type=int, default=100)
     parser.add_argument("--staff", type=int, default=300)
     parser.add_argument("--units", type=int, default=20)
+    parser.add_argument("--queued", type=int, default=10_000, help="messages queued before the kill -9 (exactlyonce)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     args = parser.parse_args()
     chosen = args.only or list(BENCHMARKS)
@@ -111,6 +112,18 @@ def main() -> None:
                 for key, value in result.items():
                     ack = value["ack"]
                     print(f"MLLP ingest, {key}: {value['messages_per_s']} msg/s, ACK p50 {ack['p50_ms']:.1f} ms p99 {ack['p99_ms']:.1f} ms", flush=True)
+                _save(args.out, name, result)
+            elif name == "alert":
+                from bench import critical_alert
+
+                result = asyncio.run(critical_alert.measure(work))
+                print(format_comparison(result), f"  background HL7: {result['background_messages_per_s']} msg/s", sep="\n", flush=True)
+                _save(args.out, name, result)
+            elif name == "exactlyonce":
+                from bench import clinical_durability
+
+                result = asyncio.run(clinical_durability.measure(work, args.queued))
+                print(clinical_durability.format_result(result), flush=True)
                 _save(args.out, name, result)
             elif name == "noforward":
                 from bench import no_forward
