@@ -286,6 +286,44 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
             shown = Image.open(io.BytesIO(await resp.read()))
             assert shown.size == (image["content"]["info"]["w"], image["content"]["info"]["h"])
 
+        # The PACS tells the EMR the study is available; the EMR notifies us (ImagingStudy):
+        # its key images reach the open case room without anyone asking.
+        study = {
+            "resourceType": "ImagingStudy", "id": f"is-{uuid.uuid4().hex[:8]}", "status": "available",
+            "identifier": [
+                {"system": "urn:dicom:uid", "value": f"urn:oid:{clinical_systems.study_uid}"},
+                {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                 "value": clinical_systems.accession},
+            ],
+            "subject": {"reference": f"Patient/{patient}", "display": "王建国"},
+            "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}],
+            "description": "CT chest",
+        }
+        status, answer = await push(stack, "/ImagingStudy", study)
+        assert status == 201, answer
+
+        async def images_in_case() -> list[dict] | None:
+            resp = await doctor.room_messages(case_room, limit=100)
+            found = [e.source for e in resp.chunk if e.source["sender"] == stack.bot_user_id
+                     and is_image(e.source["content"])
+                     and e.source["content"]["org.carematrix.study"]["study_uid"] == clinical_systems.study_uid]
+            return found if len(found) >= 2 else None
+        assert await eventually(images_in_case)
+
+        ward_nurse = await stack.login("n3002")  # ward 5A, where the patient lies
+        try:
+            ward = (await ward_nurse.room_resolve_alias(f"#cardiology-ward-5a-team:{stack.server_name}")).room_id
+
+            async def announced() -> bool:
+                return any(
+                    b.startswith("Images available: CT CT chest for 王建国") and clinical_systems.accession in b
+                    and b.endswith("StudyInstanceUID=" + clinical_systems.study_uid)
+                    for b in await bodies(ward_nurse, ward)
+                )
+            assert await eventually(announced)
+        finally:
+            await ward_nurse.close()
+
         await say(doctor, case_room, "K+ 6.8 this morning; echo shows LVEF 35%.")
         await say(doctor, case_room, "!decision Urgent PCI today; ICU bed reserved")
         since = await say(doctor, case_room, "!case close")
