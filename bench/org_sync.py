@@ -127,7 +127,12 @@ async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_ur
         t2 = time.perf_counter()
     finally:
         stack.stop()
+    floor = await _plain_synapse_floor(work, policy_dir, database, db_url)
     return {
+        "plain_synapse_same_plan_s": floor["seconds"],
+        "plain_synapse_events_per_s": floor["events_per_s"],
+        "carematrix_events_per_s": round(floor["events"] / (t1 - t0), 1),
+        "ratio": round((t1 - t0) / floor["seconds"], 3),
         "benchmark": f"org sync, {staff} staff / {len(yaml.safe_load((policy_dir / 'hospital.yaml').read_text())['units'][0]['children']) } departments ({units} units), {database}",
         "from_scratch_s": round(t1 - t0, 1),
         "from_scratch_actions": len(first["actions"]),
@@ -138,12 +143,49 @@ async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_ur
 
 
 
+async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_url: str | None) -> dict:
+    """The same plan (accounts, spaces and rooms, joins, locks), applied by the same code with
+    the same concurrency to a Synapse without our modules or appservice: what Synapse itself
+    needs for that many events on this machine."""
+    from carematrix.org.matrix import OrgMatrix
+    from carematrix.org.plan import Observed, desired_state, plan
+    from carematrix.policy import load_policy
+
+    if db_url:
+        db_url = db_url.rsplit("/", 1)[0] + "/" + db_url.rsplit("/", 1)[1] + "_plain"
+    d = prepare(Settings(data_dir=work / f"plain-{database}", port=free_port_pair(), relaxed_rate_limits=True,
+                         hl7_port=0, policy_dir=policy_dir, database=database, db_url=db_url,
+                         carematrix_enabled=False, demo=False))
+    stack = Stack(d)
+    try:
+        stack.start()
+        seeder = Seeder(d)
+        seeder.wait_for_background_updates()
+        token = seeder.admin_token()
+        actions = plan(desired_state(load_policy(policy_dir)), Observed())
+        async with aiohttp.ClientSession() as session:
+            matrix = OrgMatrix(session, d.settings.homeserver_url, token, d.settings.server_name, d.admin_user_id)
+            t0 = time.perf_counter()
+            errors = await matrix.apply(actions, None)
+            seconds = time.perf_counter() - t0
+        # Room creation is ~8 events (create, member, power levels, join rules, history,
+        # class, name, topic, alias) — counted as such; every other action is one event.
+        events = sum(8 if a.kind == "create_room" else 1 for a in actions if a.kind != "create_account")
+        return {"seconds": round(seconds, 1), "events": events, "events_per_s": round(events / seconds, 1),
+                "errors": len(errors)}
+    finally:
+        stack.stop()
+
+
 def format_sync(result: dict) -> str:
     return (
         f"{result['benchmark']}\n"
         f"  from scratch: {result['from_scratch_s']} s, {result['from_scratch_actions']} actions, "
         f"{result['from_scratch_errors']} errors\n"
-        f"  re-sync, nothing changed: {result['resync_unchanged_s']} s, {result['resync_actions']} actions"
+        f"  re-sync, nothing changed: {result['resync_unchanged_s']} s, {result['resync_actions']} actions\n"
+        f"  plain Synapse, same plan, same code: {result['plain_synapse_same_plan_s']} s "
+        f"({result['plain_synapse_events_per_s']} events/s; CareMatrix {result['carematrix_events_per_s']}/s; "
+        f"ratio {result['ratio']})"
     )
 
 

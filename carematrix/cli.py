@@ -51,6 +51,33 @@ def _port(value: str) -> int:
     return port
 
 
+def _ldap_settings(path: Path | None) -> dict | None:
+    """The --ldap-config file; the service account's password may come from the environment
+    instead, so the file can be kept with the other configuration."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DeployError(f"cannot read --ldap-config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise DeployError(f"--ldap-config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DeployError(f"--ldap-config {path} must be a mapping of LDAP settings (see docs/configuration.md)")
+    env_password = os.environ.get("CAREMATRIX_LDAP_BIND_PASSWORD")
+    if env_password:
+        if not raw.get("bind_dn"):
+            raise DeployError(f"CAREMATRIX_LDAP_BIND_PASSWORD is set but {path} has no bind_dn to use it with")
+        if raw.get("bind_password"):
+            raise DeployError(
+                f"the LDAP bind password is set both in {path} and in CAREMATRIX_LDAP_BIND_PASSWORD; keep one"
+            )
+        raw["bind_password"] = env_password
+    return raw
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from carematrix.seed import Seeder, SeedFailed
     from carematrix.supervisor import Stack, StartupFailed
@@ -71,6 +98,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         fhir_server=args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
         dicomweb=args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
         emr_archive=args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
+        ldap=_ldap_settings(args.ldap_config),
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
     check_ports(settings)
@@ -126,9 +154,16 @@ def _print_banner(deployment: object, result: object) -> None:
     ]
     if s.hl7_port:
         lines.append(f"  HL7 v2 (MLLP)  : {s.hl7_bind}:{s.hl7_port} (senders: see policies/clinical.yaml)")
+    directory_only = s.ldap is not None and not s.ldap.get("local_passwords", False)
+    if s.ldap is not None:
+        lines.append(f"  Sign-in        : hospital directory password ({s.ldap.get('uri')})"
+                     + ("" if directory_only else "; Synapse passwords also accepted"))
     if isinstance(result, SeedResult) and s.demo:
         policy = load_policy(s.policy_dir)
-        lines.append(f"  Demo logins (password for all: {deployment.secrets['demo_password']}):")
+        if directory_only:
+            lines.append("  Staff logins (each with their own directory password):")
+        else:
+            lines.append(f"  Demo logins (password for all: {deployment.secrets['demo_password']}):")
         for staff in policy.staff:
             roles = f" [{', '.join(sorted(staff.roles))}]" if staff.roles else ""
             lines.append(f"    {staff.localpart:<8} {policy.display_name(staff)}{roles}")
@@ -373,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dicomweb", metavar="URL", help="the PACS's DICOMweb root (key images in case rooms)")
     up.add_argument("--emr-archive", metavar="URL", help="FHIR endpoint closed cases are archived to (Bundle + PDF)")
     up.add_argument("--no-demo", action="store_true", help="accounts get no password (sign-in via SSO); no demo logins printed")
+    up.add_argument("--ldap-config", type=Path, metavar="FILE",
+                    help="staff sign in with the hospital directory (LDAP): YAML settings, see docs/org.md "
+                         "(bind password may come from $CAREMATRIX_LDAP_BIND_PASSWORD)")
     up.set_defaults(func=cmd_up)
 
     policy = sub.add_parser("policy", help="work with policy files")

@@ -7,6 +7,7 @@ time, so template improvements reach existing installations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,8 +16,11 @@ import socket
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from carematrix.ldap_login import LdapConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = REPO_ROOT / "config"
@@ -83,6 +87,9 @@ class Settings:
     fhir_server: str | None = None
     dicomweb: str | None = None
     emr_archive: str | None = None
+    # Sign-in with the hospital directory: the keys of carematrix.ldap_login.parse_ldap_config
+    # (docs/org.md); None leaves passwords to Synapse.
+    ldap: dict | None = None
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -333,11 +340,39 @@ def _record_deployment(settings: Settings, paths: Paths) -> None:
             )
     full = {**asdict(settings), **record}
     full = {k: str(v) if isinstance(v, Path) else v for k, v in full.items()}
+    if isinstance(full.get("ldap"), dict):
+        # Tooling reads this file; the directory's service password is only in homeserver.yaml.
+        full["ldap"] = {k: v for k, v in full["ldap"].items() if k != "bind_password"}
     _atomic_write(paths.deployment, json.dumps(full, indent=2) + "\n", 0o600)
 
 
+def _ldap_config(settings: Settings) -> LdapConfig | None:
+    """The directory settings, validated before anything is written."""
+    if settings.ldap is None:
+        return None
+    from carematrix.ldap_login import LdapConfigError, parse_ldap_config
+
+    if not settings.carematrix_enabled:
+        raise DeployError("LDAP sign-in needs the CareMatrix modules; it cannot be used with a plain Synapse")
+    try:
+        return parse_ldap_config(settings.ldap)
+    except LdapConfigError as exc:
+        raise DeployError(f"the LDAP configuration (--ldap-config) is invalid: {exc}") from exc
+
+
+def _password_config(ldap: LdapConfig | None) -> dict[str, Any]:
+    """Synapse's own password database stays on unless the directory alone decides."""
+    return {"enabled": True, "localdb_enabled": ldap is None or ldap.local_passwords}
+
+
 def _modules(
-    settings: Settings, paths: Paths, bot_user_id: str, as_token: str, watermark_key: str
+    settings: Settings,
+    paths: Paths,
+    bot_user_id: str,
+    as_token: str,
+    watermark_key: str,
+    admin_user_id: str = "",
+    admin_password: str = "",
 ) -> list[dict[str, Any]]:
     """The Synapse modules, audit first: the policy module records through its writer."""
     if not settings.carematrix_enabled:
@@ -368,7 +403,16 @@ def _modules(
             "watermark_cache_dir": str(paths.watermark_cache),
         },
     }
-    return [audit, policy] if settings.audit_enabled else [policy]
+    modules = [audit, policy] if settings.audit_enabled else [policy]
+    if settings.ldap is not None:
+        ldap: dict[str, Any] = {"policy_dir": str(settings.policy_dir), "ldap": settings.ldap}
+        if admin_user_id:
+            # With Synapse's password database off, the module also lets the tooling
+            # (carematrix up, the CLI) sign in as the admin account.
+            ldap["admin_user_id"] = admin_user_id
+            ldap["admin_password_sha256"] = hashlib.sha256(admin_password.encode()).hexdigest()
+        modules.append({"module": "synapse_modules.ldap_auth.CareMatrixLdapAuth", "config": ldap})
+    return modules
 
 
 def prepare(settings: Settings) -> Deployment:
@@ -379,6 +423,7 @@ def prepare(settings: Settings) -> Deployment:
         raise DeployError(f"--database must be sqlite or postgres, got {settings.database!r}")
     if not re.match(r"^[A-Za-z0-9.-]+(:[0-9]+)?$", settings.server_name):
         raise DeployError(f"server name {settings.server_name!r} is not a valid host name")
+    ldap = _ldap_config(settings)
     try:
         policy = load_policy(settings.policy_dir)
     except PolicyInvalid as exc:
@@ -410,8 +455,10 @@ def prepare(settings: Settings) -> Deployment:
         "signing_key_path": str(paths.signing_key),
         "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
         "modules": _modules(
-            settings, paths, deployment.bot_user_id, secret_values["as_token"], secret_values["watermark_key"]
+            settings, paths, deployment.bot_user_id, secret_values["as_token"], secret_values["watermark_key"],
+            deployment.admin_user_id, secret_values["admin_password"],
         ),
+        "password_config": _password_config(ldap),
         "retention": {
             "enabled": settings.carematrix_enabled,
             "purge_jobs": [{"interval": f"{settings.retention_purge_seconds}s"}],
@@ -448,7 +495,11 @@ def prepare(settings: Settings) -> Deployment:
         "appservice_port": settings.appservice_port,
         "appservice_database": appservice_database,
         "appservice_log_file": str(paths.appservice_log),
-        "initial_password": secret_values["demo_password"] if settings.demo else None,
+        # With the directory deciding alone, new accounts get no local password: one shared
+        # demo password would open every account if the local database were switched on again.
+        "initial_password": (
+            secret_values["demo_password"] if settings.demo and _password_config(ldap)["localdb_enabled"] else None
+        ),
         "test_clock": settings.test_clock,
         "hl7_port": settings.hl7_port if settings.carematrix_enabled else 0,
         "hl7_bind": settings.hl7_bind,
