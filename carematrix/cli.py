@@ -154,6 +154,10 @@ def _print_banner(deployment: object, result: object) -> None:
     ]
     if s.hl7_port:
         lines.append(f"  HL7 v2 (MLLP)  : {s.hl7_bind}:{s.hl7_port} (senders: see policies/clinical.yaml)")
+    if s.carematrix_enabled:
+        lines.append(f"  FHIR R4 input  : {s.appservice_url}/_carematrix/fhir (bearer tokens: fhir_token:<source> in {deployment.paths.secrets})")
+        systems = [f"{name} {url}" for name, url in (("FHIR server", s.fhir_server), ("PACS", s.dicomweb), ("EMR archive", s.emr_archive)) if url]
+        lines.append("  Case rooms     : '!case open <patient id>'; " + ("; ".join(systems) if systems else "no FHIR server/PACS/EMR connected (--fhir-server, --dicomweb, --emr-archive)"))
     directory_only = s.ldap is not None and not s.ldap.get("local_passwords", False)
     if s.ldap is not None:
         lines.append(f"  Sign-in        : hospital directory password ({s.ldap.get('uri')})"

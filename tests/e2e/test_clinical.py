@@ -207,3 +207,53 @@ async def test_kill_9_with_messages_queued_delivers_each_exactly_once(stack: Run
         )
     finally:
         await nurse.close()
+
+
+async def test_critical_result_rings_through_quiet_hours_but_routine_notices_do_not(stack: RunningStack):
+    # 23:00: the ICU doctor (D2001, day shifts) is off duty with quiet hours on, and still a
+    # member of the ICU team room where the alert is posted.
+    await set_clock(stack, tomorrow_at(23, 0))
+    doctor = await stack.login("d2001")
+    try:
+        async def quiet_rule_in_place() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(
+                stack.url + "/_matrix/client/v3/pushrules/global/",
+                headers={"Authorization": f"Bearer {doctor.access_token}"},
+            ) as resp:
+                return "org.carematrix.quiet_hours" in [r["rule_id"] for r in (await resp.json())["override"]]
+
+        assert await eventually(quiet_rule_in_place, timeout=60, interval=1)
+        patient = f"Q{uuid.uuid4().hex[:6].upper()}"
+        _, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||周^敏||19700101|F", "PV1|1|I|ICU^05^05")
+        assert ack_code(await send_mllp(stack, adt)) == "AA"
+        nurse = await stack.login("n3001")
+        try:
+            icu = await team(stack, nurse, "icu")
+            sent = await nurse.room_send(icu, "m.room.message", {"msgtype": "m.text", "body": f"routine: {patient} slept well"})
+            assert isinstance(sent, RoomSendResponse)
+        finally:
+            await nurse.close()
+        _, oru = hl7(
+            f"PID|1||{patient}^^^RENHE^MR||周^敏||19700101|F", "PV1|1|I|ICU^05^05",
+            "OBR|1|ORD9|LAB9|BMP^Basic metabolic panel|||202611252300",
+            "OBX|1|NM|2823-3^Potassium||2.1|mmol/L|3.5-5.3|LL|||F",
+            kind="ORU^R01", facility="LIS",
+        )
+        assert ack_code(await send_mllp(stack, oru)) == "AA"
+
+        async def notified() -> list[str]:
+            async with aiohttp.ClientSession() as http, http.get(
+                stack.url + "/_matrix/client/v3/notifications?limit=100",
+                headers={"Authorization": f"Bearer {doctor.access_token}"},
+            ) as resp:
+                body = await resp.json()
+            return [n["event"]["content"].get("body", "") for n in body.get("notifications", [])]
+
+        async def alert_rang() -> bool:
+            return any(b.startswith("CRITICAL RESULT") and patient in b for b in await notified())
+
+        assert await eventually(alert_rang)
+        # The colleague's routine message, sent before the alert, is in the room but did not ring.
+        assert not any(b.startswith("routine:") and patient in b for b in await notified())
+    finally:
+        await doctor.close()
