@@ -97,6 +97,7 @@ class OrderEvent:
     test: str
     ordering_provider: str
     priority: str = ""
+    test_code: str = ""  # the order's code (OBR-4.1, ServiceRequest.code): consult orders by code
 
 
 @dataclass(frozen=True, slots=True)

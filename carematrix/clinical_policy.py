@@ -46,6 +46,9 @@ class CasePolicy:
     open_positions: frozenset[str] = frozenset({"doctor"})
     room_name: str = "Case {patient_name} ({patient_id})"
     key_images: int = 4  # images posted per study by !images
+    # HIS order codes that open a case room by themselves -> the units whose on-duty roles
+    # are brought in (a consult order for the ICU, say).
+    consult_orders: dict[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
                 continue
             links[str(kind)] = str(template)
     sources = _fhir_sources(data, chk) if "fhir_sources" in data else None
-    cases = _cases(data, chk) if "cases" in data else CasePolicy()
+    cases = _cases(data, chk, units) if "cases" in data else CasePolicy()
     return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links, sources, cases)
 
 
@@ -169,11 +172,23 @@ def _fhir_sources(data: Any, chk: Any) -> dict[str, frozenset[str]]:
     return out
 
 
-def _cases(data: Any, chk: Any) -> CasePolicy:
+def _cases(data: Any, chk: Any, units: dict) -> CasePolicy:
     body = chk.mapping(data["cases"], data.line_of("cases"), "'clinical.cases'")
     if body is None:
         return CasePolicy()
-    chk.keys(body, ("open", "room_name", "key_images"), "'clinical.cases'")
+    chk.keys(body, ("open", "room_name", "key_images", "consult_orders"), "'clinical.cases'")
+    consults: dict[str, tuple[str, ...]] = {}
+    if "consult_orders" in body:
+        spec = chk.mapping(body["consult_orders"], body.line_of("consult_orders"), "'clinical.cases.consult_orders'")
+        for code, targets in (spec or {}).items():
+            line = spec.line_of(code)
+            if not isinstance(targets, list) or not targets:
+                chk.error(line, f"consult order '{code}' needs the list of units to bring in")
+                continue
+            unknown = [str(u) for u in targets if u not in units]
+            if unknown:
+                chk.error(line, f"consult order '{code}' names unknown unit(s) {', '.join(unknown)}")
+            consults[str(code)] = tuple(str(u) for u in targets if u in units)
     positions = frozenset(p for p, _ in chk.text_list(body, "open", "'clinical.cases'")) or CasePolicy.open_positions
     name = str(body.get("room_name", CasePolicy.room_name))
     try:
@@ -185,6 +200,6 @@ def _cases(data: Any, chk: Any) -> CasePolicy:
     if not isinstance(images, int) or isinstance(images, bool) or not 1 <= images <= 20:
         chk.error(body.line_of("key_images"), "'key_images' must be a whole number from 1 to 20")
         images = CasePolicy.key_images
-    return CasePolicy(positions, name, images)
+    return CasePolicy(positions, name, images, consults or None)
 
 

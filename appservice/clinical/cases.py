@@ -54,8 +54,10 @@ SCHEMA = [
         case_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, patient_name TEXT NOT NULL,
         room_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL, opened_by TEXT NOT NULL,
         opened_at BIGINT NOT NULL, closed_by TEXT, closed_at BIGINT, summary TEXT NOT NULL,
-        archive TEXT
+        archive TEXT, origin TEXT
     )""",
+    # A consult order opens one case, however often the HIS sends it.
+    "CREATE UNIQUE INDEX IF NOT EXISTS clinical_case_origin ON clinical_case (origin)",
 ]
 
 
@@ -71,12 +73,19 @@ class CaseStore:
         for statement in SCHEMA:
             await self.db.execute(statement)
 
-    async def add(self, case_id: str, patient_id: str, patient_name: str, room_id: str, opened_by: str, summary: str) -> None:
+    async def add(
+        self, case_id: str, patient_id: str, patient_name: str, room_id: str, opened_by: str, summary: str,
+        origin: str | None = None,
+    ) -> None:
         await self.db.execute(
-            "INSERT INTO clinical_case (case_id, patient_id, patient_name, room_id, state, opened_by, opened_at, summary) "
-            "VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
-            case_id, patient_id, patient_name, room_id, opened_by, int(time.time() * 1000), summary,
+            "INSERT INTO clinical_case (case_id, patient_id, patient_name, room_id, state, opened_by, opened_at, "
+            "summary, origin) VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8)",
+            case_id, patient_id, patient_name, room_id, opened_by, int(time.time() * 1000), summary, origin,
         )
+
+    async def by_origin(self, origin: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow("SELECT * FROM clinical_case WHERE origin = $1", origin)
+        return dict(row) if row else None
 
     async def by_room(self, room_id: str) -> dict[str, Any] | None:
         row = await self.db.fetchrow("SELECT * FROM clinical_case WHERE room_id = $1", room_id)
@@ -173,6 +182,22 @@ class CaseService:
         unknown = [u for u in units if u not in org.units]
         if unknown:
             raise CaseError(f"Unknown unit(s): {', '.join(unknown)}. Name units by their ID (e.g. cardiology, icu).")
+        room_id, name, paged = await self._create(sender, patient_id, units, None, None)
+        roles = f" Paged: {', '.join(paged)}." if paged else ""
+        return f"Case room for {name} ({patient_id}) opened: https://matrix.to/#/{room_id}.{roles}"
+
+    async def open_for_order(self, requester: str | None, patient_id: str, units: tuple[str, ...], origin: str, what: str) -> None:
+        """An HIS consult order opens the case room by itself (once per order): the
+        ordering doctor is invited, the consulted units' on-duty roles are paged."""
+        if await self.store.by_origin(origin) is not None:
+            return
+        await self._create(requester, patient_id, units, origin, what)
+
+    async def _create(
+        self, requester: str | None, patient_id: str, units: tuple[str, ...], origin: str | None, order: str | None,
+    ) -> tuple[str, str, list[str]]:
+        policy = self.policy
+        assert policy is not None
         summary_text, summary_html, name = await self._summary(patient_id)
         known = await self.clinical.patient(patient_id) or {}
         name = name or known.get("name") or patient_id
@@ -181,7 +206,7 @@ class CaseService:
         created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
             "name": policy.cases.room_name.format(patient_name=name, patient_id=patient_id),
             "topic": f"Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
-            "preset": "private_chat", "visibility": "private", "invite": [sender],
+            "preset": "private_chat", "visibility": "private", "invite": [requester] if requester else [],
             "creation_content": {"m.federate": False},
             "initial_state": [
                 {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": CASE_CLASS}},
@@ -189,12 +214,16 @@ class CaseService:
             ],
             "power_level_content_override": {
                 # The bot created the room: from room version 12 creators hold power implicitly.
-                "users": {sender: 50}, "events_default": 0, "state_default": 50,
+                "users": {requester: 50} if requester else {}, "events_default": 0, "state_default": 50,
                 "invite": 50, "kick": 50, "ban": 50, "redact": 50,
             },
         })
         room_id = str(created["room_id"])
-        await self.store.add(case_id, patient_id, name, room_id, sender, summary_text)
+        await self.store.add(case_id, patient_id, name, room_id, requester or self.bot, summary_text, origin)
+        if order:
+            who = self._name_of(requester) if requester else "the HIS"
+            await self._send(room_id, {"msgtype": "m.notice", "body": f"Opened from the HIS consult order {order} by {who}."},
+                             f"{case_id}-order")
         pinned = await self._send(room_id, {
             "msgtype": "m.notice", "body": summary_text, "format": "org.matrix.custom.html",
             "formatted_body": summary_html, CASE_FIELD: {"case_id": case_id, "kind": "summary"},
@@ -204,11 +233,11 @@ class CaseService:
         )
         paged = await self._page_roles(case_id, room_id, patient_id, units, pinned)
         await self.audit.record(
-            actor=sender, action="appservice.case.opened", object=case_id, room=room_id, patient=patient_id,
-            outcome="success", process="appservice", details={"units": list(units), "roles": paged},
+            actor=requester or self.bot, action="appservice.case.opened", object=case_id, room=room_id,
+            patient=patient_id, outcome="success", process="appservice",
+            details={"units": list(units), "roles": paged, "order": origin},
         )
-        roles = f" Paged: {', '.join(paged)}." if paged else ""
-        return f"Case room for {name} ({patient_id}) opened: https://matrix.to/#/{room_id}.{roles}"
+        return room_id, name, paged
 
     async def _summary(self, patient_id: str) -> tuple[str, str, str]:
         """(plain, html, patient name) — an unavailable summary is said plainly, not hidden."""

@@ -198,6 +198,12 @@ class ClinicalService:
                 await self.store.link_alert(item.facility, item.control_id, page_id, role_id)
             if "ordering_provider" in rule.notify:
                 await self._tell_ordering_provider(item, event, rule.priority, summary, patient)
+        consult = policy.cases.consult_orders or {}
+        if isinstance(event, OrderEvent) and event.test_code in consult and event.order_control == "NW" and self.cases:
+            await self.cases.open_for_order(
+                self._staff_user(event.ordering_provider), event.patient.id, consult[event.test_code],
+                f"{item.facility}:{event.placer or item.control_id}", event.test or event.test_code,
+            )
         if isinstance(event, ImagingEvent) and self.cases is not None:
             await self.cases.on_study(event.patient.id, event.study_uid, f"{item.facility}-{item.control_id}")
         await self.store.done(item.id, "delivered", kind)
@@ -272,17 +278,21 @@ class ClinicalService:
         url = self.policy.link(kind, **values) if self.policy else None
         return f"\n{url}" if url else ""
 
+    def _staff_user(self, provider: str) -> str | None:
+        """The Matrix ID of an ordering provider (XCN "D1001^李^伟" or "D1001") on the staff list."""
+        number = (provider or "").split("^", 1)[0].strip()
+        person = self.oncall.policy.staff_for_localpart(staff_localpart(number)) if number else None
+        return self.oncall.user_id(number) if person is not None and person.staff_number == number else None
+
     async def _tell_ordering_provider(
         self, item: Inbound, event: Any, priority: str, text: str, patient: dict[str, str]
     ) -> None:
         """A report goes to the person who ordered it, in their direct chat with the service."""
         staff = getattr(event, "ordering_provider", "") or ""
-        number = staff.split("^", 1)[0].strip()
-        person = self.oncall.policy.staff_for_localpart(staff_localpart(number)) if number else None
-        if person is None or person.staff_number != number:
+        user_id = self._staff_user(staff)
+        if user_id is None:
             log.info("%s %s: ordering provider '%s' is not on the staff list; nobody told", item.message_type, item.control_id, staff)
             return
-        user_id = self.oncall.user_id(number)
         room_id = await self.direct_room(user_id)
         await self._post(room_id, item, priority, text, patient, txn_suffix="tell")
 

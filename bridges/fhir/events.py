@@ -207,6 +207,10 @@ def _service_request(resource: dict, included: Mapping[str, dict]) -> OrderEvent
         test=_concept_text(resource.get("code")),
         ordering_provider=_requester(resource),
         priority=_str(resource.get("priority")),
+        test_code=next(
+            (_str(_dict(c).get("code")) for c in _list(_dict(resource.get("code")).get("coding"))
+             if _str(_dict(c).get("code"))), "",
+        ),
     )
 
 

@@ -121,6 +121,7 @@ def _order(message: Message) -> OrderEvent:
         ordering_provider=orc.get(12) or obr.get(16),
         # ORC-7/OBR-27 (TQ) until v2.4; TQ1-9 from v2.5, where the TQ fields are withdrawn.
         priority=orc.get(7, 6) or obr.get(27, 6) or message.get("TQ1", 9),
+        test_code=obr.get(4, 1),
     )
 
 

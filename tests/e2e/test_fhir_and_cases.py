@@ -363,3 +363,47 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
     finally:
         await doctor.close()
         await pharmacist.close()
+
+
+async def test_his_consult_order_opens_one_case_room_with_the_ordering_doctor(stack: RunningStack):
+    doctor = await stack.login("d1001")
+    try:
+        placer = f"CONS{uuid.uuid4().hex[:6].upper()}"
+        _, order = hl7(
+            "PID|1||P20261102^^^RENHE^MR||李^秀英||19630708|F", "PV1|1|I|ICU^02^02",
+            f"ORC|NW|{placer}|||||||{datetime.now():%Y%m%d%H%M}|||D1001^李^伟",
+            f"OBR|1|{placer}||CONS-ICU^ICU consult",
+            kind="OMG^O19",
+        )
+        assert (await send_mllp(stack, order)).get("MSA", 1) == "AA"  # type: ignore[attr-defined]
+        _, again = hl7(  # the HIS sends the same order again under a new control ID
+            "PID|1||P20261102^^^RENHE^MR||李^秀英||19630708|F", "PV1|1|I|ICU^02^02",
+            f"ORC|NW|{placer}|||||||{datetime.now():%Y%m%d%H%M}|||D1001^李^伟",
+            f"OBR|1|{placer}||CONS-ICU^ICU consult",
+            kind="OMG^O19",
+        )
+        assert (await send_mllp(stack, again)).get("MSA", 1) == "AA"  # type: ignore[attr-defined]
+
+        async def case_rooms() -> list[str]:
+            resp = await doctor.sync(timeout=1000)
+            for room_id in resp.rooms.invite:
+                await doctor.join(room_id)
+            found = []
+            for room_id in doctor.rooms:
+                texts = await bodies(doctor, room_id)
+                if any(t.startswith("Opened from the HIS consult order ICU consult") and "李伟" in t for t in texts) \
+                        and any("P20261102" in t for t in texts):
+                    found.append(room_id)
+            return found
+
+        (room,) = await eventually(case_rooms)
+        state = await doctor.room_get_state(room)
+        by_type = {(e["type"], e["state_key"]): e["content"] for e in state.events}
+        assert by_type[("org.carematrix.room_class", "")]["class"] == "consult"
+        assert "李秀英" in by_type[("m.room.name", "")]["name"]
+        members = {m.user_id for m in (await doctor.joined_members(room)).members}
+        assert stack.user_id("role-icu-nurse") in members
+        await asyncio.sleep(3)
+        assert len(await case_rooms()) == 1  # the resent order opened nothing more
+    finally:
+        await doctor.close()

@@ -50,6 +50,7 @@ def test_demo_hospital_fhir_sources_cases_and_links():
     (report,) = clinical.rules_for("report")
     assert report.notify == ("ordering_provider",) and not report.post
     assert clinical.cases.open_positions == {"doctor", "nurse"}
+    assert clinical.cases.consult_orders == {"CONS-ICU": ("icu",), "CONS-CARD": ("cardiology",)}
     assert clinical.link("study", study_uid="1.2.3") == "https://pacs.renhe.example/viewer?StudyInstanceUID=1.2.3"
     assert clinical.link("patient", patient_id="P 1/2") == "https://his.renhe.example/patient/P%201%2F2"
 
@@ -66,6 +67,7 @@ def test_fhir_case_and_link_mistakes_are_reported_with_lines():
         "  cases:\n"
         "    key_images: 50\n"
         "    room_name: 'Case {bed}'\n"
+        "    consult_orders: {CONS-X: [nowhere]}\n"
         "  deep_links:\n"
         "    study: 'https://pacs/{study}'\n"
         "    lab: 'https://lis/{patient_id}'\n"
@@ -76,5 +78,6 @@ def test_fhir_case_and_link_mistakes_are_reported_with_lines():
     assert "c.yaml:7: FHIR source 'LIS' needs the list of resource types" in errors
     assert "c.yaml:9: 'key_images' must be a whole number from 1 to 20" in errors
     assert "c.yaml:10: 'room_name' may use {patient_name} and {patient_id} only" in errors
-    assert "c.yaml:12: deep link 'study' uses an unknown field" in errors
-    assert "c.yaml:13: deep link 'lab' is not known" in errors
+    assert "c.yaml:11: consult order 'CONS-X' names unknown unit(s) nowhere" in errors
+    assert "c.yaml:13: deep link 'study' uses an unknown field" in errors
+    assert "c.yaml:14: deep link 'lab' is not known" in errors
