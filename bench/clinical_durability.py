@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.critical_alert import Mllp
+from bench.mllp import Mllp
 from bench.roundtrip import _call, _login
 from carematrix.deploy import Settings, prepare
 from carematrix.ports import free_port, free_port_pair

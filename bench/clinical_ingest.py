@@ -9,8 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.mllp import Mllp
 from bench.stats import summary
-from bridges.hl7.mllp import MllpDecoder, frame
 from carematrix.deploy import Settings, prepare
 from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder
@@ -27,18 +27,11 @@ def _adt(i: int) -> bytes:
 
 
 async def _client(port: int, count: int, start: int, latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    decoder = MllpDecoder()
-    try:
+    async with Mllp(port) as conn:
         for i in range(start, start + count):
             t = time.perf_counter()
-            writer.write(frame(_adt(i)))
-            await writer.drain()
-            while not decoder.feed(await reader.read(65536)):
-                pass
+            await conn.send(_adt(i))
             latencies.append((time.perf_counter() - t) * 1000)
-    finally:
-        writer.close()
 
 
 async def measure(work: Path, messages: int = 2000) -> dict:

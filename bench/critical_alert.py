@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
+from bench.mllp import Mllp
 from bench.oncall_e2e import Syncer, _clock
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
-from bridges.hl7.mllp import MllpDecoder, frame
 from carematrix.deploy import Settings, prepare
 from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder
@@ -56,25 +56,6 @@ def _critical(patient: str) -> bytes:
         "OBX|1|NM|2823-3^Potassium||6.9|mmol/L|3.5-5.3|HH|||F",
     ]
     return ("\r".join(segments) + "\r").encode()
-
-
-class Mllp:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.decoder = MllpDecoder()
-
-    async def __aenter__(self) -> Mllp:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.writer.close()
-
-    async def send(self, payload: bytes) -> None:
-        self.writer.write(frame(payload))
-        await self.writer.drain()
-        while not self.decoder.feed(await self.reader.read(65536)):
-            pass
 
 
 async def _flow(port: int, rate: float, stop: asyncio.Event, sent: list[int]) -> None:

@@ -12,6 +12,22 @@ from carematrix.policy import PolicyInvalid, load_policy
 USER_ID_RE = re.compile(r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.:\[\]-]+$")
 
 
+def checked_keys_and_policy_dir(config: Any, allowed: set[str]) -> str:
+    """Every module's config is a mapping of known keys with the policies directory in it:
+    a typo in a key is an error at start, not a silently ignored setting."""
+    if not isinstance(config, dict):
+        raise ValueError("module config must be a mapping")
+    unknown = set(config) - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(allowed))}"
+        )
+    policy_dir = config.get("policy_dir")
+    if not isinstance(policy_dir, str) or not policy_dir:
+        raise ValueError("'policy_dir' must be the path of the policies directory")
+    return policy_dir
+
+
 @dataclass(frozen=True)
 class PolicyModuleConfig:
     policy_dir: Path
@@ -26,20 +42,10 @@ class PolicyModuleConfig:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PolicyModuleConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
-        if not isinstance(config, dict):
-            raise ValueError("module config must be a mapping")
-        allowed = {
+        policy_dir = checked_keys_and_policy_dir(config, {
             "policy_dir", "bot_user_id", "reload_interval_seconds", "watermark_key",
             "watermark_cache_dir", "burn_interval_seconds",
-        }
-        unknown = set(config) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(allowed))}"
-            )
-        policy_dir = config.get("policy_dir")
-        if not isinstance(policy_dir, str) or not policy_dir:
-            raise ValueError("'policy_dir' must be the path of the policies directory")
+        })
         bot = config.get("bot_user_id")
         if not isinstance(bot, str) or not USER_ID_RE.match(bot):
             raise ValueError(f"'bot_user_id' must be a Matrix user ID like @carematrix:example.org, got {bot!r}")

@@ -36,6 +36,7 @@ from carematrix.ldap_login import (
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import staff_localpart
+from synapse_modules.config import checked_keys_and_policy_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +58,7 @@ class LdapAuthConfig:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LdapAuthConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
-        if not isinstance(config, dict):
-            raise ValueError("module config must be a mapping")
-        allowed = {"policy_dir", "ldap", "admin_user_id", "admin_password_sha256"}
-        unknown = set(config) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(allowed))}"
-            )
-        policy_dir = config.get("policy_dir")
-        if not isinstance(policy_dir, str) or not policy_dir:
-            raise ValueError("'policy_dir' must be the path of the policies directory")
+        policy_dir = checked_keys_and_policy_dir(config, {"policy_dir", "ldap", "admin_user_id", "admin_password_sha256"})
         try:
             load_policy(Path(policy_dir))
         except PolicyInvalid as exc:

@@ -44,3 +44,15 @@ async def paged_in(client: AsyncClient, room: str) -> set[str]:
         if n["content"].get("org.carematrix.page"):
             out |= set(n["content"].get("m.mentions", {}).get("user_ids", []))
     return out
+
+
+async def quiet_rule_in_place(stack: RunningStack, client: AsyncClient) -> bool:
+    """The off-duty push rule is set for this user, below the critical-alert rule."""
+    async with aiohttp.ClientSession() as http, http.get(
+        stack.url + "/_matrix/client/v3/pushrules/global/",
+        headers={"Authorization": f"Bearer {client.access_token}"},
+    ) as resp:
+        ids = [r["rule_id"] for r in (await resp.json())["override"]]
+    return "org.carematrix.quiet_hours" in ids and ids.index("org.carematrix.critical") < ids.index(
+        "org.carematrix.quiet_hours"
+    )

@@ -13,7 +13,7 @@ from nio import AsyncClient, RoomSendResponse
 
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
-from tests.oncall_support import notices, paged_in, set_clock, tomorrow_at
+from tests.oncall_support import notices, paged_in, quiet_rule_in_place, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
 
@@ -215,14 +215,7 @@ async def test_critical_result_rings_through_quiet_hours_but_routine_notices_do_
     await set_clock(stack, tomorrow_at(23, 0))
     doctor = await stack.login("d2001")
     try:
-        async def quiet_rule_in_place() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(
-                stack.url + "/_matrix/client/v3/pushrules/global/",
-                headers={"Authorization": f"Bearer {doctor.access_token}"},
-            ) as resp:
-                return "org.carematrix.quiet_hours" in [r["rule_id"] for r in (await resp.json())["override"]]
-
-        assert await eventually(quiet_rule_in_place, timeout=60, interval=1)
+        assert await eventually(lambda: quiet_rule_in_place(stack, doctor), timeout=60, interval=1)
         patient = f"Q{uuid.uuid4().hex[:6].upper()}"
         _, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||周^敏||19700101|F", "PV1|1|I|ICU^05^05")
         assert ack_code(await send_mllp(stack, adt)) == "AA"

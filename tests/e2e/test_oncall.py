@@ -10,7 +10,14 @@ from datetime import datetime, timedelta
 import aiohttp
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
-from tests.oncall_support import members, notices, paged_in, set_clock, tomorrow_at
+from tests.oncall_support import (
+    members,
+    notices,
+    paged_in,
+    quiet_rule_in_place,
+    set_clock,
+    tomorrow_at,
+)
 from tests.support import RunningStack, eventually
 
 ATTENDING = "role-cardiology-attending"
@@ -159,17 +166,7 @@ async def test_off_duty_push_rules_silence_normal_messages_but_not_critical_ones
     nurse = await stack.login("n3001")
     doctor = await stack.login("d2001")
     try:
-        async def quiet_rule_in_place() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(
-                stack.url + "/_matrix/client/v3/pushrules/global/",
-                headers={"Authorization": f"Bearer {doctor.access_token}"},
-            ) as resp:
-                ids = [r["rule_id"] for r in (await resp.json())["override"]]
-            return "org.carematrix.quiet_hours" in ids and ids.index("org.carematrix.critical") < ids.index(
-                "org.carematrix.quiet_hours"
-            )
-
-        assert await eventually(quiet_rule_in_place, timeout=60, interval=1)
+        assert await eventually(lambda: quiet_rule_in_place(stack, doctor), timeout=60, interval=1)
         created = await nurse.room_create(invite=[doctor.user_id, stack.bot_user_id])
         assert isinstance(created, RoomCreateResponse), created
         await doctor.join(created.room_id)
