@@ -35,6 +35,7 @@ from appservice.org_sync import OrgSyncService
 from carematrix.org.matrix import OrgMatrix
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
+from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice")
 
@@ -161,7 +162,11 @@ class Bot:
                 return
         else:
             reply = reply_unknown(command.name)
-        await self.appserv.intent.send_notice(evt.room_id, reply)
+        # Every message from the service carries its priority (docs/clinical.md); replies
+        # to commands are routine.
+        await self.appserv.intent.send_message_event(
+            evt.room_id, EventType.ROOM_MESSAGE, {"msgtype": "m.notice", "body": reply, PRIORITY_FIELD: "routine"}
+        )
 
     async def _oncall_command(self, sender: str, args: tuple[str, ...]) -> str:
         """``!oncall [unit]`` lists who holds each role now and next; ``!oncall cover <role>

@@ -83,6 +83,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from carematrix.supervisor import Stack, StartupFailed
 
     port = args.port or _env_int("CAREMATRIX_PORT", 8008)
+    systems = {
+        "fhir_server": args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
+        "dicomweb": args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
+        "emr_archive": args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
+    }
     settings = Settings(
         data_dir=args.data_dir or _default_data_dir(),
         port=port,
@@ -95,9 +100,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
         demo=not args.no_demo,
         audit_syslog=args.audit_syslog or os.environ.get("CAREMATRIX_AUDIT_SYSLOG"),
-        fhir_server=args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
-        dicomweb=args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
-        emr_archive=args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
+        **systems,
+        # A hospital system named on the command line (or in the environment) wins: the demo
+        # EMR and PACS are never mixed with real ones.
+        demo_systems=not args.no_demo and not args.no_demo_systems and not any(systems.values()),
+        demo_emr_port=args.demo_emr_port or 0,
+        demo_pacs_port=args.demo_pacs_port or 0,
         ldap=_ldap_settings(args.ldap_config),
     )
     # Checked before anything is written, so a failed start leaves the data dir as it was.
@@ -158,6 +166,8 @@ def _print_banner(deployment: object, result: object) -> None:
         lines.append(f"  FHIR R4 input  : {s.appservice_url}/_carematrix/fhir (bearer tokens: fhir_token:<source> in {deployment.paths.secrets})")
         systems = [f"{name} {url}" for name, url in (("FHIR server", s.fhir_server), ("PACS", s.dicomweb), ("EMR archive", s.emr_archive)) if url]
         lines.append("  Case rooms     : '!case open <patient id>'; " + ("; ".join(systems) if systems else "no FHIR server/PACS/EMR connected (--fhir-server, --dicomweb, --emr-archive)"))
+        if s.demo_systems:
+            lines += _demo_systems_lines(s)
     directory_only = s.ldap is not None and not s.ldap.get("local_passwords", False)
     if s.ldap is not None:
         lines.append(f"  Sign-in        : hospital directory password ({s.ldap.get('uri')})"
@@ -178,6 +188,23 @@ def _print_banner(deployment: object, result: object) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _demo_systems_lines(settings: Settings) -> list[str]:
+    """What the demo EMR and PACS hold, and the first thing to try with them."""
+    from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, demo_patients
+    from carematrix.demo.pacs import INSTALL_HINT
+
+    room = f"#cardiology-team:{settings.server_name}"
+    lines = [f"  Demo EMR       : patients {', '.join(demo_patients())}; files closed cases"]
+    if settings.has_demo_pacs:
+        lines.append(f"  Demo PACS      : CT of {DEMO_PATIENT}, accession {DEMO_ACCESSION} (Orthanc)")
+        then = f", then in the case room: !images {DEMO_ACCESSION}"
+    else:
+        lines.append(f"  Demo PACS      : not installed ({INSTALL_HINT})")
+        then = ""
+    lines.append(f"  Try            : as d1001 in {room}: !case open {DEMO_PATIENT}{then}")
+    return lines
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -412,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dicomweb", metavar="URL", help="the PACS's DICOMweb root (key images in case rooms)")
     up.add_argument("--emr-archive", metavar="URL", help="FHIR endpoint closed cases are archived to (Bundle + PDF)")
     up.add_argument("--no-demo", action="store_true", help="accounts get no password (sign-in via SSO); no demo logins printed")
+    up.add_argument("--no-demo-systems", action="store_true",
+                    help="demo mode without the demo EMR and PACS (implied by --no-demo and by "
+                         "--fhir-server/--dicomweb/--emr-archive)")
+    up.add_argument("--demo-emr-port", type=_port, help="port of the demo EMR (default appservice port + 1)")
+    up.add_argument("--demo-pacs-port", type=_port, help="port of the demo PACS (default appservice port + 2)")
     up.add_argument("--ldap-config", type=Path, metavar="FILE",
                     help="staff sign in with the hospital directory (LDAP): YAML settings, see docs/org.md "
                          "(bind password may come from $CAREMATRIX_LDAP_BIND_PASSWORD)")

@@ -87,6 +87,13 @@ class Settings:
     fhir_server: str | None = None
     dicomweb: str | None = None
     emr_archive: str | None = None
+    # Start the demo hospital's own systems (carematrix.demo) and connect them: the demo EMR
+    # (FHIR server with the demo patients, also receiving case archives) and, if Orthanc is
+    # installed, the demo PACS with one CT. Only with demo, never next to real systems;
+    # prepare() fills fhir_server/dicomweb/emr_archive with their URLs.
+    demo_systems: bool = False
+    demo_emr_port: int = 0  # 0: appservice port + 1
+    demo_pacs_port: int = 0  # 0: appservice port + 2
     # Sign-in with the hospital directory: the keys of carematrix.ldap_login.parse_ldap_config
     # (docs/org.md); None leaves passwords to Synapse.
     ldap: dict | None = None
@@ -97,6 +104,10 @@ class Settings:
         self.policy_dir = Path(self.policy_dir).resolve()
         if not self.appservice_port:
             self.appservice_port = self.port + 1
+        if not self.demo_emr_port:
+            self.demo_emr_port = self.appservice_port + 1
+        if not self.demo_pacs_port:
+            self.demo_pacs_port = self.appservice_port + 2
 
     @property
     def homeserver_url(self) -> str:
@@ -105,6 +116,23 @@ class Settings:
     @property
     def appservice_url(self) -> str:
         return f"http://127.0.0.1:{self.appservice_port}"
+
+    @property
+    def demo_emr_url(self) -> str:
+        """The demo EMR's FHIR base."""
+        return f"http://127.0.0.1:{self.demo_emr_port}/fhir"
+
+    @property
+    def demo_pacs_url(self) -> str:
+        """The demo PACS's REST API; its DICOMweb root is below it."""
+        return f"http://127.0.0.1:{self.demo_pacs_port}"
+
+    @property
+    def has_demo_pacs(self) -> bool:
+        """Whether this deployment has a demo PACS: asked, and Orthanc is installed."""
+        from carematrix.demo import pacs
+
+        return self.demo_systems and self.carematrix_enabled and pacs.installed()
 
 
 @dataclass
@@ -135,6 +163,9 @@ class Paths:
     logs = property(lambda self: self.root / "logs")
     watermark_cache = property(lambda self: self.root / "watermark-cache")
     case_archives = property(lambda self: self.root / "case-archives")
+    demo_pacs = property(lambda self: self.root / "demo-pacs")
+    demo_pacs_log = property(lambda self: self.logs / "demo-pacs.out")
+    demo_emr_log = property(lambda self: self.logs / "demo-emr.out")
 
 
 @dataclass
@@ -191,7 +222,7 @@ def check_port_free(host: str, port: int, what: str, hint: str) -> None:
 
 
 def check_ports(settings: Settings) -> None:
-    """Both listening ports must be free before anything starts or is written."""
+    """Every listening port must be free before anything starts or is written."""
     check_port_free(settings.bind_address, settings.port, "homeserver", "stop what uses it or set CAREMATRIX_PORT / --port")
     if settings.carematrix_enabled:
         check_port_free(
@@ -202,6 +233,12 @@ def check_ports(settings: Settings) -> None:
         )
         if settings.hl7_port:
             check_port_free(settings.hl7_bind, settings.hl7_port, "HL7 (MLLP)", "stop what uses it or set --hl7-port")
+        if settings.demo_systems:
+            hint = "stop what uses it, set --demo-emr-port / --demo-pacs-port, or run with --no-demo-systems"
+            check_port_free("127.0.0.1", settings.demo_emr_port, "demo EMR", hint)
+            if settings.has_demo_pacs:
+                # Orthanc listens on every interface (and refuses remote clients).
+                check_port_free("0.0.0.0", settings.demo_pacs_port, "demo PACS", hint)
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -415,6 +452,30 @@ def _modules(
     return modules
 
 
+def _connect_demo_systems(settings: Settings) -> None:
+    """Point the appservice at the demo EMR and PACS; their URLs must be in the settings
+    before the appservice config is rendered. Repeating it is harmless."""
+    if not settings.demo_systems:
+        return
+    if not settings.demo or not settings.carematrix_enabled:
+        raise DeployError("the demo EMR and PACS come only with the demo hospital (not with --no-demo "
+                          "or a plain Synapse); pass --no-demo-systems")
+    from carematrix.demo.pacs import DICOMWEB_ROOT
+
+    wanted = {
+        "fhir_server": settings.demo_emr_url,
+        "emr_archive": settings.demo_emr_url,
+        "dicomweb": settings.demo_pacs_url + DICOMWEB_ROOT if settings.has_demo_pacs else None,
+    }
+    for key, url in wanted.items():
+        if getattr(settings, key) not in (None, url):
+            raise DeployError(
+                f"--{key.replace('_', '-')} connects a real system; with it, pass --no-demo-systems "
+                "(the demo EMR and PACS are never mixed with a hospital's systems)"
+            )
+        setattr(settings, key, url)
+
+
 def prepare(settings: Settings) -> Deployment:
     """Validate inputs, then write everything; nothing is written if validation fails."""
     from carematrix.policy import PolicyInvalid, load_policy
@@ -430,6 +491,7 @@ def prepare(settings: Settings) -> Deployment:
         raise DeployError(
             f"the policy in {settings.policy_dir} is invalid; fix it (carematrix policy check):\n{exc}"
         ) from exc
+    _connect_demo_systems(settings)
     check_data_dir(settings.data_dir)
     paths = Paths(settings.data_dir)
     database, appservice_database = _database_values(settings, paths)
@@ -523,6 +585,10 @@ def prepare(settings: Settings) -> Deployment:
     ]
     for path, text, mode in rendered:
         _atomic_write(path, text, mode)
+    if settings.has_demo_pacs:
+        from carematrix.demo.pacs import write_config
+
+        write_config(paths.demo_pacs, settings.demo_pacs_port)
     return deployment
 
 

@@ -2,7 +2,9 @@
 
 Idempotent: run at every ``carematrix up``. Creates the admin account used by tooling,
 makes the bot a server admin, and asks the appservice for an org sync (accounts, spaces,
-standard rooms, memberships); existing accounts keep their passwords and sessions.
+standard rooms, memberships); existing accounts keep their passwords and sessions. With the
+demo systems it also puts the demo patient's CT into the demo PACS, so ``!images`` has
+something to find.
 """
 
 from __future__ import annotations
@@ -113,7 +115,20 @@ class Seeder:
             idle_polls = idle_polls + 1 if not status.get("current_updates") else 0
             time.sleep(0.3)
 
+    def load_demo_images(self) -> None:
+        """Orthanc keeps its store under the data dir, so after the first run this only finds
+        the study already there."""
+        from carematrix.demo.pacs import OrthancClient, load_demo_study
+
+        orthanc = OrthancClient(self.d.settings.demo_pacs_url, self.d.paths.demo_pacs_log)
+        try:
+            load_demo_study(orthanc)
+        except (RuntimeError, OSError) as exc:
+            raise SeedFailed(f"loading the demo CT into the demo PACS ({orthanc.url}) failed: {exc}") from exc
+
     def run(self) -> SeedResult:
+        if self.d.settings.has_demo_pacs:
+            self.load_demo_images()
         self.wait_for_background_updates()
         self.promote_bot()
         report = self.org_sync()

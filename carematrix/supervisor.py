@@ -1,7 +1,9 @@
-"""Start, watch and stop the stack's processes (Synapse and the appservice).
+"""Start, watch and stop the stack's processes (Synapse, the appservice and, in demo mode,
+the demo hospital's EMR and PACS).
 
 Used by ``carematrix up`` and by the test harness, so tests exercise the same start-up
-path an operator uses.
+path an operator uses. The demo systems are children like the others, so Ctrl-C stops them
+and a crash restarts them.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ class ManagedProcess:
     log_path: Path
     cwd: Path
     health_url: str
+    env: dict[str, str] = field(default_factory=dict)  # on top of ours
     popen: subprocess.Popen | None = None
     crashes: list[float] = field(default_factory=list)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["PYTHONUNBUFFERED"] = "1"
         self.popen = subprocess.Popen(
             self.argv,
@@ -92,6 +95,36 @@ class ManagedProcess:
             self.popen.wait()
 
 
+def _demo_processes(deployment: Deployment) -> list[ManagedProcess]:
+    """The demo EMR and (if Orthanc is installed) the demo PACS, as prepare() configured them."""
+    s, p = deployment.settings, deployment.paths
+    if not s.demo_systems:
+        return []
+    from carematrix.demo import DEMO_DATA, pacs
+
+    processes = [
+        ManagedProcess(
+            "demo-emr",
+            [sys.executable, "-m", "carematrix.demo.emr", "--port", str(s.demo_emr_port), "--data", str(DEMO_DATA)],
+            p.demo_emr_log,
+            p.root,
+            f"{s.demo_emr_url}/metadata",
+        )
+    ]
+    if s.has_demo_pacs:
+        processes.append(
+            ManagedProcess(
+                "demo-pacs",
+                pacs.argv(p.demo_pacs / pacs.CONFIG_NAME),
+                p.demo_pacs_log,
+                p.demo_pacs,
+                f"{s.demo_pacs_url}/system",
+                env=pacs.ORTHANC_ENV,
+            )
+        )
+    return processes
+
+
 class Stack:
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -111,7 +144,11 @@ class Stack:
             p.appservice_dir,
             f"{s.appservice_url}/_carematrix/health",
         )
-        self.processes = [self.synapse, self.appservice] if s.carematrix_enabled else [self.synapse]
+        # Started before the appservice, which reads from them; stopped after it.
+        self.demo_systems = _demo_processes(deployment) if s.carematrix_enabled else []
+        self.processes = (
+            [self.synapse, *self.demo_systems, self.appservice] if s.carematrix_enabled else [self.synapse]
+        )
 
     def start(self, timeout: float = 180.0) -> None:
         check_ports(self.deployment.settings)

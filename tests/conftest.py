@@ -1,6 +1,6 @@
 """Shared fixtures. One real homeserver per database backend serves the whole run, connected
 to the hospital systems it talks to: a FHIR R4 server (summaries, archive) and a real Orthanc
-PACS with its DICOMweb plugin."""
+PACS with its DICOMweb plugin, both the demo hospital's (carematrix.demo) started privately."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fhir_server import FhirTestServer, start_fhir_server
-from tests.orthanc import Orthanc, start_orthanc, upload_with_accession
+from carematrix.demo import DEMO_ACCESSION, DEMO_DATA, DEMO_PATIENT
+from carematrix.demo.emr import FhirTestServer, start_fhir_server
+from carematrix.demo.pacs import Orthanc, start_orthanc, upload_with_accession
 from tests.support import RunningStack, start_stack, stop_stack
-
-HOSPITAL_DATA = Path(__file__).parent / "data" / "fhir" / "hospital.json"
 
 
 @dataclass
@@ -30,10 +29,10 @@ class ClinicalSystems:
 def clinical_systems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClinicalSystems]:
     from pydicom.data import get_testdata_file
 
-    fhir = start_fhir_server(HOSPITAL_DATA)
+    fhir = start_fhir_server(DEMO_DATA)
     orthanc = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
-        patient, accession = "P20261101", "A20261125001"
+        patient, accession = DEMO_PATIENT, DEMO_ACCESSION
         study_uid = upload_with_accession(orthanc, Path(get_testdata_file("CT_small.dcm")), accession, patient)
         yield ClinicalSystems(fhir, orthanc, patient, accession, study_uid)
     finally:

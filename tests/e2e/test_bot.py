@@ -25,6 +25,7 @@ async def test_bot_joins_a_dm_and_answers_ping(stack: RunningStack):
         )
         assert reply["content"]["msgtype"] == "m.notice"
         assert reply["content"]["body"].startswith("pong")
+        assert reply["content"]["org.carematrix.priority"] == "routine"  # every bot message has one
     finally:
         await nurse.close()
 

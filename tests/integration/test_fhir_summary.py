@@ -1,8 +1,9 @@
 """fetch_summary against a real (test) FHIR server over HTTP, and that server itself.
 
-tests/fhir_server.py stands in for the hospital's FHIR server and EMR; the demo data in
-tests/data/fhir/hospital.json has one patient whose FHIR id equals the MRN (P20261101) and one
-whose FHIR id (20031) differs from the MRN (P20261102), so lookup by MRN is really exercised.
+carematrix/demo/emr.py (the demo hospital's EMR) stands in for the hospital's FHIR server and
+EMR; its data, carematrix/demo/data/hospital.json, has one patient whose FHIR id equals the MRN
+(P20261101) and one whose FHIR id (20031) differs from the MRN (P20261102), so lookup by MRN is
+really exercised.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from fhirclient.models.bundle import Bundle as R4Bundle
 
 from appservice.clinical.archive import CaseInfo, CaseMessage, build_bundle
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary
-from tests.fhir_server import FhirTestServer, start_fhir_server
+from carematrix.demo import DEMO_DATA
+from carematrix.demo.emr import FhirTestServer, start_fhir_server
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "fhir" / "hospital.json"
+DATA = DEMO_DATA
 TOKEN = "test-token-5f2a"
 FHIR_JSON = "application/fhir+json"
 
@@ -348,7 +350,7 @@ def test_post_resource_and_transaction(fresh):
 def test_runs_as_a_process_and_exposes_received_resources():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fhir_server", "--port", str(port), "--data", str(DATA),
+        [sys.executable, "-m", "carematrix.demo.emr", "--port", str(port), "--data", str(DATA),
          "--token", TOKEN],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

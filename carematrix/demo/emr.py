@@ -1,21 +1,31 @@
-"""A small FHIR R4 server standing in for the hospital's FHIR server / EMR in tests.
+"""The demo hospital's EMR: a small FHIR R4 server, and the test suite's stand-in for the
+hospital's FHIR server.
+
+``carematrix up`` (demo mode) runs it with the demo patients (``data/hospital.json`` beside
+this module) as the FHIR server case summaries are read from and the EMR closed cases are
+filed to, so the clinical flow can be tried without a hospital. It keeps everything in memory:
+archives filed to it are gone when it stops (the appservice keeps its own copy in
+``var/case-archives/``).
 
 It is deliberately strict where a real server would be, so that client bugs show up here rather
 than at the hospital: unknown search parameters get a 400 (as with ``Prefer: handling=strict``),
 missing resources a 404 OperationOutcome, a wrong bearer token a 401, and search results are
 paged with a ``next`` link when ``_count`` cuts them short, and ``If-None-Exist`` is honoured
-(conditional create). It keeps everything in memory and records every resource created by a
-POST, so tests can check what was sent to the EMR.
+(conditional create). It records every resource created by a POST, so tests can check what was
+sent to the EMR.
 
 Use it in-process (a background thread with its own event loop, so synchronous clients such as
 fhirclient can call it from the test's thread)::
 
-    server = start_fhir_server(Path("tests/data/fhir/hospital.json"), token="s3cret")
+    server = start_fhir_server(DEMO_DATA, token="s3cret")
     ...  # server.url is the FHIR base, e.g. http://127.0.0.1:41234/fhir
     server.received()  # resources POSTed so far
     server.stop()
 
-or as a process: ``python -m tests.fhir_server --port 8090 --data tests/data/fhir/hospital.json``;
+or as a process (as the supervisor runs it)::
+
+    python -m carematrix.demo.emr --port 8090 --data carematrix/demo/data/hospital.json
+
 then ``GET /_test/received`` (outside the FHIR base, no token needed) returns the POSTed resources.
 """
 
@@ -286,8 +296,8 @@ class FhirApp:
                 "status": "active",
                 "date": "2026-11-01",
                 "kind": "instance",
-                "software": {"name": "CareMatrix test FHIR server"},
-                "implementation": {"description": "test stand-in", "url": self._base(request)},
+                "software": {"name": "CareMatrix demo EMR"},
+                "implementation": {"description": "demo EMR / test stand-in", "url": self._base(request)},
                 "fhirVersion": "4.0.1",
                 "format": ["json"],
                 "rest": [
@@ -528,13 +538,13 @@ def start_fhir_server(
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
-    thread = threading.Thread(target=run, name="fhir-test-server", daemon=True)
+    thread = threading.Thread(target=run, name="demo-emr", daemon=True)
     thread.start()
     started.wait(30)
     if "error" in state:
-        raise RuntimeError("FHIR test server failed to start") from state["error"]
+        raise RuntimeError("the demo EMR (FHIR server) failed to start") from state["error"]
     if "port" not in state:
-        raise RuntimeError("FHIR test server did not start within 30 s")
+        raise RuntimeError("the demo EMR (FHIR server) did not start within 30 s")
 
     def stop() -> None:
         if loop.is_running():
@@ -545,7 +555,7 @@ def start_fhir_server(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description="The demo hospital's EMR: a small FHIR R4 server")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data", type=Path, default=None, help="FHIR Bundle to serve")

@@ -1,12 +1,19 @@
-"""A real Orthanc PACS with its DICOMweb plugin, for tests that talk QIDO-RS/WADO-RS.
+"""The demo hospital's PACS: a real Orthanc with its DICOMweb plugin, and the test suite's
+stand-in for the hospital's PACS.
+
+``carematrix up`` (demo mode) runs Orthanc under its supervisor with the config
+:func:`write_config` puts in ``var/demo-pacs/`` and loads one CT of the demo patient
+(:func:`load_demo_study`), so ``!images`` can be tried without a hospital. Tests start their
+own with :func:`start_orthanc`.
 
 A fake server would only answer what we already believe the protocol says; Orthanc is a
 production PACS and disagrees with us in the ways real ones do (multipart framing, JSON
-value types, 204 vs. empty arrays). It runs as a child process on free loopback ports with
-all state under the given directory, so parallel runs and the other suites on this machine
-never share a port or a database.
+value types, 204 vs. empty arrays). It runs as a child process on loopback ports with all
+state under one directory, so parallel runs and the other suites on this machine never
+share a port or a database.
 
-Needs the Debian packages ``orthanc`` and ``orthanc-dicomweb``.
+Needs the Debian packages ``orthanc`` and ``orthanc-dicomweb``; without them the demo
+hospital simply has no PACS (:func:`installed`).
 """
 
 from __future__ import annotations
@@ -19,16 +26,23 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, DEMO_PATIENT_NAME
+
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+INSTALL_HINT = "apt-get install orthanc orthanc-dicomweb"
 START_TIMEOUT = 30.0
+DICOMWEB_ROOT = "/dicom-web"
+CONFIG_NAME = "orthanc.json"
+# Without it Orthanc's messages and QIDO-RS answers fall back to Latin-1.
+ORTHANC_ENV = {"LANG": "C.UTF-8"}
 
 # pydicom's bundled files that Orthanc 1.10 stores and serves back over WADO-RS and that
 # bridges.dicom.render draws. None has an AccessionNumber (all are empty), so look them up
@@ -39,17 +53,25 @@ SAMPLE_FILES = (
     "examples_rgb_color.dcm",  # US, 240x320 RGB
     "examples_ybr_color.dcm",  # US multi-frame, 30 frames 240x320 JPEG baseline YBR_FULL_422
 )
+DEMO_SAMPLE = "CT_small.dcm"
+
+
+def installed() -> bool:
+    """Whether this machine can run the PACS at all (the demo hospital goes without one)."""
+    return ORTHANC_BINARY.exists() and DICOMWEB_PLUGIN.exists()
 
 
 @dataclass
-class Orthanc:
-    """A running Orthanc; ``url`` is its REST API, ``dicomweb`` the DICOMweb root."""
+class OrthancClient:
+    """Orthanc's REST API at ``url``; ``log`` is where its output goes, for error messages."""
 
     url: str
-    dicomweb: str
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    log: Path = field(default_factory=Path)
+    log: Path | None = None
+
+    @property
+    def dicomweb(self) -> str:
+        """The DICOMweb root the appservice is pointed at."""
+        return f"{self.url}{DICOMWEB_ROOT}"
 
     def upload(self, path_or_bytes: Path | str | bytes) -> dict:
         """Store one DICOM file through the REST API (not STOW-RS, so a bug in our DICOMweb
@@ -73,11 +95,21 @@ class Orthanc:
             return json.loads(response.read())
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.log is None:
+            return "(no Orthanc log)"
         try:
             text = self.log.read_text("utf-8", "replace")
         except OSError:
             return "(no Orthanc log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(kw_only=True)
+class Orthanc(OrthancClient):
+    """An Orthanc this module started and owns (tests); ``stop()`` ends it."""
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -89,19 +121,48 @@ class Orthanc:
                 self.process.wait(timeout=15)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Hold all sockets open until every port is chosen so the kernel cannot hand out the
-    same one twice."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+def orthanc_config(workdir: Path, http_port: int, name: str) -> dict:
+    """Loopback-only, no DICOM listener, no authentication: a PACS for one machine."""
+    return {
+        "Name": name,
+        "StorageDirectory": str(workdir / "storage"),
+        "IndexDirectory": str(workdir / "index"),
+        "HttpPort": http_port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        # Without it QIDO-RS answers in Latin-1 and silently drops names it cannot encode
+        # (a Chinese PatientName comes back empty).
+        "DefaultEncoding": "Utf8",
+        "SyncStorageArea": False,
+        "SaveJobs": False,
+        "HttpThreadsCount": 10,
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": f"{DICOMWEB_ROOT}/", "EnableWado": False},
+    }
+
+
+def write_config(workdir: Path, http_port: int, name: str = "carematrix-demo-pacs") -> Path:
+    """Write CONFIG_NAME into ``workdir`` (where the PACS keeps its state too)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / CONFIG_NAME
+    text = json.dumps(orthanc_config(workdir, http_port, name), indent=2)
+    tmp = config_path.with_name(config_path.name + ".tmp")
+    tmp.write_text(text, "utf-8")
+    tmp.replace(config_path)
+    return config_path
+
+
+def argv(config_path: Path) -> list[str]:
+    """The command line that runs Orthanc with a config from :func:`write_config`."""
+    return [str(ORTHANC_BINARY), str(config_path)]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _answers(url: str, accept: str | None = None) -> bool:
@@ -115,16 +176,16 @@ def _answers(url: str, accept: str | None = None) -> bool:
 
 
 def start_orthanc(workdir: Path) -> Orthanc:
-    """Start Orthanc with DICOMweb on free ports, state under ``workdir``; raises with the
+    """Start Orthanc with DICOMweb on a free port, state under ``workdir``; raises with the
     log tail if it is not answering within ``START_TIMEOUT`` seconds.
 
-    Another process can grab a port between our choosing it and Orthanc binding it (other
-    suites run on this machine), so that one failure is retried with fresh ports.
+    Another process can grab the port between our choosing it and Orthanc binding it (other
+    suites run on this machine), so that one failure is retried with a fresh port.
     """
-    if not ORTHANC_BINARY.exists() or not DICOMWEB_PLUGIN.exists():
+    if not installed():
         raise RuntimeError(
             f"Orthanc with DICOMweb is needed ({ORTHANC_BINARY}, {DICOMWEB_PLUGIN}); "
-            "install the Debian packages: apt-get install orthanc orthanc-dicomweb"
+            f"install the Debian packages: {INSTALL_HINT}"
         )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -150,37 +211,17 @@ def start_orthanc(workdir: Path) -> Orthanc:
 
 
 def _launch(workdir: Path) -> Orthanc:
-    http_port, dicom_port = _free_ports(2)
-    config = {
-        "Name": "carematrix-test",
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"),
-        "HttpPort": http_port,
-        "DicomServerEnabled": False,
-        "DicomPort": dicom_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        # Without it QIDO-RS answers in Latin-1 and silently drops names it cannot encode
-        # (a Chinese PatientName comes back empty).
-        "DefaultEncoding": "Utf8",
-        "SyncStorageArea": False,
-        "SaveJobs": False,
-        "HttpThreadsCount": 10,
-        "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
-    }
-    config_path = workdir / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2), "utf-8")
+    http_port = _free_port()
+    config_path = write_config(workdir, http_port, "carematrix-test")
     log_path = workdir / "orthanc.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(ORTHANC_BINARY), str(config_path)], cwd=workdir,
+            argv(config_path), cwd=workdir,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "LANG": "C.UTF-8"},
+            env={**os.environ, **ORTHANC_ENV},
         )
-    url = f"http://127.0.0.1:{http_port}"
-    return Orthanc(url=url, dicomweb=f"{url}/dicom-web", process=process, workdir=workdir,
-                   log=log_path)
+    return Orthanc(url=f"http://127.0.0.1:{http_port}", log=log_path, process=process,
+                   workdir=workdir)
 
 
 def sample_files() -> list[Path]:
@@ -194,8 +235,8 @@ def sample_files() -> list[Path]:
     return paths
 
 
-def upload_with_accession(orthanc: Orthanc, path: Path | str, accession: str, patient_id: str,
-                          patient_name: str = "王建国") -> str:
+def upload_with_accession(orthanc: OrthancClient, path: Path | str, accession: str, patient_id: str,
+                          patient_name: str = DEMO_PATIENT_NAME) -> str:
     """Upload a sample as a study a user could look up by accession number, with a Chinese
     UTF-8 patient name so the character-set path is exercised. Returns its StudyInstanceUID.
 
@@ -218,3 +259,12 @@ def upload_with_accession(orthanc: Orthanc, path: Path | str, accession: str, pa
     if stored.get("Status") not in ("Success", "AlreadyStored"):
         raise RuntimeError(f"Orthanc did not store {path}: {stored}")
     return str(ds.StudyInstanceUID)
+
+
+def load_demo_study(orthanc: OrthancClient) -> str:
+    """Put the demo patient's CT into the demo PACS under the demo accession; safe at every
+    start (the same upload is AlreadyStored). Returns its StudyInstanceUID."""
+    found = get_testdata_file(DEMO_SAMPLE)
+    if found is None:
+        raise RuntimeError(f"pydicom's sample file {DEMO_SAMPLE} is missing from this install")
+    return upload_with_accession(orthanc, Path(str(found)), DEMO_ACCESSION, DEMO_PATIENT)
