@@ -207,9 +207,8 @@ class Bot:
                 log.exception("on-call escalation tick failed; retrying")
 
     async def oncall_upkeep_loop(self) -> None:
-        """Role accounts, roster feeds and quiet hours: slower work in its own task, so it
-        never delays an escalation."""
-        last_quiet = 0.0
+        """Role accounts, roster feeds and shift hand-overs: slower work in its own task, so
+        it never delays an escalation."""
         while True:
             await asyncio.sleep(ONCALL_TICK_SECONDS)
             try:
@@ -217,11 +216,19 @@ class Bot:
                     await self.oncall.ensure_role_accounts()
                 await self.oncall.refresh_feeds(self.config.policy_dir)
                 await self.oncall.hand_over()
-                if time.monotonic() - last_quiet > QUIET_HOURS_SECONDS:
-                    last_quiet = time.monotonic()
-                    await self.oncall.apply_quiet_hours()
             except Exception:
                 log.exception("on-call upkeep failed; retrying")
+
+    async def quiet_hours_loop(self) -> None:
+        """Push rules of every shift worker: the slowest upkeep (a request or two per person),
+        in its own task so a large staff never holds up a shift hand-over."""
+        while True:
+            await asyncio.sleep(ONCALL_TICK_SECONDS)
+            try:
+                await self.oncall.apply_quiet_hours()
+            except Exception:
+                log.exception("quiet hours upkeep failed; retrying")
+            await asyncio.sleep(QUIET_HOURS_SECONDS)
 
     async def health(self, _: web.Request) -> web.Response:
         body = {
@@ -344,6 +351,7 @@ async def run(config: AppserviceConfig) -> None:
         oncall_tasks = [
             asyncio.create_task(bot.oncall_loop()),
             asyncio.create_task(bot.oncall_upkeep_loop()),
+            asyncio.create_task(bot.quiet_hours_loop()),
             asyncio.create_task(clinical.deliver_loop()),
         ]
         await stop.wait()

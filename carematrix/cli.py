@@ -78,17 +78,15 @@ def _ldap_settings(path: Path | None) -> dict | None:
     return raw
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from carematrix.seed import Seeder, SeedFailed
-    from carematrix.supervisor import Stack, StartupFailed
-
+def up_settings(args: argparse.Namespace) -> Settings:
+    """The deployment ``carematrix up`` asks for: flags first, then the environment."""
     port = args.port or _env_int("CAREMATRIX_PORT", 8008)
     systems = {
         "fhir_server": args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
         "dicomweb": args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
         "emr_archive": args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
     }
-    settings = Settings(
+    return Settings(
         data_dir=args.data_dir or _default_data_dir(),
         port=port,
         appservice_port=args.appservice_port or _env_int("CAREMATRIX_APPSERVICE_PORT", 0),
@@ -108,6 +106,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         demo_pacs_port=args.demo_pacs_port or 0,
         ldap=_ldap_settings(args.ldap_config),
     )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from carematrix.seed import Seeder, SeedFailed
+    from carematrix.supervisor import Stack, StartupFailed
+
+    settings = up_settings(args)
     # Checked before anything is written, so a failed start leaves the data dir as it was.
     check_ports(settings)
     deployment = prepare(settings)

@@ -13,10 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 from nio import AsyncClient, LoginResponse, RoomSendResponse
 
+from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
 from carematrix.deploy import REPO_ROOT
-from carematrix.ports import free_port_pair
+from carematrix.ports import free_port_pair, free_port_run
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 
@@ -30,9 +33,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
 class UpProcess:
     """`carematrix up` in the background, read until it says it is ready."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [CLI, "up", "--data-dir", str(data_dir)],
+            [CLI, "up", "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -81,15 +84,49 @@ async def login_and_post(port: int, localpart: str, password: str) -> None:
         await client.close()
 
 
+def systems_config(data_dir: Path) -> dict:
+    """The hospital systems the deployment pointed the appservice at."""
+    return yaml.safe_load((data_dir / "appservice" / "config.yaml").read_text())["systems"]
+
+
+def studies_by_accession(dicomweb: str, accession: str) -> list[dict]:
+    answer = requests.get(f"{dicomweb}/studies", params={"AccessionNumber": accession},
+                          headers={"Accept": "application/dicom+json"}, timeout=10)
+    assert answer.status_code in (200, 204), answer.text
+    return answer.json() if answer.status_code == 200 and answer.content else []
+
+
+def check_demo_systems(data_dir: Path, port: int, banner: str) -> None:
+    """The demo EMR (appservice port + 1) and, with Orthanc installed, the demo PACS
+    (appservice port + 2) answer, hold the demo patient and CT, and are connected."""
+    emr = f"http://127.0.0.1:{port + 2}/fhir"
+    systems = systems_config(data_dir)
+    assert systems["fhir_server"] == emr and systems["emr_archive"] == emr
+    patient = requests.get(f"{emr}/Patient/{DEMO_PATIENT}", timeout=10)
+    assert patient.status_code == 200, patient.text
+    assert patient.json()["name"][0]["text"] == "王建国"
+    assert f"Try            : as d1001 in #cardiology-team:localhost: !case open {DEMO_PATIENT}" in banner
+    if not pacs.installed():
+        assert systems["dicomweb"] is None
+        assert "Demo PACS      : not installed (apt-get install orthanc orthanc-dicomweb)" in banner
+        return
+    dicomweb = f"http://127.0.0.1:{port + 3}/dicom-web"
+    assert systems["dicomweb"] == dicomweb
+    assert f"!images {DEMO_ACCESSION}" in banner
+    (study,) = studies_by_accession(dicomweb, DEMO_ACCESSION)  # once, however often up ran
+    assert study["00100020"]["Value"] == [DEMO_PATIENT]
+
+
 async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_path: Path):
     data_dir = tmp_path / "var"
-    port = free_port_pair()
+    port = free_port_run(4)  # homeserver, appservice, demo EMR, demo PACS
     first = UpProcess(data_dir, port)
     try:
         banner = first.wait_ready()
         password = re.search(r"password for all: (\S+)\)", banner).group(1)
         assert f"http://localhost:{port}" in banner
         assert "a0001" in banner and "周明 Zhou Ming" in banner
+        check_demo_systems(data_dir, port, banner)
         await login_and_post(port, "a0001", password)
         status = run_cli("status", "--data-dir", str(data_dir))
         assert status.returncode == 0, status.stdout + status.stderr
@@ -98,7 +135,7 @@ async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_
         code, rest = first.interrupt()
     assert code == 0, rest
     assert "CareMatrix stopped." in rest
-    assert port_is_free(port) and port_is_free(port + 1), "a child process outlived carematrix up"
+    assert all(port_is_free(port + i) for i in range(4)), "a child process outlived carematrix up"
     secrets_before = (data_dir / "secrets.json").read_text()
     key_before = (data_dir / "synapse" / "signing.key").read_text()
     assert oct((data_dir / "secrets.json").stat().st_mode & 0o777) == "0o600"
@@ -107,16 +144,36 @@ async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_
     try:
         banner = second.wait_ready()
         assert f"password for all: {password})" in banner
+        check_demo_systems(data_dir, port, banner)
         await login_and_post(port, "a0001", password)
     finally:
         code, rest = second.interrupt()
     assert code == 0, rest
+    assert all(port_is_free(port + i) for i in range(4)), "a child process outlived carematrix up"
     assert (data_dir / "secrets.json").read_text() == secrets_before
     assert (data_dir / "synapse" / "signing.key").read_text() == key_before
 
     down = run_cli("status", "--data-dir", str(data_dir))
     assert down.returncode == 1
     assert "homeserver  DOWN" in down.stdout
+
+
+def test_up_without_demo_starts_no_demo_systems(tmp_path: Path):
+    data_dir = tmp_path / "var"
+    port = free_port_run(4)
+    up = UpProcess(data_dir, port, "--no-demo", "--hl7-port", "0")
+    try:
+        banner = up.wait_ready()
+        assert "Demo EMR" not in banner and "Demo PACS" not in banner and "Try   " not in banner
+        assert "no FHIR server/PACS/EMR connected" in banner
+        systems = systems_config(data_dir)
+        assert (systems["fhir_server"], systems["dicomweb"], systems["emr_archive"]) == (None, None, None)
+        assert port_is_free(port + 2) and port_is_free(port + 3)
+        assert not (data_dir / "logs" / "demo-emr.out").exists()
+        assert not (data_dir / "demo-pacs").exists()
+    finally:
+        code, rest = up.interrupt()
+    assert code == 0, rest
 
 
 def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path: Path):
