@@ -19,7 +19,7 @@ from nio import AsyncClient, LoginResponse, RoomSendResponse
 
 from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
 from carematrix.deploy import REPO_ROOT
-from carematrix.ports import free_port_pair, free_port_run
+from carematrix.ports import free_port, free_port_pair, free_port_run
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 
@@ -39,7 +39,8 @@ class UpProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "CAREMATRIX_PORT": str(port)},
+            # A free MLLP port too: other stacks on this machine may hold the default 2575.
+            env={**os.environ, "CAREMATRIX_PORT": str(port), "CAREMATRIX_HL7_PORT": str(free_port())},
         )
         self.lines: list[str] = []
 
@@ -181,7 +182,7 @@ def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path: Path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(port))
+        result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(port), "--hl7-port", "0")
     assert result.returncode == 2
     assert f"error: port {port} on 127.0.0.1 (homeserver) is already in use" in result.stderr
     assert not (tmp_path / "var").exists(), "a failed start wrote into the data dir"
@@ -190,14 +191,14 @@ def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path: Path):
 def test_up_refuses_an_unwritable_data_dir(tmp_path: Path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    result = run_cli("up", "--data-dir", str(blocker / "var"), "--port", "1")
+    result = run_cli("up", "--data-dir", str(blocker / "var"), "--port", "1", "--hl7-port", "0")
     assert result.returncode == 2
     assert f"cannot create data dir {blocker / 'var'}" in result.stderr
 
 
 def test_up_reports_unreachable_postgres(tmp_path: Path):
     result = run_cli(
-        "up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()),
+        "up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()), "--hl7-port", "0",
         "--database", "postgres", "--db-url", "postgresql://postgres@127.0.0.1:1/carematrix",
     )
     assert result.returncode == 2
@@ -210,7 +211,7 @@ def test_up_refuses_an_invalid_policy_and_writes_nothing(tmp_path: Path):
     policies.mkdir()
     (policies / "hospital.yaml").write_text("hospital:\n  name: Test\nroles: {}\nunits:\n  - id: ward\n    name: Ward\n")
     (policies / "staff.yaml").write_text("staff:\n  - staff_number: N1\n    name: Nurse\n    units: [nowhere]\n    position: nurse\n")
-    result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()), "--policy-dir", str(policies))
+    result = run_cli("up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()), "--hl7-port", "0", "--policy-dir", str(policies))
     assert result.returncode == 2
     assert f"{policies / 'staff.yaml'}:4: staff member N1 names unknown unit 'nowhere'" in result.stderr
     assert not (tmp_path / "var").exists()
