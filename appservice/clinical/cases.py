@@ -406,6 +406,7 @@ class CaseService:
             CASE_FIELD: {"case_id": info.case_id, "kind": "closed", "bundle_entries": len(bundle.get("entry", []))},
         }, f"{info.case_id}-closed")
         await self._make_read_only(room_id)
+        await self.oncall.end_pages_in(room_id, f"case {info.case_id} closed")
         await self.store.set_state(info.case_id, "closed", archive=json.dumps({"dir": stored, "emr": emr}))
         await self.audit.record(
             actor=case["closed_by"] or self.bot, action="appservice.case.closed", object=info.case_id, room=room_id,

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,22 @@ class OncallService:
                 details={"page": page.page_id, "by": how, "step": page.step},
             )
 
+    async def end_pages_in(self, room_id: str, reason: str) -> int:
+        """The conversation is over (a case room closed): its open pages stop escalating.
+        Kept on record as exhausted, with no further sends."""
+        ended = 0
+        async with self._lock:
+            for page in await self.store.open_pages_in(room_id):
+                if page.state != "open":
+                    continue
+                await self.store.save_page(replace(page, state="exhausted", step_deadline=None), [])
+                ended += 1
+                await self.audit.record(
+                    actor=self.bot, action="appservice.page.ended", object=page.role, room=room_id,
+                    outcome="success", process="appservice", details={"page": page.page_id, "reason": reason},
+                )
+        return ended
+
     # -- escalation ---------------------------------------------------------------------
 
     def _resolve(self, role_id: str) -> Any:
@@ -569,7 +586,12 @@ class OncallService:
                     + (f", taking over from {', '.join(self.name(s) for s in outgoing)}" if outgoing else "")
                     + ("; they are released from this conversation." if outgoing and role.handover == "release" else ".")
                 )
-                await self._notice(room_id, role_user, text, None, mentions=[self.user_id(s) for s in incoming + outgoing])
+                try:
+                    await self._notice(room_id, role_user, text, None, mentions=[self.user_id(s) for s in incoming + outgoing])
+                except MatrixCallFailed as exc:
+                    # A room the role can no longer post in (a closed, read-only case room;
+                    # one it was removed from) must not hold up the hand-over everywhere else.
+                    log.info("hand-over notice in %s not sent: %s", room_id, exc)
             await self.store.set_last_holders(role.id, holders)
             await self.audit.record(
                 actor=self.bot, action="appservice.roster.handover", object=role.id, outcome="success",
