@@ -38,6 +38,7 @@ class AppserviceConfig:
     fhir_server: str | None = None
     dicomweb: str | None = None
     emr_archive: str | None = None
+    systems_token: str | None = None  # bearer token for the FHIR server and the EMR archive
     case_archives: Path | None = None
 
     @property
@@ -143,6 +144,10 @@ def _systems(section: Any) -> dict[str, Any]:
         if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
             raise ValueError(f"'systems.{key}' must be an http(s) URL or null, got {value!r}")
         out[key] = value.rstrip("/") if value else None
+    token = section.get("token")
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise ValueError("'systems.token' must be the bearer token text, or null")
+    out["systems_token"] = token
     archives = section.get("case_archives")
     out["case_archives"] = Path(archives) if isinstance(archives, str) else None
     return out

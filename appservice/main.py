@@ -301,11 +301,12 @@ async def run(config: AppserviceConfig) -> None:
         db, clinical.store, holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
         appserv.bot_mxid, fhir_server=config.fhir_server, dicomweb=config.dicomweb,
         emr_archive=config.emr_archive, archive_dir=config.case_archives, session=session,
+        token=config.systems_token,
     )
     clinical.cases = cases
     clinical.source_tokens = config.fhir_tokens
     if config.fhir_server:
-        clinical.fetch_resource = _fhir_reader(session, config.fhir_server)
+        clinical.fetch_resource = _fhir_reader(session, config.fhir_server, config.systems_token)
     fhir = FhirIntake(
         clinical.store, holder, config.fhir_tokens, AuditClient(config.homeserver_url, config.as_token),
         clinical.wake, can_fetch=bool(config.fhir_server),
@@ -367,11 +368,12 @@ async def run(config: AppserviceConfig) -> None:
         await db.stop()
 
 
-def _fhir_reader(session: aiohttp.ClientSession, base: str) -> Any:
+def _fhir_reader(session: aiohttp.ClientSession, base: str, token: str | None) -> Any:
     """Reads one resource ("Observation/123") from the hospital's FHIR server."""
+    headers = {"Accept": "application/fhir+json"} | ({"Authorization": f"Bearer {token}"} if token else {})
 
     async def read(reference: str) -> dict:
-        async with session.get(f"{base}/{reference}", headers={"Accept": "application/fhir+json"}) as resp:
+        async with session.get(f"{base}/{reference}", headers=headers) as resp:
             if resp.status >= 400:
                 raise RuntimeError(f"FHIR server answered HTTP {resp.status} for {reference}")
             return await resp.json(content_type=None)

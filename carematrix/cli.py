@@ -85,6 +85,7 @@ def up_settings(args: argparse.Namespace) -> Settings:
         "fhir_server": args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
         "dicomweb": args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
         "emr_archive": args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
+        "systems_token": os.environ.get("CAREMATRIX_SYSTEMS_TOKEN") or None,
     }
     return Settings(
         data_dir=args.data_dir or _default_data_dir(),

@@ -87,6 +87,9 @@ class Settings:
     fhir_server: str | None = None
     dicomweb: str | None = None
     emr_archive: str | None = None
+    # Bearer token the appservice presents to the FHIR server and the EMR archive (from
+    # $CAREMATRIX_SYSTEMS_TOKEN; never written to deployment.json).
+    systems_token: str | None = None
     # Start the demo hospital's own systems (carematrix.demo) and connect them: the demo EMR
     # (FHIR server with the demo patients, also receiving case archives) and, if Orthanc is
     # installed, the demo PACS with one CT. Only with demo, never next to real systems;
@@ -377,6 +380,7 @@ def _record_deployment(settings: Settings, paths: Paths) -> None:
             )
     full = {**asdict(settings), **record}
     full = {k: str(v) if isinstance(v, Path) else v for k, v in full.items()}
+    full.pop("systems_token", None)
     if isinstance(full.get("ldap"), dict):
         # Tooling reads this file; the directory's service password is only in homeserver.yaml.
         full["ldap"] = {k: v for k, v in full["ldap"].items() if k != "bind_password"}
@@ -573,6 +577,7 @@ def prepare(settings: Settings) -> Deployment:
         "fhir_server": settings.fhir_server,
         "dicomweb": settings.dicomweb,
         "emr_archive": settings.emr_archive,
+        "systems_token": settings.systems_token,
         "case_archives": str(paths.case_archives),
     }
     for key in SECRET_KEYS:

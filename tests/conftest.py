@@ -4,6 +4,7 @@ PACS with its DICOMweb plugin, both the demo hospital's (carematrix.demo) starte
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from carematrix.demo import DEMO_ACCESSION, DEMO_DATA, DEMO_PATIENT
 from carematrix.demo.emr import FhirTestServer, start_fhir_server
 from carematrix.demo.pacs import Orthanc, start_orthanc, upload_with_accession
 from tests.support import RunningStack, start_stack, stop_stack
+
+SYSTEMS_TOKEN = secrets.token_urlsafe(24)
 
 
 @dataclass
@@ -29,7 +32,8 @@ class ClinicalSystems:
 def clinical_systems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClinicalSystems]:
     from pydicom.data import get_testdata_file
 
-    fhir = start_fhir_server(DEMO_DATA)
+    # The hospital's FHIR server wants a bearer token, as a real one would.
+    fhir = start_fhir_server(DEMO_DATA, token=SYSTEMS_TOKEN)
     orthanc = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     try:
         patient, accession = DEMO_PATIENT, DEMO_ACCESSION
@@ -47,7 +51,7 @@ def stack(
     running = start_stack(
         request.param, tmp_path_factory.mktemp(f"stack-{request.param}"),
         fhir_server=clinical_systems.fhir.url, dicomweb=clinical_systems.orthanc.dicomweb,
-        emr_archive=clinical_systems.fhir.url,
+        emr_archive=clinical_systems.fhir.url, systems_token=SYSTEMS_TOKEN,
     )
     yield running
     stop_stack(running)

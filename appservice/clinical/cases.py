@@ -115,6 +115,7 @@ class CaseService:
         self, db: Database, clinical: ClinicalStore, holder: Any, matrix: OrgMatrix, oncall: OncallService,
         audit: AuditClient, bot_user_id: str, *, fhir_server: str | None, dicomweb: str | None,
         emr_archive: str | None, archive_dir: Path | None, session: aiohttp.ClientSession,
+        token: str | None = None,
     ) -> None:
         self.store = CaseStore(db)
         self.clinical = clinical
@@ -128,6 +129,8 @@ class CaseService:
         self.emr_archive = emr_archive
         self.archive_dir = archive_dir
         self.session = session
+        # Presented to the FHIR server and the EMR archive.
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._lock = asyncio.Lock()
 
     @property
@@ -247,7 +250,7 @@ class CaseService:
         policy = self.policy
         link = policy.link("patient", patient_id=patient_id) if policy else None
         try:
-            summary = await asyncio.to_thread(fetch_summary, self.fhir_server, patient_id)
+            summary = await asyncio.to_thread(fetch_summary, self.fhir_server, patient_id, self.auth or None)
         except SummaryUnavailable as exc:
             text = f"No patient summary for {patient_id}: {exc}"
             return text, text, ""
@@ -505,7 +508,7 @@ class CaseService:
         for kind, resource in (("Bundle", bundle), ("DocumentReference", document)):
             async with self.session.post(
                 f"{self.emr_archive}/{kind}", json=resource,
-                headers={"Content-Type": "application/fhir+json", "If-None-Exist": f"identifier={ident}"},
+                headers={"Content-Type": "application/fhir+json", "If-None-Exist": f"identifier={ident}", **self.auth},
             ) as resp:
                 if resp.status >= 400:
                     raise CaseError(f"The EMR refused the archive {kind} (HTTP {resp.status}); the case stays open for another try.")
