@@ -78,6 +78,31 @@ def _ldap_settings(path: Path | None) -> dict | None:
     return raw
 
 
+def _oidc_settings(path: Path | None) -> dict | None:
+    """The --oidc-config file; the client secret may come from the environment instead, so
+    the file can be kept with the other configuration."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DeployError(f"cannot read --oidc-config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise DeployError(f"--oidc-config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DeployError(f"--oidc-config {path} must be a mapping of OIDC settings (see docs/configuration.md)")
+    env_secret = os.environ.get("CAREMATRIX_OIDC_CLIENT_SECRET")
+    if env_secret:
+        if raw.get("client_secret"):
+            raise DeployError(
+                f"the OIDC client secret is set both in {path} and in CAREMATRIX_OIDC_CLIENT_SECRET; keep one"
+            )
+        raw["client_secret"] = env_secret
+    return raw
+
+
 def up_settings(args: argparse.Namespace) -> Settings:
     """The deployment ``carematrix up`` asks for: flags first, then the environment."""
     port = args.port or _env_int("CAREMATRIX_PORT", 8008)
@@ -106,6 +131,7 @@ def up_settings(args: argparse.Namespace) -> Settings:
         demo_emr_port=args.demo_emr_port or 0,
         demo_pacs_port=args.demo_pacs_port or 0,
         ldap=_ldap_settings(args.ldap_config),
+        oidc=_oidc_settings(args.oidc_config),
     )
 
 
@@ -178,6 +204,9 @@ def _print_banner(deployment: object, result: object) -> None:
     if s.ldap is not None:
         lines.append(f"  Sign-in        : hospital directory password ({s.ldap.get('uri')})"
                      + ("" if directory_only else "; Synapse passwords also accepted"))
+    if s.oidc is not None:
+        lines.append(f"  Sign-in        : hospital SSO ({s.oidc.get('idp_name', 'Hospital sign-in')}, "
+                     f"{s.oidc.get('issuer')})")
     if isinstance(result, SeedResult) and s.demo:
         policy = load_policy(s.policy_dir)
         if directory_only:
@@ -453,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ldap-config", type=Path, metavar="FILE",
                     help="staff sign in with the hospital directory (LDAP): YAML settings, see docs/org.md "
                          "(bind password may come from $CAREMATRIX_LDAP_BIND_PASSWORD)")
+    up.add_argument("--oidc-config", type=Path, metavar="FILE",
+                    help="staff sign in with the hospital's single sign-on (OIDC): YAML settings, see "
+                         "docs/org.md (client secret may come from $CAREMATRIX_OIDC_CLIENT_SECRET)")
     up.set_defaults(func=cmd_up)
 
     policy = sub.add_parser("policy", help="work with policy files")
