@@ -51,21 +51,27 @@ def _port(value: str) -> int:
     return port
 
 
-def _ldap_settings(path: Path | None) -> dict | None:
-    """The --ldap-config file; the service account's password may come from the environment
-    instead, so the file can be kept with the other configuration."""
-    if path is None:
-        return None
+def _settings_file(path: Path, flag: str, what: str) -> dict:
+    """A YAML file of settings named on the command line, or a DeployError saying why not."""
     import yaml
 
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DeployError(f"cannot read --ldap-config {path}: {exc.strerror}") from exc
+        raise DeployError(f"cannot read {flag} {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise DeployError(f"--ldap-config {path} is not valid YAML: {exc}") from exc
+        raise DeployError(f"{flag} {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise DeployError(f"--ldap-config {path} must be a mapping of LDAP settings (see docs/configuration.md)")
+        raise DeployError(f"{flag} {path} must be a mapping of {what} settings (see docs/configuration.md)")
+    return raw
+
+
+def _ldap_settings(path: Path | None) -> dict | None:
+    """The --ldap-config file; the service account's password may come from the environment
+    instead, so the file can be kept with the other configuration."""
+    if path is None:
+        return None
+    raw = _settings_file(path, "--ldap-config", "LDAP")
     env_password = os.environ.get("CAREMATRIX_LDAP_BIND_PASSWORD")
     if env_password:
         if not raw.get("bind_dn"):
@@ -83,16 +89,7 @@ def _oidc_settings(path: Path | None) -> dict | None:
     the file can be kept with the other configuration."""
     if path is None:
         return None
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DeployError(f"cannot read --oidc-config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise DeployError(f"--oidc-config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise DeployError(f"--oidc-config {path} must be a mapping of OIDC settings (see docs/configuration.md)")
+    raw = _settings_file(path, "--oidc-config", "OIDC")
     env_secret = os.environ.get("CAREMATRIX_OIDC_CLIENT_SECRET")
     if env_secret:
         if raw.get("client_secret"):

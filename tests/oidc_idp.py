@@ -8,16 +8,16 @@ ID tokens, no keys.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode
 
 from aiohttp import web
+
+from carematrix.demo.threaded import serve_in_thread
 
 CLIENT_ID = "carematrix-test"
 CLIENT_SECRET = "test-client-secret-4711"
@@ -105,38 +105,8 @@ def _build_app(idp: HospitalIdp) -> web.Application:
 def start_idp() -> HospitalIdp:
     """Serve on a free 127.0.0.1 port from a background thread (Synapse calls it while the
     test's own event loop waits on Synapse)."""
-    loop = asyncio.new_event_loop()
     idp = HospitalIdp(0, lambda: None)
-    runner = web.AppRunner(_build_app(idp), access_log=None)
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-            state["port"] = runner.addresses[0][1]
-        except BaseException as exc:  # surfaced in the caller's thread below
-            state["error"] = exc
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="test-oidc-idp", daemon=True)
-    thread.start()
-    started.wait(30)
-    if "port" not in state:
-        raise RuntimeError("the test identity provider did not start") from state.get("error")
-
-    def stop() -> None:
-        if loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-
-    idp.port = state["port"]
+    port, stop = serve_in_thread(_build_app(idp), "the test identity provider")
+    idp.port = port
     idp.stop = stop
     return idp

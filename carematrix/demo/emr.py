@@ -32,7 +32,6 @@ then ``GET /_test/received`` (outside the FHIR base, no token needed) returns th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import itertools
 import json
@@ -46,6 +45,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+
+from carematrix.demo.threaded import serve_in_thread
 
 BASE_PATH = "/fhir"
 FHIR_JSON = "application/fhir+json"
@@ -516,42 +517,8 @@ def start_fhir_server(
     store = FhirStore()
     if data_file is not None:
         store.load(data_file)
-    app = FhirApp(store, token).build()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", port)
-            loop.run_until_complete(site.start())
-            state["port"] = runner.addresses[0][1]
-        except BaseException as exc:  # surfaced in the caller's thread below
-            state["error"] = exc
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=run, name="demo-emr", daemon=True)
-    thread.start()
-    started.wait(30)
-    if "error" in state:
-        raise RuntimeError("the demo EMR (FHIR server) failed to start") from state["error"]
-    if "port" not in state:
-        raise RuntimeError("the demo EMR (FHIR server) did not start within 30 s")
-
-    def stop() -> None:
-        if loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-
-    return FhirTestServer(f"http://127.0.0.1:{state['port']}{BASE_PATH}", store, stop)
+    bound, stop = serve_in_thread(FhirApp(store, token).build(), "the demo EMR (FHIR server)", port)
+    return FhirTestServer(f"http://127.0.0.1:{bound}{BASE_PATH}", store, stop)
 
 
 def main(argv: list[str] | None = None) -> None:
