@@ -15,12 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.mllp import Mllp
+from bench.mllp import Mllp, start_hl7_stack
 from bench.roundtrip import _call, _login
-from carematrix.deploy import Settings, prepare
-from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
 
 WARDS = (("ICU", "icu"), ("5A", "cardiology-ward-5a"))
 
@@ -63,10 +60,8 @@ async def _notices(s: aiohttp.ClientSession, base: str, token: str, room: str, b
 
 
 async def measure(work: Path, queued: int = 10_000) -> dict:
-    port = free_port()
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=port))
-    stack = Stack(d)
-    stack.start()
+    d, stack = start_hl7_stack(work)
+    port = d.settings.hl7_port
     try:
         Seeder(d).run()
         base, as_url = d.settings.homeserver_url, d.settings.appservice_url

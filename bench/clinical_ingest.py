@@ -9,12 +9,9 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.mllp import Mllp
+from bench.mllp import Mllp, start_hl7_stack
 from bench.stats import summary
-from carematrix.deploy import Settings, prepare
-from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
 
 
 def _adt(i: int) -> bytes:
@@ -35,10 +32,8 @@ async def _client(port: int, count: int, start: int, latencies: list[float]) -> 
 
 
 async def measure(work: Path, messages: int = 2000) -> dict:
-    port = free_port()
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=port))
-    stack = Stack(d)
-    stack.start()
+    d, stack = start_hl7_stack(work)
+    port = d.settings.hl7_port
     try:
         Seeder(d).run()
         out = {}

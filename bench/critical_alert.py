@@ -16,14 +16,11 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from bench.mllp import Mllp
+from bench.mllp import Mllp, start_hl7_stack
 from bench.oncall_e2e import Syncer, _clock
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
-from carematrix.deploy import Settings, prepare
-from carematrix.ports import free_port, free_port_pair
 from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -74,11 +71,8 @@ async def _flow(port: int, rate: float, stop: asyncio.Event, sent: list[int]) ->
 
 
 async def measure(work: Path, rounds: int = 40, rate: float = 50.0) -> dict:
-    port = free_port()
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
-                         hl7_port=port, test_clock=True))
-    stack = Stack(d)
-    stack.start()
+    d, stack = start_hl7_stack(work, test_clock=True)
+    port = d.settings.hl7_port
     try:
         Seeder(d).run()
         base, pw = d.settings.homeserver_url, d.secrets["demo_password"]

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 from bridges.hl7.mllp import MllpDecoder, frame
+from carematrix.deploy import Deployment, Settings, prepare
+from carematrix.ports import free_port, free_port_pair
+from carematrix.supervisor import Stack
+
+
+def start_hl7_stack(work: Path, **settings: Any) -> tuple[Deployment, Stack]:
+    """A started CareMatrix stack (SQLite) with the MLLP listener on a free port; the caller
+    seeds it and stops it."""
+    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
+                         hl7_port=free_port(), **settings))
+    stack = Stack(d)
+    stack.start()
+    return d, stack
 
 
 class Mllp:

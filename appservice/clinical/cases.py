@@ -39,7 +39,7 @@ from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
 from carematrix.clinical_policy import ClinicalPolicy
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
-from carematrix.policy.model import ROOM_CLASS_EVENT, Staff, staff_localpart
+from carematrix.policy.model import ROOM_CLASS_EVENT
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.cases")
@@ -168,15 +168,11 @@ class CaseService:
             "!images <accession number or study UID>"
         )
 
-    def _staff(self, user_id: str) -> Staff | None:
-        number = self.oncall.staff_of(user_id)
-        return self.oncall.policy.staff_for_localpart(staff_localpart(number)) if number else None
-
     async def open_case(self, sender: str, patient_id: str, units: tuple[str, ...], from_room: str) -> str:
         policy = self.policy
         if policy is None:
             raise CaseError("Case rooms need the clinical policy.")
-        person = self._staff(sender)
+        person = self.oncall.person(sender)
         if person is None or person.position not in policy.cases.open_positions:
             raise CaseError(
                 "Only " + ", ".join(sorted(policy.cases.open_positions)) + " staff may open a patient case."
@@ -305,14 +301,15 @@ class CaseService:
                 studies = await pacs.find_studies(**find_by_reference(reference))
             except DicomWebError as exc:
                 raise CaseError(f"The PACS did not answer: {exc}") from exc
-        if not studies:
-            raise CaseError(f"No study {reference} in the PACS.")
-        study = studies[0]
-        if study.patient_id and study.patient_id != case["patient_id"]:
-            raise CaseError(
-                f"Study {reference} belongs to patient {study.patient_id}, not to this case's patient {case['patient_id']}."
-            )
-        count = await self._post_study(room_id, case, study.study_uid, f"cmd-{uuid.uuid4().hex[:8]}")
+            if not studies:
+                raise CaseError(f"No study {reference} in the PACS.")
+            study = studies[0]
+            if study.patient_id and study.patient_id != case["patient_id"]:
+                raise CaseError(
+                    f"Study {reference} belongs to patient {study.patient_id}, not to this case's patient {case['patient_id']}."
+                )
+            images = await self._key_images(pacs, study.study_uid)
+        count = await self._post_study(room_id, case, study.study_uid, f"cmd-{uuid.uuid4().hex[:8]}", images)
         await self.audit.record(
             actor=sender, action="appservice.case.images", object=study.study_uid, room=room_id,
             patient=case["patient_id"], outcome="success", process="appservice", details={"images": count},
@@ -320,20 +317,27 @@ class CaseService:
         return f"{count} key image(s) of {study.description or 'the study'} posted."
 
     async def on_study(self, patient_id: str, study_uid: str, key: str) -> None:
-        """An ImagingStudy notification: key images go to the patient's open case rooms."""
-        if not self.dicomweb:
+        """An ImagingStudy notification: key images go to the patient's open case rooms
+        (fetched from the PACS once, however many rooms)."""
+        cases = await self.store.open_for_patient(patient_id) if self.dicomweb else []
+        if not cases:
             return
-        for case in await self.store.open_for_patient(patient_id):
-            await self._post_study(case["room_id"], case, study_uid, key)
-
-    async def _post_study(self, room_id: str, case: dict[str, Any], study_uid: str, key: str) -> int:
-        policy = self.policy
-        limit = policy.cases.key_images if policy else 4
         async with DicomWebClient(self.dicomweb or "", session=self.session) as pacs:
-            try:
-                images = await pacs.key_images(study_uid, limit=limit)
-            except DicomWebError as exc:
-                raise CaseError(f"The PACS did not answer: {exc}") from exc
+            images = await self._key_images(pacs, study_uid)
+        for case in cases:
+            await self._post_study(case["room_id"], case, study_uid, key, images)
+
+    async def _key_images(self, pacs: DicomWebClient, study_uid: str) -> list[Any]:
+        limit = self.policy.cases.key_images if self.policy else 4
+        try:
+            return await pacs.key_images(study_uid, limit=limit)
+        except DicomWebError as exc:
+            raise CaseError(f"The PACS did not answer: {exc}") from exc
+
+    async def _post_study(
+        self, room_id: str, case: dict[str, Any], study_uid: str, key: str, images: list[Any]
+    ) -> int:
+        policy = self.policy
         link = policy.link("study", study_uid=study_uid, accession="", patient_id=case["patient_id"]) if policy else None
         posted = 0
         for series, instance, data in images:
@@ -368,7 +372,7 @@ class CaseService:
             raise CaseError("This is not a patient case room.")
         if case["state"] == "closed":
             raise CaseError(f"Case {case['case_id']} is already closed.")
-        person = self._staff(sender)
+        person = self.oncall.person(sender)
         policy = self.policy
         if sender != case["opened_by"] and (
             person is None or policy is None or person.position not in policy.cases.open_positions

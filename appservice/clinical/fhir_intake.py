@@ -101,8 +101,8 @@ class FhirIntake:
         sources = (clinical.fhir_sources or {}) if clinical else {}
         return sources.get(source)
 
-    async def _caller(self, request: web.Request) -> tuple[str, frozenset[str]]:
-        source = self.source_of(request)
+    def _allowed_for(self, source: str | None) -> frozenset[str]:
+        """What the caller may push; FhirInvalid (401/403) if it may push nothing."""
         if source is None:
             raise FhirInvalid(
                 [Issue("error", "login", "A FHIR source must send its bearer token (Authorization: Bearer …)")],
@@ -114,7 +114,7 @@ class FhirIntake:
                 [Issue("error", "forbidden", f"FHIR source '{source}' is not listed in the clinical policy (fhir_sources)")],
                 status=403,
             )
-        return source, allowed
+        return allowed
 
     async def _body(self, request: web.Request) -> tuple[bytes, Any]:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -139,7 +139,7 @@ class FhirIntake:
         source = self.source_of(request)
         raw = b""
         try:
-            source, allowed = await self._caller(request)
+            allowed = self._allowed_for(source)
             raw, data = await self._body(request)
             return await handler(request, source, allowed, raw, data)
         except FhirInvalid as exc:

@@ -37,7 +37,7 @@ from carematrix.oncall.swap import swap
 from carematrix.oncall.targets import resolver
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
-from carematrix.policy.model import Policy, staff_localpart
+from carematrix.policy.model import Policy, Staff, staff_localpart
 from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.oncall")
@@ -90,8 +90,12 @@ class OncallService:
     def user_id(self, staff_number: str) -> str:
         return self.matrix.uid(staff_localpart(staff_number))
 
+    def person(self, user_id: str) -> Staff | None:
+        """The staff record behind a local Matrix ID, or None."""
+        return self.policy.staff_for_localpart(user_id[1:].split(":", 1)[0]) if self.matrix.server in user_id else None
+
     def staff_of(self, user_id: str) -> str | None:
-        person = self.policy.staff_for_localpart(user_id[1:].split(":", 1)[0]) if self.matrix.server in user_id else None
+        person = self.person(user_id)
         return person.staff_number if person else None
 
     def name(self, staff_number: str) -> str:
