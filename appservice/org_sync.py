@@ -34,6 +34,7 @@ class SyncReport:
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -42,6 +43,7 @@ class SyncReport:
             "actions": self.actions,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
+            "phase_seconds": self.phase_seconds,
         }
 
 
@@ -107,11 +109,12 @@ class OrgSyncService:
                     # must still be recognised as ours next time.
                     await self._remember(set(desired.accounts))
                     report.errors = await matrix.apply(actions, self.initial_password)
+                    report.phase_seconds = matrix.phase_seconds
             report.seconds = time.monotonic() - started
             if not dry_run:
                 log.info(
-                    "org sync: %d actions, %d errors, %.1fs (policy %s)",
-                    len(actions), len(report.errors), report.seconds, policy.digest[:12],
+                    "org sync: %d actions, %d errors, %.1fs %s (policy %s)",
+                    len(actions), len(report.errors), report.seconds, report.phase_seconds, policy.digest[:12],
                 )
                 for error in report.errors:
                     log.error("org sync: %s", error)

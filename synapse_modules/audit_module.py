@@ -20,8 +20,7 @@ from urllib.parse import parse_qs
 from synapse.events import EventBase
 from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from carematrix.audit import (
     AuditQuery,
@@ -40,6 +39,7 @@ from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.search import AuditQueryInvalid
 from carematrix.policy.holder import PolicyHolder
 from synapse_modules import access_log, internals
+from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,14 @@ class CareMatrixAudit:
         self._signing_key = load_or_create_signing_key(config.signing_key_path)
         if not config.verify_key_path.exists():
             config.verify_key_path.write_text(export_verify_key(self._signing_key) + "\n")
-        api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
+        internals.install_event_check("carematrix_audit", self.check_event_allowed, records=True)
         # Logins (success and failure, with user, device and address) come from the login
         # servlet (synapse_modules/internals.py); Synapse's own on_user_login hook knows
         # neither failures nor the device.
         internals.install_login_observer(self.on_login_request)
         api.register_password_auth_provider_callbacks(on_logged_out=self.on_logged_out)
-        api.register_web_resource(RECORDS_PATH, _AsyncResource(api, post=self._submit_records))
-        api.register_web_resource(SEARCH_PATH, _AsyncResource(api, get=self._search))
+        api.register_web_resource(RECORDS_PATH, AsyncJsonResource(api, "carematrix_audit_http", post=self._submit_records))
+        api.register_web_resource(SEARCH_PATH, AsyncJsonResource(api, "carematrix_audit_http", get=self._search))
         access_log.install(self.writer.record_soon, self.process)
         api.looping_background_call(self._policy.refresh, 2000, desc="carematrix_audit_policy", run_on_all_instances=True)
         if api.should_run_background_tasks():
@@ -134,11 +134,12 @@ class CareMatrixAudit:
 
     # -- records from Synapse callbacks --------------------------------------------------
 
-    async def check_event_allowed(self, event: EventBase, state_events: Any) -> tuple[bool, None]:
-        """Membership and room creation are recorded here, before the event is stored.
-        (Other events are recorded by the policy module once its checks pass.)"""
+    async def check_event_allowed(self, event: EventBase) -> bool:
+        """Membership and room creation are recorded here, before the event is stored, after
+        every check that may refuse it. (Other events are recorded by the policy module once
+        its checks pass.)"""
         if event.type not in ("m.room.member", "m.room.create") or not self._api.is_mine(event.sender):
-            return True, None
+            return True
         record = record_for_event(
             event_type=event.type, sender=event.sender, room_id=event.room_id, event_id=event.event_id,
             state_key=event.get_state_key(), content=event.content, process=self.process,
@@ -147,8 +148,8 @@ class CareMatrixAudit:
             await self.writer.record(record)
         except Exception:
             log.exception("audit record for %s could not be written; refusing the event", event.event_id)
-            return False, None
-        return True, None
+            return False
+        return True
 
     async def on_login_request(
         self, request: Any, submission: dict, result: dict | None, error: BaseException | None
@@ -255,51 +256,6 @@ class CareMatrixAudit:
         # The search is itself audited, before anything is returned.
         await self.writer.record(query_record(user_id, query, fmt, len(rows), process=self.process))
         return 200, (FORMATS[fmt], render(rows, fmt, server_name=self._api.server_name))
-
-
-class _AsyncResource(Resource):
-    """A module HTTP endpoint whose handler is async: returns (status, JSON) or
-    (status, (content type, text))."""
-
-    isLeaf = True
-
-    def __init__(self, api: ModuleApi, get: Any = None, post: Any = None) -> None:
-        super().__init__()
-        self._api = api
-        self._get, self._post = get, post
-
-    def render_GET(self, request: Request) -> Any:  # noqa: N802 - twisted naming
-        return self._dispatch(self._get, request)
-
-    def render_POST(self, request: Request) -> Any:  # noqa: N802
-        return self._dispatch(self._post, request)
-
-    def _dispatch(self, handler: Any, request: Request) -> Any:
-        if handler is None:
-            request.setResponseCode(405)
-            return b'{"errcode":"M_UNRECOGNIZED","error":"method not allowed"}'
-
-        async def respond() -> None:
-            try:
-                code, body = await handler(request)
-            except Exception as exc:  # auth failures arrive as SynapseError
-                code = getattr(exc, "code", 500)
-                body = {"errcode": getattr(exc, "errcode", "M_UNKNOWN"), "error": getattr(exc, "msg", "internal error")}
-                if code == 500:
-                    log.exception("audit endpoint failed")
-            if isinstance(body, tuple):
-                content_type, text = body
-                payload = text.encode()
-            else:
-                content_type, payload = "application/json", json.dumps(body).encode()
-            request.setResponseCode(int(code))
-            request.setHeader(b"Content-Type", content_type.encode())
-            request.setHeader(b"Cache-Control", b"no-store")
-            request.write(payload)
-            request.finish()
-
-        self._api.run_as_background_process("carematrix_audit_http", respond)
-        return NOT_DONE_YET
 
 
 def login_identity(submission: dict, server_name: str) -> str | None:

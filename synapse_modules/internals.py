@@ -7,7 +7,10 @@ this file (and only this file, with compat.py and access_log.py) touches Synapse
   wrapped so the media gate sees every download and thumbnail request first;
 * local media file paths, deletion of media with their thumbnails;
 * receipts and stream positions (who has read a message);
-* censoring a message's stored JSON and deleting its full-text search row.
+* censoring a message's stored JSON and deleting its full-text search row;
+* persisting many joins into one room as one batch (org sync populating a new room);
+* checks on every new event that need the event only, without the room state Synapse
+  loads for every ``check_event_allowed`` callback.
 
 tests/unit/test_synapse_internals.py checks each of these against the installed Synapse and
 fails loudly on an upgrade that moves them.
@@ -197,6 +200,76 @@ async def censor_event(api: Any, event_id: str) -> None:
     await store.db_pool.runInteraction("carematrix_burn_search_row", drop_search_row)
 
 
+async def persist_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, Any]]]) -> None:
+    """Store join events for many local users in one room as one linear batch, the way
+    Synapse stores a new room's initial state: each event is built on the state the previous
+    one leaves, and the whole chain is persisted in one go. One join at a time costs a full
+    event pipeline per member (~30 per second on two cores); a batch costs one.
+
+    Each event still passes Synapse's auth rules and every module's ``check_event_allowed``
+    (real-name display names, the audit record) as it is built; clients, appservices, push,
+    the user directory and room statistics learn of it from the event stream as usual.
+    The caller has checked the org scope of every user and that the room is publicly joinable,
+    and passes users who are not joined yet (a join identical to the current state would make
+    Synapse drop the whole batch as a duplicate).
+    """
+    if not joins:
+        return
+    from synapse.events.snapshot import UnpersistedEventContext
+    from synapse.types import UserID, create_requester
+
+    hs = hs_of(api)
+    creator = hs.get_event_creation_handler()
+    storage = hs.get_storage_controllers()
+    extremities = await hs.get_datastores().main.get_forward_extremities_for_room(room_id)
+    prev_event_id = max(extremities, key=lambda x: x[2])[0]  # the deepest: (event ID, state group, depth, ...)
+    state_group = (await storage.state.get_state_group_for_events([prev_event_id]))[prev_event_id]
+    state_map = dict(await storage.state.get_state_ids_for_group(state_group))
+    server = hs.hostname
+    built = []
+    states = []  # the room's state after each event of the batch
+    depth = None
+    for user_id, content in joins:
+        event, context = await creator.create_event(
+            create_requester(user_id, authenticated_entity=server),
+            {"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
+             "content": {**content, "membership": "join"}},
+            prev_event_ids=[prev_event_id],
+            depth=depth,
+            state_map=dict(state_map),
+            for_batch=True,
+            require_consent=False,
+        )
+        built.append((event, context))
+        prev_event_id, depth = event.event_id, event.depth + 1
+        state_map[(event.type, event.state_key)] = event.event_id
+        states.append(dict(state_map))
+    state_store = hs.get_datastores().state
+    persisted = await UnpersistedEventContext.batch_persist_unpersisted_contexts(
+        built, room_id, state_group, state_store
+    )
+    _remember_state_groups(state_store, {c.state_group: state for (_, c), state in zip(persisted, states, strict=True)})
+    await creator.handle_new_client_event(
+        create_requester(joins[0][0], authenticated_entity=server),
+        persisted,
+        ratelimit=False,
+        extra_users=[UserID.from_string(u) for u, _ in joins],
+        ignore_shadow_ban=True,
+    )
+
+
+def _remember_state_groups(state_store: Any, groups: dict[int, dict]) -> None:
+    """Put the batch's new state groups in Synapse's state group caches. Each is stored as a
+    one-event delta on the one before, and whoever asks next (push rules, duplicate checks,
+    the federation sender, each for every event) would otherwise walk that chain back through
+    the database. The full state of each is known here, and a state group never changes."""
+    from synapse.types.state import StateFilter
+
+    state_store._insert_into_cache(
+        groups, StateFilter.all(), state_store._state_group_members_cache.sequence,
+        state_store._state_group_cache.sequence,
+    )
+
 
 def dialect_of(api: Any) -> str:
     from synapse.storage.engines import PostgresEngine
@@ -213,6 +286,49 @@ def thumbnail_args(request: Any) -> tuple[int, int, str]:
     height = parse_integer(request, "height", required=True)
     method = parse_string(request, "method", "scale", allowed_values=("scale", "crop"))
     return width, height, method
+
+
+EVENT_RULES = ("synapse.module_api.callbacks.third_party_event_rules_callbacks", "ThirdPartyEventRulesModuleApiCallbacks")
+# name -> (runs last, check); a check returns False to refuse without a reason or raises
+# SynapseError (403 with its message) to refuse with one.
+_event_checks: dict[str, tuple[bool, Callable[[Any], Awaitable[bool]]]] = {}
+
+
+def install_event_check(name: str, check: Callable[[Any], Awaitable[bool]], records: bool = False) -> None:
+    """Run ``check`` on every event before it is stored, like a ``check_event_allowed``
+    module callback but without the room's state: as soon as one such callback is
+    registered, Synapse loads the full state of the room for every event (5,000 member
+    events for each message or join in a hospital-wide room) to hand it over. Our checks
+    need the event alone. Synapse's own callback list still runs after ours (and is free
+    when no other module registered one). Refusals fail closed: a check that breaks refuses.
+    ``records``: the check writes a record of the event, so it runs after every check that
+    may refuse it."""
+    _event_checks[name] = (records, check)
+    import importlib
+
+    module_name, class_name = EVENT_RULES
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if getattr(cls.check_event_allowed, _WRAPPED, False):
+        return
+    original = cls.check_event_allowed
+
+    @functools.wraps(original)
+    async def check_event_allowed(self: Any, event: Any, context: Any) -> Any:
+        from synapse.api.errors import SynapseError
+
+        for check_name, (_, check) in sorted(_event_checks.items(), key=lambda item: item[1][0]):
+            try:
+                if not await check(event):
+                    return False, None
+            except SynapseError:
+                raise
+            except Exception:
+                log.exception("event check %s failed on %s; refusing the event", check_name, event.event_id)
+                return False, None
+        return await original(self, event, context)
+
+    setattr(check_event_allowed, _WRAPPED, True)
+    cls.check_event_allowed = check_event_allowed
 
 
 LOGIN_SERVLET = ("synapse.rest.client.login", "LoginRestServlet")

@@ -27,16 +27,18 @@ from carematrix.audit import AuditRecord
 from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
-from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState, Staff
+from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
 from synapse_modules import internals
+from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import current_writer
 from synapse_modules.compat import refusal_with_reason
 from synapse_modules.config import PolicyModuleConfig
+from synapse_modules.org_populate import POPULATE_PATH, OrgPopulate
 from synapse_modules.protection import ContentProtection
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,12 @@ FAILED_CLOSED = Verdict(
     "internal.error",
     "The hospital policy could not be checked, so this action was refused for safety. "
     "Please try again or contact IT.",
+)
+
+REAL_NAMES = Verdict(
+    False,
+    "identity.real_name",
+    "Staff appear under their real name from the staff list; per-room nicknames are not allowed.",
 )
 
 T = TypeVar("T")
@@ -97,16 +105,18 @@ class CareMatrixPolicy:
         )
         # No on_new_event callback: Synapse loads a room's full state for it before
         # notifying clients of every event, which would slow every message down.
-        api.register_third_party_rules_callbacks(
-            on_create_room=self.on_create_room, check_event_allowed=self.keep_real_name
-        )
+        api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
+        internals.install_event_check("carematrix_real_names", self.keep_real_name)
         self._class_cache: OrderedDict[str, tuple[RoomClassState, float]] = OrderedDict()
         self._class_changing: dict[str, float] = {}
         self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
+        api.register_web_resource(
+            POPULATE_PATH, AsyncJsonResource(api, "carematrix_org_populate", post=OrgPopulate(self).handle)
+        )
         self._protection = ContentProtection(
-            api, self._holder, self._is_system, config.watermark_key, config.watermark_cache_dir,
-            self._refuse,
+            api, self._holder, self.is_system, config.watermark_key, config.watermark_cache_dir,
+            self.refuse,
         )
         # Every media download of this process passes the gate (protected files only are
         # handled by it; everything else goes to Synapse untouched).
@@ -159,19 +169,31 @@ class CareMatrixPolicy:
             for error in outcome.errors:
                 log.error("policy edit rejected: %s", error)
 
-    def _is_system(self, user_id: str) -> bool:
+    @property
+    def api(self) -> ModuleApi:
+        return self._api
+
+    @property
+    def bot_user_id(self) -> str:
+        return self._config.bot_user_id
+
+    @property
+    def current_policy(self) -> Policy:
+        return self._holder.current
+
+    def is_system(self, user_id: str) -> bool:
         """The bot and the appservice's role users act for the hospital, not a person."""
         return user_id == self._config.bot_user_id or (
             self._api.is_mine(user_id) and user_id.startswith("@role-")
         )
 
-    def _staff(self, user_id: str) -> Staff | None:
+    def staff(self, user_id: str) -> Staff | None:
         if not self._api.is_mine(user_id):
             return None
         localpart = user_id[1:].split(":", 1)[0]
         return self._holder.current.staff_for_localpart(localpart)
 
-    async def _room_state(self, room_id: str) -> RoomClassState:
+    async def room_class_of(self, room_id: str) -> RoomClassState:
         """Room classes are set at creation and only the bot may change one, so checks read
         them from a short-lived per-process cache. Rooms without a class are never cached
         (a new room's class event may not be stored yet when its first events are checked),
@@ -204,10 +226,10 @@ class CareMatrixPolicy:
         return sum(
             1
             for e in state.values()
-            if e.content.get("membership") in ("join", "invite") and not self._is_system(e.state_key)
+            if e.content.get("membership") in ("join", "invite") and not self.is_system(e.state_key)
         )
 
-    async def _refuse(self, verdict: Verdict, user_id: str, room_id: str | None, action: str) -> str:
+    async def refuse(self, verdict: Verdict, user_id: str, room_id: str | None, action: str) -> str:
         """Log and audit a denial (before the client hears of it); returns the message."""
         log.info("policy denial rule=%s user=%s room=%s action=%s", verdict.rule, user_id, room_id, action)
         writer = current_writer()
@@ -228,20 +250,24 @@ class CareMatrixPolicy:
             content=event.content, process=process,
         )
 
-    async def keep_real_name(self, event: EventBase, state_events: Any) -> tuple[bool, dict | None]:
-        """Staff appear under their real name in every room: a per-room nickname in a
-        member event is replaced by the org's display name (Synapse rebuilds the event)."""
+    async def keep_real_name(self, event: EventBase) -> bool:
+        """Staff appear under their real name in every room: a member event of their own
+        that carries another display name (a per-room nickname) is refused, with the rule.
+        The name on their profile passes too: org sync sets it, and a join made just before
+        the sync catches up with a renamed policy must not fail."""
         if event.type != "m.room.member" or event.sender != event.get_state_key():
-            return True, None
-        staff = self._staff(event.sender)
-        if staff is None or event.content.get("membership") != "join":
-            return True, None
-        real = self._holder.current.display_name(staff)
-        if event.content.get("displayname") == real:
-            return True, None
-        replaced = event.get_dict()
-        replaced["content"] = {**event.content, "displayname": real}
-        return True, replaced
+            return True
+        staff = self.staff(event.sender)
+        name = event.content.get("displayname")
+        if staff is None or event.content.get("membership") != "join" or name is None:
+            return True
+        if name == self._holder.current.display_name(staff):
+            return True
+        profile = await self._api.get_profile_for_user(event.sender[1:].split(":", 1)[0])
+        if name == profile.display_name:
+            return True
+        message = await self.refuse(REAL_NAMES, event.sender, event.room_id, "per-room display name")
+        raise SynapseError(403, message, Codes.FORBIDDEN)
 
     @_fail_closed(FAILED_CLOSED.message)
     async def check_event_for_spam(self, event: EventBase) -> Any:
@@ -249,26 +275,26 @@ class CareMatrixPolicy:
             # Federation is off by default; remote events are judged by their own servers.
             return NOT_SPAM
         policy = self._holder.current
-        is_system = self._is_system(event.sender)
-        room = await self._room_state(event.room_id)
+        is_system = self.is_system(event.sender)
+        room = await self.room_class_of(event.room_id)
         if event.is_state() and event.type == ROOM_CLASS_EVENT:
             self._forget_class(event.room_id)
             verdict = decide_class_change(
                 policy,
                 room.class_id,
                 event.content.get("class"),
-                self._staff(event.sender),
+                self.staff(event.sender),
                 is_system,
                 event.content.get("unit"),
             )
         elif event.is_state():
             verdict = decide_state_change(policy, room, event.type, event.content, is_system)
         else:
-            verdict = decide_post(policy, room.class_id, self._staff(event.sender), event.type, is_system)
+            verdict = decide_post(policy, room.class_id, self.staff(event.sender), event.type, is_system)
             if verdict.allowed:
                 verdict = decide_priority(event.content, is_system)
         if not verdict.allowed:
-            return await self._refuse(verdict, event.sender, event.room_id, event.type)
+            return await self.refuse(verdict, event.sender, event.room_id, event.type)
         rc = policy.room_classes.get(room.class_id or "")
         # An accepted event is on record before Synapse stores it and answers the client:
         # inside the no-forward check's transaction when it has one, else on its own.
@@ -280,7 +306,7 @@ class CareMatrixPolicy:
             also = functools.partial(writer.append_in, records=[record])
         refusal, hash_prints, recorded = await self._protection.check_send(event, rc, also)
         if refusal is not None:
-            return await self._refuse(refusal, event.sender, event.room_id, event.type)
+            return await self.refuse(refusal, event.sender, event.room_id, event.type)
         if writer is not None and record is not None and not recorded:
             await writer.record(record)
         await self._protection.after_accept(event, rc, hash_prints)
@@ -290,43 +316,43 @@ class CareMatrixPolicy:
     async def user_may_join_room(self, user_id: str, room_id: str, is_invited: bool) -> Any:
         verdict = decide_membership(
             self._holder.current,
-            await self._room_state(room_id),
-            self._staff(user_id),
-            self._is_system(user_id),
+            await self.room_class_of(room_id),
+            self.staff(user_id),
+            self.is_system(user_id),
             "join",
         )
         if verdict.allowed:
             return NOT_SPAM
-        await self._refuse(verdict, user_id, room_id, "join")
+        await self.refuse(verdict, user_id, room_id, "join")
         return refusal_with_reason(verdict)
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
     async def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> Any:
-        room = await self._room_state(room_id)
+        room = await self.room_class_of(room_id)
         policy = self._holder.current
         rc = policy.room_classes.get(room.class_id or "")
         # An on-duty role bringing the next person of an escalation into a DM is not a
         # member growing the chat: the size limit binds people, not the service.
-        limited = rc is not None and rc.max_members and not self._is_system(inviter)
+        limited = rc is not None and rc.max_members and not self.is_system(inviter)
         count = await self._member_count(room_id) if limited else 0
         verdict = decide_membership(
-            policy, room, self._staff(invitee), self._is_system(invitee), "invite", count
+            policy, room, self.staff(invitee), self.is_system(invitee), "invite", count
         )
         if verdict.allowed:
             return NOT_SPAM
-        await self._refuse(verdict, inviter, room_id, f"invite {invitee}")
+        await self.refuse(verdict, inviter, room_id, f"invite {invitee}")
         return refusal_with_reason(verdict)
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
     async def user_may_publish_room(self, user_id: str, room_id: str) -> Any:
-        if self._is_system(user_id):
+        if self.is_system(user_id):
             return NOT_SPAM
         verdict = Verdict(
             False,
             "room.directory",
             "Rooms cannot be published in this hospital's room directory.",
         )
-        await self._refuse(verdict, user_id, room_id, "publish")
+        await self.refuse(verdict, user_id, room_id, "publish")
         return refusal_with_reason(verdict)
 
     @_fail_closed(_raise_refusal)
@@ -336,16 +362,16 @@ class CareMatrixPolicy:
         user_id = requester.user.to_string()
         policy = self._holder.current
         invitees = [
-            (self._staff(u), self._is_system(u))
+            (self.staff(u), self.is_system(u))
             for u in request_content.get("invite") or []
             if isinstance(u, str)
         ]
         decision = decide_create(
-            policy, request_content, self._staff(user_id), self._is_system(user_id), invitees
+            policy, request_content, self.staff(user_id), self.is_system(user_id), invitees
         )
         if not decision.verdict.allowed:
             raise SynapseError(
-                403, await self._refuse(decision.verdict, user_id, None, "createRoom"), Codes.FORBIDDEN
+                403, await self.refuse(decision.verdict, user_id, None, "createRoom"), Codes.FORBIDDEN
             )
         if decision.add_class_event and decision.room.class_id:
             # First, so the protection state after it is judged against the class.

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
 POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"  # synapse_modules.policy_module
+POPULATE_PATH = "/_synapse/client/carematrix/org/joins"  # synapse_modules.org_populate
+POPULATE_CHUNK = 1000  # members per bulk-join request
 
 
 def _round_robin_by_room(actions: list[Action]) -> list[Action]:
@@ -57,6 +59,8 @@ class OrgMatrix:
         self.server = server_name
         self.bot = bot_user_id
         self.room_ids: dict[str, str] = {}  # alias localpart -> room ID
+        self.populating: set[str] = set()  # aliases of rooms still open for their initial members
+        self.phase_seconds: dict[str, float] = {}  # how long each step of the last apply took
 
     def uid(self, localpart: str) -> str:
         return f"@{localpart}:{self.server}"
@@ -156,6 +160,8 @@ class OrgMatrix:
         for alias, found in zip(aliases, results, strict=True):
             if found is not None:
                 self.room_ids[alias], observed.rooms[alias], observed.join_rules[alias] = found
+                if observed.join_rules[alias] == POPULATING_JOIN_RULE:
+                    self.populating.add(alias)
         return observed
 
     # -- apply ---------------------------------------------------------------------------
@@ -188,6 +194,7 @@ class OrgMatrix:
         }
         room_id = (await self.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
         self.room_ids[room.alias] = room_id
+        self.populating.add(room.alias)
         if parent_id:
             await self.call(
                 "PUT",
@@ -217,6 +224,33 @@ class OrgMatrix:
             return "PUT", path, {"join_rule": "invite"}
         raise ValueError(f"no request for {a.kind}")
 
+    async def _bulk_join(self, joins: list[Action], errors: list[str]) -> list[Action]:
+        """Joins into rooms org sync is populating, many per request (synapse_modules/
+        org_populate.py). Returns the joins left to make one by one: all of them on a
+        homeserver without that endpoint, and those of a request that failed as a whole."""
+        by_room: dict[str, list[Action]] = {}
+        for a in joins:
+            by_room.setdefault(a.detail, []).append(a)
+        chunks = [group[i : i + POPULATE_CHUNK] for group in by_room.values() for i in range(0, len(group), POPULATE_CHUNK)]
+        left: list[Action] = []
+
+        async def populate(chunk: list[Action]) -> None:
+            body = {"room_id": self.room_ids[chunk[0].detail], "user_ids": [self.uid(a.target) for a in chunk]}
+            try:
+                result = await self.call("POST", POPULATE_PATH, body)
+            except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
+                if not (isinstance(exc, MatrixCallFailed) and exc.errcode == "M_UNRECOGNIZED"):
+                    log.warning("bulk join into #%s failed (%s); joining one by one", chunk[0].detail, exc)
+                left.extend(chunk)
+                return
+            refused = result.get("refused") or {}
+            for a in chunk:
+                if self.uid(a.target) in refused:
+                    errors.append(f"{a.describe()}: refused: {refused[self.uid(a.target)]}")
+
+        await self._gather([lambda c=c: populate(c) for c in chunks])
+        return left
+
     async def apply(self, actions: list[Action], initial_password: str | None) -> list[str]:
         """Apply in dependency order; returns the actions that failed (with the reason)."""
         errors: list[str] = []
@@ -235,13 +269,32 @@ class OrgMatrix:
         def of_kind(*kinds: str) -> list[Action]:
             return [a for a in actions if a.kind in kinds]
 
+        clock = asyncio.get_running_loop().time
+        started = clock()
+
+        def done(phase: str) -> None:
+            nonlocal started
+            self.phase_seconds[phase] = round(clock() - started, 2)
+            started = clock()
+
         await run_all(of_kind("create_account", "reactivate", "update_name"))
+        done("accounts")
         await run_all(of_kind("deactivate"))
-        # Rooms one by one, parents first: a child needs its parent's room ID.
-        for a in of_kind("create_room"):
-            assert a.room is not None
-            await attempt(a, lambda a=a: self.create_room(a.room))
-        await run_all(_round_robin_by_room([a for a in of_kind("join") if a.detail in self.room_ids]))
+        done("deactivations")
+        # Parents first (a child needs its parent's room ID), siblings side by side.
+        pending = of_kind("create_room")
+        while pending:
+            ready = [a for a in pending if a.room is None or a.room.parent_alias is None or a.room.parent_alias in self.room_ids
+                     or a.room.parent_alias not in {p.target for p in pending}]
+            ready = ready or pending  # never stall (a tree has no cycles; this is a guard)
+            pending = [a for a in pending if a not in ready]
+            await self._gather([lambda a=a: attempt(a, lambda: self.create_room(a.room)) for a in ready])
+        done("rooms")
+        joins = [a for a in of_kind("join") if a.detail in self.room_ids]
+        single = await self._bulk_join([a for a in joins if a.detail in self.populating], errors)
+        await run_all(_round_robin_by_room(single + [a for a in joins if a.detail not in self.populating]))
+        done("joins")
         await run_all([a for a in of_kind("kick") if a.detail in self.room_ids])
         await run_all([a for a in of_kind("lock") if a.target in self.room_ids])
+        done("kicks and locks")
         return errors

@@ -141,13 +141,16 @@ async def test_staff_cannot_change_their_real_name(stack: RunningStack):
         await nurse.close()
 
 
-async def test_a_per_room_nickname_is_replaced_by_the_real_name(stack: RunningStack):
+async def test_a_per_room_nickname_is_refused_with_the_rule(stack: RunningStack):
     nurse = await stack.login("n3001")
     try:
         icu = await room_id(nurse, stack, "icu-team")
         me = stack.user_id("n3001")
         current = await nurse.room_get_state_event(icu, "m.room.member", me)
-        await nurse.room_put_state(icu, "m.room.member", {**current.content, "displayname": "Night Owl"}, state_key=me)
+        resp = await nurse.room_put_state(icu, "m.room.member", {**current.content, "displayname": "Night Owl"}, state_key=me)
+        assert isinstance(resp, RoomPutStateError), "a per-room nickname was accepted"
+        assert resp.status_code == "M_FORBIDDEN"
+        assert "real name" in resp.message and "rule identity.real_name" in resp.message
         after = await nurse.room_get_state_event(icu, "m.room.member", me)
         assert after.content["displayname"] == "刘洋 Liu Yang · 重症医学科 Intensive Care Unit · 护师 Nurse Practitioner"
     finally:

@@ -89,3 +89,24 @@ def test_login_identity_qualifies_localparts():
     assert login_identity({"user": "@d1001:renhe.example"}, "renhe.example") == "@d1001:renhe.example"
     assert login_identity({"identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "a@b.cn"}}, "x") == "a@b.cn"
     assert login_identity({}, "x") is None
+
+
+def test_event_rules_hook_still_takes_event_and_context():
+    module_name, class_name = internals.EVENT_RULES
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert list(inspect.signature(cls.check_event_allowed).parameters)[:3] == ["self", "event", "context"]
+
+
+def test_batch_join_building_blocks_exist():
+    from synapse.events.snapshot import UnpersistedEventContext
+    from synapse.handlers.message import EventCreationHandler
+    from synapse.storage.databases.main.events_forward_extremities import EventForwardExtremitiesStore
+
+    create = inspect.signature(EventCreationHandler.create_event).parameters
+    assert {"prev_event_ids", "depth", "state_map", "for_batch", "require_consent"} <= set(create)
+    handle = inspect.signature(EventCreationHandler.handle_new_client_event).parameters
+    assert {"events_and_context", "ratelimit", "extra_users", "ignore_shadow_ban"} <= set(handle)
+    assert list(inspect.signature(UnpersistedEventContext.batch_persist_unpersisted_contexts).parameters) == [
+        "events_and_context", "room_id", "last_known_state_group", "datastore",
+    ]
+    assert hasattr(EventForwardExtremitiesStore, "get_forward_extremities_for_room")
