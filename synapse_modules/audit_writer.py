@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import ModuleApi, make_deferred_yieldable
 from twisted.internet import defer
 
@@ -85,21 +86,27 @@ class AuditWriter:
                 except Exception as exc:
                     self.failures += 1
                     log.exception("could not write %d audit record(s)", len(batch))
-                    for _, done in batch:
-                        if done is not None and not done.called:
-                            done.errback(exc)
+                    _settle(batch, exc)
                     continue
-                for _, done in batch:
-                    if done is not None and not done.called:
-                        done.callback(None)
+                _settle(batch, None)
         except Exception as exc:
             log.exception("audit flush failed")
-            for _, done in self._pending:
-                if done is not None and not done.called:
-                    done.errback(exc)
+            _settle(self._pending, exc)
             self._pending = []
         finally:
             self._flushing = False
             if self._pending:
                 self._kick()
 
+
+
+def _settle(batch: list[tuple[AuditRecord, defer.Deferred | None]], error: Exception | None) -> None:
+    """Wake the callers waiting on ``batch``. They resume in their own logging context; the
+    flush keeps its own (Synapse attributes database time and metrics by it)."""
+    with PreserveLoggingContext():
+        for _, done in batch:
+            if done is not None and not done.called:
+                if error is None:
+                    done.callback(None)
+                else:
+                    done.errback(error)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from synapse.module_api import make_deferred_yieldable
+from twisted.internet import defer
 from twisted.web.server import Request
 
 from carematrix.rules.membership import decide_membership
@@ -53,6 +55,7 @@ class OrgPopulate:
     def __init__(self, policy: CareMatrixPolicy) -> None:
         self._policy = policy
         self._api = policy.api
+        self._rooms_busy: dict[str, defer.DeferredLock] = {}
 
     async def handle(self, request: Request) -> tuple[int, Any]:
         api = self._api
@@ -63,6 +66,21 @@ class OrgPopulate:
             room_id, user_ids = parse_request(request.content.read())
         except ValueError as exc:
             return _error(400, "M_BAD_JSON", str(exc))
+        # One bulk join per room at a time (in this process), and the room read under the same
+        # lock: two chains of joins built on the same latest event would fork the room (and
+        # Synapse would resolve its whole state to merge them), and a join repeated in a batch
+        # would make Synapse drop that batch as a duplicate.
+        lock = self._rooms_busy.setdefault(room_id, defer.DeferredLock())
+        await make_deferred_yieldable(lock.acquire())
+        try:
+            return await self._populate(room_id, user_ids)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._rooms_busy.pop(room_id, None)
+
+    async def _populate(self, room_id: str, user_ids: list[str]) -> tuple[int, Any]:
+        api = self._api
         state = await api.get_room_state(
             room_id, [("m.room.join_rules", "")] + [("m.room.member", u) for u in user_ids]
         )

@@ -231,24 +231,29 @@ class OrgMatrix:
         by_room: dict[str, list[Action]] = {}
         for a in joins:
             by_room.setdefault(a.detail, []).append(a)
-        chunks = [group[i : i + POPULATE_CHUNK] for group in by_room.values() for i in range(0, len(group), POPULATE_CHUNK)]
         left: list[Action] = []
 
-        async def populate(chunk: list[Action]) -> None:
-            body = {"room_id": self.room_ids[chunk[0].detail], "user_ids": [self.uid(a.target) for a in chunk]}
-            try:
-                result = await self.call("POST", POPULATE_PATH, body)
-            except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
-                if not (isinstance(exc, MatrixCallFailed) and exc.errcode == "M_UNRECOGNIZED"):
-                    log.warning("bulk join into #%s failed (%s); joining one by one", chunk[0].detail, exc)
-                left.extend(chunk)
-                return
-            refused = result.get("refused") or {}
-            for a in chunk:
-                if self.uid(a.target) in refused:
-                    errors.append(f"{a.describe()}: refused: {refused[self.uid(a.target)]}")
+        async def populate(group: list[Action]) -> None:
+            # One room's chunks one after the other: concurrent batches into one room would
+            # fork its history, and Synapse would resolve the room's whole state to merge them.
+            for i in range(0, len(group), POPULATE_CHUNK):
+                chunk = group[i : i + POPULATE_CHUNK]
+                body = {"room_id": self.room_ids[chunk[0].detail], "user_ids": [self.uid(a.target) for a in chunk]}
+                try:
+                    result = await self.call("POST", POPULATE_PATH, body)
+                except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
+                    if not (isinstance(exc, MatrixCallFailed) and exc.errcode == "M_UNRECOGNIZED"):
+                        log.warning("bulk join into #%s failed (%s); joining one by one", chunk[0].detail, exc)
+                    left.extend(chunk)
+                    continue
+                refused = result.get("refused") or {}
+                for a in chunk:
+                    if self.uid(a.target) in refused:
+                        errors.append(f"{a.describe()}: refused: {refused[self.uid(a.target)]}")
 
-        await self._gather([lambda c=c: populate(c) for c in chunks])
+        # Biggest rooms first, so that they do not trail at the end.
+        groups = sorted(by_room.values(), key=len, reverse=True)
+        await self._gather([lambda g=g: populate(g) for g in groups])
         return left
 
     async def apply(self, actions: list[Action], initial_password: str | None) -> list[str]:

@@ -20,6 +20,12 @@ class DesiredRoom:
     is_space: bool
     parent_alias: str | None
     members: frozenset[str]  # localparts
+    # Scoped to the whole hospital: every account on this server may be in it. Such a room
+    # keeps join rule "public" after it is populated (the org-scope check still runs on every
+    # join). Locked to "invite", Synapse's user directory would record every pair of its
+    # members as sharing a private room: 25 million rows for 5,000 staff, rewritten when the
+    # join rule changes (Synapse issue #3849).
+    open_to_all: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ def desired_state(policy: Policy) -> Desired:
                 is_space=True,
                 parent_alias=space_alias(unit.parent) if unit.parent else None,
                 members=members,
+                open_to_all=unit.parent is None,
             )
         )
         for spec in policy.standard_rooms:
@@ -103,6 +110,7 @@ def desired_state(policy: Policy) -> Desired:
                     is_space=False,
                     parent_alias=space_alias(unit.id),
                     members=members if rc.scope == "unit" else frozenset(accounts),
+                    open_to_all=rc.scope != "unit" or unit.parent is None,
                 )
             )
     return Desired(accounts, tuple(rooms), policy.digest)
@@ -135,11 +143,14 @@ def plan(desired: Desired, observed: Observed) -> list[Action]:
         for localpart in sorted(present - room.members - leaving):
             actions.append(Action("kick", localpart, room.alias, room))
     # A room org sync creates starts with join rule ``public``, so that its initial members
-    # are forced in with one join event each instead of an invite and a join; the policy
-    # module still refuses anyone out of scope meanwhile. Once populated it is locked to
-    # ``invite`` like every standard room. A room left ``public`` by an interrupted sync is
-    # locked on the next one.
+    # are brought in as one join event each (in batches) instead of an invite and a join;
+    # the policy module still refuses anyone out of scope meanwhile. Once populated it is
+    # locked to ``invite`` like every standard room, except a room open to the whole
+    # hospital (see DesiredRoom.open_to_all). A room left ``public`` by an interrupted sync
+    # is locked on the next one.
     for room in desired.rooms:
+        if room.open_to_all:
+            continue
         if room.alias not in observed.rooms or observed.join_rules.get(room.alias) == POPULATING_JOIN_RULE:
             actions.append(Action("lock", room.alias, room.alias, room))
     return actions

@@ -4,6 +4,7 @@ org policy, access that follows the tree, and org changes applied by sync."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from nio import (
     RoomSendResponse,
 )
 
-from carematrix.http import request_json
+from carematrix.http import HttpError, request_json
 from carematrix.policy import load_policy
 from carematrix.policy.model import ROOM_CLASS_EVENT
 from tests.support import RunningStack, eventually, wait_for_event
@@ -263,3 +264,71 @@ async def test_org_sync_dry_run_shows_drift_and_sync_repairs_it(stack: RunningSt
     assert nurse in members()
     again = run_cli(stack, "org", "sync", "--dry-run")
     assert "(nothing to change)" in again.stdout, again.stdout
+
+
+POPULATE = "/_synapse/client/carematrix/org/joins"
+
+
+def _populating_icu_room(stack: RunningStack, name: str) -> str:
+    """An ICU department room as org sync creates one: still publicly joinable."""
+    body = {
+        "name": name,
+        "preset": "private_chat",
+        "creation_content": {"m.federate": False},
+        "initial_state": [
+            {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "department", "unit": "icu"}},
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
+        ],
+    }
+    return as_bot(stack, "POST", "/_matrix/client/v3/createRoom", body)["room_id"]
+
+
+async def test_org_sync_bulk_join_adds_only_staff_in_scope_under_their_real_names(stack: RunningStack):
+    room = _populating_icu_room(stack, "ICU bulk join")
+    result = as_bot(stack, "POST", POPULATE, {
+        "room_id": room,
+        "user_ids": [stack.user_id("n3001"), stack.user_id("d2001"), stack.user_id("d1001"),
+                     stack.user_id("nobody9"), stack.user_id("n3001")],
+    })
+    assert sorted(result["joined"]) == sorted([stack.user_id("n3001"), stack.user_id("d2001")])
+    assert "Only 重症医学科 Intensive Care Unit staff may join this room" in result["refused"][stack.user_id("d1001")]
+    assert "no active account" in result["refused"][stack.user_id("nobody9")]
+
+    joined = as_bot(stack, "GET", f"/_matrix/client/v3/rooms/{room}/joined_members")["joined"]
+    assert stack.user_id("d1001") not in joined
+    assert joined[stack.user_id("n3001")]["display_name"] == "刘洋 Liu Yang · 重症医学科 Intensive Care Unit · 护师 Nurse Practitioner"
+
+    # The nurse sees the room and can talk in it at once.
+    nurse = await stack.login("n3001")
+    try:
+        sent = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "bulk-joined and here"})
+        assert isinstance(sent, RoomSendResponse), sent
+    finally:
+        await nurse.close()
+
+    # Asking again changes nothing.
+    again = as_bot(stack, "POST", POPULATE, {"room_id": room, "user_ids": [stack.user_id("n3001")]})
+    assert again["joined"] == [] and again["already"] == [stack.user_id("n3001")]
+
+
+async def test_org_sync_bulk_join_is_for_the_bot_and_for_rooms_being_populated_only(stack: RunningStack):
+    room = _populating_icu_room(stack, "ICU bulk join guard")
+    nurse = await stack.login("n3001")
+    try:
+        resp = await nurse.send(
+            "POST", f"{POPULATE}?access_token={nurse.access_token}",
+            json.dumps({"room_id": room, "user_ids": [stack.user_id("n3001")]}),
+        )
+        assert resp.status == 403
+        assert "Only org sync" in (await resp.json())["error"]
+    finally:
+        await nurse.close()
+
+    locked = as_bot(stack, "GET", f"/_matrix/client/v3/directory/room/%23icu-team:{stack.server_name}")["room_id"]
+    with pytest.raises(HttpError) as refused:
+        as_bot(stack, "POST", POPULATE, {"room_id": locked, "user_ids": [stack.user_id("d2001")]})
+    assert refused.value.status == 409 and refused.value.body["errcode"] == "M_BAD_STATE"
+
+    with pytest.raises(HttpError) as malformed:
+        as_bot(stack, "POST", POPULATE, {"room_id": room, "user_ids": "n3001"})
+    assert malformed.value.status == 400 and "user_ids" in malformed.value.body["error"]

@@ -43,13 +43,22 @@ def test_from_scratch_everything_is_created_then_joined():
     assert kinds.index("join") > max(i for i, k in enumerate(kinds) if k == "create_room")
 
 
-def test_new_rooms_are_populated_then_locked_to_invite():
+def test_new_rooms_are_populated_then_locked_to_invite_unless_open_to_the_whole_hospital():
     actions = plan(DESIRED, Observed())
     kinds = [a.kind for a in actions]
     locked = [a.target for a in actions if a.kind == "lock"]
-    assert locked == [r.alias for r in DESIRED.rooms]
+    assert locked == [r.alias for r in DESIRED.rooms if r.alias not in ("renhe", "announcements")]
     assert kinds.index("lock") > max(i for i, k in enumerate(kinds) if k in ("join", "kick"))
-    assert "~ #announcements join rule -> invite" in [a.describe() for a in actions]
+    assert "~ #icu-team join rule -> invite" in [a.describe() for a in actions]
+    rooms = {r.alias: r for r in DESIRED.rooms}
+    assert rooms["renhe"].open_to_all and rooms["announcements"].open_to_all
+    assert not rooms["icu"].open_to_all and not rooms["cardiology-notices"].open_to_all
+
+
+def test_a_hospital_wide_room_is_never_locked():
+    observed = synced()
+    observed.join_rules = {r.alias: "public" if r.open_to_all else "invite" for r in DESIRED.rooms}
+    assert plan(DESIRED, observed) == []
 
 
 def test_a_room_left_public_by_an_interrupted_sync_is_locked_and_only_that_one():
