@@ -9,7 +9,10 @@ head-row lock, which gives one verifiable order (see docs/audit.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import ModuleApi, make_deferred_yieldable
@@ -22,6 +25,21 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 
 _writer: AuditWriter | None = None
+_held: ContextVar[list[AuditRecord] | None] = ContextVar("carematrix_audit_held", default=None)
+
+
+@contextlib.contextmanager
+def held_records() -> Iterator[list[AuditRecord]]:
+    """Records made in this context are kept in the yielded list instead of being written
+    one by one: while a batch of events is built (each event's record is made as it is
+    built), so that the caller writes them all in one transaction with ``record_many``
+    before it stores the batch."""
+    held: list[AuditRecord] = []
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        _held.reset(token)
 
 
 def current_writer() -> AuditWriter | None:
@@ -58,11 +76,25 @@ class AuditWriter:
         append(txn, self.dialect, records)
 
     async def record(self, record: AuditRecord) -> None:
-        """Return once ``record`` is committed; raises if it could not be written."""
-        done: defer.Deferred = defer.Deferred()
-        self._pending.append((record, done))
+        """Return once ``record`` is committed (or held, see ``held_records``); raises if it
+        could not be written."""
+        held = _held.get()
+        if held is not None:
+            held.append(record)
+            return
+        await self.record_many([record])
+
+    async def record_many(self, records: list[AuditRecord]) -> None:
+        """Return once all of ``records`` are committed, in order; raises if any could not be."""
+        waits: list[defer.Deferred] = []
+        for record in records:
+            done: defer.Deferred = defer.Deferred()
+            self._pending.append((record, done))
+            waits.append(done)
+        if not waits:
+            return
         self._kick()
-        await make_deferred_yieldable(done)
+        await make_deferred_yieldable(defer.gatherResults(waits, consumeErrors=True))
 
     def record_soon(self, record: AuditRecord) -> None:
         """Queue ``record`` without waiting (for observations made after the fact)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -200,23 +201,30 @@ async def censor_event(api: Any, event_id: str) -> None:
     await store.db_pool.runInteraction("carematrix_burn_search_row", drop_search_row)
 
 
-async def persist_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, Any]]]) -> None:
-    """Store join events for many local users in one room as one linear batch, the way
-    Synapse stores a new room's initial state: each event is built on the state the previous
-    one leaves, and the whole chain is persisted in one go. One join at a time costs a full
-    event pipeline per member (~30 per second on two cores); a batch costs one.
+@dataclass
+class JoinBatch:
+    """Join events built for one room, in a chain, not stored yet."""
 
-    Each event still passes Synapse's auth rules and every module's ``check_event_allowed``
-    (real-name display names, the audit record) as it is built; clients, appservices, push,
-    the user directory and room statistics learn of it from the event stream as usual.
-    The caller has checked the org scope of every user and that the room is publicly joinable,
-    and passes users who are not joined yet (a join identical to the current state would make
-    Synapse drop the whole batch as a duplicate).
+    room_id: str
+    start_state_group: int
+    events: list[tuple[Any, Any]]  # (event, unpersisted context)
+    states: list[dict[Any, str]]  # the room's state after each event
+
+
+async def build_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, Any]]]) -> JoinBatch:
+    """Build join events for many local users in one room as one linear chain, the way
+    Synapse builds a new room's initial state: each on the state the previous one leaves.
+    ``store_joins`` then stores the chain in one go. One join at a time costs a whole event
+    pipeline per member; a batch costs one.
+
+    Each event passes Synapse's auth rules and the event checks (real names, the audit
+    record) as it is built; clients, appservices, push, the user directory and room
+    statistics learn of it from the event stream as usual once it is stored. The caller has
+    checked the org scope of every user and that the room is publicly joinable, and passes
+    users who are not joined yet (a join identical to the current state would make Synapse
+    drop the whole batch as a duplicate).
     """
-    if not joins:
-        return
-    from synapse.events.snapshot import UnpersistedEventContext
-    from synapse.types import UserID, create_requester
+    from synapse.types import create_requester
 
     hs = hs_of(api)
     creator = hs.get_event_creation_handler()
@@ -225,13 +233,11 @@ async def persist_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str,
     prev_event_id = max(extremities, key=lambda x: x[2])[0]  # the deepest: (event ID, state group, depth, ...)
     state_group = (await storage.state.get_state_group_for_events([prev_event_id]))[prev_event_id]
     state_map = dict(await storage.state.get_state_ids_for_group(state_group))
-    server = hs.hostname
-    built = []
-    states = []  # the room's state after each event of the batch
+    batch = JoinBatch(room_id, state_group, [], [])
     depth = None
     for user_id, content in joins:
         event, context = await creator.create_event(
-            create_requester(user_id, authenticated_entity=server),
+            create_requester(user_id, authenticated_entity=hs.hostname),
             {"type": "m.room.member", "room_id": room_id, "sender": user_id, "state_key": user_id,
              "content": {**content, "membership": "join"}},
             prev_event_ids=[prev_event_id],
@@ -240,20 +246,32 @@ async def persist_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str,
             for_batch=True,
             require_consent=False,
         )
-        built.append((event, context))
+        batch.events.append((event, context))
         prev_event_id, depth = event.event_id, event.depth + 1
         state_map[(event.type, event.state_key)] = event.event_id
-        states.append(dict(state_map))
+        batch.states.append(dict(state_map))
+    return batch
+
+
+async def store_joins(api: Any, batch: JoinBatch) -> None:
+    """Store a chain from ``build_joins``: its state groups, then its events, in one go."""
+    if not batch.events:
+        return
+    from synapse.events.snapshot import UnpersistedEventContext
+    from synapse.types import UserID, create_requester
+
+    hs = hs_of(api)
     state_store = hs.get_datastores().state
     persisted = await UnpersistedEventContext.batch_persist_unpersisted_contexts(
-        built, room_id, state_group, state_store
+        batch.events, batch.room_id, batch.start_state_group, state_store
     )
-    _remember_state_groups(state_store, {c.state_group: state for (_, c), state in zip(persisted, states, strict=True)})
-    await creator.handle_new_client_event(
-        create_requester(joins[0][0], authenticated_entity=server),
+    _remember_state_groups(state_store, {c.state_group: s for (_, c), s in zip(persisted, batch.states, strict=True)})
+    joiners = [e.sender for e, _ in batch.events]
+    await hs.get_event_creation_handler().handle_new_client_event(
+        create_requester(joiners[0], authenticated_entity=hs.hostname),
         persisted,
         ratelimit=False,
-        extra_users=[UserID.from_string(u) for u, _ in joins],
+        extra_users=[UserID.from_string(u) for u in joiners],
         ignore_shadow_ban=True,
     )
 

@@ -20,6 +20,7 @@ from twisted.web.server import Request
 
 from carematrix.rules.membership import decide_membership
 from synapse_modules import internals
+from synapse_modules.audit_writer import current_writer, held_records
 
 if TYPE_CHECKING:
     from synapse_modules.policy_module import CareMatrixPolicy
@@ -120,6 +121,13 @@ class OrgPopulate:
             profile = await api.get_profile_for_user(user_id[1:].split(":", 1)[0])
             content = {k: v for k, v in (("displayname", profile.display_name), ("avatar_url", profile.avatar_url)) if v}
             joins.append((user_id, content))
+        writer = current_writer()
         for start in range(0, len(joins), BATCH_SIZE):
-            await internals.persist_joins(api, room_id, joins[start : start + BATCH_SIZE])
+            # Each join's audit record is made as the event is built; all of a batch's
+            # records are written in one transaction before the batch is stored.
+            with held_records() as records:
+                batch = await internals.build_joins(api, room_id, joins[start : start + BATCH_SIZE])
+            if writer is not None:
+                await writer.record_many(records)
+            await internals.store_joins(api, batch)
         return 200, {"joined": [u for u, _ in joins], "already": already, "refused": refused}
