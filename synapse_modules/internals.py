@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,8 @@ class JoinBatch:
     room_id: str
     start_state_group: int
     events: list[tuple[Any, Any]]  # (event, unpersisted context)
-    states: list[dict[Any, str]]  # the room's state after each event
+    final_state: dict[tuple[str, str], str]  # the room's state after the last event
+    prior: list[str | None] = field(default_factory=list)  # each joiner's membership event before
 
 
 async def build_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, Any]]]) -> JoinBatch:
@@ -233,7 +234,7 @@ async def build_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, A
     prev_event_id = max(extremities, key=lambda x: x[2])[0]  # the deepest: (event ID, state group, depth, ...)
     state_group = (await storage.state.get_state_group_for_events([prev_event_id]))[prev_event_id]
     state_map = dict(await storage.state.get_state_ids_for_group(state_group))
-    batch = JoinBatch(room_id, state_group, [], [])
+    batch = JoinBatch(room_id, state_group, [], state_map)
     depth = None
     for user_id, content in joins:
         event, context = await creator.create_event(
@@ -247,9 +248,9 @@ async def build_joins(api: Any, room_id: str, joins: list[tuple[str, dict[str, A
             require_consent=False,
         )
         batch.events.append((event, context))
+        batch.prior.append(state_map.get((event.type, event.state_key)))
         prev_event_id, depth = event.event_id, event.depth + 1
         state_map[(event.type, event.state_key)] = event.event_id
-        batch.states.append(dict(state_map))
     return batch
 
 
@@ -265,7 +266,7 @@ async def store_joins(api: Any, batch: JoinBatch) -> None:
     persisted = await UnpersistedEventContext.batch_persist_unpersisted_contexts(
         batch.events, batch.room_id, batch.start_state_group, state_store
     )
-    _remember_state_groups(state_store, {c.state_group: s for (_, c), s in zip(persisted, batch.states, strict=True)})
+    _remember_state_groups(state_store, batch, [c.state_group for _, c in persisted])
     joiners = [e.sender for e, _ in batch.events]
     await hs.get_event_creation_handler().handle_new_client_event(
         create_requester(joiners[0], authenticated_entity=hs.hostname),
@@ -276,17 +277,35 @@ async def store_joins(api: Any, batch: JoinBatch) -> None:
     )
 
 
-def _remember_state_groups(state_store: Any, groups: dict[int, dict]) -> None:
-    """Put the batch's new state groups in Synapse's state group caches. Each is stored as a
-    one-event delta on the one before, and whoever asks next (push rules, duplicate checks,
-    the federation sender, each for every event) would otherwise walk that chain back through
-    the database. The full state of each is known here, and a state group never changes."""
-    from synapse.types.state import StateFilter
+def _remember_state_groups(state_store: Any, batch: JoinBatch, groups: list[int]) -> None:
+    """Put what is known of the batch's new state groups in Synapse's state group caches.
+    Each group is stored as a one-event delta on the one before, and whoever asks next (the
+    duplicate check and push rules for every event, the current-state update for the
+    batch) would otherwise walk that chain back through the database. A state group never
+    changes, so the entries cannot go stale.
 
-    state_store._insert_into_cache(
-        groups, StateFilter.all(), state_store._state_group_members_cache.sequence,
-        state_store._state_group_cache.sequence,
-    )
+    Every group gets its non-member state (a join changes none of it) and the two
+    memberships asked about: its own joiner's and the next joiner's. Only the last group
+    gets the whole member list, as the next batch and the current-state update read it
+    whole: 100 full copies of a 5,000-member list per batch would flush the cache.
+    """
+    member = ("m.room.member",)
+    state = batch.final_state
+    others = {k: v for k, v in state.items() if k[0] not in member}
+    members_cache, others_cache = state_store._state_group_members_cache, state_store._state_group_cache
+    seq_members, seq_others = members_cache.sequence, others_cache.sequence
+    joiners = [("m.room.member", e.state_key) for e, _ in batch.events]
+    for i, group in enumerate(groups):
+        others_cache.update(seq_others, key=group, value=dict(others))
+        if i == len(groups) - 1:
+            members_cache.update(seq_members, key=group, value={k: v for k, v in state.items() if k[0] in member})
+            continue
+        # After event i: joiners up to i are in; the next joiner's membership is what it was.
+        known = {joiners[i]: batch.events[i][0].event_id}
+        upcoming, before = joiners[i + 1], batch.prior[i + 1]
+        if before is not None:
+            known[upcoming] = before
+        members_cache.update(seq_members, key=group, value=known, fetched_keys={joiners[i], upcoming})
 
 
 def dialect_of(api: Any) -> str:

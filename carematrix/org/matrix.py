@@ -275,31 +275,37 @@ class OrgMatrix:
             return [a for a in actions if a.kind in kinds]
 
         clock = asyncio.get_running_loop().time
-        started = clock()
 
-        def done(phase: str) -> None:
-            nonlocal started
-            self.phase_seconds[phase] = round(clock() - started, 2)
+        async def timed(phase: str, step: Callable[[], Awaitable[None]]) -> None:
             started = clock()
+            await step()
+            self.phase_seconds[phase] = round(clock() - started, 2)
 
-        await run_all(of_kind("create_account", "reactivate", "update_name"))
-        done("accounts")
-        await run_all(of_kind("deactivate"))
-        done("deactivations")
-        # Parents first (a child needs its parent's room ID), siblings side by side.
-        pending = of_kind("create_room")
-        while pending:
-            ready = [a for a in pending if a.room is None or a.room.parent_alias is None or a.room.parent_alias in self.room_ids
-                     or a.room.parent_alias not in {p.target for p in pending}]
-            ready = ready or pending  # never stall (a tree has no cycles; this is a guard)
-            pending = [a for a in pending if a not in ready]
-            await self._gather([lambda a=a: attempt(a, lambda: self.create_room(a.room)) for a in ready])
-        done("rooms")
-        joins = [a for a in of_kind("join") if a.detail in self.room_ids]
-        single = await self._bulk_join([a for a in joins if a.detail in self.populating], errors)
-        await run_all(_round_robin_by_room(single + [a for a in joins if a.detail not in self.populating]))
-        done("joins")
-        await run_all([a for a in of_kind("kick") if a.detail in self.room_ids])
-        await run_all([a for a in of_kind("lock") if a.target in self.room_ids])
-        done("kicks and locks")
+        async def accounts() -> None:
+            await run_all(of_kind("create_account", "reactivate", "update_name"))
+            await run_all(of_kind("deactivate"))
+
+        async def rooms() -> None:
+            # Parents first (a child needs its parent's room ID), siblings side by side.
+            pending = of_kind("create_room")
+            while pending:
+                ready = [a for a in pending if a.room is None or a.room.parent_alias is None or a.room.parent_alias in self.room_ids
+                         or a.room.parent_alias not in {p.target for p in pending}]
+                ready = ready or pending  # never stall (a tree has no cycles; this is a guard)
+                pending = [a for a in pending if a not in ready]
+                await self._gather([lambda a=a: attempt(a, lambda: self.create_room(a.room)) for a in ready])
+
+        async def joins() -> None:
+            wanted = [a for a in of_kind("join") if a.detail in self.room_ids]
+            single = await self._bulk_join([a for a in wanted if a.detail in self.populating], errors)
+            await run_all(_round_robin_by_room(single + [a for a in wanted if a.detail not in self.populating]))
+
+        async def kicks_and_locks() -> None:
+            await run_all([a for a in of_kind("kick") if a.detail in self.room_ids])
+            await run_all([a for a in of_kind("lock") if a.target in self.room_ids])
+
+        # Accounts and rooms do not depend on each other: side by side.
+        await asyncio.gather(timed("accounts", accounts), timed("rooms", rooms))
+        await timed("joins", joins)
+        await timed("kicks and locks", kicks_and_locks)
         return errors

@@ -23,6 +23,7 @@ from nio import (
 from carematrix.http import HttpError, request_json
 from carematrix.policy import load_policy
 from carematrix.policy.model import ROOM_CLASS_EVENT
+from tests.e2e.test_audit import search
 from tests.support import RunningStack, eventually, wait_for_event
 
 
@@ -309,6 +310,12 @@ async def test_org_sync_bulk_join_adds_only_staff_in_scope_under_their_real_name
     # Asking again changes nothing.
     again = as_bot(stack, "POST", POPULATE, {"room_id": room, "user_ids": [stack.user_id("n3001")]})
     assert again["joined"] == [] and again["already"] == [stack.user_id("n3001")]
+
+    # An auditor finds the join and the refusal.
+    joins = search(stack, "--actor", stack.user_id("d2001"), "--room", room, "--action", "room.member.join")
+    assert len(joins) == 1 and joins[0]["outcome"] == "success"
+    denials = search(stack, "--actor", stack.user_id("d1001"), "--room", room, "--action", "policy.denied")
+    assert [r["rule"] for r in denials] == ["room_class.department.scope"]
 
 
 async def test_org_sync_bulk_join_is_for_the_bot_and_for_rooms_being_populated_only(stack: RunningStack):

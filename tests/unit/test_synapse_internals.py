@@ -110,3 +110,47 @@ def test_batch_join_building_blocks_exist():
         "events_and_context", "room_id", "last_known_state_group", "datastore",
     ]
     assert hasattr(EventForwardExtremitiesStore, "get_forward_extremities_for_room")
+
+
+class _RecordingCache:
+    def __init__(self) -> None:
+        self.sequence = 7
+        self.entries: dict[int, tuple[dict, object]] = {}
+
+    def update(self, sequence, key, value, fetched_keys=None):
+        assert sequence == 7
+        self.entries[key] = (value, fetched_keys)
+
+
+class _Event:
+    def __init__(self, user: str, event_id: str) -> None:
+        self.state_key, self.event_id = user, event_id
+
+
+def test_a_join_batch_caches_only_true_state_for_its_new_groups():
+    """Group g_i is the state after join i. A wrong entry would make Synapse see the wrong
+    room state, so every entry must be exactly what the database would give."""
+    member = "m.room.member"
+    final = {
+        ("m.room.create", ""): "$create", ("m.room.join_rules", ""): "$rules",
+        (member, "@bot:h"): "$botjoin", (member, "@a:h"): "$ja", (member, "@b:h"): "$jb", (member, "@c:h"): "$jc",
+    }
+    batch = internals.JoinBatch(
+        room_id="!r:h", start_state_group=1,
+        events=[(_Event("@a:h", "$ja"), None), (_Event("@b:h", "$jb"), None), (_Event("@c:h", "$jc"), None)],
+        final_state=final,
+        prior=[None, "$b_left_earlier", None],
+    )
+    store = type("Store", (), {})()
+    store._state_group_members_cache, store._state_group_cache = _RecordingCache(), _RecordingCache()
+    internals._remember_state_groups(store, batch, [11, 12, 13])
+
+    others = {("m.room.create", ""): "$create", ("m.room.join_rules", ""): "$rules"}
+    assert all(store._state_group_cache.entries[g] == (others, None) for g in (11, 12, 13))
+    members = store._state_group_members_cache.entries
+    # After a's join: a is in; b's membership is still the leave from before the batch.
+    assert members[11] == ({(member, "@a:h"): "$ja", (member, "@b:h"): "$b_left_earlier"}, {(member, "@a:h"), (member, "@b:h")})
+    # After b's join: b is in; c had no membership (known absent).
+    assert members[12] == ({(member, "@b:h"): "$jb"}, {(member, "@b:h"), (member, "@c:h")})
+    # The last group: the whole member list.
+    assert members[13] == ({k: v for k, v in final.items() if k[0] == member}, None)
