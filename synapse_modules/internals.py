@@ -59,13 +59,8 @@ def install_media_gate(gate: MediaGate) -> None:
     classes are patched once and always call the most recently installed gate."""
     global _gate
     _gate = gate
-    import importlib
-
     for module_name, class_name, kind, auth in MEDIA_SERVLETS:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if getattr(cls.on_GET, _WRAPPED, False):
-            continue
-        cls.on_GET = _wrap(cls.on_GET, kind, auth)
+        _wrap_once((module_name, class_name), "on_GET", functools.partial(_wrap, kind=kind, auth=auth))
 
 
 def _wrap(original: Callable[..., Awaitable[None]], kind: str, auth: str) -> Callable[..., Awaitable[None]]:
@@ -341,14 +336,10 @@ def install_event_check(name: str, check: Callable[[Any], Awaitable[bool]], reco
     ``records``: the check writes a record of the event, so it runs after every check that
     may refuse it."""
     _event_checks[name] = (records, check)
-    import importlib
+    _wrap_once(EVENT_RULES, "check_event_allowed", _checking_events_first)
 
-    module_name, class_name = EVENT_RULES
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if getattr(cls.check_event_allowed, _WRAPPED, False):
-        return
-    original = cls.check_event_allowed
 
+def _checking_events_first(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
     async def check_event_allowed(self: Any, event: Any, context: Any) -> Any:
         from synapse.api.errors import SynapseError
@@ -364,8 +355,22 @@ def install_event_check(name: str, check: Callable[[Any], Awaitable[bool]], reco
                 return False, None
         return await original(self, event, context)
 
-    setattr(check_event_allowed, _WRAPPED, True)
-    cls.check_event_allowed = check_event_allowed
+    return check_event_allowed
+
+
+def _wrap_once(target: tuple[str, str], method: str, wrap: Callable[[Any], Any]) -> None:
+    """Replace ``method`` of a Synapse class (module, class) by ``wrap(original)``, once per
+    process; the wrapper reads module-level state, so later installs need no new wrapper."""
+    import importlib
+
+    module_name, class_name = target
+    cls = getattr(importlib.import_module(module_name), class_name)
+    original = getattr(cls, method)
+    if getattr(original, _WRAPPED, False):
+        return
+    wrapped = wrap(original)
+    setattr(wrapped, _WRAPPED, True)
+    setattr(cls, method, wrapped)
 
 
 LOGIN_SERVLET = ("synapse.rest.client.login", "LoginRestServlet")
@@ -378,14 +383,10 @@ def install_login_observer(observer: Callable[[Any, dict, dict | None, BaseExcep
     without the device or the address; the audit trail needs failed attempts by user too."""
     global _login_observer
     _login_observer = observer
-    import importlib
+    _wrap_once(LOGIN_SERVLET, "on_POST", _observing_logins)
 
-    module_name, class_name = LOGIN_SERVLET
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if getattr(cls.on_POST, _WRAPPED, False):
-        return
-    original = cls.on_POST
 
+def _observing_logins(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(original)
     async def on_post(self: Any, request: Any, *a: Any, **kw: Any) -> Any:
         try:
@@ -399,8 +400,7 @@ def install_login_observer(observer: Callable[[Any, dict, dict | None, BaseExcep
             await _safe_observe(request, body if isinstance(body, dict) else None, None)
         return result
 
-    setattr(on_post, _WRAPPED, True)
-    cls.on_POST = on_post
+    return on_post
 
 
 async def _safe_observe(request: Any, result: dict | None, error: BaseException | None) -> None:
