@@ -100,7 +100,9 @@ def test_event_rules_hook_still_takes_event_and_context():
 def test_batch_join_building_blocks_exist():
     from synapse.events.snapshot import UnpersistedEventContext
     from synapse.handlers.message import EventCreationHandler
-    from synapse.storage.databases.main.events_forward_extremities import EventForwardExtremitiesStore
+    from synapse.storage.databases.main.events_forward_extremities import (
+        EventForwardExtremitiesStore,
+    )
 
     create = inspect.signature(EventCreationHandler.create_event).parameters
     assert {"prev_event_ids", "depth", "state_map", "for_batch", "require_consent"} <= set(create)
