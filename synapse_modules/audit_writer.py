@@ -82,7 +82,10 @@ class AuditWriter:
         if held is not None:
             held.append(record)
             return
-        await self.record_many([record])
+        done: defer.Deferred = defer.Deferred()
+        self._pending.append((record, done))
+        self._kick()
+        await make_deferred_yieldable(done)
 
     async def record_many(self, records: list[AuditRecord]) -> None:
         """Return once all of ``records`` are committed, in order; raises if any could not be."""

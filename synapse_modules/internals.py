@@ -322,8 +322,10 @@ def thumbnail_args(request: Any) -> tuple[int, int, str]:
 
 EVENT_RULES = ("synapse.module_api.callbacks.third_party_event_rules_callbacks", "ThirdPartyEventRulesModuleApiCallbacks")
 # name -> (runs last, check); a check returns False to refuse without a reason or raises
-# SynapseError (403 with its message) to refuse with one.
+# SynapseError (403 with its message) to refuse with one. ``_event_check_order`` is the
+# same, refusing checks first, kept in order when a check is installed (not per event).
 _event_checks: dict[str, tuple[bool, Callable[[Any], Awaitable[bool]]]] = {}
+_event_check_order: list[tuple[str, Callable[[Any], Awaitable[bool]]]] = []
 
 
 def install_event_check(name: str, check: Callable[[Any], Awaitable[bool]], records: bool = False) -> None:
@@ -336,6 +338,7 @@ def install_event_check(name: str, check: Callable[[Any], Awaitable[bool]], reco
     ``records``: the check writes a record of the event, so it runs after every check that
     may refuse it."""
     _event_checks[name] = (records, check)
+    _event_check_order[:] = [(n, c) for n, (_, c) in sorted(_event_checks.items(), key=lambda item: item[1][0])]
     _wrap_once(EVENT_RULES, "check_event_allowed", _checking_events_first)
 
 
@@ -344,7 +347,7 @@ def _checking_events_first(original: Callable[..., Awaitable[Any]]) -> Callable[
     async def check_event_allowed(self: Any, event: Any, context: Any) -> Any:
         from synapse.api.errors import SynapseError
 
-        for check_name, (_, check) in sorted(_event_checks.items(), key=lambda item: item[1][0]):
+        for check_name, check in _event_check_order:
             try:
                 if not await check(event):
                     return False, None
