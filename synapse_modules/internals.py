@@ -284,16 +284,16 @@ def _remember_state_groups(state_store: Any, batch: JoinBatch, groups: list[int]
     gets the whole member list, as the next batch and the current-state update read it
     whole: 100 full copies of a 5,000-member list per batch would flush the cache.
     """
-    member = ("m.room.member",)
+    member = "m.room.member"
     state = batch.final_state
-    others = {k: v for k, v in state.items() if k[0] not in member}
+    others = {k: v for k, v in state.items() if k[0] != member}
     members_cache, others_cache = state_store._state_group_members_cache, state_store._state_group_cache
     seq_members, seq_others = members_cache.sequence, others_cache.sequence
-    joiners = [("m.room.member", e.state_key) for e, _ in batch.events]
+    joiners = [(member, e.state_key) for e, _ in batch.events]
     for i, group in enumerate(groups):
         others_cache.update(seq_others, key=group, value=dict(others))
         if i == len(groups) - 1:
-            members_cache.update(seq_members, key=group, value={k: v for k, v in state.items() if k[0] in member})
+            members_cache.update(seq_members, key=group, value={k: v for k, v in state.items() if k[0] == member})
             continue
         # After event i: joiners up to i are in; the next joiner's membership is what it was.
         known = {joiners[i]: batch.events[i][0].event_id}

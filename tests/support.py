@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,3 +135,21 @@ async def eventually(check: Callable[[], Any], timeout: float = WAIT_SECONDS, in
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout:.0f}s (last result: {last!r})")
+
+
+CLI = str(Path(sys.executable).parent / "carematrix")
+
+
+def audit_cli(stack: RunningStack, *args: str, login: str | None = "a0002") -> subprocess.CompletedProcess:
+    extra = ["--login", login] if login and args[0] == "search" else []
+    return subprocess.run(
+        [CLI, "audit", *args, *extra, "--data-dir", str(stack.deployment.settings.data_dir)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CAREMATRIX_PASSWORD": stack.deployment.secrets["demo_password"]},
+    )
+
+
+def search(stack: RunningStack, *filters: str, login: str = "a0002") -> list[dict]:
+    result = audit_cli(stack, "search", *filters, "--format", "json", "--limit", "1000", login=login)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,24 +14,7 @@ from nio import AsyncClient, JoinError, RoomSendResponse, UploadResponse
 
 from carematrix.audit.db import connect
 from tests.images import photo
-from tests.support import RunningStack, start_stack, stop_stack
-
-CLI = str(Path(sys.executable).parent / "carematrix")
-
-
-def audit_cli(stack: RunningStack, *args: str, login: str | None = "a0002") -> subprocess.CompletedProcess:
-    extra = ["--login", login] if login and args[0] == "search" else []
-    return subprocess.run(
-        [CLI, "audit", *args, *extra, "--data-dir", str(stack.deployment.settings.data_dir)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "CAREMATRIX_PASSWORD": stack.deployment.secrets["demo_password"]},
-    )
-
-
-def search(stack: RunningStack, *filters: str, login: str = "a0002") -> list[dict]:
-    result = audit_cli(stack, "search", *filters, "--format", "json", "--limit", "1000", login=login)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+from tests.support import CLI, RunningStack, audit_cli, search, start_stack, stop_stack
 
 
 def db_target(stack: RunningStack) -> str:

@@ -23,8 +23,7 @@ from nio import (
 from carematrix.http import HttpError, request_json
 from carematrix.policy import load_policy
 from carematrix.policy.model import ROOM_CLASS_EVENT
-from tests.e2e.test_audit import search
-from tests.support import RunningStack, eventually, wait_for_event
+from tests.support import RunningStack, eventually, search, wait_for_event
 
 
 def alias(stack: RunningStack, local: str) -> str:
