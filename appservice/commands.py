@@ -29,6 +29,7 @@ HELP = (
     "!oncall [unit] — who holds each on-duty role now, and who is next\n"
     "!oncall cover <role> until HH:MM [staff number] — take over (or hand over) a role until then\n"
     "!oncall swap <role> <staff number> — trade your next shift of a role for theirs\n"
+    "!ack <alert id> — acknowledge the page with that ID (the code in brackets on the page)\n"
     "!quiet on|off — silence work notifications while you are off duty (critical alerts still ring)\n"
     "!case open <patient id> [unit ...] — open a patient case (MDT) room with the ward's and those "
     "units' on-duty roles and the patient's summary\n"

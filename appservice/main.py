@@ -104,7 +104,8 @@ class Bot:
                     str(evt.room_id), str(evt.sender), str(evt.event_id), evt.content.serialize()
                 )
             elif evt.type == EventType.REACTION:
-                await self.oncall.on_reaction(str(evt.room_id), str(evt.sender))
+                relates = evt.content.serialize().get("m.relates_to") or {}
+                await self.oncall.on_reaction(str(evt.room_id), str(evt.sender), relates.get("event_id"))
             elif evt.type == EventType.RECEIPT:
                 await self._on_receipt(evt)
         except Exception:
@@ -112,16 +113,17 @@ class Bot:
 
     async def _on_receipt(self, evt: Any) -> None:
         content = evt.content.serialize() if hasattr(evt.content, "serialize") else dict(evt.content)
+        # {event_id: {"m.read": {user: {...}}}}: each reader read up to that event.
         readers = {
-            user
-            for by_type in content.values()
+            (user, event_id)
+            for event_id, by_type in content.items()
             if isinstance(by_type, dict)
             for kind, users in by_type.items()
             if kind in ("m.read", "m.read.private") and isinstance(users, dict)
             for user in users
         }
-        for user in readers:
-            await self.oncall.on_read(str(evt.room_id), user)
+        for user, event_id in sorted(readers):
+            await self.oncall.on_read(str(evt.room_id), user, str(event_id))
 
     async def _on_member(self, evt: StateEvent) -> None:
         if await self.oncall.on_member(
@@ -154,6 +156,11 @@ class Bot:
             reply = HELP
         elif command.name == "quiet" and command.args[:1] in (("on",), ("off",)):
             reply = await self.oncall.set_quiet(str(evt.sender), command.args[0] == "on")
+        elif command.name == "ack":
+            reply = (
+                await self.oncall.ack_command(str(evt.sender), command.args[0])
+                if len(command.args) == 1 else "Usage: !ack <alert id>  (the ID in brackets on the page, e.g. !ack 3F9A1C)"
+            )
         elif command.name == "oncall":
             reply = await self._oncall_command(str(evt.sender), command.args)
         elif command.name in ("case", "decision", "images") and self.cases is not None:
@@ -243,6 +250,14 @@ class Bot:
         clinical = getattr(self, "clinical", None)
         if clinical is not None:
             body["hl7"] = await clinical.store.counts()
+            undelivered = await clinical.store.undelivered()
+            if undelivered:
+                # Accepted hospital messages nobody could be told about: someone must act.
+                body["undelivered"] = [
+                    {"source": u["facility"], "control_id": u["control_id"], "type": u["message_type"],
+                     "received_at": u["received_at"], "why": u["result"]}
+                    for u in undelivered
+                ]
         if self.oncall.feed_errors:
             body["roster_feed_errors"] = self.oncall.feed_errors
         if self.org.last_report is not None:

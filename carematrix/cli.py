@@ -271,6 +271,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"appservice  OK    {s.appservice_url} (bot {health['bot']}, policy {health['policy_digest'][:12]})")
         for line in health.get("policy_rejected_edit", []):
             print(f"  rejected policy edit: {line}")
+        for item in health.get("undelivered", []):
+            print(f"  UNDELIVERED {item['type']} {item['control_id']} from {item['source']}: {item['why']}")
     except (HttpError, OSError, KeyError) as exc:
         ok = False
         print(f"appservice  DOWN  {s.appservice_url}: {exc}")

@@ -15,6 +15,8 @@ EVENTS = (
     "report", "imaging",
 )
 PRIORITIES = ("routine", "urgent", "critical")
+# When an alert that paged several roles counts as acknowledged for the sending system.
+ACK_CONDITIONS = ("all", "any")
 # Who a rule can notify by direct message besides the ward room and the ward's roles.
 NOTIFY_TARGETS = ("ordering_provider",)
 # FHIR resource types a source may be allowed to push (bridges.fhir.validate.RESOURCE_TYPES).
@@ -37,6 +39,7 @@ class Rule:
     page: tuple[str, ...]  # ward role keys ("nurse", "doctor") to page
     priority: str
     notify: tuple[str, ...] = ()  # NOTIFY_TARGETS told by direct message
+    acknowledged_when: str = "all"  # ACK_CONDITIONS: every role paged, or any one of them
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,15 @@ class ClinicalPolicy:
     # types each may push.
     fhir_sources: dict[str, frozenset[str]] | None = None
     cases: CasePolicy = CasePolicy()
+    # Sending source (MSH-4 / FHIR source name, or "*") -> the on-call role paged for a
+    # critical result nobody else can be found for.
+    safety_net: dict[str, str] | None = None
+    ordering_doctor_minutes: int = 5  # the ordering doctor's turn before the safety net
+    integration_room: str | None = None  # alias localpart told about anything undeliverable
+
+    def safety_net_for(self, source: str) -> str | None:
+        net = self.safety_net or {}
+        return net.get(source) or net.get("*")
 
     def link(self, kind: str, **values: str) -> str | None:
         """A deep link into the HIS/EMR/PACS viewer, or None when the hospital has none."""
@@ -78,7 +90,12 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     data = chk.mapping(value, line, "'clinical'")
     if data is None:
         return None
-    chk.keys(data, ("senders", "wards", "rules", "ward_room", "deep_links", "fhir_sources", "cases"), "'clinical'")
+    chk.keys(
+        data,
+        ("senders", "wards", "rules", "ward_room", "deep_links", "fhir_sources", "cases", "safety_net",
+         "ordering_doctor_minutes", "integration_room"),
+        "'clinical'",
+    )
     senders = frozenset(v for v, _ in chk.text_list(data, "senders", "'clinical'"))
     if not senders:
         chk.error(data.line, "'clinical' needs 'senders': the sending facilities (MSH-4) accepted")
@@ -110,7 +127,7 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
         if body is None:
             continue
         # "when", not "on": YAML reads a bare "on" as true.
-        chk.keys(body, ("when", "post", "page", "priority", "notify"), "a clinical rule")
+        chk.keys(body, ("when", "post", "page", "priority", "notify", "acknowledged_when"), "a clinical rule")
         event = body.get("when")
         if event not in EVENTS:
             chk.error(body.line_of("when"), f"'when' of a clinical rule must be one of: {', '.join(EVENTS)}")
@@ -132,7 +149,11 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
         for target in notify:
             if target not in NOTIFY_TARGETS:
                 chk.error(body.line_of("notify"), f"'notify' names '{target}' (known: {', '.join(NOTIFY_TARGETS)})")
-        rules.append(Rule(str(event), post, tuple(page), str(priority), tuple(notify)))
+        acked_when = body.get("acknowledged_when", "all")
+        if acked_when not in ACK_CONDITIONS:
+            chk.error(body.line_of("acknowledged_when"), f"'acknowledged_when' of a clinical rule must be one of: {', '.join(ACK_CONDITIONS)}")
+            acked_when = "all"
+        rules.append(Rule(str(event), post, tuple(page), str(priority), tuple(notify), str(acked_when)))
     ward_room = str(data.get("ward_room", "{unit}-team"))
     links = None
     if "deep_links" in data:
@@ -151,7 +172,39 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
             links[str(kind)] = str(template)
     sources = _fhir_sources(data, chk) if "fhir_sources" in data else None
     cases = _cases(data, chk, units) if "cases" in data else CasePolicy()
-    return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links, sources, cases)
+    net = _safety_net(data, chk, oncall_roles, senders | frozenset(sources or {}), rules)
+    minutes = data.get("ordering_doctor_minutes", ClinicalPolicy.ordering_doctor_minutes)
+    if not isinstance(minutes, int) or isinstance(minutes, bool) or not 1 <= minutes <= 60:
+        chk.error(data.line_of("ordering_doctor_minutes"), "'ordering_doctor_minutes' must be a whole number from 1 to 60")
+        minutes = ClinicalPolicy.ordering_doctor_minutes
+    room = data.get("integration_room")
+    if room is not None and not (isinstance(room, str) and re.match(r"^[a-z0-9][a-z0-9._=-]{0,100}$", room)):
+        chk.error(data.line_of("integration_room"), "'integration_room' must be a room alias localpart such as clinical-integration")
+        room = None
+    if net and room is None:
+        chk.error(data.line_of("safety_net"), "critical routing needs 'integration_room': where results nobody could be paged for are reported")
+    return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links, sources, cases, net or None, minutes, room)
+
+
+def _safety_net(data: Any, chk: Any, oncall_roles: set[str], sources: frozenset[str], rules: list[Rule]) -> dict[str, str]:
+    """A result the policy pages for must reach a human even when no ward is known: every
+    sending source needs a safety-net role (its own or the "*" default)."""
+    out: dict[str, str] = {}
+    if "safety_net" in data:
+        spec = chk.mapping(data["safety_net"], data.line_of("safety_net"), "'clinical.safety_net'")
+        for source, role in (spec or {}).items():
+            if role not in oncall_roles:
+                chk.error(spec.line_of(source), f"safety net for '{source}' names unknown on-call role '{role}'")
+                continue
+            out[str(source)] = str(role)
+    paging = [r for r in rules if r.page]
+    if paging:
+        missing = sorted(s for s in sources if s not in out and "*" not in out)
+        if missing:
+            line = data.line_of("safety_net") if "safety_net" in data else data.line
+            kinds = ", ".join(sorted({r.event for r in paging}))
+            chk.error(line, f"'clinical' pages for {kinds} but has no 'safety_net' role for {', '.join(missing)}: a result for a patient with no known ward would reach nobody")
+    return out
 
 
 def _fhir_sources(data: Any, chk: Any) -> dict[str, frozenset[str]]:

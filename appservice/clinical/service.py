@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -32,9 +33,11 @@ from bridges.hl7.mllp import MllpDecoder, MllpError, frame
 from bridges.hl7.parse import Hl7Error, Message, parse, parse_header
 from bridges.records import AdtEvent, ImagingEvent, OrderEvent, ReportEvent, ResultEvent
 from carematrix.clinical_policy import ClinicalPolicy, Ward
+from carematrix.clinical_routing import Route, WardClue, route
+from carematrix.oncall.policy import role_localpart
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
-from carematrix.policy.model import staff_localpart
+from carematrix.policy.model import ROOM_CLASS_EVENT, staff_localpart
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.clinical")
@@ -62,6 +65,8 @@ class ClinicalService:
         self.source_tokens: dict[str, str] = {}  # FHIR source -> its bearer token
         self.cases: Any = None  # CaseService, when case rooms are wired in
         self.fetch_resource: Any = None  # async "Type/id" -> resource, when a FHIR server is connected
+        # async patient ID -> (ward code, where it was found), from the hospital's EMR
+        self.locate_ward: Any = None
 
     def wake(self, urgent: bool = False) -> None:
         """New input is stored: deliver now rather than at the next poll."""
@@ -177,27 +182,17 @@ class ClinicalService:
         if event is None:
             await self.store.done(item.id, "ignored", "carries no event the hospital routes")
             return
-        kind, patient, ward_code, summary = await self._describe(event)
+        known = await self.store.patient(event.patient.id) or {}  # read before an ADT updates it
+        kind, patient, message_ward, summary = await self._describe(event, known)
         rules = policy.rules_for(kind)
-        ward = policy.wards.get(ward_code or "")
-        if ward is None and any(r.post or r.page for r in rules):
-            await self.store.done(item.id, "unroutable", f"no ward for '{ward_code}'")
-            log.warning("%s %s: ward '%s' is not in the clinical policy", item.message_type, item.control_id, ward_code)
-            return
-        room_id = await self._ward_room(policy, ward) if ward is not None else None
-        for rule in rules:
-            event_id = ""
-            if rule.post and room_id:
-                event_id = await self._post(room_id, item, rule.priority, summary, patient)
-            for key in rule.page:
-                role_id = ward.roles.get(key) if ward is not None else None
-                if role_id is None or room_id is None:
-                    continue
-                page_id = f"hl7-{item.facility}-{item.control_id}-{key}"
-                await self.oncall.page_for_system(page_id, role_id, room_id, event_id, self.bot)
-                await self.store.link_alert(item.facility, item.control_id, page_id, role_id)
-            if "ordering_provider" in rule.notify:
-                await self._tell_ordering_provider(item, event, rule.priority, summary, patient)
+        if isinstance(event, AdtEvent):
+            room_id = await self._deliver_adt(item, event, kind, patient, summary, rules, known)
+            if room_id is False:
+                return
+        else:
+            room_id = await self._deliver_clinical(item, event, kind, patient, message_ward, summary, rules, known)
+            if room_id is False:
+                return
         consult = policy.cases.consult_orders or {}
         if isinstance(event, OrderEvent) and event.test_code in consult and event.order_control == "NW" and self.cases:
             await self.cases.open_for_order(
@@ -206,12 +201,196 @@ class ClinicalService:
             )
         if isinstance(event, ImagingEvent) and self.cases is not None:
             await self.cases.on_study(event.patient.id, event.study_uid, f"{item.facility}-{item.control_id}")
-        await self.store.done(item.id, "delivered", kind)
+        for rule in rules:
+            if "ordering_provider" in rule.notify:
+                await self._tell_ordering_provider(item, event, rule.priority, summary, patient)
         await self.audit.record(
-            actor=self.bot, action="bridge.clinical.delivered", object=item.control_id, room=room_id,
+            actor=self.bot, action="bridge.clinical.delivered", object=item.control_id, room=room_id or None,
             patient=patient.get("id") or None, outcome="success", process="appservice",
             details={"event": kind, "source": item.facility, "type": item.message_type},
         )
+
+    async def _deliver_adt(
+        self, item: Inbound, event: AdtEvent, kind: str, patient: dict[str, str], summary: str,
+        rules: list[Any], known: dict[str, Any],
+    ) -> str | None | bool:
+        """An admission or update is told in the patient's ward; a transfer in the ward left
+        and the ward joined; a discharge in the ward left. Open critical pages for the patient
+        follow a transfer: the new ward's roles are brought in. False: undeliverable (reported)."""
+        policy = self.policy
+        assert policy is not None
+        current = event.visit.ward or (known.get("ward") if kind == "discharge" else "")
+        wards = [current]
+        if kind == "transfer":
+            wards = [event.prior_ward or known.get("ward") or "", event.visit.ward]
+        codes = [c for c in dict.fromkeys(wards) if c]
+        posting = any(r.post for r in rules)
+        found = [policy.wards[c] for c in codes if c in policy.wards]
+        missing = [c for c in codes if c not in policy.wards]
+        if posting and not found:
+            why = f"ward {', '.join(repr(c) for c in missing)} is not in the clinical policy" if missing else "the message names no ward"
+            await self._undeliverable(item, kind, patient, summary, f"{why}: nowhere to post")
+            return False
+        if posting and missing:
+            log.warning("%s %s: ward(s) %s not in the clinical policy; told %s", item.message_type, item.control_id,
+                        ", ".join(missing), ", ".join(w.code for w in found))
+        first_room: str | None = None
+        for ward in found:
+            room_id = await self._ward_room(policy, ward)
+            first_room = first_room or room_id
+            for rule in rules:
+                if rule.post:
+                    await self._post(room_id, item, rule.priority, summary, patient, txn_suffix=f"post-{ward.code}")
+        if kind == "transfer" and event.visit.ward in policy.wards:
+            await self._follow_transfer(item, patient, policy.wards[event.visit.ward])
+        await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": ", ".join(f"ward {w.code}" for w in found)}))
+        return first_room
+
+    async def _deliver_clinical(
+        self, item: Inbound, event: Any, kind: str, patient: dict[str, str], message_ward: str | None,
+        summary: str, rules: list[Any], known: dict[str, Any],
+    ) -> str | None | bool:
+        policy = self.policy
+        assert policy is not None
+        if not any(r.post or r.page for r in rules):
+            await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": "no ward needed"}))
+            return None
+        clues = [WardClue(message_ward, "the message's own location"), WardClue(known.get("ward"), "the patient's last ADT")]
+        ordering = self._staff_number(getattr(event, "ordering_provider", "") or "")
+        found = route(policy, item.facility, rules, clues, ordering)
+        if found.ward is None and self.locate_ward is not None:
+            located = await self._locate(patient["id"])
+            if located is not None:
+                found = route(policy, item.facility, rules, [*clues, WardClue(*located)], ordering)
+        if not found.deliverable:
+            await self._undeliverable(item, kind, patient, summary, found.how)
+            return False
+        subject = summary.split("\n", 1)[0]
+        condition = next((r.acknowledged_when for r in rules if r.page), "all")
+        if found.ward is not None:
+            room_id = await self._ward_room(policy, found.ward)
+            event_id = ""
+            opened = 0
+            for rule in rules:
+                if rule.post:
+                    event_id = await self._post(room_id, item, rule.priority, summary, patient)
+                for key in rule.page:
+                    role_id = found.ward.roles.get(key)
+                    if role_id is None:
+                        continue
+                    await self._page(item, role_id, room_id, event_id, rule.priority, subject, patient, key)
+                    opened += 1
+                if rule.page and not opened:
+                    # The ward maps none of the roles the rule pages: the safety net answers.
+                    net = policy.safety_net_for(item.facility)
+                    if net:
+                        await self._page(item, net, room_id, event_id, rule.priority, subject, patient, "safety-net")
+                        found = Route(found.ward, f"{found.how}; it has no {'/'.join(rule.page)} role — paged {net}")
+        else:
+            room_id = await self._alert_room(item, patient, found.safety_net or "")
+            rule = next(r for r in rules if r.page)
+            text = f"{summary}\nRouting: {found.how}."
+            event_id = await self._post(room_id, item, rule.priority, text, patient)
+            lead = f"staff:{found.lead}" if found.lead else None
+            await self._page(item, found.safety_net or "", room_id, event_id, rule.priority, subject, patient, "safety-net", lead)
+            log.warning("%s %s: %s", item.message_type, item.control_id, found.how)
+            await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
+        await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
+        return room_id
+
+    async def _page(
+        self, item: Inbound, role_id: str, room_id: str, event_id: str, priority: str, subject: str,
+        patient: dict[str, str], key: str, lead: str | None = None,
+    ) -> None:
+        page_id = f"hl7-{item.facility}-{item.control_id}-{key}"
+        await self.oncall.page_for_system(
+            page_id, role_id, room_id, event_id, self.bot, priority=priority, subject=subject, lead=lead,
+        )
+        await self.store.link_alert(item.facility, item.control_id, page_id, role_id, patient.get("id"))
+
+    async def _follow_transfer(self, item: Inbound, patient: dict[str, str], ward: Any) -> None:
+        """The patient moved while a page about them is open: the new ward hears of it and its
+        roles are paged for the same alert (the old pages go on until acknowledged)."""
+        policy = self.policy
+        assert policy is not None
+        room_id = await self._ward_room(policy, ward)
+        for facility, control_id, page_id, _role in await self.store.open_alerts_for(patient["id"]):
+            page = await self.oncall.store.page(page_id)
+            if page is None or page.state != "open" or page.room_id == room_id:
+                continue
+            text = f"Open alert follows the patient to {ward.code}: {page.subject}"
+            origin = Inbound(item.id, facility, control_id, b"")
+            event_id = await self._post(room_id, origin, page.priority, text, patient, txn_suffix=f"follow-{item.id}")
+            for key, role_id in ward.roles.items():
+                moved = f"{page_id}-to-{ward.code}-{key}"
+                await self.oncall.page_for_system(
+                    moved, role_id, room_id, event_id, self.bot, priority=page.priority, subject=page.subject,
+                )
+                await self.store.link_alert(facility, control_id, moved, role_id, patient["id"])
+
+    async def _locate(self, patient_id: str) -> tuple[str, str] | None:
+        try:
+            return await self.locate_ward(patient_id)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - the EMR being down must not stop the alert
+            log.warning("patient %s: the EMR could not be asked for the current encounter (%s)", patient_id, exc)
+            return None
+
+    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str) -> str:
+        """A room of its own for an alert with no ward: the people paged see this alert and
+        nothing else (not a doctor's private chat, not another unit's room)."""
+        existing = await self.store.alert_room(item.id)
+        if existing:
+            return existing
+        role_user = self.matrix.uid(role_localpart(net_role)) if net_role else None
+        created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
+            "name": f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})",
+            "topic": f"A critical result from {item.facility} for a patient with no ward on record.",
+            "preset": "private_chat", "visibility": "private",
+            "creation_content": {"m.federate": False},
+            "initial_state": [
+                {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "consult"}},
+                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
+            ],
+            "power_level_content_override": {
+                "users": {role_user: 50} if role_user else {}, "events_default": 0, "state_default": 50,
+                "invite": 50, "kick": 50, "ban": 50, "redact": 50,
+            },
+        })
+        room_id = str(created["room_id"])
+        await self.store.set_alert_room(item.id, room_id)
+        return room_id
+
+    async def _undeliverable(self, item: Inbound, kind: str, patient: dict[str, str], summary: str, why: str) -> None:
+        """Accepted but nobody could be told: on record, in the log and in the integration room."""
+        await self.store.done(item.id, "unroutable", json.dumps({"kind": kind, "routing": why}))
+        log.error("%s %s from %s (%s) could not be delivered: %s", item.message_type, item.control_id, item.facility, kind, why)
+        await self.audit.record(
+            actor=self.bot, action="bridge.clinical.undeliverable", object=item.control_id,
+            patient=patient.get("id") or None, outcome="failure", process="appservice",
+            details={"event": kind, "source": item.facility, "reason": why[:200]},
+        )
+        await self._tell_integration(
+            f"UNDELIVERED {kind} from {item.facility} (message {item.control_id}): {summary.split(chr(10), 1)[0]}\n"
+            f"Why: {why}. Nobody was told; route it by phone and fix the ward mapping or ADT feed."
+        )
+
+    async def _tell_integration(self, text: str) -> None:
+        policy = self.policy
+        alias = policy.integration_room if policy else None
+        if not alias:
+            return
+        try:
+            room_id = await self._room_by_alias(alias)
+            await self.matrix.call(
+                "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
+                {"msgtype": "m.notice", "body": text, PRIORITY_FIELD: "urgent"},
+            )
+        except MatrixCallFailed as exc:
+            log.error("could not tell the integration room #%s: %s", alias, exc)
+
+    def _staff_number(self, provider: str) -> str | None:
+        user_id = self._staff_user(provider)
+        return self.oncall.staff_of(user_id) if user_id else None
 
     async def _event_of(self, item: Inbound) -> Any:
         if not item.message_type.startswith(MESSAGE_PREFIX):
@@ -228,8 +407,8 @@ class ClinicalService:
             log.warning("FHIR %s cannot be routed: %s", item.control_id, exc.issues[0].diagnostics if exc.issues else exc)
             return None
 
-    async def _describe(self, event: Any) -> tuple[str, dict[str, str], str | None, str]:
-        """(event kind, patient, ward code, the notice text)."""
+    async def _describe(self, event: Any, known: dict[str, Any]) -> tuple[str, dict[str, str], str | None, str]:
+        """(event kind, patient, the ward the message itself names, the notice text)."""
         patient = {"id": event.patient.id, "name": event.patient.name}
         if isinstance(event, AdtEvent):
             kind = ADT_EVENTS.get(event.trigger, "update")
@@ -237,20 +416,22 @@ class ClinicalService:
             await self.store.remember_patient(
                 event.patient.id, event.patient.name, None if kind == "discharge" else event.visit.ward, bed
             )
-            where = f"{event.visit.ward} bed {bed}" if bed else event.visit.ward
+            ward = event.visit.ward or (known.get("ward") if kind == "discharge" else "") or ""
+            where = f"{ward} bed {bed}" if bed else ward
+            left = event.prior_ward or known.get("ward") or "an unknown ward"
             text = {
                 "admission": f"Admission: {event.patient.name} ({event.patient.id}) to {where}",
-                "transfer": f"Transfer: {event.patient.name} ({event.patient.id}) from {event.prior_ward} to {where}",
+                "transfer": f"Transfer: {event.patient.name} ({event.patient.id}) from {left} to {where}",
                 "discharge": f"Discharge: {event.patient.name} ({event.patient.id}) from {where}",
             }.get(kind, f"Update: {event.patient.name} ({event.patient.id}), {where}")
             return kind, patient, event.visit.ward, text + self._link("patient", patient_id=event.patient.id)
-        known = await self.store.patient(event.patient.id) or {}
         if not patient["name"]:
             patient["name"] = known.get("name") or event.patient.id
         name = patient["name"]
         visit = getattr(event, "visit", None)
-        ward = (visit.ward if visit and visit.ward else None) or known.get("ward")
-        bed = (visit.bed if visit and visit.bed else None) or known.get("bed") or ""
+        own_ward = visit.ward if visit and visit.ward else None
+        ward = own_ward or known.get("ward")
+        bed = (visit.bed if visit and visit.bed else None) or (known.get("bed") if ward == known.get("ward") else None) or ""
         where = f" ({ward} bed {bed})" if bed else (f" ({ward})" if ward else "")
         link = self._link("patient", patient_id=event.patient.id)
         if isinstance(event, ResultEvent):
@@ -262,17 +443,17 @@ class ClinicalService:
             )
             kind = "critical_result" if critical else "result"
             head = "CRITICAL RESULT" if critical else "Result"
-            return kind, patient, ward, f"{head}: {name}{where} — {event.test}: {values}" + link
+            return kind, patient, own_ward, f"{head}: {name} ({event.patient.id}){where} — {event.test}: {values}" + link
         if isinstance(event, ReportEvent):
             conclusion = f": {event.conclusion}" if event.conclusion else ""
-            return "report", patient, ward, f"Report ready: {event.title} for {name} ({event.patient.id}){conclusion}" + link
+            return "report", patient, own_ward, f"Report ready: {event.title} for {name} ({event.patient.id}){conclusion}" + link
         if isinstance(event, ImagingEvent):
             what = " ".join(x for x in (" ".join(event.modalities), event.description) if x) or "study"
             accession = f", accession {event.accession}" if event.accession else ""
             study = self._link("study", study_uid=event.study_uid, accession=event.accession, patient_id=event.patient.id)
-            return "imaging", patient, ward, f"Images available: {what} for {name}{where}{accession}" + (study or link)
+            return "imaging", patient, own_ward, f"Images available: {what} for {name}{where}{accession}" + (study or link)
         assert isinstance(event, OrderEvent)
-        return "order", patient, ward, f"Order {event.order_control}: {event.test} for {name}{where}"
+        return "order", patient, own_ward, f"Order {event.order_control}: {event.test} for {name}{where}"
 
     def _link(self, kind: str, **values: str) -> str:
         url = self.policy.link(kind, **values) if self.policy else None
@@ -310,8 +491,11 @@ class ClinicalService:
         return room_id
 
     async def _ward_room(self, policy: ClinicalPolicy, ward: Ward) -> str:
+        return await self._room_by_alias(policy.ward_room.format(unit=ward.unit))
+
+    async def _room_by_alias(self, localpart: str) -> str:
         """Resolved once per alias: org sync keeps a unit's room, so its ID does not change."""
-        alias = "#" + policy.ward_room.format(unit=ward.unit) + ":" + self.matrix.server
+        alias = "#" + localpart + ":" + self.matrix.server
         if alias not in self._rooms:
             data = await self.matrix.call("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}")
             self._rooms[alias] = data["room_id"]
@@ -343,19 +527,40 @@ class ClinicalService:
         tokens = [t for t in (self.his_token, self.source_tokens.get(facility)) if t]
         if not any(hmac.compare_digest(given.encode(), f"Bearer {t}".encode()) for t in tokens):
             return web.json_response({"error": "unauthorised"}, status=401)
-        pages = await self.store.alert_pages(facility, control_id)
-        if not pages:
-            return web.json_response({"error": "no alert for this message"}, status=404)
+        item = await self.store.inbox_item(facility, control_id)
+        if item is None:
+            return web.json_response({"error": "no message with this ID was accepted from this source"}, status=404)
+        outcome = _result(item["result"])
+        condition = outcome.get("acknowledged_when", "all")
         out = []
-        for page_id, role in pages:
+        zone = self.oncall.local_now().tzinfo
+        for page_id, role in await self.store.alert_pages(facility, control_id):
             page = await self.oncall.store.page(page_id)
             if page is None:
                 continue
+            seen = await self.oncall.store.seen(page_id)
             out.append({
-                "role": role, "state": page.state, "step": page.step,
+                "alert_id": page.alert_id, "role": role, "state": page.state, "step": page.step,
+                "priority": page.priority,
                 "paged": [self.oncall.name(s) for s in page.paged],
+                "seen_by": [{"by": self.oncall.name(s), "at": at.astimezone(zone).isoformat()} for s, at in seen],
                 "acknowledged_by": self.oncall.name(page.acked_by) if page.acked_by else None,
-                "acknowledged_at": page.acked_at.isoformat() if page.acked_at else None,
+                "acknowledged_at": page.acked_at.astimezone(zone).isoformat() if page.acked_at else None,
             })
-        acked = any(p["state"] == "acked" for p in out)
-        return web.json_response({"facility": facility, "control_id": control_id, "acknowledged": acked, "pages": out})
+        states = [p["state"] == "acked" for p in out]
+        acked = bool(states) and (all(states) if condition == "all" else any(states))
+        return web.json_response({
+            "facility": facility, "control_id": control_id,
+            "status": {"pending": "received, not yet routed"}.get(item["state"], item["state"]),
+            "routing": outcome.get("routing") or ("not yet routed" if item["state"] == "pending" else item["result"]),
+            "acknowledged_when": condition, "acknowledged": acked, "pages": out,
+        })
+
+
+def _result(text: str | None) -> dict[str, Any]:
+    """An inbox row's outcome: JSON since alerts report their routing, plain text before."""
+    try:
+        value = json.loads(text or "")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -32,6 +32,10 @@ SCHEMA = [
         control_id TEXT NOT NULL, facility TEXT NOT NULL, page_id TEXT NOT NULL, role TEXT NOT NULL,
         PRIMARY KEY (facility, control_id, page_id)
     )""",
+    # The room opened for an alert with no ward (one per inbound message, kept across restarts).
+    """CREATE TABLE IF NOT EXISTS clinical_alert_room (
+        inbox_id BIGINT PRIMARY KEY, room_id TEXT NOT NULL
+    )""",
 ]
 
 
@@ -66,6 +70,13 @@ class ClinicalStore:
             if "urgent" not in columns:
                 await self.db.execute("ALTER TABLE hl7_inbox ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0")
         await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_pending ON hl7_inbox (state, urgent, id)")
+        # Alerts name their patient, so a transfer brings the new ward into open ones.
+        if self.db.scheme == "postgres":
+            await self.db.execute("ALTER TABLE clinical_alert ADD COLUMN IF NOT EXISTS patient_id TEXT")
+        else:
+            columns = {row["name"] for row in await self.db.fetch("PRAGMA table_info(clinical_alert)")}
+            if "patient_id" not in columns:
+                await self.db.execute("ALTER TABLE clinical_alert ADD COLUMN patient_id TEXT")
 
     async def accept(self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False) -> bool:
         """Store an inbound message; False if this (facility, control ID) was accepted before
@@ -117,11 +128,42 @@ class ClinicalStore:
         row = await self.db.fetchrow("SELECT name, ward, bed FROM clinical_patient WHERE patient_id = $1", patient_id)
         return dict(row) if row else None
 
-    async def link_alert(self, facility: str, control_id: str, page_id: str, role: str) -> None:
+    async def link_alert(self, facility: str, control_id: str, page_id: str, role: str, patient_id: str | None = None) -> None:
         await self.db.execute(
-            "INSERT INTO clinical_alert (control_id, facility, page_id, role) VALUES ($1, $2, $3, $4) "
+            "INSERT INTO clinical_alert (control_id, facility, page_id, role, patient_id) VALUES ($1, $2, $3, $4, $5) "
             "ON CONFLICT DO NOTHING",
-            control_id, facility, page_id, role,
+            control_id, facility, page_id, role, patient_id,
+        )
+
+    async def open_alerts_for(self, patient_id: str) -> list[tuple[str, str, str, str]]:
+        """(facility, control ID, page ID, role) of every alert page about this patient."""
+        rows = await self.db.fetch(
+            "SELECT facility, control_id, page_id, role FROM clinical_alert WHERE patient_id = $1 ORDER BY page_id",
+            patient_id,
+        )
+        return [(r["facility"], r["control_id"], r["page_id"], r["role"]) for r in rows]
+
+    async def inbox_item(self, facility: str, control_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow(
+            "SELECT id, message_type, received_at, state, result FROM hl7_inbox WHERE facility = $1 AND control_id = $2",
+            facility, control_id,
+        )
+        return dict(row) if row else None
+
+    async def undelivered(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self.db.fetch(
+            "SELECT facility, control_id, message_type, received_at, result FROM hl7_inbox "
+            "WHERE state = 'unroutable' ORDER BY id DESC LIMIT $1", limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def alert_room(self, inbox_id: int) -> str | None:
+        return await self.db.fetchval("SELECT room_id FROM clinical_alert_room WHERE inbox_id = $1", inbox_id)
+
+    async def set_alert_room(self, inbox_id: int, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_alert_room (inbox_id, room_id) VALUES ($1, $2) ON CONFLICT (inbox_id) DO NOTHING",
+            inbox_id, room_id,
         )
 
     async def alert_pages(self, facility: str, control_id: str) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +29,16 @@ from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
 from carematrix.oncall import quiet_hours
-from carematrix.oncall.escalation import Action, Page, due, on_ack, on_deadline, open_page
+from carematrix.oncall.escalation import (
+    Action,
+    EscalationPolicy,
+    Page,
+    due,
+    on_ack,
+    on_deadline,
+    open_page,
+    plan,
+)
 from carematrix.oncall.model import Override
 from carematrix.oncall.policy import OncallPolicy, RoleAddress, role_localpart
 from carematrix.oncall.roster import Roster
@@ -43,6 +52,7 @@ from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD
 log = logging.getLogger("carematrix.appservice.oncall")
 
 ROSTER_PAST = timedelta(days=2)
+LEAD_TIMEOUT_SECONDS = 300  # a page's lead (e.g. the ordering doctor) before the role's chain
 ROSTER_AHEAD = timedelta(days=35)
 
 
@@ -269,9 +279,13 @@ class OncallService:
 
     async def on_message(self, room_id: str, sender: str, event_id: str, content: dict | None = None) -> None:
         """In a direct chat with a role every message pages it; in a group room only a
-        message that mentions the role does. A message from someone paged acknowledges."""
+        message that mentions the role does. A reply to a page acknowledges that page and no
+        other; an ordinary message acknowledges nothing."""
         if sender == self.bot or sender.startswith("@role-"):
             return
+        replied_to = _reply_target(content or {})
+        if replied_to:
+            await self._ack_event(room_id, sender, replied_to, "reply")
         roles = await self.store.role_rooms(room_id)
         if not roles:
             return
@@ -281,9 +295,6 @@ class OncallService:
         async with self._lock:
             open_pages = await self.store.open_pages_in(room_id)
             staff = self.staff_of(sender)
-            for page in open_pages:
-                if staff is not None and staff in page.paged:
-                    await self._ack(page, staff, "reply")
             busy = {p.role for p in open_pages}
             oncall = self.oncall
             for role_id, direct in roles:
@@ -293,9 +304,12 @@ class OncallService:
                 uid = self.matrix.uid(role.localpart)
                 if not (direct or uid in mentioned or uid in body or role.name in body):
                     continue
+                priority = str((content or {}).get(PRIORITY_FIELD) or "urgent")
                 page, actions = open_page(
-                    uuid.uuid4().hex, role.id, sender, room_id, event_id, self.clock.now(),
+                    uuid.uuid4().hex, role.id, sender, room_id, event_id, self.local_now(),
                     role.escalation, self._resolve(role.id),
+                    priority=priority if priority in ("routine", "urgent", "critical") else "urgent",
+                    subject=f"{self._display(sender)}: {_first_line(body)}", role_name=role.name,
                 )
                 await self._commit(page, actions)
                 opened.append(page)
@@ -306,9 +320,13 @@ class OncallService:
             )
         await self.flush()
 
-    async def page_for_system(self, page_id: str, role_id: str, room_id: str, event_id: str, sender: str) -> Page | None:
+    async def page_for_system(
+        self, page_id: str, role_id: str, room_id: str, event_id: str, sender: str, *,
+        priority: str = "critical", subject: str = "", lead: str | None = None,
+    ) -> Page | None:
         """A page opened by a hospital system (a critical result) in a room the role account
-        is brought into. Idempotent by ``page_id``: a redelivered message pages nobody twice."""
+        is brought into. Idempotent by ``page_id``: a redelivered message pages nobody twice.
+        ``lead`` (``staff:<number>``) is paged first, before the role's own chain."""
         oncall = self.oncall
         role = oncall.roles.get(role_id) if oncall else None
         if role is None:
@@ -320,7 +338,9 @@ class OncallService:
         await self.store.set_role_room(room_id, role.id, sender, False)
         async with self._lock:
             page, actions = open_page(
-                page_id, role.id, sender, room_id, event_id, self.clock.now(), role.escalation, self._resolve(role.id)
+                page_id, role.id, sender, room_id, event_id, self.local_now(),
+                plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS), self._resolve(role.id),
+                priority=priority, subject=subject, lead=lead, role_name=role.name,
             )
             await self._commit(page, actions)
         await self.audit.record(
@@ -340,34 +360,125 @@ class OncallService:
             log.debug("invite of %s to %s: %s", role_user, room_id, exc)
         await self.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=role_user)
 
-    async def on_reaction(self, room_id: str, sender: str) -> None:
-        await self._ack_in_room(room_id, sender, "reaction")
+    async def on_reaction(self, room_id: str, sender: str, target_event: str | None) -> None:
+        """A reaction acknowledges the one page it was put on."""
+        if target_event:
+            await self._ack_event(room_id, sender, target_event, "reaction")
 
-    async def on_read(self, room_id: str, sender: str) -> None:
-        await self._ack_in_room(room_id, sender, "read")
-
-    async def _ack_in_room(self, room_id: str, sender: str, how: str) -> None:
+    async def _ack_event(self, room_id: str, sender: str, target_event: str, how: str) -> None:
+        """A reply or reaction to a page notice acknowledges that page. One to the message a
+        page was opened for (the critical result posted in the ward room) counts when it is
+        unambiguous: exactly one open page for it paged this person."""
         staff = self.staff_of(sender)
         if staff is None:
             return
         async with self._lock:
-            for page in await self.store.open_pages_in(room_id):
-                if staff in page.paged:
-                    await self._ack(page, staff, how)
+            page_id = await self.store.page_of_notice(target_event)
+            if page_id is not None:
+                page = await self.store.page(page_id)
+                candidates = [page] if page is not None and page.room_id == room_id else []
+            else:
+                candidates = [
+                    p for p in await self.store.pages_started_by(target_event)
+                    if p.room_id == room_id and p.state != "acked" and staff in p.paged
+                ]
+            if len(candidates) == 1:
+                await self._ack(candidates[0], staff, how)
+            elif len(candidates) > 1:
+                ids = ", ".join(p.alert_id for p in candidates)
+                await self._notice(
+                    room_id, self.bot,
+                    f"{self.name(staff)}: that message has {len(candidates)} open pages ({ids}); "
+                    f"nothing was acknowledged. React to the page notice itself or send !ack <id>.",
+                    None, mentions=[sender],
+                )
         await self.flush()
 
-    async def _ack(self, page: Page, staff: str, how: str) -> None:
-        role = self.oncall.roles.get(page.role) if self.oncall else None
-        if role is None:
+    async def ack_command(self, sender: str, given: str) -> str:
+        """``!ack <alert id>``: acknowledges exactly the page with that ID, if it paged you."""
+        staff = self.staff_of(sender)
+        if staff is None:
+            return "Only staff can acknowledge pages."
+        wanted = given.strip().upper()
+        async with self._lock:
+            mine = [p for p in await self.store.open_pages_for(staff) if p.alert_id == wanted]
+            if not mine:
+                return f"No open page [{wanted}] was sent to you. Your open pages: " + (
+                    ", ".join(f"[{p.alert_id}] {_first_line(p.subject)[:60]}" for p in await self.store.open_pages_for(staff))
+                    or "none"
+                )
+            acked = await self._ack(mine[0], staff, "command")
+        await self.flush()
+        page = mine[0]
+        if not acked:
+            return f"Page [{wanted}] could not be acknowledged by you."
+        return f"Acknowledged page [{page.alert_id}] to {page.role_name or page.role}."
+
+    async def on_read(self, room_id: str, sender: str, event_id: str | None = None) -> None:
+        """A read receipt marks the pages whose notice it covers as seen by that person; for
+        routine and urgent pages whose role allows ``read`` it also acknowledges them. A
+        critical page is never acknowledged by reading."""
+        staff = self.staff_of(sender)
+        if staff is None or not event_id:
             return
-        new, actions = on_ack(page, staff, how, self.clock.now(), role.escalation)
-        if actions:
-            await self._commit(new, actions)
-            await self.audit.record(
-                actor=self.user_id(staff), action="appservice.page.acknowledged", object=page.role,
-                room=page.room_id, outcome="success", process="appservice",
-                details={"page": page.page_id, "by": how, "step": page.step},
+        async with self._lock:
+            open_pages = [p for p in await self.store.open_pages_in(room_id) if staff in p.paged]
+            if not open_pages:
+                return
+            read_up_to = await self._event_time(room_id, event_id, open_pages[0])
+            if read_up_to is None:
+                return
+            covered = set(await self.store.page_notices_in(room_id, read_up_to))
+            now = self.local_now()
+            for page in open_pages:
+                if page.page_id not in covered:
+                    continue
+                if await self.store.mark_seen(page.page_id, staff, now):
+                    await self.audit.record(
+                        actor=self.user_id(staff), action="appservice.page.seen", object=page.role,
+                        room=room_id, outcome="success", process="appservice", details={"page": page.page_id},
+                    )
+                await self._ack(page, staff, "read")
+        await self.flush()
+
+    async def _event_time(self, room_id: str, event_id: str, page: Page) -> datetime | None:
+        """When the receipted event was sent (the role account of a page is in the room)."""
+        try:
+            event = await self.matrix.call(
+                "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(event_id)}",
+                as_user=self.matrix.uid(role_localpart(page.role)),
             )
+        except MatrixCallFailed as exc:
+            log.warning("read receipt in %s for %s: event not readable (%s)", room_id, event_id, exc)
+            return None
+        return datetime.fromtimestamp(int(event.get("origin_server_ts", 0)) / 1000, UTC)
+
+    def _escalation(self, page: Page) -> EscalationPolicy | None:
+        role = self.oncall.roles.get(page.role) if self.oncall else None
+        return plan(role.escalation, page.lead, LEAD_TIMEOUT_SECONDS) if role is not None else None
+
+    async def _ack(self, page: Page, staff: str, how: str) -> bool:
+        policy = self._escalation(page)
+        if policy is None:
+            return False
+        new, actions = on_ack(page, staff, how, self.local_now(), policy)
+        if not actions:
+            return False
+        await self._commit(new, actions)
+        await self.audit.record(
+            actor=self.user_id(staff), action="appservice.page.acknowledged", object=page.role,
+            room=page.room_id, outcome="success", process="appservice",
+            details={"page": page.page_id, "by": how, "step": page.step},
+        )
+        return True
+
+    def local_now(self) -> datetime:
+        """Now in the hospital's time zone: every time a person reads is local."""
+        return self.clock.now().astimezone(_zone(self.oncall.timezone if self.oncall else "UTC"))
+
+    def _display(self, user_id: str) -> str:
+        person = self.person(user_id)
+        return f"{person.name} ({person.staff_number})" if person else user_id
 
     async def end_pages_in(self, room_id: str, reason: str) -> int:
         """The conversation is over (a case room closed): its open pages stop escalating.
@@ -395,12 +506,12 @@ class OncallService:
         oncall = self.oncall
         if oncall is not None:
             async with self._lock:
-                now = self.clock.now()
+                now = self.local_now()
                 for page in due(await self.store.pages(), now):
-                    role = oncall.roles.get(page.role)
-                    if role is None:
+                    policy = self._escalation(page)
+                    if policy is None:
                         continue
-                    new, actions = on_deadline(page, now, role.escalation, self._resolve(role.id))
+                    new, actions = on_deadline(page, now, policy, self._resolve(page.role))
                     if actions:
                         await self._commit(new, actions)
                         await self.audit.record(
@@ -447,8 +558,17 @@ class OncallService:
                     if exc.errcode != "M_FORBIDDEN" or "already in the room" not in str(exc.body):
                         log.info("invite of %s to %s: %s", staff, page.room_id, exc)
             mentions = [self.user_id(s) for s in action.staff]
-            text = message or f"Page for {page.role}: " + ", ".join(self.name(s) for s in action.staff)
-            await self._notice(page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True)
+            text = (message or f"Page for {page.role}") + "\nPaged: " + ", ".join(self.name(s) for s in action.staff)
+            event_id = await self._notice(
+                page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True,
+                alert=page.alert_id,
+            )
+            if event_id:
+                await self.store.add_page_notice(event_id, page.page_id, page.room_id, datetime.now(UTC))
+        elif action.kind == "acked":
+            told = ([page.sender] if page.sender.startswith("@") and page.sender != self.bot else [])
+            told += [self.user_id(s) for s in action.staff]
+            await self._notice(page.room_id, role_user, message, txn_id, mentions=told, priority=action.priority)
         elif action.kind in ("tell_sender", "stop"):
             await self._notice(page.room_id, role_user, message, txn_id, mentions=[page.sender], priority=action.priority)
         elif action.kind == "gap":
@@ -460,18 +580,21 @@ class OncallService:
 
     async def _notice(
         self, room_id: str, sender: str, text: str, txn_id: str | None, *, mentions: list[str] | None = None,
-        priority: str = "routine", page: bool = False,
-    ) -> None:
+        priority: str = "routine", page: bool = False, alert: str | None = None,
+    ) -> str:
         content: dict[str, Any] = {"msgtype": "m.notice", "body": text, PRIORITY_FIELD: priority}
         if mentions:
             content["m.mentions"] = {"user_ids": mentions}
         if page:
             content[PAGE_FLAG] = True
+        if alert:
+            content[ALERT_FIELD] = alert
         txn = txn_id or uuid.uuid4().hex
-        await self.matrix.call(
+        sent = await self.matrix.call(
             "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/send/m.room.message/{txn}", content,
             as_user=None if sender == self.bot else sender,
         )
+        return str(sent.get("event_id", "")) if isinstance(sent, dict) else ""
 
     # -- overrides and listing ----------------------------------------------------------
 
@@ -663,6 +786,23 @@ class OncallService:
             token = data["access_token"]
             self._user_tokens[user_id] = token
         return token
+
+
+ALERT_FIELD = "org.carematrix.alert_id"  # the short ID a page notice carries (for !ack)
+
+
+def _reply_target(content: dict) -> str | None:
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict):
+        return None
+    reply = relates.get("m.in_reply_to")
+    return str(reply["event_id"]) if isinstance(reply, dict) and reply.get("event_id") else None
+
+
+def _first_line(text: str) -> str:
+    """A quoted reply's fallback ("> <@a:b> …") is not what the sender wrote."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(">")]
+    return (lines[0] if lines else "").strip()[:200]
 
 
 def _zone(name: str) -> Any:

@@ -40,11 +40,25 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS oncall_holders (
         role TEXT PRIMARY KEY, holders TEXT NOT NULL
     )""",
+    # The notices that paged someone: a reply or reaction to one acknowledges that page only.
+    """CREATE TABLE IF NOT EXISTS oncall_page_notice (
+        event_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, room_id TEXT NOT NULL, sent_at BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS oncall_page_seen (
+        page_id TEXT NOT NULL, staff_number TEXT NOT NULL, seen_at BIGINT NOT NULL,
+        PRIMARY KEY (page_id, staff_number)
+    )""",
     """CREATE TABLE IF NOT EXISTS oncall_role_room (
         room_id TEXT NOT NULL, role TEXT NOT NULL, requester TEXT NOT NULL, direct INTEGER NOT NULL,
         PRIMARY KEY (room_id, role)
     )""",
 ]
+
+
+PAGE_COLUMNS = (
+    ("priority", "TEXT NOT NULL DEFAULT 'urgent'"), ("subject", "TEXT NOT NULL DEFAULT ''"),
+    ("lead", "TEXT"), ("role_name", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 def _ms(at: datetime) -> int:
@@ -62,6 +76,19 @@ class OncallStore:
     async def setup(self) -> None:
         for statement in SCHEMA:
             await self.db.execute(statement)
+        await self._add_page_columns()
+
+    async def _add_page_columns(self) -> None:
+        """Pages stored before pages named their subject lack these columns."""
+        if self.db.scheme == "postgres":
+            have = {r["column_name"] for r in await self.db.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'oncall_page'"
+            )}
+        else:
+            have = {r["name"] for r in await self.db.fetch("PRAGMA table_info(oncall_page)")}
+        for column, kind in PAGE_COLUMNS:
+            if column not in have:
+                await self.db.execute(f"ALTER TABLE oncall_page ADD COLUMN {column} {kind}")
 
     # -- roster -------------------------------------------------------------------------
 
@@ -166,13 +193,15 @@ class OncallStore:
         async with self.db.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO oncall_page (page_id, role, sender, room_id, event_id, created_at, step, "
-                "step_deadline, paged, acked_by, acked_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                "$9, $10, $11, $12) ON CONFLICT (page_id) DO UPDATE SET step = excluded.step, "
+                "step_deadline, paged, acked_by, acked_at, state, priority, subject, lead, role_name) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
+                "ON CONFLICT (page_id) DO UPDATE SET step = excluded.step, "
                 "step_deadline = excluded.step_deadline, paged = excluded.paged, acked_by = excluded.acked_by, "
                 "acked_at = excluded.acked_at, state = excluded.state",
                 page.page_id, page.role, page.sender, page.room_id, page.event_id, _ms(page.created_at),
                 page.step, _ms(page.step_deadline) if page.step_deadline else None, json.dumps(list(page.paged)),
                 page.acked_by, _ms(page.acked_at) if page.acked_at else None, page.state,
+                page.priority, page.subject, page.lead, page.role_name,
             )
             for txn_id, action in actions:
                 await conn.execute(
@@ -196,6 +225,53 @@ class OncallStore:
         )
         return [_page(r) for r in rows]
 
+    async def open_pages_for(self, staff_number: str) -> list[Page]:
+        """Open pages that paged this person, anywhere (for ``!ack <id>``)."""
+        rows = await self.db.fetch("SELECT * FROM oncall_page WHERE state IN ('open', 'exhausted') ORDER BY created_at")
+        return [p for p in map(_page, rows) if staff_number in p.paged]
+
+    async def pages_started_by(self, event_id: str) -> list[Page]:
+        rows = await self.db.fetch("SELECT * FROM oncall_page WHERE event_id = $1 ORDER BY created_at", event_id)
+        return [_page(r) for r in rows]
+
+    async def add_page_notice(self, event_id: str, page_id: str, room_id: str, sent_at: datetime) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_page_notice (event_id, page_id, room_id, sent_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            event_id, page_id, room_id, _ms(sent_at),
+        )
+
+    async def page_of_notice(self, event_id: str) -> str | None:
+        return await self.db.fetchval("SELECT page_id FROM oncall_page_notice WHERE event_id = $1", event_id)
+
+    async def page_notices_in(self, room_id: str, up_to: datetime) -> list[str]:
+        """Pages with a notice in ``room_id`` sent at or before ``up_to``."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1 AND sent_at <= $2",
+            room_id, _ms(up_to),
+        )
+        return [r["page_id"] for r in rows]
+
+    async def mark_seen(self, page_id: str, staff_number: str, at: datetime) -> bool:
+        """True the first time this person is recorded as having seen this page."""
+        before = await self.db.fetchval(
+            "SELECT 1 FROM oncall_page_seen WHERE page_id = $1 AND staff_number = $2", page_id, staff_number
+        )
+        if before:
+            return False
+        await self.db.execute(
+            "INSERT INTO oncall_page_seen (page_id, staff_number, seen_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (page_id, staff_number) DO NOTHING",
+            page_id, staff_number, _ms(at),
+        )
+        return True
+
+    async def seen(self, page_id: str) -> list[tuple[str, datetime]]:
+        rows = await self.db.fetch(
+            "SELECT staff_number, seen_at FROM oncall_page_seen WHERE page_id = $1 ORDER BY seen_at", page_id
+        )
+        return [(r["staff_number"], _dt(r["seen_at"])) for r in rows]  # type: ignore[misc]
+
     async def unsent(self) -> list[tuple[str, str, Action]]:
         rows = await self.db.fetch("SELECT txn_id, page_id, action FROM oncall_outbox WHERE sent = 0 ORDER BY txn_id")
         return [(r["txn_id"], r["page_id"], _action(json.loads(r["action"]))) for r in rows]
@@ -218,4 +294,5 @@ def _page(r: Any) -> Page:
         created_at=_dt(r["created_at"]),  # type: ignore[arg-type]
         step=r["step"], step_deadline=_dt(r["step_deadline"]), paged=tuple(json.loads(r["paged"])),
         acked_by=r["acked_by"], acked_at=_dt(r["acked_at"]), state=r["state"],
+        priority=r["priority"], subject=r["subject"], lead=r["lead"], role_name=r["role_name"],
     )

@@ -97,7 +97,9 @@ def _result(message: Message) -> ResultEvent:
         visit=_visit(message.segment("PV1")),
         order_id=obr.get(2) or obr.get(3),
         test=obr.get(4, 2) or obr.get(4, 1),
-        ordering_provider=obr.get(16),
+        # OBR-16, or ORC-12 when the lab sends the order segment (the doctor to page when
+        # no ward is known for the patient).
+        ordering_provider=obr.get(16) or (orc.get(12) if (orc := message.segment("ORC")) is not None else ""),
         observations=observations,
         observed_at=observed_at,
     )

@@ -23,10 +23,19 @@ Decisions worth knowing:
 * Acknowledgement counts only from someone who was paged (a bystander's reaction must not
   stop the escalation) and only by a method the policy allows. A late acknowledgement of an
   exhausted page is still accepted: the sender wants that news more than ever.
+* A read receipt shows a page was *seen*; it never acknowledges a critical page (a glance at
+  a phone in a pocket is not "I am on it"), only routine and urgent ones where the policy
+  allows ``read``.
+* Every page names what it is about (its ``subject``) and carries a short alert ID, so two
+  pages to one nurse are never mistaken for each other and ``!ack <id>`` names exactly one.
+* A page may have a ``lead``: someone paged before the role's own chain (the doctor who
+  ordered a test, when no ward is known for the patient). :func:`plan` puts the lead in front
+  of the role's steps; every call for that page must use the same plan.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -83,15 +92,36 @@ class Page:
     acked_by: str | None
     acked_at: datetime | None
     state: str  # "open" | "acked" | "exhausted"
+    priority: str = "urgent"  # of what was paged: a critical page is never acknowledged by reading
+    subject: str = ""  # what the page is about: patient, bed, result; or the sender's message
+    lead: str | None = None  # a target paged before the role's own steps (see plan)
+    role_name: str = ""  # the role as staff know it, for the page text
+
+    @property
+    def alert_id(self) -> str:
+        return alert_id(self.page_id)
+
+
+def alert_id(page_id: str) -> str:
+    """Six characters staff can type (``!ack 3F9A1C``); derived, so nothing extra is stored."""
+    return hashlib.sha256(page_id.encode()).hexdigest()[:6].upper()
+
+
+def plan(policy: EscalationPolicy, lead: str | None, lead_timeout_seconds: int) -> EscalationPolicy:
+    """The chain a page with a ``lead`` walks: the lead first, then the role's own steps."""
+    if lead is None:
+        return policy
+    first = Step(lead, lead_timeout_seconds, "critical")
+    return EscalationPolicy((first, *policy.steps), policy.fallback, policy.ack_by)
 
 
 @dataclass(frozen=True)
 class Action:
     """What the caller must do. ``page``: bring ``staff`` in / notify them. ``tell_sender``:
-    a notice to the page's sender. ``stop``: escalation is over; ``staff`` are the others who
-    were paged and may have their alert cleared. ``gap``: a roster gap to report/audit."""
+    a notice to the page's sender. ``acked``: one notice to the sender and to ``staff``, the
+    others who were paged, whose alert is over. ``gap``: a roster gap to report/audit."""
 
-    kind: str  # "page" | "tell_sender" | "stop" | "gap"
+    kind: str  # "page" | "tell_sender" | "acked" | "gap" ("stop" in outboxes of older releases)
     staff: tuple[str, ...] = ()
     step: int = 0
     priority: str = "urgent"
@@ -153,7 +183,7 @@ def _fire(
                 continue
             message = f"{waited}{nobody}; paging the fallback ({fallback}): {_names(staff)}."
             tell = Action("tell_sender", staff, i, "critical", message)
-        actions.append(Action("page", staff, i, step.priority, f"Page for {page.role}"))
+        actions.append(Action("page", staff, i, _stronger(step.priority, page.priority), page_text(page)))
         actions.append(tell)
         paged = tuple(dict.fromkeys((*page.paged, *staff)))
         base = max(now, page.step_deadline) if page.step_deadline else now
@@ -176,6 +206,20 @@ def _fire(
     return replace(page, step=last, step_deadline=None, state=EXHAUSTED), actions
 
 
+def _stronger(a: str, b: str) -> str:
+    return max(a, b, key=PRIORITIES.index)
+
+
+def page_text(page: Page) -> str:
+    """The page as the person paged reads it: what, about whom, and how to acknowledge it."""
+    head = "CRITICAL PAGE" if page.priority == "critical" else "Page"
+    about = f": {page.subject}" if page.subject else ""
+    return (
+        f"{head} [{page.alert_id}] for {page.role_name or page.role}{about}\n"
+        f"Acknowledge this page: reply to it, react to it, or send !ack {page.alert_id}"
+    )
+
+
 def open_page(
     page_id: str,
     role: str,
@@ -185,11 +229,22 @@ def open_page(
     now: datetime,
     policy: EscalationPolicy,
     resolve: Resolve,
+    *,
+    priority: str = "urgent",
+    subject: str = "",
+    lead: str | None = None,
+    role_name: str = "",
 ) -> tuple[Page, list[Action]]:
     """A new page to ``role``: step 0 fires at once. ``resolve(target, at)`` gives the staff
-    numbers for a target; the caller builds it per role (see ``targets.resolver``)."""
+    numbers for a target; the caller builds it per role (see ``targets.resolver``). With a
+    ``lead``, ``policy`` must already be the :func:`plan` for it."""
     _aware(now)
-    page = Page(page_id, role, sender, room_id, event_id, now, 0, None, (), None, None, OPEN)
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}")
+    page = Page(
+        page_id, role, sender, room_id, event_id, now, 0, None, (), None, None, OPEN,
+        priority, subject, lead, role_name,
+    )
     return _fire(page, 0, now, policy, resolve)
 
 
@@ -207,26 +262,39 @@ def on_deadline(
 def on_ack(
     page: Page, staff_number: str, how: str, now: datetime, policy: EscalationPolicy
 ) -> tuple[Page, list[Action]]:
-    """``staff_number`` acknowledged by ``how`` ("reply", "reaction" or "read"). Ignored
-    (page unchanged, no actions) unless they were paged, the method is allowed by the policy
-    and the page is not already acknowledged."""
+    """``staff_number`` acknowledged by ``how`` ("reply", "reaction", "read" or "command").
+    Ignored (page unchanged, no actions) unless they were paged, the method may acknowledge
+    this page (:func:`acknowledges`) and the page is not already acknowledged.
+    ``now`` is shown to people: pass it in the hospital's time zone. One action, so one notice:
+    it tells the sender and everyone else who was paged."""
     _aware(now)
-    if page.state == ACKED or how not in policy.ack_by or staff_number not in page.paged:
+    if page.state == ACKED or staff_number not in page.paged or not acknowledges(how, page, policy):
         return page, []
     late = " (after escalation had ended)" if page.state == EXHAUSTED else ""
     when = now.strftime("%H:%M %Z").strip()
     acked = replace(page, state=ACKED, acked_by=staff_number, acked_at=now, step_deadline=None)
     others = tuple(s for s in page.paged if s != staff_number)
+    about = f" ({page.subject.splitlines()[0][:120]})" if page.subject else ""
     return acked, [
-        Action("stop", others, page.step, "routine", f"{staff_number} has acknowledged."),
         Action(
-            "tell_sender",
-            (staff_number,),
+            "acked",
+            others,
             page.step,
             "routine",
-            f"{staff_number} acknowledged the page to {page.role} by {how} at {when}{late}.",
+            f"{staff_number} acknowledged page [{page.alert_id}] to {page.role_name or page.role}{about} "
+            f"by {how} at {when}{late}.",
         ),
     ]
+
+
+def acknowledges(how: str, page: Page, policy: EscalationPolicy) -> bool:
+    """Whether ``how`` may acknowledge this page: allowed by the role's policy, and never a
+    mere read receipt for a critical page."""
+    if how == "command":  # "!ack <id>" names the page: always an explicit acknowledgement
+        return True
+    if how not in policy.ack_by:
+        return False
+    return not (how == "read" and page.priority == "critical")
 
 
 def due(pages: Iterable[Page], now: datetime) -> list[Page]:

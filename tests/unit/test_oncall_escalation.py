@@ -17,6 +17,8 @@ from carematrix.oncall.escalation import (
     on_ack,
     on_deadline,
     open_page,
+    page_text,
+    plan,
 )
 from carematrix.oncall.model import Shift
 from carematrix.oncall.roster import Roster
@@ -90,9 +92,9 @@ def test_unanswered_page_escalates_through_two_steps_and_stops_when_the_second_a
     page, actions = on_ack(page, "B4001", "reaction", ack_time, POLICY)
     assert page.state == "acked" and page.acked_by == "B4001" and page.acked_at == ack_time
     assert page.step_deadline is None
-    assert kinds(actions) == ["stop", "tell_sender"]
+    assert kinds(actions) == ["acked"]  # one notice: the sender and the others paged
     assert actions[0].staff == ("N2001",)  # the others may have their alert cleared
-    assert "B4001 acknowledged" in told(actions)
+    assert "B4001 acknowledged page [" in actions[0].message
     # nothing more happens to an acknowledged page
     assert on_deadline(page, NIGHT + timedelta(hours=1), POLICY, RESOLVE) == (page, [])
     assert on_ack(page, "N2001", "reply", NIGHT + timedelta(minutes=8), POLICY) == (page, [])
@@ -107,7 +109,7 @@ def test_ack_by_someone_not_paged_or_by_a_disallowed_method_is_ignored():
     assert on_ack(page, "N2001", "read", later, POLICY) == (page, [])  # read is not allowed here
     assert on_ack(page, "N2001", "typing", later, POLICY) == (page, [])
     acked, actions = on_ack(page, "N2001", "reply", later, POLICY)
-    assert acked.state == "acked" and kinds(actions) == ["stop", "tell_sender"]
+    assert acked.state == "acked" and kinds(actions) == ["acked"]
 
 
 def test_roster_gap_tells_the_sender_loudly_and_pages_the_fallback_at_once():
@@ -158,7 +160,7 @@ def test_exhausted_chain_tells_the_sender():
     assert on_deadline(page, NIGHT + timedelta(minutes=30), POLICY, RESOLVE) == (page, [])
     # a late acknowledgement is still news the sender wants
     acked, actions = on_ack(page, "N2001", "reply", NIGHT + timedelta(minutes=20), POLICY)
-    assert acked.state == "acked" and "after escalation had ended" in told(actions)
+    assert acked.state == "acked" and "after escalation had ended" in actions[0].message
 
 
 def test_calling_on_deadline_twice_pages_once():
@@ -225,3 +227,52 @@ def test_targets():
     assert RESOLVE("staff:D1001", NIGHT) == ("D1001",)
     assert RESOLVE(f"role:{BACKUP}", NIGHT) == ("B4001",)
     assert RESOLVE("pool:unknown", NIGHT) == ()
+
+
+READ_TOO = EscalationPolicy(POLICY.steps, POLICY.fallback, frozenset({"reply", "reaction", "read"}))
+
+
+def test_reading_a_critical_page_marks_nothing_acknowledged_but_reading_a_routine_one_may():
+    critical, _ = open_page("c", ROLE, "@lis:x", "!ward:x", "$ev", NIGHT, READ_TOO, RESOLVE, priority="critical")
+    assert on_ack(critical, "N2001", "read", NIGHT + timedelta(minutes=1), READ_TOO) == (critical, [])
+    acked, _ = on_ack(critical, "N2001", "reaction", NIGHT + timedelta(minutes=1), READ_TOO)
+    assert acked.state == "acked"
+    routine, _ = open_page("r", ROLE, "@nurse:x", "!ward:x", "$ev", NIGHT, READ_TOO, RESOLVE, priority="routine")
+    acked, _ = on_ack(routine, "N2001", "read", NIGHT + timedelta(minutes=1), READ_TOO)
+    assert acked.state == "acked"
+
+
+def test_ack_command_names_the_page_so_it_acknowledges_even_where_reactions_are_not_allowed():
+    policy = EscalationPolicy(POLICY.steps, POLICY.fallback, frozenset({"reply"}))
+    page, _ = open_page("p", ROLE, "@nurse:x", "!ward:x", "$ev", NIGHT, policy, RESOLVE)
+    assert on_ack(page, "N2001", "reaction", NIGHT, policy) == (page, [])
+    assert on_ack(page, "N2001", "command", NIGHT, policy)[0].state == "acked"
+
+
+def test_two_pages_to_one_nurse_name_their_patients_and_carry_different_alert_ids():
+    first, a1 = open_page("hl7-LIS-1-nurse", ROLE, "@bot:x", "!icu:x", "$1", NIGHT, POLICY, RESOLVE,
+                          priority="critical", subject="CRITICAL RESULT: 王建国 (P1, ICU bed 3) — K 7.2 mmol/L [HH]")
+    second, a2 = open_page("hl7-LIS-2-nurse", ROLE, "@bot:x", "!icu:x", "$2", NIGHT, POLICY, RESOLVE,
+                           priority="critical", subject="CRITICAL RESULT: 李秀英 (P2, ICU bed 5) — K 2.1 mmol/L [LL]")
+    assert first.alert_id != second.alert_id
+    text1 = next(a.message for a in a1 if a.kind == "page")
+    text2 = next(a.message for a in a2 if a.kind == "page")
+    assert "王建国" in text1 and "7.2" in text1 and f"!ack {first.alert_id}" in text1
+    assert "李秀英" in text2 and "王建国" not in text2 and f"[{second.alert_id}]" in text2
+    assert next(a for a in a1 if a.kind == "page").priority == "critical"  # at least the alert's priority
+    assert page_text(first).startswith("CRITICAL PAGE")
+
+
+def test_a_lead_is_paged_before_the_role_and_the_role_follows_when_the_lead_does_not_answer():
+    chain = plan(POLICY, "staff:D9001", 120)
+    page, actions = open_page("o", ROLE, "@bot:x", "!alert:x", "$e", NIGHT, chain, RESOLVE, lead="staff:D9001")
+    assert paged(actions) == [("D9001",)] and page.step_deadline == NIGHT + timedelta(minutes=2)
+    page, actions = on_deadline(page, NIGHT + timedelta(minutes=2), chain, RESOLVE)
+    assert paged(actions) == [("N2001",)] and page.paged == ("D9001", "N2001")
+
+
+def test_times_people_read_are_in_the_zone_they_are_given():
+    shanghai = ZoneInfo("Asia/Shanghai")
+    page, _ = open_at(NIGHT)
+    _, actions = on_ack(page, "N2001", "reply", NIGHT.astimezone(shanghai), POLICY)
+    assert "10:00 CST" in actions[0].message  # 03:00 in Berlin is 10:00 in Shanghai
