@@ -376,7 +376,7 @@ class OncallService:
             page_id = await self.store.page_of_notice(target_event)
             if page_id is not None:
                 page = await self.store.page(page_id)
-                candidates = [page] if page is not None and page.room_id == room_id else []
+                candidates = [page] if page is not None else []  # its room, or a direct chat it was sent to
             else:
                 candidates = [
                     p for p in await self.store.pages_started_by(target_event)
@@ -422,13 +422,15 @@ class OncallService:
         if staff is None or not event_id:
             return
         async with self._lock:
-            open_pages = [p for p in await self.store.open_pages_in(room_id) if staff in p.paged]
+            candidates = [await self.store.page(pid) for pid in await self.store.page_notices_in(room_id, None)]
+            open_pages = [p for p in candidates if p is not None and p.state == "open" and staff in p.paged]
             if not open_pages:
                 return
             read_up_to = await self._event_time(room_id, event_id, open_pages[0])
             if read_up_to is None:
                 return
             covered = set(await self.store.page_notices_in(room_id, read_up_to))
+            covered |= {pid for pid in [await self.store.page_of_notice(event_id)] if pid}
             now = self.local_now()
             for page in open_pages:
                 if page.page_id not in covered:
@@ -548,6 +550,7 @@ class OncallService:
         role_user = self.matrix.uid(role_localpart(page.role))
         message = self._words(action.message)
         if action.kind == "page":
+            unreachable: dict[str, str] = {}
             for staff in action.staff:
                 try:
                     await self.matrix.call(
@@ -555,16 +558,19 @@ class OncallService:
                         {"user_id": self.user_id(staff), "reason": f"Paged for {page.role}"}, as_user=role_user,
                     )
                 except MatrixCallFailed as exc:
-                    if exc.errcode != "M_FORBIDDEN" or "already in the room" not in str(exc.body):
-                        log.info("invite of %s to %s: %s", staff, page.room_id, exc)
+                    if not _already_there(exc):
+                        unreachable[staff] = str(exc.body.get("error") if isinstance(exc.body, dict) else exc)
             mentions = [self.user_id(s) for s in action.staff]
             text = (message or f"Page for {page.role}") + "\nPaged: " + ", ".join(self.name(s) for s in action.staff)
+            before = datetime.now(UTC)  # at or before the server's timestamp of the notice
             event_id = await self._notice(
                 page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True,
                 alert=page.alert_id,
             )
             if event_id:
-                await self.store.add_page_notice(event_id, page.page_id, page.room_id, datetime.now(UTC))
+                await self.store.add_page_notice(event_id, page.page_id, page.room_id, before)
+            for staff, why in unreachable.items():
+                await self._page_directly(page, staff, why, text, action.priority, role_user, txn_id)
         elif action.kind == "acked":
             told = ([page.sender] if page.sender.startswith("@") and page.sender != self.bot else [])
             told += [self.user_id(s) for s in action.staff]
@@ -577,6 +583,40 @@ class OncallService:
                 actor=self.bot, action="appservice.roster.gap", object=page.role, room=page.room_id,
                 outcome="failure", process="appservice", details={"page": page.page_id},
             )
+
+    async def _page_directly(
+        self, page: Page, staff: str, why: str, text: str, priority: str, role_user: str, txn_id: str
+    ) -> None:
+        """Someone paged who cannot be brought into the page's room (a ward room of a unit they
+        do not belong to, say) is paged in a direct chat with the role instead — never left
+        mentioned in a room they cannot see. The room is told, and the log says why."""
+        log.warning("page %s: %s could not be brought into %s (%s); paging in a direct chat", page.page_id, staff, page.room_id, why)
+        try:
+            room_id = await self._role_dm(page.role, role_user, staff)
+            before = datetime.now(UTC)
+            event_id = await self._notice(
+                room_id, role_user, text, f"{txn_id}-dm-{staff}", mentions=[self.user_id(staff)], priority=priority,
+                page=True, alert=page.alert_id,
+            )
+            if event_id:
+                await self.store.add_page_notice(event_id, page.page_id, room_id, before)
+            note = f"{self.name(staff)} cannot join this room ({why}); paged in a direct chat with {page.role_name or page.role} instead."
+        except MatrixCallFailed as exc:
+            log.error("page %s: %s could not be paged at all: %s", page.page_id, staff, exc)
+            note = f"{self.name(staff)} could NOT be paged: cannot join this room ({why}) and no direct chat could be opened. Call them."
+        await self._notice(page.room_id, role_user, note, f"{txn_id}-note-{staff}", priority="urgent")
+
+    async def _role_dm(self, role_id: str, role_user: str, staff: str) -> str:
+        room_id = await self.store.role_dm(role_id, staff)
+        if room_id:
+            return room_id
+        created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
+            "preset": "trusted_private_chat", "is_direct": True, "invite": [self.user_id(staff)],
+        }, as_user=role_user)
+        room_id = str(created["room_id"])
+        await self.store.set_role_room(room_id, role_id, self.user_id(staff), True)
+        await self.store.set_role_dm(role_id, staff, room_id)
+        return room_id
 
     async def _notice(
         self, room_id: str, sender: str, text: str, txn_id: str | None, *, mentions: list[str] | None = None,
@@ -789,6 +829,11 @@ class OncallService:
 
 
 ALERT_FIELD = "org.carematrix.alert_id"  # the short ID a page notice carries (for !ack)
+
+
+def _already_there(exc: MatrixCallFailed) -> bool:
+    text = str(exc.body)
+    return exc.errcode == "M_FORBIDDEN" and ("already in the room" in text or "is already joined" in text)
 
 
 def _reply_target(content: dict) -> str | None:

@@ -48,6 +48,10 @@ SCHEMA = [
         page_id TEXT NOT NULL, staff_number TEXT NOT NULL, seen_at BIGINT NOT NULL,
         PRIMARY KEY (page_id, staff_number)
     )""",
+    # A role's direct chat with one person: pages for someone who cannot join the page's room.
+    """CREATE TABLE IF NOT EXISTS oncall_role_dm (
+        role TEXT NOT NULL, staff_number TEXT NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (role, staff_number)
+    )""",
     """CREATE TABLE IF NOT EXISTS oncall_role_room (
         room_id TEXT NOT NULL, role TEXT NOT NULL, requester TEXT NOT NULL, direct INTEGER NOT NULL,
         PRIMARY KEY (room_id, role)
@@ -244,13 +248,28 @@ class OncallStore:
     async def page_of_notice(self, event_id: str) -> str | None:
         return await self.db.fetchval("SELECT page_id FROM oncall_page_notice WHERE event_id = $1", event_id)
 
-    async def page_notices_in(self, room_id: str, up_to: datetime) -> list[str]:
-        """Pages with a notice in ``room_id`` sent at or before ``up_to``."""
-        rows = await self.db.fetch(
-            "SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1 AND sent_at <= $2",
-            room_id, _ms(up_to),
-        )
+    async def page_notices_in(self, room_id: str, up_to: datetime | None) -> list[str]:
+        """Pages with a notice in ``room_id`` (sent at or before ``up_to``, when given)."""
+        if up_to is None:
+            rows = await self.db.fetch("SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1", room_id)
+        else:
+            rows = await self.db.fetch(
+                "SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1 AND sent_at <= $2",
+                room_id, _ms(up_to),
+            )
         return [r["page_id"] for r in rows]
+
+    async def role_dm(self, role: str, staff_number: str) -> str | None:
+        return await self.db.fetchval(
+            "SELECT room_id FROM oncall_role_dm WHERE role = $1 AND staff_number = $2", role, staff_number
+        )
+
+    async def set_role_dm(self, role: str, staff_number: str, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO oncall_role_dm (role, staff_number, room_id) VALUES ($1, $2, $3) "
+            "ON CONFLICT (role, staff_number) DO UPDATE SET room_id = excluded.room_id",
+            role, staff_number, room_id,
+        )
 
     async def mark_seen(self, page_id: str, staff_number: str, at: datetime) -> bool:
         """True the first time this person is recorded as having seen this page."""

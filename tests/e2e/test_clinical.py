@@ -13,44 +13,9 @@ from nio import AsyncClient, RoomSendResponse
 
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
+from tests.clinical_support import ack_code, bodies, hl7, send_mllp, team
 from tests.oncall_support import notices, paged_in, quiet_rule_in_place, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
-
-
-def hl7(*segments: str, charset: str = "UNICODE UTF-8", control: str | None = None, facility: str = "HIS",
-        kind: str = "ADT^A01") -> tuple[str, bytes]:
-    control = control or uuid.uuid4().hex[:12]
-    msh = f"MSH|^~\\&|HIS-APP|{facility}|CAREMATRIX|RENHE|{datetime.now():%Y%m%d%H%M%S}||{kind}|{control}|P|2.5|||||CHN|{charset}"
-    text = "\r".join([msh, *segments]) + "\r"
-    return control, text.encode("gb18030" if "18030" in charset else "utf-8")
-
-
-async def send_mllp(stack: RunningStack, payload: bytes) -> object:
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
-    try:
-        writer.write(frame(payload))
-        await writer.drain()
-        decoder = MllpDecoder()
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), 30)
-            assert data, "connection closed without an ACK"
-            frames = decoder.feed(data)
-            if frames:
-                return parse(frames[0])
-    finally:
-        writer.close()
-
-
-def ack_code(ack: object) -> str:
-    return ack.get("MSA", 1)  # type: ignore[attr-defined]
-
-
-async def team(stack: RunningStack, client: AsyncClient, unit: str) -> str:
-    return (await client.room_resolve_alias(f"#{unit}-team:{stack.server_name}")).room_id
-
-
-async def bodies(client: AsyncClient, room: str) -> list[str]:
-    return [n["content"]["body"] for n in await notices(client, room)]
 
 
 async def test_admission_is_posted_in_the_ward_room_once_even_if_resent(stack: RunningStack):
@@ -129,24 +94,37 @@ async def test_critical_potassium_pages_the_on_duty_nurse_and_escalates(stack: R
             return nurse_page["step"] >= 1 and len(nurse_page["paged"]) == 2
 
         assert await eventually(escalated)
-        page_notice = next(
-            n for n in reversed(await notices(doctor, icu))
-            if n["content"].get("org.carematrix.page") and stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]
-        )
-        reacted = await doctor.room_send(icu, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": page_notice["event_id"], "key": "✅"}})
-        assert isinstance(reacted, RoomSendResponse)
+        # The doctor holds two pages for this alert (his own role's, and the nurse's
+        # escalation): each acknowledgement covers one, and the alert is acknowledged only
+        # once both are (the policy's acknowledged_when: all).
+        doctor_pages = [
+            n for n in await notices(doctor, icu)
+            if n["content"].get("org.carematrix.page") and patient in n["content"]["body"]
+            and stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]
+        ]
+        assert len(doctor_pages) == 2
+        for done, page_notice in enumerate(doctor_pages, start=1):
+            assert (await state())["acknowledged"] is False
+            reacted = await doctor.room_send(icu, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": page_notice["event_id"], "key": "✅"}})
+            assert isinstance(reacted, RoomSendResponse)
+            await eventually(lambda n=done: _acked_count_at_least(state, n))
 
         async def acknowledged() -> dict | None:
             s = await state()
             return s if s["acknowledged"] else None
 
         s = await eventually(acknowledged)
-        assert any(p["acknowledged_by"] == "陈静 Chen Jing (D2001)" for p in s["pages"])
+        assert s["acknowledged_when"] == "all"
+        assert all(p["acknowledged_by"] == "陈静 Chen Jing (D2001)" for p in s["pages"])
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
             assert resp.status == 401  # the HIS must present its token
     finally:
         await nurse.close()
         await doctor.close()
+
+
+async def _acked_count_at_least(state: object, n: int) -> bool:
+    return sum(p["state"] == "acked" for p in (await state())["pages"]) >= n  # type: ignore[operator]
 
 
 async def _has_paged(client: AsyncClient, room: str, who: set[str]) -> bool:

@@ -1,0 +1,61 @@
+"""Helpers for tests that play the hospital information system: HL7 v2 messages over a real
+MLLP socket, and what a ward's team room shows."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from nio import AsyncClient
+
+from bridges.hl7.mllp import MllpDecoder, frame
+from bridges.hl7.parse import parse
+from tests.oncall_support import notices
+from tests.support import RunningStack
+
+
+def hl7(*segments: str, charset: str = "UNICODE UTF-8", control: str | None = None, facility: str = "HIS",
+        kind: str = "ADT^A01") -> tuple[str, bytes]:
+    control = control or uuid.uuid4().hex[:12]
+    msh = f"MSH|^~\\&|HIS-APP|{facility}|CAREMATRIX|RENHE|{datetime.now():%Y%m%d%H%M%S}||{kind}|{control}|P|2.5|||||CHN|{charset}"
+    text = "\r".join([msh, *segments]) + "\r"
+    return control, text.encode("gb18030" if "18030" in charset else "utf-8")
+
+
+async def send_mllp(stack: RunningStack, payload: bytes) -> object:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
+    try:
+        writer.write(frame(payload))
+        await writer.drain()
+        decoder = MllpDecoder()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            assert data, "connection closed without an ACK"
+            frames = decoder.feed(data)
+            if frames:
+                return parse(frames[0])
+    finally:
+        writer.close()
+
+
+def ack_code(ack: object) -> str:
+    return ack.get("MSA", 1)  # type: ignore[attr-defined]
+
+
+async def team(stack: RunningStack, client: AsyncClient, unit: str) -> str:
+    return (await client.room_resolve_alias(f"#{unit}-team:{stack.server_name}")).room_id
+
+
+async def bodies(client: AsyncClient, room: str) -> list[str]:
+    return [n["content"]["body"] for n in await notices(client, room)]
+
+
+async def alert_state(stack: RunningStack, facility: str, control_id: str) -> tuple[int, dict[str, Any]]:
+    """What the HIS sees when it asks about its alert."""
+    url = f"{stack.deployment.settings.appservice_url}/_carematrix/alerts/{facility}/{control_id}"
+    headers = {"Authorization": f"Bearer {stack.deployment.secrets['his_token']}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        return resp.status, await resp.json()

@@ -1,0 +1,301 @@
+"""Clinical safety scenarios, as a hospital produces them: results for patients the messenger
+has no ward for, two alerts on one nurse, transfers while a page is open, a crash while a page
+waits. Each runs against a real Synapse and appservice, with the HIS played over MLLP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+
+import aiohttp
+from nio import AsyncClient, RoomSendResponse
+
+from tests.clinical_support import ack_code, alert_state, hl7, send_mllp, team
+from tests.oncall_support import notices, set_clock, tomorrow_at
+from tests.support import RunningStack, eventually
+
+
+def critical_oru(patient: str, name: str, value: str = "7.2", flag: str = "HH", *, pv1: str | None = None,
+                 orderer: str = "D1001") -> tuple[str, bytes]:
+    segments = [f"PID|1||{patient}^^^RENHE^MR||{name}||19600101|F"]
+    if pv1:
+        segments.append(pv1)
+    segments += [
+        f"OBR|1|ORD{patient}|LAB{patient}|BMP^Basic metabolic panel|||202611251000|||||||||{orderer}",
+        f"OBX|1|NM|2823-3^Potassium||{value}|mmol/L|3.5-5.3|{flag}|||F",
+    ]
+    return hl7(*segments, kind="ORU^R01", facility="LIS")
+
+
+def new_patient() -> str:
+    return f"P{uuid.uuid4().hex[:7].upper()}"
+
+
+async def page_notices(client: AsyncClient, room: str, patient: str) -> list[dict]:
+    return [n for n in await notices(client, room)
+            if n["content"].get("org.carematrix.page") and patient in n["content"]["body"]]
+
+
+async def integration_notices(stack: RunningStack, client: AsyncClient) -> list[str]:
+    room = (await client.room_resolve_alias(f"#clinical-integration:{stack.server_name}")).room_id
+    await client.join(room)
+    return [n["content"]["body"] for n in await notices(client, room)]
+
+
+async def test_critical_result_for_a_patient_with_no_ward_pages_the_ordering_doctor_then_the_safety_net(
+    stack: RunningStack,
+):
+    start = tomorrow_at(10, 0)  # D2001 holds the hospital duty doctor role by day
+    await set_clock(stack, start)
+    patient = new_patient()
+    control, oru = critical_oru(patient, "孤^立")  # no PV1, never admitted: no ward anywhere
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+    # The alert exists from the moment the message is stored: never a 404 for an accepted one.
+    status, _ = await alert_state(stack, "LIS", control)
+    assert status == 200
+
+    async def routed() -> dict | None:
+        s = (await alert_state(stack, "LIS", control))[1]
+        return s if s["pages"] else None
+
+    state = await eventually(routed)
+    assert "no ward known" in state["routing"] and "ordering doctor" in state["routing"]
+    assert state["pages"][0]["paged"] == ["李伟 Li Wei (D1001)"] and state["acknowledged"] is False
+
+    doctor = await stack.login("d1001")
+    admin = await stack.login("a0001")
+    duty = await stack.login("d2001")
+    try:
+        told = await eventually(lambda: _matching(integration_notices(stack, admin), patient))
+        room = re.search(r"matrix\.to/#/(![^\s]+)", told).group(1)  # type: ignore[union-attr]
+        assert "no ward known" in told
+        await doctor.join(room)
+        page = (await eventually(lambda: page_notices(doctor, room, patient)))[0]["content"]
+        assert "孤立" in page["body"] and "Potassium 7.2 mmol/L [HH]" in page["body"]
+        assert f"!ack {state['pages'][0]['alert_id']}" in page["body"]
+        assert page["m.mentions"]["user_ids"] == [stack.user_id("d1001")]
+
+        # The ordering doctor does not answer within 5 minutes: the duty doctor is paged.
+        await set_clock(stack, start + timedelta(minutes=5, seconds=5))
+
+        async def escalated() -> bool:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return "陈静 Chen Jing (D2001)" in s["pages"][0]["paged"]
+
+        assert await eventually(escalated)
+        await duty.join(room)
+        async def duty_page() -> dict | None:
+            for n in await page_notices(duty, room, patient):
+                if stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]:
+                    return n
+            return None
+
+        notice = await eventually(duty_page)
+        sent = await duty.room_send(room, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": notice["event_id"], "key": "👍"}})
+        assert isinstance(sent, RoomSendResponse)
+
+        async def acknowledged() -> dict | None:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return s if s["acknowledged"] else None
+
+        s = await eventually(acknowledged)
+        assert s["pages"][0]["acknowledged_by"] == "陈静 Chen Jing (D2001)"
+        assert s["pages"][0]["acknowledged_at"].endswith("+08:00")  # the hospital's time zone
+    finally:
+        for c in (doctor, admin, duty):
+            await c.close()
+
+
+async def _matching(texts: object, needle: str) -> str | None:
+    for text in await texts:  # type: ignore[misc]
+        if needle in text:
+            return text
+    return None
+
+
+async def test_a_message_nobody_can_be_told_about_is_an_error_in_the_integration_room_and_in_status(
+    stack: RunningStack,
+):
+    patient = new_patient()
+    control, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||无^病区||19700101|M", "PV1|1|I|NOWHERE^01^01")
+    assert ack_code(await send_mllp(stack, adt)) == "AA"
+    admin = await stack.login("a0001")
+    try:
+        told = await eventually(lambda: _matching(integration_notices(stack, admin), control))
+        assert told.startswith("UNDELIVERED admission") and "'NOWHERE' is not in the clinical policy" in told
+    finally:
+        await admin.close()
+    health = stack.deployment.settings.appservice_url + "/_carematrix/health"
+    async with aiohttp.ClientSession() as http, http.get(health) as resp:
+        body = await resp.json()
+    assert any(u["control_id"] == control for u in body["undelivered"])
+    status, state = await alert_state(stack, "HIS", control)
+    assert status == 200 and state["status"] == "unroutable" and "NOWHERE" in state["routing"]
+    log = stack.deployment.paths.appservice_log.read_text(encoding="utf-8")
+    assert any(" ERROR " in line and control in line for line in log.splitlines())
+
+
+async def test_two_critical_alerts_for_two_patients_on_one_nurse_are_acknowledged_one_at_a_time(
+    stack: RunningStack,
+):
+    await set_clock(stack, tomorrow_at(10, 0))
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team(stack, nurse, "icu")
+        first, second = new_patient(), new_patient()
+        c1, oru1 = critical_oru(first, "王^建国", "7.2", "HH", pv1="PV1|1|I|ICU^03^03")
+        c2, oru2 = critical_oru(second, "李^秀英", "2.1", "LL", pv1="PV1|1|I|ICU^05^05")
+        assert ack_code(await send_mllp(stack, oru1)) == "AA"
+        assert ack_code(await send_mllp(stack, oru2)) == "AA"
+
+        async def nurse_page(patient: str) -> dict | None:
+            for n in await page_notices(nurse, icu, patient):
+                if stack.user_id("n3001") in n["content"].get("m.mentions", {}).get("user_ids", []):
+                    return n
+            return None
+
+        p1 = await eventually(lambda: nurse_page(first))
+        p2 = await eventually(lambda: nurse_page(second))
+        assert "王建国" in p1["content"]["body"] and "7.2" in p1["content"]["body"] and "ICU bed 03" in p1["content"]["body"]
+        assert "李秀英" in p2["content"]["body"] and "王建国" not in p2["content"]["body"]
+        id1, id2 = p1["content"]["org.carematrix.alert_id"], p2["content"]["org.carematrix.alert_id"]
+        assert id1 != id2
+
+        # A plain chat message by the doctor acknowledges nothing; reading marks seen only.
+        chat = await doctor.room_send(icu, "m.room.message", {"msgtype": "m.text", "body": "on my way to bed 3"})
+        assert isinstance(chat, RoomSendResponse)
+        await nurse.room_read_markers(icu, p2["event_id"], p2["event_id"])
+
+        async def seen() -> bool:
+            s = (await alert_state(stack, "LIS", c2))[1]
+            nurse_page_state = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+            return bool(nurse_page_state["seen_by"])
+
+        assert await eventually(seen)
+
+        # The nurse reacts to the second page: that page only.
+        sent = await nurse.room_send(icu, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": p2["event_id"], "key": "👍"}})
+        assert isinstance(sent, RoomSendResponse)
+
+        async def page_state(control: str, role: str) -> str:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return next(p["state"] for p in s["pages"] if p["role"] == role)
+
+        assert await eventually(lambda: _is(page_state(c2, "icu/nurse"), "acked"))
+        await asyncio.sleep(2)
+        assert await page_state(c1, "icu/nurse") == "open"
+        assert await page_state(c1, "icu/doctor") == "open"
+        assert await page_state(c2, "icu/doctor") == "open"
+        s2 = (await alert_state(stack, "LIS", c2))[1]
+        assert s2["acknowledged"] is False  # the doctor's page is still open (acknowledged_when: all)
+        acks = [b["content"]["body"] for b in await notices(nurse, icu) if f"page [{id2}]" in b["content"]["body"]
+                and "acknowledged" in b["content"]["body"]]
+        assert len(acks) == 1  # one notice per acknowledgement
+
+        # "!ack <id>" acknowledges exactly the first patient's page.
+        sent = await nurse.room_send(icu, "m.room.message", {"msgtype": "m.text", "body": f"!ack {id1.lower()}"})
+        assert isinstance(sent, RoomSendResponse)
+        assert await eventually(lambda: _is(page_state(c1, "icu/nurse"), "acked"))
+        assert await page_state(c1, "icu/doctor") == "open"
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+
+async def _is(value: object, expected: str) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def test_a_transfer_tells_the_ward_left_and_the_ward_joined_and_brings_the_new_ward_into_an_open_alert(
+    stack: RunningStack,
+):
+    await set_clock(stack, tomorrow_at(10, 0))
+    patient = new_patient()
+    _, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||赵^转科||19500101|M", "PV1|1|I|ICU^02^02")
+    assert ack_code(await send_mllp(stack, adt)) == "AA"
+    control, oru = critical_oru(patient, "赵^转科")  # no PV1: the ward comes from the ADT
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+    nurse = await stack.login("n3001")
+    ward_nurse = await stack.login("n3002")  # 5A's head nurse
+    try:
+        icu = await team(stack, nurse, "icu")
+        assert await eventually(lambda: page_notices(nurse, icu, patient))
+        s = (await alert_state(stack, "LIS", control))[1]
+        assert "ward ICU from the patient's last ADT" in s["routing"]
+        _, a02 = hl7(f"PID|1||{patient}^^^RENHE^MR||赵^转科||19500101|M", "PV1|1|I|5A^12^12|||ICU^02^02", kind="ADT^A02")
+        assert ack_code(await send_mllp(stack, a02)) == "AA"
+        ward5a = await team(stack, ward_nurse, "cardiology-ward-5a")
+
+        async def told(client: AsyncClient, room: str) -> list[str]:
+            return [n["content"]["body"] for n in await notices(client, room)
+                    if n["content"]["body"].startswith("Transfer:") and patient in n["content"]["body"]]
+
+        icu_told = await eventually(lambda: told(nurse, icu))
+        assert "from ICU to 5A bed 12" in icu_told[0]
+        assert await eventually(lambda: told(ward_nurse, ward5a))
+
+        # The open alert follows the patient: 5A's on-duty doctor is paged for it. He is
+        # cardiology staff, not 5A's, so he cannot join 5A's room: he is paged in a direct
+        # chat with the role, and the room is told so.
+        async def followed() -> bool:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return any(p["role"] == "cardiology/attending" and "李伟 Li Wei (D1001)" in p["paged"] for p in s["pages"])
+
+        assert await eventually(followed)
+        assert await eventually(lambda: page_notices(ward_nurse, ward5a, patient))
+
+        async def said_where() -> bool:
+            return any("李伟 Li Wei (D1001) cannot join this room" in n["content"]["body"]
+                       and "direct chat" in n["content"]["body"] for n in await notices(ward_nurse, ward5a))
+
+        assert await eventually(said_where)
+    finally:
+        await nurse.close()
+        await ward_nurse.close()
+
+
+async def test_the_appservice_killed_while_a_critical_page_waits_escalates_on_time_after_restart(
+    stack: RunningStack,
+):
+    start = tomorrow_at(10, 0)
+    await set_clock(stack, start)
+    patient = new_patient()
+    control, oru = critical_oru(patient, "钱^重启", pv1="PV1|1|I|ICU^04^04")
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+
+    async def nurse_paged() -> bool:
+        status, s = await alert_state(stack, "LIS", control)
+        return status == 200 and any(p["role"] == "icu/nurse" for p in s["pages"])
+
+    assert await eventually(nurse_paged)
+    stack.stack.appservice.kill()
+    stack.stack.restart_appservice()
+    await eventually(lambda: _health_ok(stack), timeout=90, interval=1)
+    await set_clock(stack, start + timedelta(minutes=1))  # before the 2-minute deadline
+    await asyncio.sleep(2)
+    s = (await alert_state(stack, "LIS", control))[1]
+    nurse_page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+    assert nurse_page["step"] == 0 and nurse_page["paged"] == ["刘洋 Liu Yang (N3001)"]
+    await set_clock(stack, start + timedelta(minutes=2, seconds=5))
+
+    async def escalated() -> bool:
+        s = (await alert_state(stack, "LIS", control))[1]
+        page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+        return page["step"] == 1 and "陈静 Chen Jing (D2001)" in page["paged"]
+
+    assert await eventually(escalated)
+
+
+async def _health_ok(stack: RunningStack) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+            stack.deployment.settings.appservice_url + "/_carematrix/health"
+        ) as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
