@@ -113,13 +113,14 @@ class Bot:
 
     async def _on_receipt(self, evt: Any) -> None:
         content = evt.content.serialize() if hasattr(evt.content, "serialize") else dict(evt.content)
-        # {event_id: {"m.read": {user: {...}}}}: each reader read up to that event.
+        # {event_id: {"m.read": {user: {...}}}}: each reader read up to that event. mautrix
+        # gives the receipt types as enum members, not strings.
         readers = {
             (user, event_id)
             for event_id, by_type in content.items()
             if isinstance(by_type, dict)
             for kind, users in by_type.items()
-            if kind in ("m.read", "m.read.private") and isinstance(users, dict)
+            if str(getattr(kind, "value", kind)) in ("m.read", "m.read.private") and isinstance(users, dict)
             for user in users
         }
         for user, event_id in sorted(readers):

@@ -118,6 +118,8 @@ def main() -> None:
 
                 result = asyncio.run(critical_alert.measure(work))
                 print(format_comparison(result), f"  background HL7: {result['background_messages_per_s']} msg/s", sep="\n", flush=True)
+                for label, s in result["fallbacks"].items():
+                    print(f"  fallback, {label}: n {s['n']}, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms", flush=True)
                 _save(args.out, name, result)
             elif name == "exactlyonce":
                 from bench import clinical_durability

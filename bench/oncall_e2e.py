@@ -51,6 +51,20 @@ class Syncer:
                     return now
         raise TimeoutError(f"nothing matching in {room}")
 
+    async def wait_for_anywhere(self, match: Any, timeout: float = 30) -> float:
+        """Like wait_for, in any room (a room the service opens for the event, say)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = await _call(self.session, "GET", f"{self.base}/_matrix/client/v3/sync?timeout=5000&since={self.since}", self.token)
+            now = time.perf_counter()
+            self.since = data["next_batch"]
+            for section in ("join", "invite"):
+                for r in data.get("rooms", {}).get(section, {}).values():
+                    events = r.get("timeline", {}).get("events", []) + r.get("invite_state", {}).get("events", [])
+                    if any(match(e) for e in events):
+                        return now
+        raise TimeoutError("nothing matching in any room")
+
 
 async def _clock(session: aiohttp.ClientSession, url: str, token: str, at: datetime) -> None:
     async with session.post(url + "/_carematrix/test/clock", json={"now": at.isoformat()}, headers={"Authorization": f"Bearer {token}"}) as r:
