@@ -18,7 +18,7 @@ from nio import AsyncClient, RoomSendResponse
 from PIL import Image
 from pypdf import PdfReader
 
-from tests.e2e.test_clinical import hl7, send_mllp
+from tests.clinical_support import hl7, send_mllp
 from tests.oncall_support import notices
 from tests.support import RunningStack, eventually
 
