@@ -58,7 +58,7 @@ async def test_critical_result_for_a_patient_with_no_ward_pages_the_ordering_doc
 
     async def routed() -> dict | None:
         s = (await alert_state(stack, "LIS", control))[1]
-        return s if s["pages"] else None
+        return s if s["pages"] and s["status"] == "delivered" else None
 
     state = await eventually(routed)
     assert "no ward known" in state["routing"] and "ordering doctor" in state["routing"]
@@ -299,3 +299,99 @@ async def _health_ok(stack: RunningStack) -> bool:
             return resp.status == 200
     except aiohttp.ClientError:
         return False
+
+
+async def test_a_critical_observation_whose_encounter_is_unknown_still_reaches_a_human(stack: RunningStack):
+    """FHIR: the Observation names an encounter the service never saw and has no requester:
+    no ward, no ordering doctor — the LIS's safety-net role (the hospital duty doctor) is paged."""
+    await set_clock(stack, tomorrow_at(10, 0))
+    patient = new_patient()
+    observation = {
+        "resourceType": "Observation", "id": f"k-{uuid.uuid4().hex[:8]}", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3", "display": "Potassium"}], "text": "Potassium"},
+        "subject": {"reference": f"Patient/{patient}", "display": "孙无病区"},
+        "encounter": {"reference": "Encounter/never-seen-here"},
+        "effectiveDateTime": "2026-11-25T10:00:00+08:00",
+        "valueQuantity": {"value": 7.2, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "HH"}]}],
+    }
+    headers = {"Content-Type": "application/fhir+json",
+               "Authorization": f"Bearer {stack.deployment.secrets['fhir_token:LIS']}"}
+    url = f"{stack.deployment.settings.appservice_url}/_carematrix/fhir/Observation"
+    async with aiohttp.ClientSession() as http, http.post(url, json=observation, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        alert_path = resp.headers.get("Location", "") + " " + await resp.text()
+    found = re.search(r"/_carematrix/alerts/LIS/([^\s\"]+)", alert_path)
+    assert found, alert_path
+    control = found.group(1)
+    status, _ = await alert_state(stack, "LIS", control)
+    assert status == 200  # exists from the moment it was stored
+
+    async def routed() -> dict | None:
+        s = (await alert_state(stack, "LIS", control))[1]
+        return s if s["pages"] and s["status"] == "delivered" else None
+
+    s = await eventually(routed)
+    assert "no ward known" in s["routing"] and "administration/duty-doctor" in s["routing"]
+    assert s["pages"][0]["role"] == "administration/duty-doctor"
+    assert s["pages"][0]["paged"] == ["陈静 Chen Jing (D2001)"]  # the day's hospital duty doctor
+
+
+async def test_a_ward_role_with_nobody_on_duty_pages_the_fallback_and_says_so(stack: RunningStack):
+    # The ICU nurse roster has day shifts only: at 23:00 nobody holds icu/nurse.
+    await set_clock(stack, tomorrow_at(23, 0))
+    patient = new_patient()
+    control, oru = critical_oru(patient, "夜^班", pv1="PV1|1|I|ICU^06^06")
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+    nurse = await stack.login("n3001")
+    try:
+        icu = await team(stack, nurse, "icu")
+
+        async def gap_told() -> bool:
+            return any("Nobody is on duty for icu/nurse" in n["content"]["body"] and "fallback" in n["content"]["body"]
+                       and n["content"].get("org.carematrix.priority") == "critical" for n in await notices(nurse, icu))
+
+        assert await eventually(gap_told)
+        s = (await alert_state(stack, "LIS", control))[1]
+        nurse_page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+        assert nurse_page["paged"] == ["陈静 Chen Jing (D2001)"]  # the fallback pool icu-senior
+    finally:
+        await nurse.close()
+
+
+async def test_synapse_restarted_while_a_page_is_open_the_page_escalates_and_is_acknowledged(stack: RunningStack):
+    start = tomorrow_at(10, 0)
+    await set_clock(stack, start)
+    patient = new_patient()
+    control, oru = critical_oru(patient, "孙^重启", pv1="PV1|1|I|ICU^08^08")
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+
+    async def nurse_paged() -> bool:
+        s = (await alert_state(stack, "LIS", control))[1]
+        return any(p["role"] == "icu/nurse" for p in s["pages"])
+
+    assert await eventually(nurse_paged)
+    stack.stack.synapse.kill()
+    stack.stack.restart_synapse()
+    await set_clock(stack, start + timedelta(minutes=2, seconds=5))
+
+    async def escalated() -> bool:
+        s = (await alert_state(stack, "LIS", control))[1]
+        page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
+        return page["step"] == 1 and "陈静 Chen Jing (D2001)" in page["paged"]
+
+    assert await eventually(escalated, timeout=60)
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team(stack, doctor, "icu")
+        alert_id = next(p["alert_id"] for p in (await alert_state(stack, "LIS", control))[1]["pages"] if p["role"] == "icu/nurse")
+        sent = await doctor.room_send(icu, "m.room.message", {"msgtype": "m.text", "body": f"!ack {alert_id}"})
+        assert isinstance(sent, RoomSendResponse)
+
+        async def acked() -> bool:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return next(p for p in s["pages"] if p["role"] == "icu/nurse")["state"] == "acked"
+
+        assert await eventually(acked)
+    finally:
+        await doctor.close()
