@@ -81,3 +81,46 @@ def test_fhir_case_and_link_mistakes_are_reported_with_lines():
     assert "c.yaml:11: consult order 'CONS-X' names unknown unit(s) nowhere" in errors
     assert "c.yaml:13: deep link 'study' uses an unknown field" in errors
     assert "c.yaml:14: deep link 'lab' is not known" in errors
+
+
+ONCALL = (
+    "oncall:\n  timezone: Asia/Shanghai\n  roles:\n"
+    "    icu/nurse:\n      unit: icu\n      name: ICU nurse\n      escalation: [{to: oncall, timeout: 2m}]\n"
+    "    icu/duty:\n      unit: icu\n      name: Duty\n      escalation: [{to: oncall, timeout: 2m}]\n"
+)
+PAGING = (
+    "clinical:\n"
+    "  senders: [HIS, LIS]\n"
+    "  wards:\n"
+    "    ICU: {unit: icu, roles: {nurse: icu/nurse}}\n"
+    "  rules:\n"
+    "    - {when: critical_result, page: [nurse], priority: critical}\n"
+)
+
+
+def oncall_errors(text: str) -> list[str]:
+    with pytest.raises(PolicyInvalid) as exc:
+        load_policy_texts([("h.yaml", HOSPITAL), ("o.yaml", ONCALL), ("c.yaml", text)])
+    return [str(e) for e in exc.value.errors]
+
+
+def test_policy_check_refuses_critical_routing_without_a_safety_net():
+    errors = "\n".join(oncall_errors(PAGING))
+    assert "'clinical' pages for critical_result but has no 'safety_net' role for HIS, LIS" in errors
+    partial = PAGING + "  safety_net: {LIS: icu/duty}\n  integration_room: integration\n"
+    assert "no 'safety_net' role for HIS:" in "\n".join(oncall_errors(partial))
+    unknown = PAGING + "  safety_net: {'*': icu/ghost}\n  integration_room: integration\n"
+    assert "safety net for '*' names unknown on-call role 'icu/ghost'" in "\n".join(oncall_errors(unknown))
+    no_room = PAGING + "  safety_net: {'*': icu/duty}\n"
+    assert "needs 'integration_room'" in "\n".join(oncall_errors(no_room))
+    good = PAGING + "  safety_net: {'*': icu/duty}\n  integration_room: integration\n"
+    policy = load_policy_texts([("h.yaml", HOSPITAL), ("o.yaml", ONCALL), ("c.yaml", good)]).clinical
+    assert policy.safety_net_for("LIS") == "icu/duty" and policy.integration_room == "integration"
+
+
+def test_demo_hospital_has_a_safety_net_for_every_source_and_acknowledges_an_alert_when_all_roles_have():
+    clinical = load_policy(REPO_ROOT / "policies").clinical
+    for source in (*clinical.senders, *(clinical.fhir_sources or {})):
+        assert clinical.safety_net_for(source) == "administration/duty-doctor"
+    (rule,) = clinical.rules_for("critical_result")
+    assert rule.acknowledged_when == "all"
