@@ -114,7 +114,13 @@ async def requester_user_id(api: Any, request: Any, required: bool) -> str | Non
     # By token rather than get_user_by_req: that one stamps the request with its requester,
     # and Synapse's own servlet (serving an audited file after us) stamps it again.
     token = auth.get_access_token_from_request(request)
-    requester = await auth.get_user_by_access_token(token)
+    # An application service's token is no user's access token (get_user_by_access_token
+    # answers M_UNKNOWN_TOKEN): resolve it the way get_user_by_req does first, as the
+    # service's sender or the namespaced user it names with ?user_id=. The case archive
+    # downloads the room's files this way.
+    requester = await auth.get_appservice_user(request, token)
+    if requester is None:
+        requester = await auth.get_user_by_access_token(token)
     return requester.user.to_string()
 
 

@@ -2,10 +2,13 @@
 
 When a case room is closed its discussion leaves Matrix for good, so the archive has to stand on
 its own: the Bundle carries every message and file byte-for-byte (the EMR is the system of
-record), the PDF is what a clinician or auditor actually reads. Both are built purely from the
-values passed in — no clocks, no random IDs, no network — so archiving the same case twice
-yields the same Bundle and the same PDF bytes, and a retried upload cannot create a second,
-slightly different record.
+record), the PDF is what a clinician or auditor actually reads, with every image drawn and
+its fonts embedded. Both are built purely from the values passed in — no clocks, no random
+IDs, no network — so archiving the same case twice yields the same Bundle and the same PDF
+bytes, and a retried upload cannot create a second, slightly different record.
+
+Neither builder accepts a file without its bytes: the caller (cases.py) refuses to close a
+case whose files it could not fetch, rather than file a record that silently lacks them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
@@ -41,6 +43,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from appservice.clinical.pdf_fonts import PdfFont, pdf_fonts
+
 MRN_SYSTEM = "urn:carematrix:mrn"
 STAFF_SYSTEM = "urn:carematrix:staff"
 EVENT_SYSTEM = "urn:matrix:event"
@@ -51,10 +55,6 @@ KINDS = frozenset({"text", "notice", "image", "file", "decision"})
 # deduplicates on fullUrl must see a re-archived case as the same entries.
 _FULLURL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:carematrix:case-archive")
 
-# A CID font is resolved by the PDF viewer, so nothing has to be shipped or found on disk, and it
-# covers both Chinese names and Latin lab values in one face.
-FONT = "STSong-Light"
-LATIN_FONT = "Helvetica"
 _MAX_IMAGE_WIDTH = 12 * cm
 _MAX_IMAGE_HEIGHT = 16 * cm
 # Enough pixels for 12 cm at ~300 dpi; originals stay untouched in the Bundle.
@@ -63,6 +63,8 @@ _MAX_IMAGE_PIXELS = 1600
 
 @dataclass(frozen=True)
 class Attachment:
+    """A file as posted: ``data`` is its complete content (empty only for an empty file)."""
+
     filename: str
     mimetype: str
     data: bytes
@@ -120,26 +122,34 @@ def _subject(case: CaseInfo) -> dict[str, Any]:
     }
 
 
+def display_name(message: CaseMessage) -> str:
+    """The sender as people know them, with the staff number once: callers may pass a name
+    that already ends in "(D1001)" (the on-call service's style) or the bare name."""
+    who = message.sender_name or message.sender
+    number = message.staff_number
+    if number and not who.endswith(f"({number})"):
+        who = f"{who} ({number})"
+    return who
+
+
 def _sender(message: CaseMessage) -> dict[str, Any]:
     sender: dict[str, Any] = {}
     if message.staff_number:
         sender["type"] = "Practitioner"
         sender["identifier"] = {"system": STAFF_SYSTEM, "value": message.staff_number}
-    sender["display"] = message.sender_name or message.sender
+    sender["display"] = display_name(message)
     return sender
 
 
 def _attachment_payload(att: Attachment, sent: str) -> dict[str, Any]:
     attachment: dict[str, Any] = {"contentType": att.mimetype or "application/octet-stream"}
-    # No bytes (the download failed): FHIR forbids an empty data string, and a size and hash of
-    # nothing would claim a file that was never captured. Name and type still say one existed.
+    # FHIR forbids an empty data string: an empty file is said by its size (0) and hash.
     if att.data:
         attachment["data"] = base64.b64encode(att.data).decode("ascii")
     attachment["title"] = att.filename
-    if att.data:
-        attachment["size"] = len(att.data)
-        # R4 Attachment.hash is the base64 of the SHA-1 digest, not hex.
-        attachment["hash"] = base64.b64encode(hashlib.sha1(att.data).digest()).decode("ascii")
+    attachment["size"] = len(att.data)
+    # R4 Attachment.hash is the base64 of the SHA-1 digest, not hex.
+    attachment["hash"] = base64.b64encode(hashlib.sha1(att.data).digest()).decode("ascii")  # noqa: S324
     attachment["creation"] = sent
     return {"contentAttachment": attachment}
 
@@ -209,14 +219,10 @@ def build_bundle(case: CaseInfo, messages: Sequence[CaseMessage]) -> dict:
 # -- PDF ----------------------------------------------------------------------------------
 
 
-def _ensure_font() -> None:
-    if FONT not in pdfmetrics.getRegisteredFontNames():
-        pdfmetrics.registerFont(UnicodeCIDFont(FONT))
-
-
-def _styles() -> dict[str, ParagraphStyle]:
-    # The CID font has no bold face, so emphasis comes from size and colour instead of <b>.
-    base = ParagraphStyle("base", fontName=FONT, fontSize=9.5, leading=13, wordWrap="CJK")
+def _styles(font: str) -> dict[str, ParagraphStyle]:
+    # One regular face: emphasis comes from size and colour instead of <b>, which would need
+    # a bold CJK face that few servers have.
+    base = ParagraphStyle("base", fontName=font, fontSize=9.5, leading=13, wordWrap="CJK")
     return {
         "title": ParagraphStyle("title", base, fontSize=16, leading=21, spaceAfter=6),
         "h2": ParagraphStyle(
@@ -249,27 +255,49 @@ def _fmt_offset(value: datetime) -> str:
     return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def _runs(text: str) -> list[tuple[str, str]]:
+def _fmt_zone(value: datetime) -> str:
+    """"Asia/Shanghai, UTC+08:00": the zone's name when the time carries one."""
+    name = getattr(value.tzinfo, "key", "")
+    offset = _fmt_offset(value)
+    return f"{name}, {offset}" if name else offset
+
+
+def _pdf_date(value: datetime) -> str:
+    """A PDF date string (D:YYYYMMDDHHmmSS+HH'mm') for the document's own dates."""
+    offset = _fmt_offset(value)[3:] or "+00:00"
+    return f"D:{value:%Y%m%d%H%M%S}{offset[:3]}'{offset[4:]}'"
+
+
+_NOTHING_TO_DRAW = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+
+
+def _font_for(ch: str, fonts: Sequence[PdfFont]) -> str | None:
+    if unicodedata.category(ch) in _NOTHING_TO_DRAW:
+        return None  # controls, format characters, unassigned: no glyph in any font
+    return next((f.name for f in fonts if f.covers(ch)), None)
+
+
+def _runs(text: str, fonts: Sequence[PdfFont]) -> list[tuple[str, str]]:
     """Split text into (font, text) runs that the PDF can actually show.
 
-    STSong-Light covers the GBK repertoire (Chinese, ASCII, Greek, common symbols); Latin-1
-    letters it lacks (ß, ñ, µ) are set in Helvetica. Anything else (a check mark, an emoji
-    used as a thumbs-up to a decision) would print as a blank, so it becomes its compatibility
-    form (‼ -> !!) or its Unicode name. The Bundle keeps the original text either way.
+    Each character is set in the first embedded font that has a glyph for it (the CJK face,
+    then the symbol face). Anything neither has (an emoji used as a thumbs-up to a decision)
+    would print as a box, so it becomes its compatibility form (‼ -> !!) or its Unicode name.
+    Newlines stay in the text for the caller. The Bundle keeps the original text either way.
     """
+    primary = fonts[0].name
     runs: list[tuple[str, str]] = []
     for ch in text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    "):
-        font, piece = FONT, ch
-        if not _in_cid_font(ch):
-            if _in_latin_font(ch):
-                font = LATIN_FONT
+        piece = ch
+        font = primary if ch == "\n" else _font_for(ch, fonts)
+        if font is None:
+            compat = unicodedata.normalize("NFKC", ch)
+            fits = [f.name for f in fonts if all(_font_for(c, [f]) for c in compat)]
+            if compat != ch and fits:
+                font, piece = fits[0], compat
             else:
-                compat = unicodedata.normalize("NFKC", ch)
-                if compat != ch and all(_in_cid_font(c) for c in compat):
-                    piece = compat
-                else:
-                    name = unicodedata.name(ch, "")
-                    piece = f"[{name.lower()}]" if name else f"[U+{ord(ch):04X}]"
+                name = unicodedata.name(ch, "")
+                font, piece = primary, (f"[{name.lower()}]" if name else f"[U+{ord(ch):04X}]")
         if runs and runs[-1][0] == font:
             runs[-1] = (font, runs[-1][1] + piece)
         else:
@@ -277,43 +305,39 @@ def _runs(text: str) -> list[tuple[str, str]]:
     return runs
 
 
-def _encodable(ch: str, codec: str) -> bool:
-    if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-        return False  # controls, format characters, unassigned: nothing to draw
-    try:
-        ch.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _in_cid_font(ch: str) -> bool:
-    return ch == "\n" or " " <= ch < "\x7f" or _encodable(ch, "gbk")
-
-
-def _in_latin_font(ch: str) -> bool:
-    return _encodable(ch, "cp1252")  # Helvetica is set in WinAnsiEncoding
-
-
-def _markup(text: str) -> str:
+def _markup(text: str, fonts: Sequence[PdfFont]) -> str:
     """Paragraph text is XML-ish markup; a clinician's "K < 3.5" must not become a tag."""
+    # Leading and repeated spaces carry structure in pasted lists and summaries; Paragraph
+    # would collapse them, a no-break space (which the embedded fonts draw) is kept.
+    text = "\n".join(line.replace("  ", "\u00a0 ") for line in text.split("\n"))
     parts = []
-    for font, run in _runs(text):
-        # Leading spaces carry structure in pasted lists and summaries; Paragraph would
-        # collapse them.
-        body = "<br/>".join(line.replace("  ", "&nbsp; ") for line in escape(run).split("\n"))
-        parts.append(body if font == FONT else f'<font face="{font}">{body}</font>')
+    for font, run in _runs(text, fonts):
+        body = "<br/>".join(escape(run).split("\n"))
+        parts.append(body if font == fonts[0].name else f'<font face="{font}">{body}</font>')
     return "".join(parts)
 
 
-def _draw_centred(canvas: Canvas, x: float, y: float, text: str, size: float) -> None:
-    runs = [(font, run.replace("\n", " ")) for font, run in _runs(text)]
+def _draw_centred(
+    canvas: Canvas, x: float, y: float, text: str, size: float, fonts: Sequence[PdfFont]
+) -> None:
+    runs = [(font, run.replace("\n", " ")) for font, run in _runs(text, fonts)]
     width = sum(pdfmetrics.stringWidth(run, font, size) for font, run in runs)
     x -= width / 2
     for font, run in runs:
         canvas.setFont(font, size)
         canvas.drawString(x, y, run)
         x += pdfmetrics.stringWidth(run, font, size)
+
+
+@dataclass(frozen=True)
+class _Kit:
+    """The fonts and styles of one PDF, so each builder below sets text the same way."""
+
+    fonts: tuple[PdfFont, ...]
+    styles: dict[str, ParagraphStyle]
+
+    def para(self, text: str, style: str) -> Paragraph:
+        return Paragraph(_markup(text, self.fonts), self.styles[style])
 
 
 def _fmt_size(size: int) -> str:
@@ -324,18 +348,13 @@ def _fmt_size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
-def _file_line(att: Attachment, note: str, styles: dict[str, ParagraphStyle]) -> list[Flowable]:
+def _file_line(att: Attachment, note: str, kit: _Kit) -> list[Flowable]:
     kind = att.mimetype or "application/octet-stream"
-    if att.data:
-        digest = hashlib.sha256(att.data).hexdigest()[:16]
-        size = _fmt_size(len(att.data))
-        line = f"Attachment: {att.filename} · {kind} · {size} · SHA-256 {digest}…"
-    else:
-        line = f"Attachment: {att.filename} · {kind}"
-        note = note or "File content was not available when the case was archived."
-    out: list[Flowable] = [Paragraph(_markup(line), styles["label"])]
+    digest = hashlib.sha256(att.data).hexdigest()[:16]
+    line = f"Attachment: {att.filename} · {kind} · {_fmt_size(len(att.data))} · SHA-256 {digest}…"
+    out: list[Flowable] = [kit.para(line, "label")]
     if note:
-        out.append(Paragraph(_markup(note), styles["note"]))
+        out.append(kit.para(note, "note"))
     return out
 
 
@@ -373,59 +392,49 @@ def _image_flowable(att: Attachment, max_width: float) -> Image | None:
     return flowable
 
 
-def _attachment_flowables(
-    message: CaseMessage, styles: dict[str, ParagraphStyle], max_width: float
-) -> list[Flowable]:
+def _attachment_flowables(message: CaseMessage, kit: _Kit, max_width: float) -> list[Flowable]:
     att = message.attachment
     if att is None:
         return []
     if att.data and (att.mimetype.startswith("image/") or message.kind == "image"):
         image = _image_flowable(att, max_width)
         if image is not None:
-            return [Spacer(1, 2), image, *_file_line(att, "", styles)]
-        return _file_line(att, "Image could not be decoded; original kept in the FHIR archive.",
-                          styles)
-    return _file_line(att, "", styles)
+            return [Spacer(1, 2), image, *_file_line(att, "", kit)]
+        return _file_line(att, "Image could not be decoded; original kept in the FHIR archive.", kit)
+    return _file_line(att, "", kit)
 
 
-def _message_block(
-    message: CaseMessage, styles: dict[str, ParagraphStyle], max_width: float
-) -> list[Flowable]:
-    who = message.sender_name or message.sender
-    if message.staff_number:
-        who = f"{who} ({message.staff_number})"
+def _message_block(message: CaseMessage, kit: _Kit, max_width: float) -> list[Flowable]:
     tag = {"decision": " · DECISION", "notice": " · notice"}.get(message.kind, "")
-    head = Paragraph(_markup(f"{_fmt_time(message.sent)}  {who}{tag}"), styles["meta"])
+    head = kit.para(f"{_fmt_time(message.sent)}  {display_name(message)}{tag}", "meta")
     body: list[Flowable] = []
     att = message.attachment
     if message.body.strip() and (att is None or message.body != att.filename):
-        body.append(Paragraph(_markup(message.body), styles["body"]))
-    body.extend(_attachment_flowables(message, styles, max_width))
+        body.append(kit.para(message.body, "body"))
+    body.extend(_attachment_flowables(message, kit, max_width))
     # Keep the name with the first line of what was said; a long body may still split.
     if body:
         return [KeepTogether([head, body[0]]), *body[1:]]
     return [head]
 
 
-def _header_table(
-    case: CaseInfo, styles: dict[str, ParagraphStyle], width: float
-) -> Table:
+def _header_table(case: CaseInfo, kit: _Kit, width: float) -> Table:
     rows = [
         ("Patient", f"{case.patient_name} · {case.patient_id}"),
         ("Case", case.case_id),
         ("Room", case.room_id),
         ("Opened", f"{_fmt_time(case.opened_at)} by {case.opened_by}"),
         ("Closed", f"{_fmt_time(case.closed_at)} by {case.closed_by}"),
-        ("Times", f"local time, {_fmt_offset(case.opened_at)}"),
+        ("Times", f"local time, {_fmt_zone(case.opened_at)}"),
     ]
-    data = [
-        [Paragraph(_markup(k), styles["label"]), Paragraph(_markup(v), styles["body"])]
-        for k, v in rows
-    ]
+    data = [[kit.para(k, "label"), kit.para(v, "body")] for k, v in rows]
     table = Table(data, colWidths=[2.6 * cm, width - 2.6 * cm], hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
+                # The cells are Paragraphs, but the table still selects its cell font (by
+                # default Helvetica, never embedded) before drawing them.
+                ("FONT", (0, 0), (-1, -1), kit.fonts[0].name),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ("LINEBELOW", (0, -1), (-1, -1), 0.5, colors.HexColor("#999999")),
                 ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
@@ -440,10 +449,14 @@ def _header_table(
 def render_pdf(case: CaseInfo, messages: Sequence[CaseMessage]) -> bytes:
     """A4, decisions before the discussion: whoever opens the archive first wants the outcome.
 
-    Output is byte-stable for the same input (reportlab's invariant mode), matching the Bundle.
+    Output is byte-stable for the same input (reportlab's invariant mode), matching the Bundle;
+    the document's creation and modification dates are the case's close, not reportlab's
+    invariant placeholder (2000-01-01) and not the moment of rendering.
+
+    Raises pdf_fonts.FontUnavailable when no CJK font can be embedded.
     """
-    _ensure_font()
-    styles = _styles()
+    fonts = pdf_fonts()
+    kit = _Kit(fonts, _styles(fonts[0].name))
     buf = io.BytesIO()
     doc = SimpleDocTemplate(
         buf,
@@ -457,44 +470,47 @@ def render_pdf(case: CaseInfo, messages: Sequence[CaseMessage]) -> bytes:
         subject=f"Case discussion for {case.patient_name} ({case.patient_id})",
         creator="CareMatrix case archive",
         invariant=1,
+        # Otherwise every page starts in Helvetica, a font the PDF names but does not embed.
+        initialFontName=fonts[0].name,
     )
     width = doc.width
     image_width = min(width, _MAX_IMAGE_WIDTH)
 
     story: list[Flowable] = [
-        Paragraph(_markup(case.title or f"Case {case.case_id}"), styles["title"]),
-        _header_table(case, styles, width),
+        kit.para(case.title or f"Case {case.case_id}", "title"),
+        _header_table(case, kit, width),
     ]
 
     if case.summary.strip():
-        story.append(Paragraph("Patient summary at opening", styles["h2"]))
+        story.append(kit.para("Patient summary at opening", "h2"))
         for line in case.summary.strip("\n").split("\n"):
             if line.strip():
-                story.append(Paragraph(_markup(line), styles["summary"]))
+                story.append(kit.para(line, "summary"))
             else:
                 story.append(Spacer(1, 5))
 
-    story.append(Paragraph("Decisions", styles["h2"]))
+    story.append(kit.para("Decisions", "h2"))
     decisions = [m for m in messages if m.kind == "decision"]
     if not decisions:
-        story.append(Paragraph("No decisions were recorded in this case.", styles["body"]))
+        story.append(kit.para("No decisions were recorded in this case.", "body"))
     for message in decisions:
-        who = message.sender_name or message.sender
-        story.append(Paragraph(_markup(f"{_fmt_time(message.sent)}  {who}"), styles["meta"]))
-        story.append(Paragraph(_markup(message.body or "(no text)"), styles["body"]))
+        story.append(kit.para(f"{_fmt_time(message.sent)}  {display_name(message)}", "meta"))
+        story.append(kit.para(message.body or "(no text)", "body"))
 
-    story.append(Paragraph("Discussion", styles["h2"]))
+    story.append(kit.para("Discussion", "h2"))
     if not messages:
-        story.append(Paragraph("No messages.", styles["body"]))
+        story.append(kit.para("No messages.", "body"))
     for message in messages:
-        story.extend(_message_block(message, styles, image_width))
+        story.extend(_message_block(message, kit, image_width))
 
     footer = f"Case {case.case_id} · page "
+    closed = _pdf_date(case.closed_at)
 
     def on_page(canvas: Canvas, document: SimpleDocTemplate) -> None:
+        canvas.setDateFormatter(lambda *_: closed)
         canvas.saveState()
         canvas.setFillColor(colors.HexColor("#555555"))
-        _draw_centred(canvas, A4[0] / 2, 1.1 * cm, f"{footer}{document.page}", 8)
+        _draw_centred(canvas, A4[0] / 2, 1.1 * cm, f"{footer}{document.page}", 8, kit.fonts)
         canvas.restoreState()
 
     doc.build(story, onFirstPage=on_page, onLaterPages=on_page)

@@ -59,23 +59,43 @@ def _font_files() -> list[Path]:
 
 
 def _best_by_hints(paths: list[str], hints: tuple[str, ...]) -> str | None:
+    ranked = _by_hints(paths, hints)
+    return ranked[0] if ranked else None
+
+
+def _by_hints(paths: list[str], hints: tuple[str, ...]) -> list[str]:
+    """``paths`` that match a hint, best hint first (each path once)."""
+    ranked: list[str] = []
     for hint in hints:
-        for path in paths:
-            if hint in Path(path).name.lower().replace(" ", ""):
-                return path
-    return None
+        ranked += [p for p in paths if hint in Path(p).name.lower().replace(" ", "") and p not in ranked]
+    return ranked
 
 
 @lru_cache(maxsize=1)
-def find_cjk_font() -> str | None:
-    """Path of a font with Chinese glyphs, or ``None`` if this machine has none."""
+def cjk_font_files() -> tuple[str, ...]:
+    """Every font file with Chinese glyphs, best first (the override, then fontconfig's list
+    ranked by the known families, then a directory scan).
+
+    A list rather than one path because consumers differ in what they can load: Pillow draws
+    any of them, while the case archive's PDF writer embeds TrueType outlines only and has to
+    skip an OpenType/CFF face such as Noto Sans CJK.
+    """
+    found: list[str] = []
     override = os.environ.get(ENV_VAR)
     if override and Path(override).is_file():
-        return override
+        found.append(override)
     listed = [p for p in _run_fc(":lang=zh", "file") if Path(p).is_file()]
     if listed:
-        return _best_by_hints(listed, _CJK_HINTS) or listed[0]
-    return _best_by_hints([str(p) for p in _font_files()], _CJK_HINTS)
+        found += _by_hints(listed, _CJK_HINTS) + listed
+    else:
+        found += _by_hints([str(p) for p in _font_files()], _CJK_HINTS)
+    return tuple(dict.fromkeys(found))
+
+
+def find_cjk_font() -> str | None:
+    """Path of a font with Chinese glyphs, or ``None`` if this machine has none."""
+    files = cjk_font_files()
+    return files[0] if files else None
 
 
 @lru_cache(maxsize=1)
@@ -83,7 +103,7 @@ def find_latin_font() -> str | None:
     return _best_by_hints([str(p) for p in _font_files()], _LATIN_HINTS)
 
 
-def _face_index(path: str) -> int:
+def face_index(path: str) -> int:
     """In a CJK collection prefer the Simplified Chinese face: the same code points are drawn
     differently in the Japanese/Korean faces and the names here are mostly mainland Chinese."""
     if not path.lower().endswith((".ttc", ".otc")):
@@ -104,7 +124,7 @@ def load_font(size: int) -> FontType:
     for path in (find_cjk_font(), find_latin_font()):
         if path:
             try:
-                return ImageFont.truetype(path, size, index=_face_index(path))
+                return ImageFont.truetype(path, size, index=face_index(path))
             except OSError:
                 continue
     return ImageFont.load_default(size=size)

@@ -3,10 +3,9 @@
 The Bundle is validated twice, as in test_audit_fhir: fhirclient's R4 models in strict mode
 (unknown elements, wrong types, missing required elements) and fhir.resources' R4B pydantic
 models (Communication has the same elements in R4 and R4B; these also check primitive formats
-such as dateTime and non-empty strings). pypdf does extract text drawn with reportlab's
-STSong-Light CID font: reportlab writes no /ToUnicode map, but the font's predefined
-UniGB-UCS2-H encoding is UCS-2 itself and pypdf decodes it, so the Chinese names are asserted
-too.
+such as dateTime and non-empty strings). The PDF is checked as a reader gets it: poppler says
+every font is embedded, every character shown has a glyph in the font embedded for it
+(tests/pdf_checks.py), and the text, images and dates come out as they went in.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import hashlib
 import io
 import json
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle as R4BBundle
@@ -24,6 +24,7 @@ from fhirclient.models.bundle import Bundle as R4Bundle
 from PIL import Image as PILImage
 from pypdf import PdfReader
 
+from appservice.clinical import pdf_fonts
 from appservice.clinical.archive import (
     Attachment,
     CaseInfo,
@@ -32,6 +33,7 @@ from appservice.clinical.archive import (
     entry_full_url,
     render_pdf,
 )
+from tests.pdf_checks import missing_glyphs, pdffonts, pdfimages, pdftotext
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 25, 8, 30, tzinfo=CST)
@@ -141,7 +143,7 @@ def test_sender_identified_by_staff_number_unless_a_bot():
     comms = [e["resource"] for e in build_bundle(case_info(), messages())["entry"]]
     assert comms[0]["sender"] == {"display": "CareBot"}
     assert comms[2]["sender"]["identifier"] == {"system": "urn:carematrix:staff", "value": "10456"}
-    assert comms[2]["sender"]["display"] == "李娜"
+    assert comms[2]["sender"]["display"] == "李娜 (10456)"
 
 
 def test_text_payloads_and_decision_category():
@@ -293,29 +295,92 @@ def test_same_input_gives_the_same_pdf_bytes():
     assert render_pdf(case_info(), messages()) == render_pdf(case_info(), messages())
 
 
-def test_file_whose_download_failed_is_named_without_claiming_content():
-    lost = Attachment("scan.pdf", "application/pdf", b"")
-    msg = CaseMessage("$lost:x", "@a:x", "A", "1", T0, "file", "scan.pdf", lost)
+def test_an_empty_file_is_recorded_as_empty_not_as_missing():
+    empty = Attachment("note.txt", "text/plain", b"")
+    msg = CaseMessage("$empty:x", "@a:x", "A", "1", T0, "file", "note.txt", empty)
     bundle = build_bundle(case_info(), [msg])
     assert_r4_valid(bundle)
     att = bundle["entry"][0]["resource"]["payload"][0]["contentAttachment"]
-    assert att["title"] == "scan.pdf"
-    assert not {"data", "size", "hash"} & att.keys()
+    assert att["title"] == "note.txt" and "data" not in att  # FHIR forbids an empty data string
+    assert att["size"] == 0
+    assert att["hash"] == base64.b64encode(hashlib.sha1(b"").digest()).decode()
     _, text = pdf_text(render_pdf(case_info(), [msg]))
-    assert "scan.pdf" in text and "not available" in text
+    assert "note.txt · text/plain · 0 B" in text and "not available" not in text
 
 
-def test_characters_outside_the_cid_font_stay_readable():
+def test_characters_outside_the_cjk_font_stay_readable():
     body = "同意 👍 K⁺ 5.9 µmol ‼ ✓"
     msg = CaseMessage("$u:x", "@a:x", "Jürgen Weiß", "1", T0, "text", body)
     assert build_bundle(case_info(), [msg])["entry"][0]["resource"]["payload"] == [
         {"contentString": body}  # the record keeps the original
     ]
-    _, text = pdf_text(render_pdf(case_info(), [msg]))
-    assert "Jürgen Weiß" in text  # Latin-1 letters set in Helvetica
-    assert "µmol" in text
-    assert "[thumbs up sign]" in text and "[check mark]" in text  # no glyph: named
-    assert "!!" in text  # compatibility form
+    data = render_pdf(case_info(), [msg])
+    text = pdftotext(data)
+    assert "Jürgen Weiß" in text and "µmol" in text
+    assert "K⁺" in text and "‼" in text and "✓" in text  # drawn from the symbol font
+    assert "[thumbs up sign]" in text  # no embedded font has it: named, not a box
+    assert missing_glyphs(data) == set()
+
+
+# -- what a reader of the PDF sees ----------------------------------------------------------
+
+
+def test_every_font_is_embedded_as_a_subset():
+    data = render_pdf(case_info(), messages())
+    fonts = pdffonts(data)
+    assert fonts, "no fonts listed"
+    assert all(f["emb"] == "yes" and f["sub"] == "yes" and f["uni"] == "yes" for f in fonts), fonts
+    assert any("ZenHei" in f["name"] or "CJK" in f["name"] for f in fonts), fonts
+
+
+def test_every_character_shown_has_a_glyph_in_its_embedded_font():
+    # "·" separators and the no-break spaces of indented summary lines were boxes before.
+    summary = "王建国 · 男 · 1958-03-14\n  - 急性ST段抬高型心肌梗死\n    • K 6.8 ↑ ≥ 6.5 ±0.1 °C –—…"
+    data = render_pdf(case_info(summary=summary), messages())
+    assert missing_glyphs(data) == set()
+    text = pdftotext(data)
+    for expected in ("王建国 · 男 · 1958-03-14", "急性ST段抬高型心肌梗死", "• K 6.8 ↑ ≥ 6.5 ±0.1 °C –—…",
+                     "建议立即复查心电图", "转CCU", "Case CASE-2026-0042 · page 1"):
+        assert expected in text, expected
+
+
+def test_posted_image_is_drawn():
+    images = pdfimages(render_pdf(case_info(), messages()))
+    assert [(i["width"], i["height"]) for i in images] == [("640", "360")]
+
+
+def test_sender_name_and_staff_number_appear_once():
+    styled = CaseMessage("$n:x", "@d1001:x", "李伟 Li Wei (D1001)", "D1001", T0, "text", "ok")
+    bare = CaseMessage("$b:x", "@d1002:x", "王芳", "D1002", T0, "text", "ok")
+    data = render_pdf(case_info(), [styled, bare])
+    text = pdftotext(data)
+    assert "李伟 Li Wei (D1001)" in text and "(D1001) (D1001)" not in text
+    assert "王芳 (D1002)" in text and "(D1002) (D1002)" not in text
+    comms = [e["resource"] for e in build_bundle(case_info(), [styled, bare])["entry"]]
+    assert [c["sender"]["display"] for c in comms] == ["李伟 Li Wei (D1001)", "王芳 (D1002)"]
+
+
+def test_pdf_dates_are_the_case_close_in_the_hospital_zone():
+    zone = ZoneInfo("Asia/Shanghai")
+    opened = datetime(2026, 11, 25, 8, 30, tzinfo=zone)
+    case = case_info(opened_at=opened, closed_at=opened + timedelta(hours=3, minutes=5))
+    data = render_pdf(case, messages())
+    meta = PdfReader(io.BytesIO(data)).metadata
+    assert meta["/CreationDate"] == meta["/ModDate"] == "D:20261125113500+08'00'"
+    assert meta.creation_date == case.closed_at
+    text = pdftotext(data)
+    assert "2026-11-25 11:35 by @d1002" in text
+    assert "local time, Asia/Shanghai, UTC+08:00" in text
+
+
+def test_no_embeddable_cjk_font_is_refused_not_rendered_as_boxes(monkeypatch: pytest.MonkeyPatch):
+    pdf_fonts.pdf_fonts.cache_clear()
+    monkeypatch.setattr(pdf_fonts, "cjk_font_files", lambda: ())
+    try:
+        with pytest.raises(pdf_fonts.FontUnavailable, match="fonts-wqy-zenhei"):
+            render_pdf(case_info(), messages())
+    finally:
+        pdf_fonts.pdf_fonts.cache_clear()
 
 
 def test_jpeg_photo_is_embedded_upright():

@@ -51,6 +51,8 @@ def test_storage_and_media_methods_exist():
     from synapse.api.auth.internal import InternalAuth
 
     assert "token" in inspect.signature(InternalAuth.get_user_by_access_token).parameters
+    # Application-service tokens on media requests (the case archive's downloads).
+    assert list(inspect.signature(BaseAuth.get_appservice_user).parameters) == ["self", "request", "access_token"]
     assert hasattr(MediaFilePaths, "local_media_filepath")
     assert "media_ids" in inspect.signature(MediaRepository.delete_local_media_ids).parameters
     assert list(inspect.signature(CensorEventsStore.expire_event).parameters) == ["self", "event_id"]

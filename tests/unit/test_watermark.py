@@ -283,7 +283,7 @@ def test_a_chinese_name_is_drawn() -> None:
 
 @pytest.fixture
 def fresh_font_lookup() -> Iterator[None]:
-    caches = (fonts.find_cjk_font, fonts.find_latin_font, fonts.load_font)
+    caches = (fonts.cjk_font_files, fonts.find_latin_font, fonts.load_font)
     for cached in caches:
         cached.cache_clear()
     yield
