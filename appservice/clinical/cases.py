@@ -9,7 +9,10 @@ UID>`` posts rendered key images from the PACS. ``!decision <text>`` records a d
 them to the EMR when one is connected, and makes the room read-only.
 
 A case's state lives in the appservice database; closing is resumable (a crash halfway
-through closes it again on the next command or restart, with the same archive IDs).
+through closes it again on the next command or restart, with the same archive IDs). A close
+that cannot put everything in the archive (a file that cannot be fetched, no font to print
+the PDF with) is called off before anything reaches the EMR: the case stays open, the room and
+whoever closed it are told what and why, and ``!case close`` tries again.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
 from appservice.clinical.archive import Attachment, CaseInfo, CaseMessage, build_bundle, render_pdf
+from appservice.clinical.pdf_fonts import FontUnavailable
 from appservice.clinical.store import ClinicalStore
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
 from appservice.oncall.service import OncallService
@@ -63,6 +67,13 @@ SCHEMA = [
 
 class CaseError(Exception):
     """A reason to tell the person who typed the command."""
+
+
+class ArchiveIncomplete(Exception):
+    """Something the archive must hold cannot be put in it; the close is called off."""
+
+
+FILE_MSGTYPES = ("m.image", "m.file", "m.video", "m.audio")
 
 
 class CaseStore:
@@ -387,7 +398,6 @@ class CaseService:
 
     async def _finish_close(self, case: dict[str, Any]) -> None:
         room_id = case["room_id"]
-        messages = await self._collect(room_id, case["case_id"])
         info = CaseInfo(
             case_id=case["case_id"], patient_id=case["patient_id"], patient_name=case["patient_name"],
             room_id=room_id, title=f"Case {case['patient_name']} ({case['patient_id']})",
@@ -395,8 +405,16 @@ class CaseService:
             closed_at=self._dt(case["closed_at"]), closed_by=self._name_of(case["closed_by"] or ""),
             summary=case["summary"],
         )
+        try:
+            messages = await self._collect(room_id, case["case_id"])
+            pdf = await asyncio.to_thread(render_pdf, info, messages)
+        except FontUnavailable as exc:
+            await self._close_failed(case, f"the PDF cannot be printed: {exc}")
+            return
+        except ArchiveIncomplete as exc:
+            await self._close_failed(case, str(exc))
+            return
         bundle = build_bundle(info, messages)
-        pdf = await asyncio.to_thread(render_pdf, info, messages)
         stored = self._store_archive(info.case_id, bundle, pdf)
         emr = await self._post_to_emr(info, bundle, pdf)
         mxc = await self.matrix.upload(pdf, "application/pdf", f"{info.case_id}.pdf")
@@ -419,6 +437,25 @@ class CaseService:
             actor=case["closed_by"] or self.bot, action="appservice.case.closed", object=info.case_id, room=room_id,
             patient=info.patient_id, outcome="success", process="appservice",
             details={"messages": len(messages), "emr": emr, "pdf_sha256": hashlib.sha256(pdf).hexdigest()},
+        )
+
+    async def _close_failed(self, case: dict[str, Any], reason: str) -> None:
+        """Nothing has gone to the EMR yet: reopen the case and say why, in the room and to
+        whoever asked for the close (mentioned, so it reaches them as a notification)."""
+        requester = case["closed_by"] or case["opened_by"]
+        await self.store.set_state(case["case_id"], "open", closed_by=None, closed_at=None)
+        log.warning("case %s not closed: %s", case["case_id"], reason)
+        await self._send(case["room_id"], {
+            "msgtype": "m.notice",
+            "body": f"{self._name_of(requester)}: case {case['case_id']} was NOT closed — {reason}. Nothing was "
+                    "filed in the EMR and the case stays open. Send !case close again once this is resolved "
+                    "(or after removing the file from the room).",
+            "m.mentions": {"user_ids": [requester]},
+            CASE_FIELD: {"case_id": case["case_id"], "kind": "close_failed"},
+        }, None)
+        await self.audit.record(
+            actor=requester, action="appservice.case.closed", object=case["case_id"], room=case["room_id"],
+            patient=case["patient_id"], outcome="failure", process="appservice", details={"reason": reason},
         )
 
     def _name_of(self, user_id: str) -> str:
@@ -455,30 +492,52 @@ class CaseService:
         staff = self.oncall.staff_of(sender) or ""
         kind = "text"
         attachment = None
+        sent = self._dt(int(event.get("origin_server_ts", 0)))
         if DECISION_FIELD in content:
             kind = "decision"
             body = str(content[DECISION_FIELD].get("text") or body)
             decider = str(content[DECISION_FIELD].get("by") or sender)
             sender, staff = decider, self.oncall.staff_of(decider) or ""
-        elif msgtype in ("m.image", "m.file", "m.video", "m.audio") and isinstance(content.get("url"), str):
+        elif msgtype in FILE_MSGTYPES:
             kind = "image" if msgtype == "m.image" else "file"
-            info = content.get("info") or {}
-            try:
-                data = await self.matrix.download(content["url"])
-            except MatrixCallFailed as exc:
-                log.warning("case %s: file %s not archived: %s", case_id, content["url"], exc)
-                data = b""
-            attachment = Attachment(
-                filename=str(content.get("filename") or body or "file"),
-                mimetype=str(info.get("mimetype") or "application/octet-stream"), data=data,
-            )
+            attachment = await self._attachment(content, body, sender, sent, case_id)
         elif msgtype == "m.notice":
             kind = "notice"
-        name = self.oncall.name(staff) if staff else ("CareMatrix" if sender == self.bot else sender)
         return CaseMessage(
-            event_id=str(event.get("event_id")), sender=sender, sender_name=name, staff_number=staff,
-            sent=self._dt(int(event.get("origin_server_ts", 0))), kind=kind, body=body, attachment=attachment,
+            event_id=str(event.get("event_id")), sender=sender, sender_name=self._plain_name(sender, staff),
+            staff_number=staff, sent=sent, kind=kind, body=body, attachment=attachment,
         )
+
+    def _plain_name(self, user_id: str, staff: str) -> str:
+        """The name alone: the archive adds the staff number itself (once)."""
+        person = self.oncall.person(user_id) if staff else None
+        if person is not None and person.name:
+            return str(person.name)
+        if staff:
+            return self.oncall.name(staff)
+        return "CareMatrix" if user_id == self.bot else user_id
+
+    async def _attachment(
+        self, content: dict[str, Any], body: str, sender: str, sent: datetime, case_id: str
+    ) -> Attachment:
+        """The file's complete original bytes, or ArchiveIncomplete naming it and the reason."""
+        filename = str(content.get("filename") or body or "file")
+        info = content.get("info") if isinstance(content.get("info"), dict) else {}
+        what = f'the file "{filename}" posted by {self._name_of(sender)} at {sent:%Y-%m-%d %H:%M}'
+        url = content.get("url")
+        if not isinstance(url, str) or not url.startswith("mxc://"):
+            reason = "it has no downloadable address (an encrypted or malformed upload)"
+            raise ArchiveIncomplete(f"{what} could not be archived: {reason}")
+        try:
+            data = await self.matrix.download(url)
+        except MatrixCallFailed as exc:
+            error = exc.body.get("error") if isinstance(exc.body, dict) else None
+            detail = f"{exc.errcode or 'HTTP ' + str(exc.status)}{': ' + str(error) if error else ''}"
+            raise ArchiveIncomplete(f"{what} could not be downloaded ({detail})") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ArchiveIncomplete(f"{what} could not be downloaded ({type(exc).__name__}: {exc})") from exc
+        log.info("case %s: archived %s (%d bytes)", case_id, url, len(data))
+        return Attachment(filename=filename, mimetype=str(info.get("mimetype") or "application/octet-stream"), data=data)
 
     def _store_archive(self, case_id: str, bundle: dict, pdf: bytes) -> str | None:
         if self.archive_dir is None:

@@ -4,6 +4,7 @@ admin HTTP APIs as the CareMatrix bot (a server admin)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,7 +96,12 @@ class OrgMatrix:
         path = f"/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}"
         async with self.session.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}) as resp:
             if resp.status >= 400:
-                raise MatrixCallFailed("GET", path, resp.status, await resp.text())
+                text = await resp.text()
+                try:  # a Matrix error ({"errcode", "error"}) when the server says why
+                    body: Any = json.loads(text)
+                except ValueError:
+                    body = text
+                raise MatrixCallFailed("GET", path, resp.status, body)
             return await resp.read()
 
     async def _gather(self, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:

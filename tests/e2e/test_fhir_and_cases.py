@@ -6,6 +6,8 @@ shown the PACS key images from a real Orthanc, and closed into a FHIR Bundle and
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import uuid
@@ -20,7 +22,7 @@ from pypdf import PdfReader
 
 from tests.clinical_support import hl7, send_mllp
 from tests.oncall_support import notices
-from tests.support import RunningStack, eventually
+from tests.support import RunningStack, eventually, search
 
 FHIR = "application/fhir+json"
 
@@ -405,5 +407,151 @@ async def test_his_consult_order_opens_one_case_room_with_the_ordering_doctor(st
         assert stack.user_id("role-icu-nurse") in members
         await asyncio.sleep(3)
         assert len(await case_rooms()) == 1  # the resent order opened nothing more
+    finally:
+        await doctor.close()
+
+
+async def open_case_room(stack: RunningStack, doctor: AsyncClient, patient: str, units: str) -> tuple[str, str]:
+    """(room ID, case ID) of a case the doctor opened from the team room and joined."""
+    team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
+
+    async def replies() -> dict[str, str]:
+        chunk = (await doctor.room_messages(team, limit=50)).chunk
+        return {e.event_id: e.source["content"].get("body", "") for e in chunk
+                if e.source["sender"] == stack.bot_user_id and "Case room for" in e.source["content"].get("body", "")}
+    earlier = await replies()  # other tests' cases, opened from the same room
+    await say(doctor, team, f"!case open {patient} {units}")
+
+    async def new_reply() -> str | None:
+        return next((body for event_id, body in (await replies()).items() if event_id not in earlier), None)
+    room = (await eventually(new_reply)).split("https://matrix.to/#/", 1)[1].split(" ")[0].rstrip(".")
+
+    async def joined() -> bool:
+        resp = await doctor.sync(timeout=1000)
+        if room in resp.rooms.invite:
+            await doctor.join(room)
+        return room in doctor.rooms
+    assert await eventually(joined)
+    topic = (await doctor.room_get_state_event(room, "m.room.topic")).content["topic"]
+    return room, topic.split("Patient case ", 1)[1].split(" ", 1)[0]
+
+
+def archived(clinical_systems: Any, case_id: str, kind: str) -> list[dict]:
+    """What the EMR holds for the case: its Bundles or DocumentReferences."""
+    return [r for r in clinical_systems.fhir.received() if r.get("resourceType") == kind
+            and case_id in json.dumps(r.get("identifier"))]
+
+
+async def test_case_archive_holds_a_posted_image_drawn_with_embedded_fonts(
+    stack: RunningStack, clinical_systems: Any, tmp_path: Any
+):
+    from tests.images import photo
+    from tests.pdf_checks import missing_glyphs, pdffonts, pdfimages, pdftotext
+
+    started = datetime.now(UTC)
+    doctor = await stack.login("d1001")
+    try:
+        room, case_id = await open_case_room(stack, doctor, clinical_systems.patient_id, "cardiology")
+        wound = Image.open(io.BytesIO(photo(uuid.uuid4().int % 10_000, (480, 320))))  # new to the server
+        out = io.BytesIO()
+        wound.save(out, "PNG")
+        data = out.getvalue()
+        upload, _ = await doctor.upload(io.BytesIO(data), content_type="image/png", filename="wound.png",
+                                        filesize=len(data))
+        sent = await doctor.room_send(room, "m.room.message", {
+            "msgtype": "m.image", "body": "wound.png", "filename": "wound.png", "url": upload.content_uri,
+            "info": {"mimetype": "image/png", "size": len(data), "w": 480, "h": 320},
+        })
+        assert isinstance(sent, RoomSendResponse), sent
+        await say(doctor, room, "伤口愈合良好 · wound healing well")
+        since = await say(doctor, room, "!case close")
+        closed = await bot_reply(doctor, room, stack.bot_user_id, since,
+                                 lambda c: c.get("org.carematrix.case", {}).get("kind") in ("closed", "close_failed"))
+        assert closed["content"]["org.carematrix.case"]["kind"] == "closed", closed["content"]["body"]
+
+        # The EMR's Bundle carries the image byte for byte.
+        (bundle,) = archived(clinical_systems, case_id, "Bundle")
+        R4BBundle.model_validate(bundle)
+        attachments = [p["contentAttachment"] for e in bundle["entry"] for p in e["resource"]["payload"]
+                       if "contentAttachment" in p and p["contentAttachment"].get("title") == "wound.png"]
+        (image,) = attachments
+        assert base64.b64decode(image["data"]) == data
+        assert image["size"] == len(data)
+        assert image["hash"] == base64.b64encode(hashlib.sha1(data).digest()).decode()
+        assert image["contentType"] == "image/png"
+        assert bundle["timestamp"].endswith("+08:00")  # the hospital's zone (policies/oncall.yaml)
+
+        # The PDF filed with it draws the image, embeds its fonts and has a glyph for every character.
+        (document,) = archived(clinical_systems, case_id, "DocumentReference")
+        pdf = base64.b64decode(document["content"][0]["attachment"]["data"])
+        (tmp_path / f"{case_id}.pdf").write_bytes(pdf)  # kept for a look with pdftoppm
+        assert {(i["width"], i["height"]) for i in pdfimages(pdf)} == {("480", "320")}
+        fonts = pdffonts(pdf)
+        assert fonts and all(f["emb"] == "yes" and f["sub"] == "yes" for f in fonts), fonts
+        assert missing_glyphs(pdf) == set()
+        text = pdftotext(pdf)
+        assert "伤口愈合良好 · wound healing well" in text
+        assert f"wound.png · image/png · {len(data) / 1024:.1f} KiB · SHA-256 {hashlib.sha256(data).hexdigest()[:16]}" in text
+        assert "(D1001)" in text and "(D1001) (D1001)" not in text
+        meta = PdfReader(io.BytesIO(pdf)).metadata
+        assert meta["/CreationDate"].endswith("+08'00'")
+        assert started <= meta.creation_date <= datetime.now(UTC)
+
+        # The service fetched the original as itself, on the record like any download.
+        downloads = search(stack, "--actor", stack.bot_user_id, "--action", "media.download")
+        assert any(r["object"] == upload.content_uri and r["details"].get("protected") == "archive"
+                   for r in downloads), downloads
+    finally:
+        await doctor.close()
+
+
+async def test_case_close_without_a_file_fails_visibly_and_can_be_retried(
+    stack: RunningStack, clinical_systems: Any
+):
+    doctor = await stack.login("d1001")
+    try:
+        room, case_id = await open_case_room(stack, doctor, clinical_systems.patient_id, "cardiology icu")
+        report = b"%PDF-1.4\n% CT report\n%%EOF\n"
+        upload, _ = await doctor.upload(io.BytesIO(report), content_type="application/pdf",
+                                        filename="ct-report.pdf", filesize=len(report))
+        bad = await doctor.room_send(room, "m.room.message", {
+            "msgtype": "m.file", "body": "ct-report.pdf", "filename": "ct-report.pdf", "url": upload.content_uri,
+            "info": {"mimetype": "application/pdf", "size": len(report)},
+        })
+        assert isinstance(bad, RoomSendResponse), bad
+        # The file leaves the media store before the close (an administrator's purge).
+        server, media_id = upload.content_uri[len("mxc://"):].split("/", 1)
+        async with aiohttp.ClientSession() as http, http.delete(
+            f"{stack.url}/_synapse/admin/v1/media/{server}/{media_id}",
+            headers={"Authorization": f"Bearer {stack.deployment.secrets['as_token']}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        await say(doctor, room, "CT report attached")
+        since = await say(doctor, room, "!case close")
+
+        def outcome(c: dict) -> bool:
+            return c.get("org.carematrix.case", {}).get("kind") in ("closed", "close_failed")
+        failed = await bot_reply(doctor, room, stack.bot_user_id, since, outcome)
+        content = failed["content"]
+        assert content["org.carematrix.case"]["kind"] == "close_failed", content["body"]
+        assert 'the file "ct-report.pdf"' in content["body"] and "M_NOT_FOUND" in content["body"]
+        assert "NOT closed" in content["body"] and "!case close" in content["body"]
+        assert content["m.mentions"]["user_ids"] == [doctor.user_id]
+        assert archived(clinical_systems, case_id, "Bundle") == []  # nothing half-filed
+        assert archived(clinical_systems, case_id, "DocumentReference") == []
+
+        # Still open: people can post, and once the broken upload is gone the close goes through.
+        await say(doctor, room, "Removing the broken upload")
+        await doctor.room_redact(room, bad.event_id, reason="upload broken")
+        since = await say(doctor, room, "!case close")
+        done = await bot_reply(doctor, room, stack.bot_user_id, since,
+                               lambda c: c.get("org.carematrix.case", {}).get("kind") == "closed")
+        assert "read-only" in done["content"]["body"]
+        (bundle,) = archived(clinical_systems, case_id, "Bundle")
+        assert "Removing the broken upload" in json.dumps(bundle, ensure_ascii=False)
+        assert not [p for e in bundle["entry"] for p in e["resource"]["payload"] if "contentAttachment" in p]
+        # The failed attempt is part of the room's history, and so of the record.
+        assert any("was NOT closed" in p.get("contentString", "")
+                   for e in bundle["entry"] for p in e["resource"]["payload"])
     finally:
         await doctor.close()
