@@ -552,7 +552,9 @@ class ClinicalService:
         return web.json_response({
             "facility": facility, "control_id": control_id,
             "status": {"pending": "received, not yet routed"}.get(item["state"], item["state"]),
-            "routing": outcome.get("routing") or ("not yet routed" if item["state"] == "pending" else item["result"]),
+            "routing": outcome.get("routing") or (
+                ("being routed" if out else "not yet routed") if item["state"] == "pending" else item["result"]
+            ),
             "acknowledged_when": condition, "acknowledged": acked, "pages": out,
         })
 

@@ -225,7 +225,7 @@ async def test_a_transfer_tells_the_ward_left_and_the_ward_joined_and_brings_the
     try:
         icu = await team(stack, nurse, "icu")
         assert await eventually(lambda: page_notices(nurse, icu, patient))
-        s = (await alert_state(stack, "LIS", control))[1]
+        s = await eventually(lambda: _delivered(stack, control))
         assert "ward ICU from the patient's last ADT" in s["routing"]
         _, a02 = hl7(f"PID|1||{patient}^^^RENHE^MR||赵^转科||19500101|M", "PV1|1|I|5A^12^12|||ICU^02^02", kind="ADT^A02")
         assert ack_code(await send_mllp(stack, a02)) == "AA"
@@ -291,6 +291,11 @@ async def test_the_appservice_killed_while_a_critical_page_waits_escalates_on_ti
     assert await eventually(escalated)
 
 
+async def _delivered(stack: RunningStack, control: str) -> dict | None:
+    s = (await alert_state(stack, "LIS", control))[1]
+    return s if s["status"] == "delivered" else None
+
+
 async def _health_ok(stack: RunningStack) -> bool:
     try:
         async with aiohttp.ClientSession() as http, http.get(
@@ -352,7 +357,7 @@ async def test_a_ward_role_with_nobody_on_duty_pages_the_fallback_and_says_so(st
                        and n["content"].get("org.carematrix.priority") == "critical" for n in await notices(nurse, icu))
 
         assert await eventually(gap_told)
-        s = (await alert_state(stack, "LIS", control))[1]
+        s = await eventually(lambda: _delivered(stack, control))
         nurse_page = next(p for p in s["pages"] if p["role"] == "icu/nurse")
         assert nurse_page["paged"] == ["陈静 Chen Jing (D2001)"]  # the fallback pool icu-senior
     finally:
