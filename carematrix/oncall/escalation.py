@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from carematrix.oncall.targets import Resolve, describe, parse_target
 
@@ -187,7 +187,9 @@ def _fire(
         actions.append(tell)
         paged = tuple(dict.fromkeys((*page.paged, *staff)))
         base = max(now, page.step_deadline) if page.step_deadline else now
-        deadline = base + timedelta(seconds=step.timeout_seconds)
+        # In UTC: aware arithmetic in a local zone adds wall-clock time, so a step across the
+        # night clocks go back would wait an hour longer than its timeout.
+        deadline = base.astimezone(UTC) + timedelta(seconds=step.timeout_seconds)
         new = replace(page, step=i, step_deadline=deadline, paged=paged, state=OPEN)
         return new, actions
     if page.paged:

@@ -276,3 +276,41 @@ def test_times_people_read_are_in_the_zone_they_are_given():
     page, _ = open_at(NIGHT)
     _, actions = on_ack(page, "N2001", "reply", NIGHT.astimezone(shanghai), POLICY)
     assert "10:00 CST" in actions[0].message  # 03:00 in Berlin is 10:00 in Shanghai
+
+
+def test_a_page_on_the_night_clocks_go_forward_reaches_the_right_holder_and_escalates_after_real_minutes():
+    """A roster in Europe/Berlin (iCalendar, as the hospital exports it) across 28 Mar 2027,
+    02:00 CET -> 03:00 CEST: the night shift 20:00-08:00 is 11 real hours, the day holder takes
+    over at 08:00 on the wall clock, and a 5-minute step paged at 01:58 fires at 03:03."""
+    from bridges.roster import FeedConfig, parse_feed
+
+    ics = (
+        b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n"
+        b"BEGIN:VEVENT\r\nUID:night@x\r\nDTSTAMP:20270301T000000Z\r\n"
+        b"DTSTART;TZID=Europe/Berlin:20270327T200000\r\nDTEND;TZID=Europe/Berlin:20270328T080000\r\n"
+        b"SUMMARY:Attending\r\nX-STAFF-NUMBER:N2001\r\nEND:VEVENT\r\n"
+        b"BEGIN:VEVENT\r\nUID:day@x\r\nDTSTAMP:20270301T000000Z\r\n"
+        b"DTSTART;TZID=Europe/Berlin:20270328T080000\r\nDTEND;TZID=Europe/Berlin:20270328T200000\r\n"
+        b"SUMMARY:Attending\r\nX-STAFF-NUMBER:D1001\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    config = FeedConfig(timezone="Europe/Berlin", roles={"Attending": ROLE},
+                        known_staff=frozenset({"N2001", "D1001", "B4001"}), known_roles=frozenset({ROLE}))
+    night = datetime(2027, 3, 28, 1, 58, tzinfo=BERLIN)
+    shifts = parse_feed("ical", ics, "roster.ics", config, (night - timedelta(days=2), night + timedelta(days=2)))
+    (n, d) = sorted(shifts, key=lambda s: s.start)
+    assert n.end - n.start == timedelta(hours=11)  # one hour of the night never happened
+    roster = Roster(shifts)
+    resolve = resolver(roster, ROLE, POOLS)
+    page, actions = open_page("dst", ROLE, "@nurse:x", "!r:x", "$e", night, POLICY, resolve)
+    assert paged(actions) == [("N2001",)]
+    assert page.step_deadline is not None
+    assert page.step_deadline.astimezone(BERLIN).strftime("%H:%M %Z") == "03:03 CEST"
+    assert on_deadline(page, datetime(2027, 3, 28, 3, 2, tzinfo=BERLIN), POLICY, resolve) == (page, [])
+    # And when clocks go back (25 Oct 2026, 03:00 CEST -> 02:00 CET): 5 real minutes, not 65.
+    autumn = datetime(2026, 10, 25, 2, 58, tzinfo=BERLIN)  # the first 02:58 (CEST)
+    late_roster = Roster([Shift(ROLE, "N2001", autumn - timedelta(hours=6), autumn + timedelta(hours=6))])
+    page, _ = open_page("dst2", ROLE, "@nurse:x", "!r:x", "$e", autumn, POLICY, resolver(late_roster, ROLE, POOLS))
+    assert page.step_deadline is not None and page.step_deadline - autumn == timedelta(minutes=5)
+    assert page.step_deadline.astimezone(BERLIN).strftime("%H:%M %Z") == "02:03 CET"
+    assert roster.on_duty(ROLE, datetime(2027, 3, 28, 7, 59, tzinfo=BERLIN)) == ("N2001",)
+    assert roster.on_duty(ROLE, datetime(2027, 3, 28, 8, 1, tzinfo=BERLIN)) == ("D1001",)
