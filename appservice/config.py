@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from appservice.clinical.mllp_listener import DEFAULT_FRAME_TIMEOUT, MllpLimits
+from bridges.hl7.mllp import DEFAULT_MAX_BYTES
+
 PLACEHOLDERS = ("example.com", "example.org", "CHANGE_ME", "changeme")
 
 
@@ -34,6 +37,9 @@ class AppserviceConfig:
     hl7_host: str = "127.0.0.1"
     hl7_port: int = 0
     his_token: str | None = None
+    # A bigger HL7 message is refused with AR; a frame unfinished this long closes its connection.
+    hl7_max_message_bytes: int = DEFAULT_MAX_BYTES
+    hl7_frame_timeout: float = DEFAULT_FRAME_TIMEOUT
     fhir_tokens: dict[str, str] = field(default_factory=dict)  # source -> bearer token
     fhir_server: str | None = None
     dicomweb: str | None = None
@@ -44,6 +50,10 @@ class AppserviceConfig:
     @property
     def bot_user_id(self) -> str:
         return f"@{self.bot_localpart}:{self.domain}"
+
+    @property
+    def mllp_limits(self) -> MllpLimits:
+        return MllpLimits(self.hl7_max_message_bytes, self.hl7_frame_timeout)
 
     @classmethod
     def load(cls, path: Path) -> AppserviceConfig:
@@ -118,7 +128,16 @@ def _hl7(section: Any) -> dict[str, Any]:
     token = section.get("his_token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         raise ValueError("'hl7.his_token' must be a secret of at least 16 characters")
-    return {"hl7_host": str(section.get("listen_host", "127.0.0.1")), "hl7_port": port, "his_token": token}
+    max_bytes = section.get("max_message_bytes", DEFAULT_MAX_BYTES)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
+        raise ValueError(f"'hl7.max_message_bytes' must be a number of bytes of at least 1024, got {max_bytes!r}")
+    timeout = section.get("frame_timeout_seconds", DEFAULT_FRAME_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError(f"'hl7.frame_timeout_seconds' must be a positive number of seconds, got {timeout!r}")
+    return {
+        "hl7_host": str(section.get("listen_host", "127.0.0.1")), "hl7_port": port, "his_token": token,
+        "hl7_max_message_bytes": max_bytes, "hl7_frame_timeout": float(timeout),
+    }
 
 
 def _fhir(section: Any) -> dict[str, Any]:

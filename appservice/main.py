@@ -361,7 +361,7 @@ async def run(config: AppserviceConfig) -> None:
         await oncall.refresh_feeds(config.policy_dir, force=True)
         await clinical.store.setup()
         await cases.setup()
-        hl7_server = await clinical.serve(config.hl7_host, config.hl7_port) if config.hl7_port else None
+        hl7_server = await clinical.serve(config.hl7_host, config.hl7_port, config.mllp_limits) if config.hl7_port else None
         appserv.ready = True
         log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())

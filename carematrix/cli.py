@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from carematrix.deploy import (
     DEFAULT_POLICY_DIR,
@@ -49,6 +50,44 @@ def _port(value: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"{port} is not between 1 and 65535")
     return port
+
+
+def _byte_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of bytes") from None
+    if count < 1024:
+        raise argparse.ArgumentTypeError(f"{count} is below 1024 bytes")
+    return count
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of seconds")
+    return seconds
+
+
+def _hl7_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The MLLP limits given by flag or environment; the ones not given keep their defaults."""
+    out: dict[str, Any] = {}
+    for key, flag, env, parse in (
+        ("hl7_max_message_bytes", args.hl7_max_message_bytes, "CAREMATRIX_HL7_MAX_MESSAGE_BYTES", _byte_count),
+        ("hl7_frame_timeout_seconds", args.hl7_frame_timeout, "CAREMATRIX_HL7_FRAME_TIMEOUT", _seconds),
+    ):
+        raw = os.environ.get(env)
+        if flag is not None:
+            out[key] = flag
+        elif raw:
+            try:
+                out[key] = parse(raw)
+            except argparse.ArgumentTypeError as exc:
+                raise DeployError(f"{env}={raw!r}: {exc}") from None
+    return out
 
 
 def _settings_file(path: Path, flag: str, what: str) -> dict:
@@ -114,6 +153,7 @@ def up_settings(args: argparse.Namespace) -> Settings:
         port=port,
         appservice_port=args.appservice_port or _env_int("CAREMATRIX_APPSERVICE_PORT", 0),
         hl7_port=args.hl7_port if args.hl7_port is not None else _env_int("CAREMATRIX_HL7_PORT", 2575),
+        **_hl7_limits(args),
         server_name=args.server_name,
         bind_address=args.bind,
         database=args.database,
@@ -463,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=_port, help="homeserver port (default $CAREMATRIX_PORT or 8008)")
     up.add_argument("--appservice-port", type=_port, help="appservice port (default homeserver port + 1)")
     up.add_argument("--hl7-port", type=int, help="MLLP port for HL7 v2 from the HIS (default 2575; 0: off)")
+    up.add_argument("--hl7-max-message-bytes", type=_byte_count, metavar="N",
+                    help="larger HL7 messages get AR naming the limit (default $CAREMATRIX_HL7_MAX_MESSAGE_BYTES or 1048576)")
+    up.add_argument("--hl7-frame-timeout", type=_seconds, metavar="SECONDS",
+                    help="an MLLP frame started and not finished this long closes its connection "
+                         "(default $CAREMATRIX_HL7_FRAME_TIMEOUT or 30)")
     up.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     up.add_argument("--db-url", help="PostgreSQL URL, e.g. postgresql://synapse@127.0.0.1:5432/carematrix")
     up.add_argument("--server-name", default=os.environ.get("CAREMATRIX_SERVER_NAME", "localhost"))

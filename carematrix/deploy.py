@@ -81,6 +81,11 @@ class Settings:
     # MLLP (HL7 v2 over TCP) port the appservice listens on for the HIS; 0 switches it off.
     hl7_port: int = 2575
     hl7_bind: str = "127.0.0.1"
+    # An HL7 message over this size gets AR naming the limit (the connection stays open); a
+    # frame started and not finished within the timeout is dead-lettered and its connection
+    # closed (docs/clinical.md). An idle connection between messages stays open.
+    hl7_max_message_bytes: int = 1 << 20
+    hl7_frame_timeout_seconds: float = 30.0
     # The hospital systems the appservice reads from and writes to (None: not connected):
     # the FHIR R4 server case summaries come from, the PACS's DICOMweb root, and the EMR
     # FHIR endpoint closed cases are archived to.
@@ -673,6 +678,8 @@ def prepare(settings: Settings) -> Deployment:
         "test_clock": settings.test_clock,
         "hl7_port": settings.hl7_port if settings.carematrix_enabled else 0,
         "hl7_bind": settings.hl7_bind,
+        "hl7_max_message_bytes": settings.hl7_max_message_bytes,
+        "hl7_frame_timeout_seconds": settings.hl7_frame_timeout_seconds,
         "his_token": secret_values["his_token"],
         "fhir_tokens": {
             key[len(FHIR_TOKEN_PREFIX):]: value for key, value in secret_values.items()

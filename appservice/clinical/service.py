@@ -23,13 +23,13 @@ from aiohttp import web
 
 from appservice.audit_client import AuditClient
 from appservice.clinical.fhir_intake import MESSAGE_PREFIX
+from appservice.clinical.mllp_listener import MllpLimits, MllpListener
 from appservice.clinical.store import ClinicalStore, Inbound
 from appservice.oncall.service import OncallService
 from bridges.fhir.events import extract_resource
 from bridges.fhir.outcome import FhirInvalid
 from bridges.hl7.ack import ack
 from bridges.hl7.events import extract
-from bridges.hl7.mllp import MllpDecoder, MllpError, frame
 from bridges.hl7.parse import Hl7Error, Message, parse, parse_header
 from bridges.records import AdtEvent, ImagingEvent, OrderEvent, ReportEvent, ResultEvent
 from carematrix.clinical_policy import ClinicalPolicy, Ward
@@ -80,28 +80,8 @@ class ClinicalService:
 
     # -- intake -------------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self._connection, host, port)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = writer.get_extra_info("peername")[:2]
-        peer = f"{host}:{port}"
-        decoder = MllpDecoder()
-        try:
-            while data := await reader.read(65536):
-                try:
-                    payloads = decoder.feed(data)
-                except MllpError as exc:
-                    log.warning("MLLP from %s: %s; closing", peer, exc)
-                    await self.store.dead_letter(peer, data[:4096], "MLLP", str(exc))
-                    break
-                for payload in payloads:
-                    writer.write(frame(await self.receive(payload, peer)))
-                    await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def serve(self, host: str, port: int, limits: MllpLimits | None = None) -> asyncio.Server:
+        return await MllpListener(self.receive, self._reject, limits or MllpLimits()).serve(host, port)
 
     async def receive(self, payload: bytes, peer: str) -> bytes:
         """The ACK for one inbound message: AA only once it is stored."""

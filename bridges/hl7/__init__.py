@@ -12,7 +12,7 @@ from bridges.hl7.ack import ack
 from bridges.hl7.errors import Hl7Error
 from bridges.hl7.events import extract
 from bridges.hl7.message import Message, Segment
-from bridges.hl7.mllp import MllpDecoder, MllpError, frame
+from bridges.hl7.mllp import Frame, MllpDecoder, MllpError, frame
 from bridges.hl7.parse import parse, parse_header
 from bridges.records import (
     ABNORMAL_FLAGS,
@@ -29,6 +29,7 @@ __all__ = [
     "ABNORMAL_FLAGS",
     "CRITICAL_FLAGS",
     "AdtEvent",
+    "Frame",
     "Hl7Error",
     "Message",
     "MllpDecoder",

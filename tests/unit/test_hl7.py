@@ -21,6 +21,7 @@ from bridges.hl7 import (
     parse,
     parse_header,
 )
+from bridges.hl7.mllp import limit_text
 
 CST = timezone(timedelta(hours=8))
 NOW = datetime(2025, 3, 12, 8, 30, 16, tzinfo=CST)
@@ -130,16 +131,64 @@ def test_mllp_junk_before_between_and_abandoned_frames_is_counted():
     assert decoder.feed(b"noise") == [] and decoder.junk == 16 + 2 + 8 + 5
 
 
-def test_mllp_oversized_frame_raises_but_keeps_earlier_messages_and_recovers():
+def test_mllp_oversize_frame_comes_out_in_its_place_and_the_next_frame_decodes():
+    big = A01.encode() + b"NTE|1||" + b"x" * 500 + b"\r"
+    stream = frame(b"MSH|before") + frame(big) + frame(A02.encode())
+    decoder = MllpDecoder(max_bytes=400)
+    out = decoder.frames(stream)
+    assert [f.oversize for f in out] == [False, True, False]
+    assert out[0].payload == b"MSH|before" and out[2].payload == A02.encode()
+    # Only the first bytes of the oversize frame are kept: its MSH is there, the rest is not.
+    assert out[1].size == len(big) and out[1].payload == big[:400]
+    assert parse_header(out[1].payload).control_id == "MSG00001"
+    assert decoder.junk == 0 and not decoder.in_frame
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 399, 400, 401, 4096])
+def test_mllp_oversize_then_normal_frame_split_across_reads(chunk: int):
+    big = b"MSH|" + b"y" * 1000
+    stream = frame(big) + frame(A03.encode())
+    decoder = MllpDecoder(max_bytes=400)
+    out = []
+    for i in range(0, len(stream), chunk):
+        out += decoder.frames(stream[i:i + chunk])
+    assert [(f.oversize, f.size) for f in out] == [(True, len(big)), (False, len(A03.encode()))]
+    assert out[1].payload == A03.encode()
+
+
+def test_mllp_frame_exactly_at_the_limit_is_not_oversize_even_with_its_end_block_split():
+    payload = b"M" * 100
     decoder = MllpDecoder(max_bytes=100)
-    with pytest.raises(MllpError) as caught:
-        decoder.feed(frame(b"MSH|ok") + b"\x0b" + b"x" * 101)
+    wire = frame(payload)
+    assert decoder.frames(wire[:-1]) == []  # everything up to and including 0x1C
+    (only,) = decoder.frames(wire[-1:])
+    assert not only.oversize and only.payload == payload
+    (over,) = MllpDecoder(max_bytes=99).frames(wire)
+    assert over.oversize and over.size == 100
+
+
+def test_mllp_unfinished_frame_is_visible_to_the_listener():
+    decoder = MllpDecoder(max_bytes=100)
+    assert not decoder.in_frame and decoder.partial == b""
+    decoder.frames(b"\x0b")
+    assert decoder.in_frame and decoder.pending == 0  # a start block alone already counts
+    decoder.frames(b"MSH|half" + b"z" * 200)
+    assert decoder.pending == 208 and decoder.partial == (b"MSH|half" + b"z" * 200)[:100]
+
+
+def test_mllp_ack_reader_refuses_an_oversize_frame_but_keeps_earlier_messages():
+    decoder = MllpDecoder(max_bytes=100)
+    with pytest.raises(MllpError, match="exceeds the 100 bytes limit") as caught:
+        decoder.feed(frame(b"MSH|ok") + frame(b"x" * 101))
     assert caught.value.messages == [b"MSH|ok"]
-    assert decoder.feed(b"x" * 50 + frame(b"MSH|next")) == [b"MSH|next"]
-    with pytest.raises(MllpError):
-        MllpDecoder(max_bytes=10).feed(b"\x0b" + b"y" * 6 + b"\x1c" + b"y" * 6)
+    assert decoder.feed(frame(b"MSH|next")) == [b"MSH|next"]
     with pytest.raises(MllpError):
         frame(b"MSH|\x1c|")
+
+
+def test_mllp_limit_is_named_as_people_write_it():
+    assert limit_text(1 << 20) == "1 MiB" and limit_text(3 << 20) == "3 MiB"
+    assert limit_text(64 << 10) == "64 KiB" and limit_text(1000) == "1000 bytes"
 
 
 # --- parsing ------------------------------------------------------------------------------
