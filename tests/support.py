@@ -81,7 +81,10 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
         audit_checkpoint_seconds=2,
-        **{"retention_purge_seconds": 5, "test_clock": True, "hl7_port": free_port(), **settings_overrides},
+        # A half MLLP frame is closed after 3 s (30 in production) so the timeout test is short;
+        # every other test sends whole frames.
+        **{"retention_purge_seconds": 5, "test_clock": True, "hl7_port": free_port(),
+           "hl7_frame_timeout_seconds": 3, **settings_overrides},
     )
     deployment = prepare(settings)
     stack = Stack(deployment)

@@ -150,6 +150,80 @@ async def test_malformed_hl7_gets_a_nak_and_a_dead_letter(stack: RunningStack):
     assert await dead_letters() == before + 3
 
 
+async def dead_letter_count(stack: RunningStack) -> int:
+    async with aiohttp.ClientSession() as http, http.get(stack.deployment.settings.appservice_url + "/_carematrix/health") as resp:
+        return (await resp.json())["hl7"]["dead_letter"]
+
+
+async def test_oversize_hl7_gets_ar_naming_the_limit_and_the_next_message_on_the_same_connection_is_posted(stack: RunningStack):
+    limit = 1 << 20  # the default, which the test stack keeps
+    before = await dead_letter_count(stack)
+    nurse = await stack.login("n3001")
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
+    decoder = MllpDecoder()
+
+    async def answer() -> object:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 60)
+            assert data, "connection closed without an ACK"
+            if acks := decoder.feed(data):
+                return parse(acks[0])
+
+    try:
+        icu = await team(stack, nurse, "icu")
+        patient = f"P{uuid.uuid4().hex[:6].upper()}"
+        # An admission with a scanned document pasted into a note: over the limit.
+        control, big = hl7(
+            f"PID|1||{patient}^^^RENHE^MR||赵^大||19500101|M", "PV1|1|I|ICU^02^02",
+            "NTE|1||" + "A" * limit,
+        )
+        writer.write(frame(big))
+        await writer.drain()
+        refused = await answer()
+        assert ack_code(refused) == "AR" and refused.get("MSA", 2) == control  # type: ignore[attr-defined]
+        err = next(line for line in refused.raw_text.split("\r") if line.startswith("ERR|"))  # type: ignore[attr-defined]
+        assert "message exceeds the 1 MiB limit" in err
+        assert await dead_letter_count(stack) == before + 1
+
+        # The HIS sends the admission again without the attachment, on the same connection.
+        control, adt = hl7(f"PID|1||{patient}^^^RENHE^MR||赵^大||19500101|M", "PV1|1|I|ICU^02^02")
+        writer.write(frame(adt))
+        await writer.drain()
+        accepted = await answer()
+        assert ack_code(accepted) == "AA" and accepted.get("MSA", 2) == control  # type: ignore[attr-defined]
+
+        async def posted() -> list[str]:
+            return [b for b in await bodies(nurse, icu) if patient in b]
+
+        assert (await eventually(posted))[0].startswith(f"Admission: 赵大 ({patient}) to ICU bed 02")
+    finally:
+        writer.close()
+        await nurse.close()
+
+
+async def test_half_hl7_frame_held_open_is_dead_lettered_and_closed_but_an_idle_connection_stays(stack: RunningStack):
+    port = stack.deployment.settings.hl7_port
+    before = await dead_letter_count(stack)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        _, adt = hl7("PID|1||H0001^^^RENHE^MR||钱^二||19700101|M", "PV1|1|I|ICU^04^04")
+        writer.write(frame(adt)[: len(adt) // 2])  # the HIS stalls in the middle of a message
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(65536), 120) == b"", "the half frame got an answer"
+        assert await dead_letter_count(stack) == before + 1
+        # A connection that was open all the while, with no message started, still works.
+        idle_writer.write(frame(hl7("PID|1||H0002^^^RENHE^MR||孙^三||19700101|M", "PV1|1|I|ICU^04^04")[1]))
+        await idle_writer.drain()
+        decoder = MllpDecoder()
+        while not (acks := decoder.feed(data := await asyncio.wait_for(idle_reader.read(65536), 30))):
+            assert data, "the idle connection was closed"
+        assert ack_code(parse(acks[0])) == "AA"
+    finally:
+        writer.close()
+        idle_writer.close()
+
+
 async def test_kill_9_with_messages_queued_delivers_each_exactly_once(stack: RunningStack):
     nurse = await stack.login("n3001")
     try:
