@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from appservice.clinical.mllp_listener import MllpLimits, MllpListener
+from appservice.config import AppserviceConfig, _hl7
 from bridges.hl7.ack import ack
 from bridges.hl7.errors import Hl7Error
 from bridges.hl7.message import Message
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
+from carematrix.cli import build_parser, up_settings
+from carematrix.deploy import prepare
+from carematrix.ports import free_port_pair
 from tests.support import eventually
 
 MSH = "MSH|^~\\&|HIS|RENHE|CAREMATRIX|RENHE|20261125100000||ADT^A01|{control}|P|2.5|||||CHN|UNICODE UTF-8\r"
@@ -121,3 +126,19 @@ async def test_peer_closing_mid_frame_is_dead_lettered(listener):
 
     (control, _, text), = await eventually(lambda: intake.rejected, interval=0.05)
     assert control == "GONE" and text.startswith("connection closed in the middle of a frame")
+
+
+def test_limits_go_from_the_command_line_into_the_appservice(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CAREMATRIX_HL7_MAX_MESSAGE_BYTES", "4096")
+    monkeypatch.delenv("CAREMATRIX_HL7_FRAME_TIMEOUT", raising=False)
+    args = ["up", "--data-dir", str(tmp_path / "var"), "--port", str(free_port_pair()), "--hl7-frame-timeout", "7.5"]
+    deployment = prepare(up_settings(build_parser().parse_args(args)))
+    config = AppserviceConfig.load(deployment.paths.appservice_config)
+    assert config.mllp_limits == MllpLimits(4096, 7.5)
+    assert MllpLimits() == MllpLimits(1 << 20, 30.0)  # what a deployment without the flags gets
+
+
+@pytest.mark.parametrize("section", [{"max_message_bytes": 10}, {"frame_timeout_seconds": 0}, {"frame_timeout_seconds": "soon"}])
+def test_a_bad_limit_in_the_appservice_config_is_refused_by_name(section: dict):
+    with pytest.raises(ValueError, match=f"hl7.{next(iter(section))}"):
+        _hl7(section)
