@@ -37,5 +37,9 @@ class Mllp:
     async def send(self, payload: bytes) -> None:
         self.writer.write(frame(payload))
         await self.writer.drain()
-        while not self.decoder.feed(await self.reader.read(65536)):
-            pass
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                raise ConnectionError("the listener closed the connection without an ACK")
+            if self.decoder.feed(data):
+                return

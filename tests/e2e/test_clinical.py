@@ -237,8 +237,11 @@ async def test_kill_9_with_messages_queued_delivers_each_exactly_once(stack: Run
                 _, payload = hl7(f"PID|1||{pid}^^^RENHE^MR||测试^{pid}||19700101|M", "PV1|1|I|ICU^09^09")
                 writer.write(frame(payload))
                 await writer.drain()
-                while not (acks := decoder.feed(await asyncio.wait_for(reader.read(65536), 30))):
-                    pass
+                acks: list[bytes] = []
+                while not acks:
+                    data = await asyncio.wait_for(reader.read(65536), 30)
+                    assert data, "connection closed without an ACK"
+                    acks = decoder.feed(data)
                 assert ack_code(parse(acks[0])) == "AA"
         finally:
             writer.close()
