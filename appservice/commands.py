@@ -1,26 +1,6 @@
-"""Bot commands as pure functions: text in, reply text out."""
+"""Bot commands as pure functions: text in, reply text out (parsing: carematrix.commands)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-PREFIX = "!"
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    args: tuple[str, ...]
-
-
-def parse_command(body: str) -> Command | None:
-    """``!name arg ...`` → Command; anything else (ordinary chat) → None."""
-    text = body.strip()
-    if not text.startswith(PREFIX) or len(text) == 1:
-        return None
-    name, *args = text[1:].split()
-    return Command(name.lower(), tuple(args))
-
 
 HELP = (
     "CareMatrix bot commands:\n"

@@ -26,12 +26,13 @@ from appservice.clinical.cases import CaseService
 from appservice.clinical.fhir_intake import FhirIntake
 from appservice.clinical.service import ClinicalService
 from appservice.clinical.store import ClinicalStore
-from appservice.commands import HELP, parse_command, reply_ping, reply_unknown
+from appservice.commands import HELP, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
+from carematrix.commands import parse_command
 from carematrix.org.matrix import OrgMatrix
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
@@ -63,6 +64,9 @@ class Bot:
         self.last_rejected: ReloadOutcome | None = None
         self._applied_digest = policy.current.digest
         self.cases: CaseService | None = None
+        # Set once the tables exist and the loops run: until then the health endpoint says
+        # "starting" and nothing reads a table that may not exist yet.
+        self.ready = asyncio.Event()
 
     def on_policy_outcome(self, outcome: ReloadOutcome) -> None:
         self.last_rejected = None if outcome.accepted else outcome
@@ -95,6 +99,9 @@ class Bot:
 
     async def on_event(self, evt: Event) -> None:
         log.debug("event %s in %s", evt.type, getattr(evt, "room_id", "?"))
+        # Synapse may deliver events queued while we were down before our tables exist;
+        # holding the transaction makes it wait (and retry) rather than lose them.
+        await self.ready.wait()
         try:
             if evt.type == EventType.ROOM_MEMBER:
                 await self._on_member(evt)  # type: ignore[arg-type]
@@ -220,7 +227,7 @@ class Bot:
         while True:
             await asyncio.sleep(ONCALL_TICK_SECONDS)
             try:
-                if not self.oncall.roles_named:
+                if not self.oncall.roles_named and await self.oncall.server_admin():
                     await self.oncall.ensure_role_accounts()
                 await self.oncall.refresh_feeds(self.config.policy_dir)
                 await self.oncall.hand_over()
@@ -229,18 +236,23 @@ class Bot:
 
     async def quiet_hours_loop(self) -> None:
         """Push rules of every shift worker: the slowest upkeep (a request or two per person),
-        in its own task so a large staff never holds up a shift hand-over."""
+        in its own task so a large staff never holds up a shift hand-over. Setting another
+        user's push rules needs the admin API, so it waits until the service is server admin
+        (on a fresh deployment `carematrix up` makes it one after the appservice started)."""
         while True:
             await asyncio.sleep(ONCALL_TICK_SECONDS)
             try:
+                if not await self.oncall.server_admin():
+                    continue
                 await self.oncall.apply_quiet_hours()
             except Exception:
                 log.exception("quiet hours upkeep failed; retrying")
             await asyncio.sleep(QUIET_HOURS_SECONDS)
 
     async def health(self, _: web.Request) -> web.Response:
-        body = {
-            "status": "ok" if self.appserv.ready else "starting",
+        ready = self.ready.is_set()
+        body: dict[str, Any] = {
+            "status": "ok" if ready else "starting",
             "bot": self.appserv.bot_mxid,
             "homeserver": self.config.homeserver_url,
             "policy_digest": self.policy.current.digest,
@@ -249,7 +261,7 @@ class Bot:
         if self.last_rejected is not None:
             body["policy_rejected_edit"] = [str(e) for e in self.last_rejected.errors]
         clinical = getattr(self, "clinical", None)
-        if clinical is not None:
+        if clinical is not None and ready:
             body["hl7"] = await clinical.store.counts()
             undelivered = await clinical.store.undelivered()
             if undelivered:
@@ -266,7 +278,18 @@ class Bot:
                 "policy_digest": self.org.last_report.policy_digest,
                 "errors": len(self.org.last_report.errors),
             }
-        return web.json_response(body, status=200 if self.appserv.ready else 503)
+        return web.json_response(body, status=200 if ready else 503)
+
+    @web.middleware
+    async def readiness_gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Our HTTP endpoints (FHIR intake, alert state) read tables that exist only once
+        start-up is done: a caller that comes early is told to come back, not served a 500."""
+        if self.ready.is_set() or not request.path.startswith("/_carematrix/") or request.path == HEALTH_PATH:
+            return await handler(request)
+        return web.json_response(
+            {"errcode": "M_NOT_READY", "error": "CareMatrix is starting; try again shortly"},
+            status=503, headers={"Retry-After": "2"},
+        )
 
     async def poll_policy(self) -> None:
         while True:
@@ -336,6 +359,7 @@ async def run(config: AppserviceConfig) -> None:
     appserv.query_alias = oncall.query_alias
     appserv.app.router.add_get(ALERTS_PATH, clinical.alert_state)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
+    appserv.app.middlewares.append(bot.readiness_gate)
     appserv.app.router.add_post(ORG_SYNC_PATH, bot.org_sync)
     if config.test_clock:
         appserv.app.router.add_post(TEST_CLOCK_PATH, bot.test_clock)
@@ -362,8 +386,6 @@ async def run(config: AppserviceConfig) -> None:
         await clinical.store.setup()
         await cases.setup()
         hl7_server = await clinical.serve(config.hl7_host, config.hl7_port, config.mllp_limits) if config.hl7_port else None
-        appserv.ready = True
-        log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         poller = asyncio.create_task(bot.poll_policy())
         oncall_tasks = [
             asyncio.create_task(bot.oncall_loop()),
@@ -371,6 +393,9 @@ async def run(config: AppserviceConfig) -> None:
             asyncio.create_task(bot.quiet_hours_loop()),
             asyncio.create_task(clinical.deliver_loop()),
         ]
+        appserv.ready = True
+        bot.ready.set()
+        log.info("CareMatrix appservice ready as %s on %s:%d", appserv.bot_mxid, config.listen_host, config.listen_port)
         await stop.wait()
         poller.cancel()
         for task in oncall_tasks:

@@ -55,16 +55,17 @@ class AuditWriter:
         self.process = process
         self._pending: list[tuple[AuditRecord, defer.Deferred | None]] = []
         self._flushing = False
-        self._schema_ready: defer.Deferred | None = None
+        self._schema_ready = False
         self.failures = 0
         _writer = self
 
     async def _ensure_schema(self) -> None:
-        if self._schema_ready is None:
-            self._schema_ready = defer.ensureDeferred(
-                self._api.run_db_interaction("carematrix_audit_schema", ensure_schema, self.dialect)
-            )
-        await make_deferred_yieldable(self._schema_ready)
+        # Awaited directly, so each caller keeps its logging context (Synapse attributes
+        # database time by it); ensure_schema is idempotent, so callers that race at the
+        # very start may both run it.
+        if not self._schema_ready:
+            await self._api.run_db_interaction("carematrix_audit_schema", ensure_schema, self.dialect)
+            self._schema_ready = True
 
     async def ready(self) -> None:
         """The audit tables exist (for callers that append inside their own transaction)."""

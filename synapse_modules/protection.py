@@ -27,7 +27,7 @@ from carematrix.policy.model import RoomClass
 from carematrix.protect import burn_store, forward_store, media_store
 from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint, media_uris
 from carematrix.rules import Verdict
-from carematrix.rules.protection import NO_FORWARD, burn_terms
+from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content
 from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
 from synapse_modules import internals
 from synapse_modules.audit_writer import current_writer
@@ -105,6 +105,13 @@ class ContentProtection:
 
     # -- sending ----------------------------------------------------------------------
 
+    def _service_traffic(self, event: EventBase) -> bool:
+        """The service's own messages and commands to it are not protected content."""
+        exempt = not_protected_content(event.type, event.content, self._is_system(event.sender))
+        if exempt is not None:
+            log.debug("no-forward: %s is not protected content [rule %s]", event.event_id, exempt.rule)
+        return exempt is not None
+
     async def check_send(
         self, event: EventBase, rc: RoomClass | None, also: Callable[[Any], None] | None = None
     ) -> tuple[Verdict | None, list[str], bool]:
@@ -112,7 +119,7 @@ class ContentProtection:
         refusal (or None), the fingerprints of the file bytes (for ``after_accept``), and
         whether ``also`` ran: when the check needs the database and passes, ``also`` (the
         message's audit record) is written in the same transaction, saving a round trip."""
-        if event.is_state() or self._is_system(event.sender):
+        if event.is_state() or self._service_traffic(event):
             return None, [], False
         prints = content_fingerprints(event.type, event.content)
         uris = media_uris(event.content)
@@ -143,7 +150,7 @@ class ContentProtection:
         protection = rc.protection if rc is not None else None
         now = int(time.time() * 1000)
         prints: list[str] = []
-        if protection is not None and protection.no_forward and not self._is_system(event.sender):
+        if protection is not None and protection.no_forward and not self._service_traffic(event):
             prints = sorted(content_fingerprints(event.type, event.content).all()) + hash_prints
         uris = media_uris(event.content)
         postings = []

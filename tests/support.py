@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,45 @@ def drop_pg_databases(dbname: str) -> None:
     on_maintenance_db(TEST_SERVER_URL, drop_database, dbname, appservice_pg_dbname(dbname))
 
 
+# A problem in a log: Python logging's ERROR/CRITICAL (our format and Synapse's), a
+# traceback, or an error/fatal line of Orthanc (the demo PACS, glog format) or PostgreSQL.
+_PROBLEM = re.compile(
+    r"\bERROR\b|\bCRITICAL\b|Traceback \(most recent call last\)|^[EF]\d{4} |\bFATAL:|\bPANIC:", re.MULTILINE
+)
+PG_SERVER_LOGS = "/var/log/postgresql/postgresql-*-main.log"  # where the test server logs (Debian)
+
+
+def log_files(data_dir: Path) -> list[Path]:
+    """Every log under a data dir: Synapse's homeserver log, the appservice's, and the
+    captured output of each supervised process (logs/*.out)."""
+    return sorted(p for p in data_dir.rglob("*") if p.is_file() and (".log" in p.name or p.suffix == ".out"))
+
+
+def log_sizes(paths: list[Path]) -> dict[Path, int]:
+    return {p: p.stat().st_size if p.exists() else 0 for p in paths}
+
+
+def pg_server_logs() -> list[Path]:
+    return [p for p in Path("/").glob(PG_SERVER_LOGS.lstrip("/")) if os.access(p, os.R_OK)]
+
+
+def log_problems(since: dict[Path, int], until: dict[Path, int] | None = None, only: str | None = None) -> list[str]:
+    """The problem lines each log gained between two ``log_sizes`` snapshots (``until``
+    None: to its end), as "file: line"; ``only``: just lines mentioning it (one database's
+    lines in a shared PostgreSQL log)."""
+    found = []
+    for path, start in since.items():
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read() if until is None else f.read(max(0, until.get(path, start) - start))
+        for line in data.decode(errors="replace").splitlines():
+            if _PROBLEM.search(line) and (only is None or only in line):
+                found.append(f"{path}: {line}")
+    return found
+
+
 @dataclass
 class RunningStack:
     backend: str
@@ -38,6 +78,10 @@ class RunningStack:
     seed: SeedResult
     policy_dir: Path
     pg_dbname: str | None
+    # How far each log had got when the stack was ready, and where the PostgreSQL server's
+    # own log stood before it started: the start's log lines, for the clean-start test.
+    ready_logs: dict[Path, int] = field(default_factory=dict)
+    pg_logs_before: dict[Path, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -88,13 +132,15 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
     )
     deployment = prepare(settings)
     stack = Stack(deployment)
+    pg_logs_before = log_sizes(pg_server_logs()) if backend == "postgres" else {}
     stack.start()
     try:
         seed = Seeder(deployment).run()
     except BaseException:
         stack.stop()
         raise
-    return RunningStack(backend, deployment, stack, seed, policy_dir, pg_dbname)
+    ready_logs = log_sizes(log_files(deployment.paths.root) + list(pg_logs_before))
+    return RunningStack(backend, deployment, stack, seed, policy_dir, pg_dbname, ready_logs, pg_logs_before)
 
 
 def stop_stack(running: RunningStack) -> None:

@@ -217,7 +217,9 @@ class CaseService:
             "name": policy.cases.room_name.format(patient_name=name, patient_id=patient_id),
             "topic": f"Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
             "preset": "private_chat", "visibility": "private", "invite": [requester] if requester else [],
-            "creation_content": {"m.federate": False},
+            # The case ID keeps two cases opened in the same millisecond from hashing to one
+            # room ID (room version 12).
+            "creation_content": {"m.federate": False, CASE_FIELD: {"case_id": case_id}},
             "initial_state": [
                 {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": CASE_CLASS}},
                 {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},

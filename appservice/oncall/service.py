@@ -54,6 +54,11 @@ log = logging.getLogger("carematrix.appservice.oncall")
 ROSTER_PAST = timedelta(days=2)
 LEAD_TIMEOUT_SECONDS = 300  # a page's lead (e.g. the ordering doctor) before the role's chain
 ROSTER_AHEAD = timedelta(days=35)
+ADMIN_WAIT_WARN_SECONDS = 300.0
+
+
+class NoAccountYet(Exception):
+    """A rostered member of staff has no Matrix account (yet): org sync creates it."""
 
 
 class OncallService:
@@ -80,6 +85,10 @@ class OncallService:
         self._quiet_applied: dict[str, bool] = {}
         self.feed_errors: dict[str, str] = {}
         self.roles_named = False
+        self._is_admin = False
+        self._registered: set[str] = set()
+        self._admin_waiting_since: float | None = None
+        self._admin_warned = False
 
     # -- policy and roster --------------------------------------------------------------
 
@@ -135,14 +144,7 @@ class OncallService:
             return
         for role in oncall.roles.values():
             uid = self.matrix.uid(role.localpart)
-            try:
-                await self.matrix.call(
-                    "POST", "/_matrix/client/v3/register",
-                    {"type": "m.login.application_service", "username": role.localpart},
-                )
-            except MatrixCallFailed as exc:
-                if exc.errcode != "M_USER_IN_USE":
-                    raise
+            await self._register_once(uid, role.localpart)
             try:
                 await self.matrix.call("PUT", f"/_synapse/admin/v2/users/{quote(uid)}", {"displayname": role.name})
             except MatrixCallFailed as exc:
@@ -152,6 +154,26 @@ class OncallService:
                 self.roles_named = False
                 return
         self.roles_named = True
+
+    async def _register_once(self, uid: str, localpart: str) -> None:
+        """Register a role account unless it exists. Looked up first: registering a taken
+        name fails inside the database, which PostgreSQL logs as an error at every start."""
+        if uid in self._registered:
+            return
+        try:
+            await self.matrix.call("GET", f"/_matrix/client/v3/profile/{quote(uid)}")
+        except MatrixCallFailed as exc:
+            if exc.status != 404:
+                raise
+            try:
+                await self.matrix.call(
+                    "POST", "/_matrix/client/v3/register",
+                    {"type": "m.login.application_service", "username": localpart},
+                )
+            except MatrixCallFailed as exc:
+                if exc.errcode != "M_USER_IN_USE":
+                    raise
+        self._registered.add(uid)
 
     async def refresh_feeds(self, policy_dir: Path, force: bool = False) -> None:
         oncall = self.oncall
@@ -765,6 +787,37 @@ class OncallService:
                 process="appservice", details={"incoming": incoming, "outgoing": outgoing},
             )
 
+    # -- server admin -------------------------------------------------------------------
+
+    async def server_admin(self) -> bool:
+        """Whether the service may use Synapse's admin API yet (role names, quiet hours).
+        On a fresh deployment ``carematrix up`` makes the bot server admin only after the
+        appservice is up, so until then that upkeep waits instead of failing. Waiting long
+        is a deployment problem and is said once at WARNING."""
+        if self._is_admin:
+            return True
+        try:
+            await self.matrix.call("GET", f"/_synapse/admin/v2/users/{quote(self.bot)}")
+        except MatrixCallFailed as exc:
+            if exc.status != 403:
+                raise
+            now = time.monotonic()
+            if self._admin_waiting_since is None:
+                self._admin_waiting_since = now
+                log.info("role names and quiet hours wait until %s is server admin", self.bot)
+            elif not self._admin_warned and now - self._admin_waiting_since > ADMIN_WAIT_WARN_SECONDS:
+                self._admin_warned = True
+                log.warning(
+                    "%s is still not server admin after %.0f s: role names and quiet hours are not applied "
+                    "(carematrix up makes it one; or set admin in Synapse's admin API)",
+                    self.bot, now - self._admin_waiting_since,
+                )
+            return False
+        self._is_admin = True
+        if self._admin_waiting_since is not None:
+            log.info("%s is server admin: applying role names and quiet hours", self.bot)
+        return True
+
     # -- quiet hours --------------------------------------------------------------------
 
     async def set_quiet(self, requester: str, on: bool) -> str:
@@ -797,6 +850,10 @@ class OncallService:
             try:
                 await self._set_quiet(self.user_id(staff), off)
                 self._quiet_applied[staff] = off
+            except NoAccountYet:
+                # Org sync creates staff accounts (and reports any it cannot); the next pass
+                # applies this person's quiet hours once the account exists.
+                log.debug("quiet hours for %s: no account yet", staff)
             except MatrixCallFailed as exc:
                 log.error("quiet hours for %s: %s", staff, exc)
 
@@ -822,7 +879,12 @@ class OncallService:
     async def _token_for(self, user_id: str) -> str:
         token = self._user_tokens.get(user_id)
         if token is None:
-            data = await self.matrix.call("POST", f"/_synapse/admin/v1/users/{quote(user_id)}/login", {})
+            try:
+                data = await self.matrix.call("POST", f"/_synapse/admin/v1/users/{quote(user_id)}/login", {})
+            except MatrixCallFailed as exc:
+                if exc.status == 404:
+                    raise NoAccountYet(user_id) from exc
+                raise
             token = data["access_token"]
             self._user_tokens[user_id] = token
         return token

@@ -28,6 +28,7 @@ CONCURRENCY = 8
 POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"  # synapse_modules.policy_module
 POPULATE_PATH = "/_synapse/client/carematrix/org/joins"  # synapse_modules.org_populate
 POPULATE_CHUNK = 1000  # members per bulk-join request
+ORG_ROOM_FIELD = "org.carematrix.org_room"  # create-event content: the org room's alias
 
 
 def _round_robin_by_room(actions: list[Action]) -> list[Action]:
@@ -185,7 +186,10 @@ class OrgMatrix:
             initial_state.append(
                 {"type": "m.space.parent", "state_key": parent_id, "content": {"via": [self.server], "canonical": True}}
             )
-        creation: dict[str, Any] = {"m.federate": False}
+        # From room version 12 a room's ID is the hash of its create event, and rooms the bot
+        # creates side by side in one millisecond would otherwise have identical ones (Synapse
+        # then retries, logging an error per collision). The alias tells them apart.
+        creation: dict[str, Any] = {"m.federate": False, ORG_ROOM_FIELD: room.alias}
         if room.is_space:
             creation["type"] = "m.space"
         body = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from carematrix.commands import structured_command
 from carematrix.policy.model import (
     BURN_FLAG,
     PROTECTION_EVENT,
@@ -24,6 +25,43 @@ NO_FORWARD = Verdict(
     "protection.no_forward",
     "Forwarding clinical content out of this room is disabled by hospital policy.",
 )
+
+
+SERVICE_MESSAGE = Verdict(
+    True,
+    "protection.service_message",
+    "Messages from the CareMatrix service are not clinical content to protect.",
+)
+SERVICE_COMMAND = Verdict(
+    True,
+    "protection.service_command",
+    "Commands to the CareMatrix service are not clinical content to protect.",
+)
+
+# A command message carries its command and nothing else: no formatted copy, no reply or
+# edit, no file. Anything more could hold clinical text behind a leading "!".
+_COMMAND_KEYS = frozenset({"msgtype", "body", "m.mentions"})
+
+
+def not_protected_content(event_type: str, content: Mapping[str, Any], is_system: bool) -> Verdict | None:
+    """Traffic with the service itself is never protected content: a message the service
+    sends (the bot, the on-duty role accounts), and a command to it typed in a ward room by
+    mistake. Such a message is neither fingerprinted by no-forward nor refused as a forward,
+    so ``!oncall cardiology`` works in a DM after it was sent in a ward room. Returns the
+    verdict that exempts the message, or None for content that is protected as usual.
+
+    Only a structured command qualifies (carematrix.commands): a command the bot knows, with
+    identifier-like arguments, as a plain text message with nothing beside it. ``!decision``
+    (free text), unknown ``!words`` and anything longer stay protected, so a leading "!" is
+    never a way to carry clinical text out of a room."""
+    if is_system:
+        return SERVICE_MESSAGE
+    if event_type != "m.room.message" or not isinstance(content, Mapping):
+        return None
+    body = content.get("body")
+    if content.get("msgtype") != "m.text" or not isinstance(body, str) or not set(content) <= _COMMAND_KEYS:
+        return None
+    return SERVICE_COMMAND if structured_command(body) is not None else None
 
 
 def plain(value: Any) -> Any:

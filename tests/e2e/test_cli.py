@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +20,9 @@ from nio import AsyncClient, LoginResponse, RoomSendResponse
 
 from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
 from carematrix.deploy import REPO_ROOT
+from carematrix.pgadmin import TEST_SERVER_URL, database_url
 from carematrix.ports import free_port, free_port_pair, free_port_run
+from tests.support import drop_pg_databases, log_files, log_problems, log_sizes, pg_server_logs
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 
@@ -157,6 +160,43 @@ async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_
     down = run_cli("status", "--data-dir", str(data_dir))
     assert down.returncode == 1
     assert "homeserver  DOWN" in down.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_up_starts_and_stops_with_no_error_in_any_log(tmp_path: Path, backend: str):
+    """`make run` on a fresh data dir: no ERROR and no traceback in Synapse's log, the
+    appservice's, the demo EMR's and PACS's output, the console or (PostgreSQL) the database
+    server's lines for our databases; not while starting, not while stopping."""
+    data_dir = tmp_path / "var"
+    port = free_port_run(4)
+    db_args: list[str] = []
+    dbname = None
+    if backend == "postgres":
+        dbname = f"carematrix_test_{secrets.token_hex(4)}"
+        db_args = ["--database", "postgres", "--db-url", database_url(TEST_SERVER_URL, dbname)]
+    pg_before = log_sizes(pg_server_logs()) if dbname else {}
+    up = UpProcess(data_dir, port, *db_args)
+    try:
+        try:
+            banner = up.wait_ready()
+            logs = log_files(data_dir)
+            assert {"homeserver.log", "appservice.log", "synapse.out", "appservice.out", "demo-emr.out"} <= {p.name for p in logs}
+            ready = log_sizes(logs)
+            assert log_problems(dict.fromkeys(logs, 0), ready) == []
+            if dbname:  # the server's lines for our two databases ("user@database ERROR: ...")
+                assert log_problems(pg_before, only=f"@{dbname}") == []
+            assert not re.search(r"ERROR|Traceback", banner), banner
+        finally:
+            code, rest = up.interrupt()
+        assert code == 0, rest
+        assert "CareMatrix stopped." in rest
+        assert not re.search(r"ERROR|Traceback", rest), rest
+        assert log_problems(ready) == []  # nothing from the shutdown either
+        if dbname:
+            assert log_problems(pg_before, only=f"@{dbname}") == []
+    finally:
+        if dbname:
+            drop_pg_databases(dbname)
 
 
 def test_up_without_demo_starts_no_demo_systems(tmp_path: Path):

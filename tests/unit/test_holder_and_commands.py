@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from appservice.commands import parse_command, reply_ping
+from appservice.commands import reply_ping
+from carematrix.commands import parse_command
 from carematrix.deploy import REPO_ROOT
 from carematrix.policy.holder import PolicyHolder
 
