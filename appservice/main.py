@@ -23,7 +23,8 @@ from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
 from appservice.clinical.cases import CaseService
-from appservice.clinical.fhir_intake import FhirIntake
+from appservice.clinical.fhir_intake import BASE as FHIR_BASE
+from appservice.clinical.fhir_intake import FHIR_JSON, FhirIntake
 from appservice.clinical.service import ClinicalService
 from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
@@ -32,6 +33,7 @@ from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
+from bridges.fhir.outcome import Issue, operation_outcome
 from carematrix.commands import parse_command
 from carematrix.org.matrix import OrgMatrix
 from carematrix.policy import PolicyInvalid
@@ -286,10 +288,13 @@ class Bot:
         start-up is done: a caller that comes early is told to come back, not served a 500."""
         if self.ready.is_set() or not request.path.startswith("/_carematrix/") or request.path == HEALTH_PATH:
             return await handler(request)
-        return web.json_response(
-            {"errcode": "M_NOT_READY", "error": "CareMatrix is starting; try again shortly"},
-            status=503, headers={"Retry-After": "2"},
-        )
+        text = "CareMatrix is starting; try again shortly"
+        headers = {"Retry-After": "2"}
+        if request.path.startswith(FHIR_BASE):
+            # A FHIR sender's engine shows OperationOutcomes; "transient" tells it to retry.
+            outcome = operation_outcome([Issue("error", "transient", text)])
+            return web.json_response(outcome, status=503, headers=headers, content_type=FHIR_JSON)
+        return web.json_response({"errcode": "M_NOT_READY", "error": text}, status=503, headers=headers)
 
     async def poll_policy(self) -> None:
         while True:

@@ -19,8 +19,9 @@ from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse
 from PIL import Image
 
 from carematrix.audit.db import connect
+from carematrix.policy import load_policy
 from tests.images import photo
-from tests.support import RunningStack, eventually
+from tests.support import RunningStack, eventually, wait_for_event
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 REPORT = (
@@ -121,6 +122,38 @@ async def test_forwarding_out_of_a_ward_room_is_refused_every_way(stack: Running
         elsewhere,
     )
     assert len(denials) == 5, denials
+
+
+async def test_a_command_sent_in_a_ward_room_by_mistake_still_works_in_a_dm(stack: RunningStack):
+    """Commands to the service are not clinical content: `!oncall cardiology` typed in the
+    ward room is not fingerprinted, so the same command in a DM with the bot is answered;
+    a clinical note from the same ward room is still refused there."""
+    doctor = await stack.login("d1002")
+    try:
+        ward = await team_room(stack, doctor, "cardiology")
+        note = "Bed 12 李秀英: troponin I 2.4 ng/mL at 06:40, rising; cath lab informed, heparin started per protocol."
+        assert isinstance(await send(doctor, ward, {"msgtype": "m.text", "body": "!oncall cardiology"}), RoomSendResponse)
+        assert isinstance(await send(doctor, ward, {"msgtype": "m.text", "body": note}), RoomSendResponse)
+
+        dm = await doctor.room_create(is_direct=True, invite=[stack.bot_user_id])
+        assert isinstance(dm, RoomCreateResponse), dm
+
+        async def bot_joined() -> bool:
+            members = await doctor.joined_members(dm.room_id)
+            return stack.bot_user_id in {m.user_id for m in members.members}
+
+        await eventually(bot_joined)
+        again = await send(doctor, dm.room_id, {"msgtype": "m.text", "body": "!oncall cardiology"})
+        assert isinstance(again, RoomSendResponse), again
+        attending = load_policy(stack.policy_dir).oncall.roles["cardiology/attending"].name
+        reply = await wait_for_event(
+            doctor, dm.room_id, lambda e: e["sender"] == stack.bot_user_id and e["type"] == "m.room.message"
+        )
+        assert attending in reply["content"]["body"], reply["content"]["body"]
+        # The protection itself still holds for clinical content from the same room.
+        denied_as_no_forward(await send(doctor, dm.room_id, {"msgtype": "m.text", "body": note}))
+    finally:
+        await doctor.close()
 
 
 async def test_each_member_gets_an_image_marked_for_them_and_a_leak_is_traced(stack: RunningStack, tmp_path: Path):

@@ -70,7 +70,11 @@ async def test_endpoints_that_read_tables_answer_503_until_ready():
     early = await bot.readiness_gate(make_mocked_request("POST", "/_carematrix/fhir/Observation"), handler)
     assert early.status == 503
     assert early.headers["Retry-After"]
-    assert body_of(early)["errcode"] == "M_NOT_READY"
+    assert body_of(early)["resourceType"] == "OperationOutcome"
+    assert body_of(early)["issue"][0]["code"] == "transient"
+    alert = await bot.readiness_gate(make_mocked_request("GET", "/_carematrix/alerts/LIS/123"), handler)
+    assert alert.status == 503
+    assert body_of(alert)["errcode"] == "M_NOT_READY"
     # Health answers for itself; Synapse's own appservice API is not ours to hold back.
     await bot.readiness_gate(make_mocked_request("GET", HEALTH_PATH), handler)
     await bot.readiness_gate(make_mocked_request("PUT", "/_matrix/app/v1/transactions/1"), handler)
