@@ -18,6 +18,7 @@ COMMANDS: dict[str, int | None] = {
     "oncall": 5,  # [unit] | cover <role> until HH:MM [staff] | swap <role> <staff>
     "case": 10,  # open <patient id> [unit ...] | close
     "images": 1,  # <accession number or study UID>
+    "ack": 1,  # <alert id>
     "decision": None,
 }
 

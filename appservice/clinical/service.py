@@ -326,7 +326,9 @@ class ClinicalService:
             "name": f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})",
             "topic": f"A critical result from {item.facility} for a patient with no ward on record.",
             "preset": "private_chat", "visibility": "private",
-            "creation_content": {"m.federate": False},
+            # The message's ID keeps two alert rooms created in the same millisecond from
+            # hashing to one room ID (room version 12).
+            "creation_content": {"m.federate": False, SOURCE_FIELD: {"facility": item.facility, "control_id": item.control_id}},
             "initial_state": [
                 {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "consult"}},
                 {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},

@@ -26,6 +26,11 @@ class TablesNotCreated:
             raise RuntimeError("no such table: hl7_inbox")
         return {"delivered": 0}
 
+    async def undelivered(self) -> list[dict[str, Any]]:
+        if not self.created:
+            raise RuntimeError("no such table: hl7_inbox")
+        return []
+
 
 def make_bot() -> tuple[Bot, TablesNotCreated]:
     config = SimpleNamespace(homeserver_url="http://127.0.0.1:1", as_token="t")
