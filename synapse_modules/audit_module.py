@@ -183,6 +183,9 @@ class CareMatrixAudit:
         )
 
     async def _checkpoint(self) -> None:
+        # The tables are made with the first record; a checkpoint due before any record was
+        # written (a quiet start) must not query tables that do not exist yet.
+        await self.writer.ready()
         await self._api.run_db_interaction(
             "carematrix_audit_checkpoint", make_checkpoint, self._config.database, self._signing_key
         )
@@ -201,6 +204,7 @@ class CareMatrixAudit:
             return format_record(stored, hostname, server)
 
         async def fill() -> None:
+            await self.writer.ready()
             while await self._api.run_db_interaction(
                 "carematrix_audit_spool", fill_from_log, config.database, spool, formatter
             ):
