@@ -56,16 +56,32 @@ class AuditWriter:
         self._pending: list[tuple[AuditRecord, defer.Deferred | None]] = []
         self._flushing = False
         self._schema_ready = False
+        self._schema_waiters: list[defer.Deferred] | None = None  # while the tables are being made
         self.failures = 0
         _writer = self
 
     async def _ensure_schema(self) -> None:
-        # Awaited directly, so each caller keeps its logging context (Synapse attributes
-        # database time by it); ensure_schema is idempotent, so callers that race at the
-        # very start may both run it.
-        if not self._schema_ready:
+        """Create the tables once. Callers that come while it runs wait for that one run:
+        two schema transactions at once conflict on PostgreSQL (a serialization failure the
+        database logs as an error). Each caller resumes in its own logging context."""
+        if self._schema_ready:
+            return
+        if self._schema_waiters is not None:
+            waiting: defer.Deferred = defer.Deferred()
+            self._schema_waiters.append(waiting)
+            await make_deferred_yieldable(waiting)
+            return
+        self._schema_waiters = []
+        error: Exception | None = None
+        try:
             await self._api.run_db_interaction("carematrix_audit_schema", ensure_schema, self.dialect)
             self._schema_ready = True
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            waiters, self._schema_waiters = self._schema_waiters, None
+            _wake(waiters, error)
 
     async def ready(self) -> None:
         """The audit tables exist (for callers that append inside their own transaction)."""
@@ -137,11 +153,16 @@ class AuditWriter:
 
 
 def _settle(batch: list[tuple[AuditRecord, defer.Deferred | None]], error: Exception | None) -> None:
-    """Wake the callers waiting on ``batch``. They resume in their own logging context; the
-    flush keeps its own (Synapse attributes database time and metrics by it)."""
+    """Wake the callers waiting on ``batch``."""
+    _wake([done for _, done in batch if done is not None], error)
+
+
+def _wake(waiting: list[defer.Deferred], error: Exception | None) -> None:
+    """Resume waiting callers. They resume in their own logging context; the caller keeps
+    its own (Synapse attributes database time and metrics by it)."""
     with PreserveLoggingContext():
-        for _, done in batch:
-            if done is not None and not done.called:
+        for done in waiting:
+            if not done.called:
                 if error is None:
                     done.callback(None)
                 else:
