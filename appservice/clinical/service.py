@@ -235,6 +235,8 @@ class ClinicalService:
         if not any(r.post or r.page for r in rules):
             await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": "no ward needed"}))
             return None
+        if not message_ward and await self._movements_first(item, patient["id"]):
+            known = await self.store.patient(patient["id"]) or {}
         clues = [WardClue(message_ward, "the message's own location"), WardClue(known.get("ward"), "the patient's last ADT")]
         ordering = self._staff_number(getattr(event, "ordering_provider", "") or "")
         found = route(policy, item.facility, rules, clues, ordering)
@@ -277,6 +279,20 @@ class ClinicalService:
             await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
         await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
         return room_id
+
+    async def _movements_first(self, item: Inbound, patient_id: str) -> bool:
+        """Deliver this patient's admissions and transfers still queued behind the backlog
+        (a critical result is taken first): True if any was."""
+        delivered = False
+        for earlier in await self.store.pending_movements_before(item.id):
+            try:
+                event = await self._event_of(earlier)
+            except Exception:  # noqa: BLE001 - a broken queued message is the loop's business
+                continue
+            if event is not None and event.patient.id == patient_id:
+                await self._deliver(earlier)
+                delivered = True
+        return delivered
 
     async def _page(
         self, item: Inbound, role_id: str, room_id: str, event_id: str, priority: str, subject: str,

@@ -107,6 +107,17 @@ class ClinicalStore:
         )
         return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
 
+    async def pending_movements_before(self, inbox_id: int, limit: int = 1000) -> list[Inbound]:
+        """Admissions, transfers and encounters still queued ahead of ``inbox_id``: a critical
+        result jumps the queue, but the ADT that says where its patient lies must not be left
+        behind it."""
+        rows = await self.db.fetch(
+            "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' AND id < $1 "
+            "AND (message_type LIKE 'ADT%' OR message_type = 'FHIR/Encounter') ORDER BY id LIMIT $2",
+            inbox_id, limit,
+        )
+        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
+
     async def done(self, inbox_id: int, state: str, result: str) -> None:
         await self.db.execute("UPDATE hl7_inbox SET state = $1, result = $2 WHERE id = $3", state, result[:500], inbox_id)
 
