@@ -310,15 +310,17 @@ class ClinicalService:
         policy = self.policy
         assert policy is not None
         room_id = await self._ward_room(policy, ward)
+        followed: set[tuple[str, str]] = set()
         for facility, control_id, page_id, _role in await self.store.open_alerts_for(patient["id"]):
             page = await self.oncall.store.page(page_id)
-            if page is None or page.state != "open" or page.room_id == room_id:
+            if page is None or page.state != "open" or page.room_id == room_id or (facility, control_id) in followed:
                 continue
+            followed.add((facility, control_id))  # one alert, however many of its pages are open
             text = f"Open alert follows the patient to {ward.code}: {page.subject}"
             origin = Inbound(item.id, facility, control_id, b"")
             event_id = await self._post(room_id, origin, page.priority, text, patient, txn_suffix=f"follow-{item.id}")
             for key, role_id in ward.roles.items():
-                moved = f"{page_id}-to-{ward.code}-{key}"
+                moved = f"hl7-{facility}-{control_id}-to-{ward.code}-{key}"
                 await self.oncall.page_for_system(
                     moved, role_id, room_id, event_id, self.bot, priority=page.priority, subject=page.subject,
                 )

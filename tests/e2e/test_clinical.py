@@ -97,12 +97,15 @@ async def test_critical_potassium_pages_the_on_duty_nurse_and_escalates(stack: R
         # The doctor holds two pages for this alert (his own role's, and the nurse's
         # escalation): each acknowledgement covers one, and the alert is acknowledged only
         # once both are (the policy's acknowledged_when: all).
-        doctor_pages = [
-            n for n in await notices(doctor, icu)
-            if n["content"].get("org.carematrix.page") and patient in n["content"]["body"]
-            and stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]
-        ]
-        assert len(doctor_pages) == 2
+        async def pages_for_doctor() -> list[dict]:
+            found = [
+                n for n in await notices(doctor, icu)
+                if n["content"].get("org.carematrix.page") and patient in n["content"]["body"]
+                and stack.user_id("d2001") in n["content"]["m.mentions"]["user_ids"]
+            ]
+            return found if len(found) == 2 else []
+
+        doctor_pages = await eventually(pages_for_doctor)
         for done, page_notice in enumerate(doctor_pages, start=1):
             assert (await state())["acknowledged"] is False
             reacted = await doctor.room_send(icu, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": page_notice["event_id"], "key": "✅"}})
