@@ -113,10 +113,12 @@ class ClinicalStore:
         behind it."""
         rows = await self.db.fetch(
             "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' AND id < $1 "
-            "AND (message_type LIKE 'ADT%' OR message_type = 'FHIR/Encounter') ORDER BY id LIMIT $2",
+            "AND (message_type LIKE 'ADT%' OR message_type = 'FHIR/Encounter') ORDER BY id DESC LIMIT $2",
             inbox_id, limit,
         )
-        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
+        # The newest ``limit`` (the patient's latest movements sit just ahead of the result,
+        # however long the backlog), handed back oldest first.
+        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in reversed(rows)]
 
     async def done(self, inbox_id: int, state: str, result: str) -> None:
         await self.db.execute("UPDATE hl7_inbox SET state = $1, result = $2 WHERE id = $3", state, result[:500], inbox_id)
