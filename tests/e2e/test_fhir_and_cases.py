@@ -20,8 +20,9 @@ from nio import AsyncClient, RoomSendResponse
 from PIL import Image
 from pypdf import PdfReader
 
+from carematrix.demo import DEMO_PATIENT
 from tests.clinical_support import hl7, send_mllp
-from tests.oncall_support import notices
+from tests.oncall_support import members, notices, paged_in, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually, search
 
 FHIR = "application/fhir+json"
@@ -229,6 +230,104 @@ async def say(client: AsyncClient, room: str, text: str) -> int:
     sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": text})
     assert isinstance(sent, RoomSendResponse), sent
     return int(datetime.now(UTC).timestamp() * 1000) - 5000
+
+
+def case_room_in(reply: str) -> str:
+    """The case room's ID from the bot's "Case room for … opened: https://matrix.to/#/!id." reply."""
+    room = reply.split("https://matrix.to/#/", 1)[1].split(" ", 1)[0].rstrip(".")
+    return room if room.startswith("!") else "!" + room
+
+
+async def open_case(stack: RunningStack, doctor: AsyncClient, room: str, command: str) -> tuple[str, str]:
+    """Types the command as a user would; (the bot's reply to it, the case room it names), joined."""
+    sent = await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": command})
+    assert isinstance(sent, RoomSendResponse), sent
+
+    async def reply() -> str | None:
+        newest_first = [e.source for e in (await doctor.room_messages(room, limit=50)).chunk]
+        ids = [e["event_id"] for e in newest_first]
+        after = newest_first[:ids.index(sent.event_id)] if sent.event_id in ids else []
+        return next((e["content"]["body"] for e in reversed(after) if e["sender"] == stack.bot_user_id
+                     and "Case room for" in e["content"].get("body", "")), None)
+    text = await eventually(reply)
+    case_room = case_room_in(text)
+
+    async def joined() -> bool:
+        resp = await doctor.sync(timeout=1000)
+        if case_room in resp.rooms.invite:
+            await doctor.join(case_room)
+        return case_room in doctor.rooms
+    assert await eventually(joined)
+    return text, case_room
+
+
+def refusals_logged(stack: RunningStack, offset: int, room: str) -> list[str]:
+    """Lines the appservice logged since ``offset`` about ``room`` that report a refusal."""
+    log = stack.deployment.paths.appservice_log.read_bytes()[offset:].decode("utf-8", "replace")
+    return [line for line in log.splitlines() if room in line and ("403" in line or "permission" in line)]
+
+
+async def test_banner_try_line_brings_the_wards_on_duty_doctor_into_the_case_room(stack: RunningStack):
+    """Exactly the start banner's "Try" line. ADT has not placed the patient in this stack; the
+    EMR's current encounter has P20261101 on ward 5A, whose doctor role is the cardiology
+    attending: at 22:00 that is 王芳 Wang Fang (D1002)."""
+    await set_clock(stack, tomorrow_at(22, 0))
+    log_offset = stack.deployment.paths.appservice_log.stat().st_size
+    doctor = await stack.login("d1001")
+    on_duty = await stack.login("d1002")
+    try:
+        team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
+        text, case_room = await open_case(stack, doctor, team, f"!case open {DEMO_PATIENT}")
+        assert "Ward 5A (from the EMR's current encounter)" in text, text
+        assert "Paged: cardiology/attending" in text, text
+
+        said = await bodies(doctor, case_room)
+        assert any(b.startswith("Ward 5A (from the EMR's current encounter Encounter/enc-1101-2)") for b in said), said
+
+        wang = stack.user_id("d1002")
+
+        async def brought_in() -> dict[str, str] | None:
+            state = await members(doctor, case_room)
+            return state if state.get(wang) in ("invite", "join") else None
+        state = await eventually(brought_in)
+        assert state[stack.user_id("role-cardiology-attending")] == "join"
+        assert wang in await paged_in(doctor, case_room)
+
+        async def invited() -> bool:
+            resp = await on_duty.sync(timeout=1000)
+            return case_room in resp.rooms.invite
+        assert await eventually(invited)
+        assert case_room in (await on_duty.join(case_room)).room_id  # a real invite: she can join
+
+        assert refusals_logged(stack, log_offset, case_room) == []
+    finally:
+        await doctor.close()
+        await on_duty.close()
+
+
+async def test_case_open_with_a_unit_invites_that_units_on_duty_holders(stack: RunningStack):
+    """`!case open P20261101 cardiology` at 22:00: the cardiology attending (D1002) and backup
+    (D1001, the requester) are paged, and D1002 is really invited."""
+    await set_clock(stack, tomorrow_at(22, 0))
+    log_offset = stack.deployment.paths.appservice_log.stat().st_size
+    doctor = await stack.login("d1001")
+    try:
+        team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
+        text, case_room = await open_case(stack, doctor, team, f"!case open {DEMO_PATIENT} cardiology")
+        assert "cardiology/attending" in text and "cardiology/backup" in text, text
+
+        wang = stack.user_id("d1002")
+
+        async def brought_in() -> dict[str, str] | None:
+            state = await members(doctor, case_room)
+            return state if state.get(wang) in ("invite", "join") else None
+        state = await eventually(brought_in)
+        assert state[stack.user_id("role-cardiology-attending")] == "join"
+        assert state[stack.user_id("role-cardiology-backup")] == "join"
+        assert not any("Could not bring" in b for b in await bodies(doctor, case_room))
+        assert refusals_logged(stack, log_offset, case_room) == []
+    finally:
+        await doctor.close()
 
 
 async def test_case_room_with_summary_images_and_archive(stack: RunningStack, clinical_systems: Any):
