@@ -25,6 +25,7 @@ from appservice.audit_client import AuditClient
 from appservice.clinical.cases import CaseService
 from appservice.clinical.fhir_intake import BASE as FHIR_BASE
 from appservice.clinical.fhir_intake import FHIR_JSON, FhirIntake
+from appservice.clinical.locate import PatientLocator
 from appservice.clinical.service import ClinicalService
 from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
@@ -351,6 +352,16 @@ async def run(config: AppserviceConfig) -> None:
     clinical.source_tokens = config.fhir_tokens
     if config.fhir_server:
         clinical.fetch_resource = _fhir_reader(session, config.fhir_server, config.systems_token)
+    # Where a patient lies: ADT, else the FHIR server's current Encounter; for case rooms and
+    # for critical results whose message names no ward alike.
+    locator = PatientLocator(clinical.store, holder, clinical.fetch_resource)
+    cases.locator = locator
+
+    async def locate_ward(patient_id: str) -> tuple[str, str] | None:
+        located = await locator.ward_of(patient_id)
+        return (located.ward, located.how.removeprefix("from ")) if located else None
+
+    clinical.locate_ward = locate_ward
     fhir = FhirIntake(
         clinical.store, holder, config.fhir_tokens, AuditClient(config.homeserver_url, config.as_token),
         clinical.wake, can_fetch=bool(config.fhir_server),

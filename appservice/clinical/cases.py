@@ -2,8 +2,10 @@
 images, closed into an archive the EMR keeps.
 
 ``!case open <patient id> [unit ...]`` creates a consult-class room (no-forward, watermarks)
-with the requester, pages the on-duty roles of the patient's ward and of each named unit into
-it, and pins a summary read from the hospital's FHIR server. ``!images <accession | study
+with the requester, pages the on-duty roles of the patient's ward (from ADT, else the FHIR
+server's current Encounter: appservice.clinical.locate) and of each named unit into it, and
+pins a summary read from the hospital's FHIR server. The room says which ward was found and
+how, and everyone who could not be brought in, with the reason. ``!images <accession | study
 UID>`` posts rendered key images from the PACS. ``!decision <text>`` records a decision.
 ``!case close`` archives every message, file and decision as a FHIR Bundle and a PDF, posts
 them to the EMR when one is connected, and makes the room read-only.
@@ -24,6 +26,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
 from appservice.clinical.archive import Attachment, CaseInfo, CaseMessage, build_bundle, render_pdf
+from appservice.clinical.locate import Located, LocateFailed, PatientLocator
 from appservice.clinical.pdf_fonts import FontUnavailable
 from appservice.clinical.store import ClinicalStore
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
@@ -42,6 +46,7 @@ from appservice.oncall.service import OncallService
 from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
 from carematrix.clinical_policy import ClinicalPolicy
+from carematrix.oncall.policy import role_localpart
 from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.model import ROOM_CLASS_EVENT
 from carematrix.rules.protection import PRIORITY_FIELD
@@ -52,6 +57,12 @@ CASE_CLASS = "consult"
 CASE_FIELD = "org.carematrix.case"  # on the bot's case notices: {"case_id", "kind"}
 DECISION_FIELD = "org.carematrix.case.decision"
 STUDY_FIELD = "org.carematrix.study"
+# Power to invite (and kick) in a case room: the requester and the role accounts, which bring
+# in whoever is on duty.
+CASE_MEMBER_POWER = 50
+# A role account that cannot be brought in for a passing reason (HTTP 5xx, no connection) is
+# tried again after these pauses before the room is told.
+ROLE_RETRY_SECONDS = (1.0, 3.0)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clinical_case (
@@ -74,6 +85,24 @@ class ArchiveIncomplete(Exception):
 
 
 FILE_MSGTYPES = ("m.image", "m.file", "m.video", "m.audio")
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A case room just opened, as the requester is told about it."""
+
+    room_id: str
+    name: str  # the patient's
+    paged: list[str]  # role IDs
+    ward_short: str  # which ward was found and how, or that none was
+    unreached: list[str]  # a sentence per role or person who could not be brought in
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MatrixCallFailed):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return f"HTTP {exc.status}" + (f": {body['error']}" if body.get("error") else "")
+    return f"the homeserver could not be reached ({type(exc).__name__})"
 
 
 class CaseStore:
@@ -142,6 +171,8 @@ class CaseService:
         self.session = session
         # Presented to the FHIR server and the EMR archive.
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        # ADT only until main connects the FHIR server (appservice.clinical.locate).
+        self.locator = PatientLocator(clinical, holder, None)
         self._lock = asyncio.Lock()
 
     @property
@@ -192,9 +223,13 @@ class CaseService:
         unknown = [u for u in units if u not in org.units]
         if unknown:
             raise CaseError(f"Unknown unit(s): {', '.join(unknown)}. Name units by their ID (e.g. cardiology, icu).")
-        room_id, name, paged = await self._create(sender, patient_id, units, None, None)
-        roles = f" Paged: {', '.join(paged)}." if paged else ""
-        return f"Case room for {name} ({patient_id}) opened: https://matrix.to/#/{room_id}.{roles}"
+        opened = await self._create(sender, patient_id, units, None, None)
+        lines = [f"Case room for {opened.name} ({patient_id}) opened: https://matrix.to/#/{opened.room_id}."]
+        lines.append(opened.ward_short)
+        if opened.paged:
+            lines.append(f"Paged: {', '.join(opened.paged)}.")
+        lines.extend(opened.unreached)
+        return " ".join(lines)
 
     async def open_for_order(self, requester: str | None, patient_id: str, units: tuple[str, ...], origin: str, what: str) -> None:
         """An HIS consult order opens the case room by itself (once per order): the
@@ -205,7 +240,7 @@ class CaseService:
 
     async def _create(
         self, requester: str | None, patient_id: str, units: tuple[str, ...], origin: str | None, order: str | None,
-    ) -> tuple[str, str, list[str]]:
+    ) -> Opened:
         policy = self.policy
         assert policy is not None
         summary_text, summary_html, name = await self._summary(patient_id)
@@ -213,6 +248,12 @@ class CaseService:
         name = name or known.get("name") or patient_id
         case_id = f"case-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:8]}"
         link = policy.link("patient", patient_id=patient_id)
+        located, failed = await self._locate(patient_id)
+        roles = self._roles(located, units)
+        # The role accounts invite whoever is on duty (and, at a shift change, who comes next).
+        powers = {self.matrix.uid(role_localpart(r)): CASE_MEMBER_POWER for r in roles}
+        if requester:
+            powers[requester] = CASE_MEMBER_POWER
         created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
             "name": policy.cases.room_name.format(patient_name=name, patient_id=patient_id),
             "topic": f"Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
@@ -226,8 +267,8 @@ class CaseService:
             ],
             "power_level_content_override": {
                 # The bot created the room: from room version 12 creators hold power implicitly.
-                "users": {requester: 50} if requester else {}, "events_default": 0, "state_default": 50,
-                "invite": 50, "kick": 50, "ban": 50, "redact": 50,
+                "users": powers, "events_default": 0, "state_default": 50,
+                "invite": CASE_MEMBER_POWER, "kick": CASE_MEMBER_POWER, "ban": 50, "redact": 50,
             },
         })
         room_id = str(created["room_id"])
@@ -243,13 +284,64 @@ class CaseService:
         await self.matrix.call(
             "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.pinned_events", {"pinned": [pinned]}
         )
-        paged = await self._page_roles(case_id, room_id, patient_id, units, pinned)
+        ward_long, ward_short = self._ward_sentences(patient_id, located, failed, roles, units)
+        await self._send(room_id, {"msgtype": "m.notice", "body": ward_long}, f"{case_id}-ward")
+        paged, unreached = await self._page_roles(
+            case_id, room_id, roles, pinned, requester, f"patient case {name} ({patient_id})",
+        )
         await self.audit.record(
             actor=requester or self.bot, action="appservice.case.opened", object=case_id, room=room_id,
-            patient=patient_id, outcome="success", process="appservice",
-            details={"units": list(units), "roles": paged, "order": origin},
+            patient=patient_id, outcome="success" if not unreached else "partial", process="appservice",
+            details={"units": list(units), "roles": paged, "order": origin,
+                     "ward": located.ward if located else None, "ward_source": located.source if located else None,
+                     "unreached": len(unreached)},
         )
-        return room_id, name, paged
+        return Opened(room_id, name, paged, ward_short, unreached)
+
+    async def _locate(self, patient_id: str) -> tuple[Located | None, LocateFailed | None]:
+        """The patient's ward; a FHIR server that fails for a passing reason is asked again
+        after a pause before the case opens without a ward team."""
+        for pause in (*ROLE_RETRY_SECONDS, None):
+            try:
+                return await self.locator.ward_of(patient_id), None
+            except LocateFailed as exc:
+                log.warning("case for %s: ward not found: %s", patient_id, exc)
+                if not exc.transient or pause is None:
+                    return None, exc
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _roles(self, located: Located | None, units: tuple[str, ...]) -> list[str]:
+        """The ward's roles, then each named unit's on-duty roles, each once."""
+        policy, oncall = self.policy, self.oncall.oncall
+        ward = policy.wards.get(located.ward) if policy and located else None
+        roles: list[str] = list(ward.roles.values()) if ward else []
+        for unit in units:
+            roles.extend(r.id for r in (oncall.roles.values() if oncall else []) if r.unit == unit)
+        return list(dict.fromkeys(roles))
+
+    def _ward_sentences(
+        self, patient_id: str, located: Located | None, failed: LocateFailed | None, roles: list[str],
+        units: tuple[str, ...],
+    ) -> tuple[str, str]:
+        """(what the case room is told, the short form for the requester's reply)."""
+        policy = self.policy
+        ward = policy.wards.get(located.ward) if policy and located else None
+        if located is not None and ward is not None:
+            detail = located.how + (f" {located.source.removeprefix('FHIR ')}" if located.source != "ADT" else "")
+            short = f"Ward {located.ward} ({located.how})."
+            team = [r for r in ward.roles.values() if r in roles]
+            pages = f"its on-duty roles are paged here: {', '.join(team)}." if team else "the policy names no on-duty roles for it."
+            return f"Ward {located.ward} ({detail}): {pages}", short
+        if failed is not None:
+            why = f"ADT has not placed the patient and the EMR could not be asked ({failed})"
+        else:
+            why = ("no ADT message has placed the patient and the EMR has no current encounter on a ward "
+                   "of this hospital's clinical policy")
+        then = ("" if units else " To bring a team in, invite its on-duty role account (e.g. "
+                "\"Cardiology – attending on duty\") and mention it in a message.")
+        text = f"No ward found for {patient_id}: {why}, so no ward team is paged.{then}"
+        return text, f"No ward found for {patient_id}: no ward team paged (see the case room)."
 
     async def _summary(self, patient_id: str) -> tuple[str, str, str]:
         """(plain, html, patient name) — an unavailable summary is said plainly, not hidden."""
@@ -266,23 +358,38 @@ class CaseService:
         plain, html = format_summary(summary, link)
         return plain, html, summary.name
 
-    async def _page_roles(self, case_id: str, room_id: str, patient_id: str, units: tuple[str, ...], event_id: str) -> list[str]:
-        """The ward's roles and each invited unit's on-duty roles are paged into the room."""
-        policy = self.policy
-        oncall = self.oncall.oncall
-        roles: list[str] = []
-        known = await self.clinical.patient(patient_id) or {}
-        ward = policy.wards.get(known.get("ward") or "") if policy else None
-        if ward is not None:
-            roles.extend(ward.roles.values())
-        for unit in units:
-            roles.extend(r.id for r in (oncall.roles.values() if oncall else []) if r.unit == unit)
-        paged = []
-        for role_id in dict.fromkeys(roles):
-            page = await self.oncall.page_for_system(f"{case_id}-{role_id}", role_id, room_id, event_id, self.bot)
-            if page is not None:
-                paged.append(role_id)
-        return paged
+    async def _page_roles(
+        self, case_id: str, room_id: str, roles: list[str], event_id: str, requester: str | None, subject: str,
+    ) -> tuple[list[str], list[str]]:
+        """Each role is paged into the room on behalf of the requester (who hears how the
+        escalation goes), as urgent: a consult, not an alarm (the policy's steps may raise it).
+        (roles paged, a sentence per role or person not brought in)."""
+        paged: list[str] = []
+        unreached: list[str] = []
+        for role_id in roles:
+            pauses = iter(ROLE_RETRY_SECONDS)
+            while True:
+                try:
+                    page = await self.oncall.page_for_system(
+                        f"{case_id}-{role_id}", role_id, room_id, event_id, requester or self.bot,
+                        priority="urgent", subject=subject, unreached=unreached,
+                    )
+                except (MatrixCallFailed, aiohttp.ClientError, TimeoutError) as exc:
+                    passing = not isinstance(exc, MatrixCallFailed) or exc.status >= 500 or exc.status == 429
+                    pause = next(pauses, None) if passing else None
+                    log.warning("case %s: role %s not brought into %s%s: %s", case_id, role_id, room_id,
+                                "; trying again" if pause is not None else "", exc)
+                    if pause is not None:
+                        await asyncio.sleep(pause)
+                        continue
+                    text = f"Could not bring {role_id} into this room: {_reason(exc)}. Nobody on duty for it is paged here."
+                    unreached.append(text)
+                    await self._send(room_id, {"msgtype": "m.notice", "body": text}, f"{case_id}-{role_id.replace('/', '-')}-unreached")
+                    break
+                if page is not None:
+                    paged.append(role_id)
+                break
+        return paged, unreached
 
     async def decide(self, room_id: str, sender: str, text: str) -> str | None:
         case = await self._open_case_in(room_id)

@@ -59,6 +59,9 @@ ADMIN_WAIT_WARN_SECONDS = 300.0
 
 class NoAccountYet(Exception):
     """A rostered member of staff has no Matrix account (yet): org sync creates it."""
+# An outbox send that failed for a reason that may pass (HTTP 5xx or 429, the homeserver not
+# reachable) is tried again after 1, 2, 4 ... seconds, at most this long apart.
+RETRY_MAX_SECONDS = 60
 
 
 class OncallService:
@@ -89,6 +92,8 @@ class OncallService:
         self._registered: set[str] = set()
         self._admin_waiting_since: float | None = None
         self._admin_warned = False
+        self._retry: dict[str, tuple[int, float]] = {}  # outbox txn -> (failures, monotonic time of the next try)
+        self._unreached: dict[str, list[str]] = {}  # page being opened -> who could not be brought in, and why
 
     # -- policy and roster --------------------------------------------------------------
 
@@ -345,10 +350,14 @@ class OncallService:
     async def page_for_system(
         self, page_id: str, role_id: str, room_id: str, event_id: str, sender: str, *,
         priority: str = "critical", subject: str = "", lead: str | None = None,
+        unreached: list[str] | None = None,
     ) -> Page | None:
-        """A page opened by a hospital system (a critical result) in a room the role account
-        is brought into. Idempotent by ``page_id``: a redelivered message pages nobody twice.
-        ``lead`` (``staff:<number>``) is paged first, before the role's own chain."""
+        """A page opened by the service in a room the role account is brought into: for a
+        hospital system (a critical result), or for a case room on behalf of the doctor who
+        opened it (then ``sender``, who hears how it goes). Idempotent by ``page_id``: a
+        redelivered message pages nobody twice. ``lead`` (``staff:<number>``) is paged first,
+        before the role's own chain. ``unreached`` collects a sentence for each person who could
+        not be brought into the room while the page was opened, for the caller to pass on."""
         oncall = self.oncall
         role = oncall.roles.get(role_id) if oncall else None
         if role is None:
@@ -358,18 +367,23 @@ class OncallService:
             return existing
         await self.ensure_in_room(role, room_id)
         await self.store.set_role_room(room_id, role.id, sender, False)
-        async with self._lock:
-            page, actions = open_page(
-                page_id, role.id, sender, room_id, event_id, self.local_now(),
-                plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS), self._resolve(role.id),
-                priority=priority, subject=subject, lead=lead, role_name=role.name,
+        if unreached is not None:
+            self._unreached[page_id] = unreached
+        try:
+            async with self._lock:
+                page, actions = open_page(
+                    page_id, role.id, sender, room_id, event_id, self.local_now(),
+                    plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS), self._resolve(role.id),
+                    priority=priority, subject=subject, lead=lead, role_name=role.name,
+                )
+                await self._commit(page, actions)
+            await self.audit.record(
+                actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
+                process="appservice", details={"page": page_id, "paged": list(page.paged), "by": "hospital system"},
             )
-            await self._commit(page, actions)
-        await self.audit.record(
-            actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
-            process="appservice", details={"page": page_id, "paged": list(page.paged), "by": "hospital system"},
-        )
-        await self.flush()
+            await self.flush()
+        finally:
+            self._unreached.pop(page_id, None)
         return page
 
     async def ensure_in_room(self, role: RoleAddress, room_id: str) -> None:
@@ -553,35 +567,43 @@ class OncallService:
 
     async def flush(self) -> None:
         """Send the outbox in order; each send carries its outbox ID as transaction ID, so a
-        send retried after a crash is not delivered twice."""
+        send retried after a crash is not delivered twice. A send that failed for a passing
+        reason waits its back-off and is tried again; a refusal is not."""
         for txn_id, page_id, action in await self.store.unsent():
+            failures, not_before = self._retry.get(txn_id, (0, 0.0))
+            if time.monotonic() < not_before:
+                continue
             page = await self.store.page(page_id)
             if page is None:
                 await self.store.mark_sent(txn_id)
                 continue
             try:
-                await self._perform(page, action, txn_id)
+                await self._perform(page, action, txn_id, failures)
             except MatrixCallFailed as exc:
-                log.error("page %s: %s failed: %s", page_id, action.kind, exc)
-                if exc.status < 500:
-                    await self.store.mark_sent(txn_id)  # a refusal will not change on retry
+                if _transient(exc):
+                    self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", str(exc))
+                    continue
+                log.error("page %s: %s failed, not retried: %s", page_id, action.kind, exc)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", _unreachable(exc))
                 continue
+            self._retry.pop(txn_id, None)
             await self.store.mark_sent(txn_id)
 
-    async def _perform(self, page: Page, action: Action, txn_id: str) -> None:
+    def _retry_later(self, txn_id: str, failures: int, what: str, reason: str) -> None:
+        delay = min(2**failures, RETRY_MAX_SECONDS)
+        self._retry[txn_id] = (failures + 1, time.monotonic() + delay)
+        log.warning("%s failed (%s); trying again in %d s", what, reason, delay)
+
+    async def _perform(self, page: Page, action: Action, txn_id: str, failures: int = 0) -> None:
         role_user = self.matrix.uid(role_localpart(page.role))
         message = self._words(action.message)
         if action.kind == "page":
             unreachable: dict[str, str] = {}
             for staff in action.staff:
-                try:
-                    await self.matrix.call(
-                        "POST", f"/_matrix/client/v3/rooms/{quote(page.room_id)}/invite",
-                        {"user_id": self.user_id(staff), "reason": f"Paged for {page.role}"}, as_user=role_user,
-                    )
-                except MatrixCallFailed as exc:
-                    if not _already_there(exc):
-                        unreachable[staff] = str(exc.body.get("error") if isinstance(exc.body, dict) else exc)
+                why = await self._invite(page, role_user, staff, failures, action.priority)
+                if why is not None:
+                    unreachable[staff] = why
             mentions = [self.user_id(s) for s in action.staff]
             text = (message or f"Page for {page.role}") + "\nPaged: " + ", ".join(self.name(s) for s in action.staff)
             before = datetime.now(UTC)  # at or before the server's timestamp of the notice
@@ -626,7 +648,8 @@ class OncallService:
         except MatrixCallFailed as exc:
             log.error("page %s: %s could not be paged at all: %s", page.page_id, staff, exc)
             note = f"{self.name(staff)} could NOT be paged: cannot join this room ({why}) and no direct chat could be opened. Call them."
-        await self._notice(page.room_id, role_user, note, f"{txn_id}-note-{staff}", priority="urgent")
+        self._collect_unreached(page, note)
+        await self._notice(page.room_id, role_user, note, f"{txn_id}-note-{staff}", mentions=self._asker(page), priority="urgent")
 
     async def _role_dm(self, role_id: str, role_user: str, staff: str) -> str:
         room_id = await self.store.role_dm(role_id, staff)
@@ -639,6 +662,45 @@ class OncallService:
         await self.store.set_role_room(room_id, role_id, self.user_id(staff), True)
         await self.store.set_role_dm(role_id, staff, room_id)
         return room_id
+
+    async def _invite(self, page: Page, role_user: str, staff: str, failures: int, priority: str) -> str | None:
+        """The role account invites one paged person into the page's room. None when they are
+        in (or already were); the homeserver's reason when it refuses, and they are paged in a
+        direct chat instead. A passing failure (HTTP 5xx or 429, no connection) is said in the
+        room once, to whoever asked for the page, and raised: the outbox tries the whole send
+        again after a back-off."""
+        try:
+            await self.matrix.call(
+                "POST", f"/_matrix/client/v3/rooms/{quote(page.room_id)}/invite",
+                {"user_id": self.user_id(staff), "reason": f"Paged for {page.role}"}, as_user=role_user,
+            )
+            return None
+        except MatrixCallFailed as exc:
+            if _already_there(exc):
+                return None
+            if not _transient(exc):
+                return str(exc.body.get("error") if isinstance(exc.body, dict) else exc)
+            error: Exception = exc
+            reason = _refusal(exc)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error, reason = exc, _unreachable(exc)
+        log.warning("page %s: %s could not be invited to %s yet (%s)", page.page_id, staff, page.room_id, reason)
+        text = f"Could not bring {self.name(staff)} into this room for {page.role} yet: {reason}. Trying again."
+        self._collect_unreached(page, text)
+        if failures == 0:
+            try:
+                await self._notice(page.room_id, role_user, text, None, mentions=self._asker(page), priority=priority)
+            except MatrixCallFailed as exc:
+                log.error("page %s: could not say in %s that %s is not in yet: %s", page.page_id, page.room_id, staff, exc)
+        raise error
+
+    def _asker(self, page: Page) -> list[str]:
+        """Who asked for the page, to mention when telling them how it goes (not the bot)."""
+        return [page.sender] if page.sender.startswith("@") and page.sender != self.bot else []
+
+    def _collect_unreached(self, page: Page, text: str) -> None:
+        if page.page_id in self._unreached:
+            self._unreached[page.page_id].append(text)
 
     async def _notice(
         self, room_id: str, sender: str, text: str, txn_id: str | None, *, mentions: list[str] | None = None,
@@ -910,6 +972,23 @@ def _first_line(text: str) -> str:
     """A quoted reply's fallback ("> <@a:b> …") is not what the sender wrote."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(">")]
     return (lines[0] if lines else "").strip()[:200]
+
+
+def _transient(exc: MatrixCallFailed) -> bool:
+    """Server trouble and rate limits pass; a refusal (4xx) stays a refusal."""
+    return exc.status >= 500 or exc.status == 429
+
+
+def _refusal(exc: MatrixCallFailed) -> str:
+    """"HTTP 403 M_FORBIDDEN: You don't have permission to invite users": the homeserver's own
+    words, for the people in the room and the log."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    detail = str(body.get("error") or exc.body or "")[:200]
+    return f"HTTP {exc.status}" + (f" {exc.errcode}" if exc.errcode else "") + (f": {detail}" if detail else "")
+
+
+def _unreachable(exc: BaseException) -> str:
+    return f"the homeserver could not be reached ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
 
 
 def _zone(name: str) -> Any:

@@ -65,7 +65,7 @@ DATE_FIELDS = (
     "date",
     "issued",
 )
-SEARCH_PARAMS = {"patient", "subject", "identifier", "clinical-status", "category", "_id"}
+SEARCH_PARAMS = {"patient", "subject", "identifier", "clinical-status", "category", "status", "_id"}
 CONTROL_PARAMS = {"_sort", "_count", "_offset", "_format"}
 DEFAULT_COUNT = 50
 
@@ -403,6 +403,8 @@ class FhirApp:
             return _any_of(value, lambda v: _match_coding(resource, "clinicalStatus", v))
         if name == "category":
             return _any_of(value, lambda v: _match_coding(resource, "category", v))
+        if name == "status":
+            return _any_of(value, lambda v: resource.get("status") == v)
         return False
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:

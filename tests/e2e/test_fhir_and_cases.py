@@ -339,7 +339,9 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
     try:
         pharmacy = (await pharmacist.room_resolve_alias(f"#pharmacy-team:{stack.server_name}")).room_id
         await pharmacist.sync(timeout=1000)
-        since = await say(pharmacist, pharmacy, f"!case open {patient}")
+        # Not the banner's exact line, which an earlier test typed in a ward room: a command
+        # repeated word for word must not depend on how protected content treats commands.
+        since = await say(pharmacist, pharmacy, f"!case open {patient} pharmacy")
         refusal = await bot_reply(pharmacist, pharmacy, stack.bot_user_id, since, lambda c: "may open" in c.get("body", ""))
         assert "Only doctor, nurse staff may open a patient case" in refusal["content"]["body"]
 

@@ -89,7 +89,7 @@ def test_demo_data_validates_with_strict_r4_models():
         assert (rtype, resource["id"]) not in seen
         seen.add((rtype, resource["id"]))
     kinds = {t for t, _ in seen}
-    assert kinds == {"Patient", "Encounter", "Condition", "AllergyIntolerance", "Observation"}
+    assert kinds == {"Patient", "Location", "Encounter", "Condition", "AllergyIntolerance", "Observation"}
 
 
 # -- fetch_summary ------------------------------------------------------------------------
