@@ -347,19 +347,9 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
 
         team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
 
-        since = await say(doctor, team, f"!case open {patient} icu")
-        reply = await bot_reply(doctor, team, stack.bot_user_id, since, lambda c: "Case room for" in c.get("body", ""))
-        text = reply["content"]["body"]
+        text, case_room = await open_case(stack, doctor, team, f"!case open {patient} icu")
         assert "王建国" in text and "icu/nurse" in text and "cardiology/attending" in text
-        case_room = text.split("https://matrix.to/#/", 1)[1].split(".", 1)[0].split(" ")[0]
-        case_room = case_room if case_room.startswith("!") else "!" + case_room
-
-        async def joined() -> bool:
-            resp = await doctor.sync(timeout=1000)
-            if case_room in resp.rooms.invite:
-                await doctor.join(case_room)
-            return case_room in doctor.rooms
-        assert await eventually(joined)
+        assert "Ward 5A (from the last ADT message)" in text
 
         state = await doctor.room_get_state(case_room)
         by_type = {(e["type"], e["state_key"]): e["content"] for e in state.events}
