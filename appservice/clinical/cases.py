@@ -60,9 +60,10 @@ STUDY_FIELD = "org.carematrix.study"
 # Power to invite (and kick) in a case room: the requester and the role accounts, which bring
 # in whoever is on duty.
 CASE_MEMBER_POWER = 50
-# A role account that cannot be brought in for a passing reason (HTTP 5xx, no connection) is
-# tried again after these pauses before the room is told.
-ROLE_RETRY_SECONDS = (1.0, 3.0)
+# A role account that cannot be brought in, or a FHIR server that cannot say where the patient
+# is, for a passing reason (HTTP 5xx, a timeout, no connection) is tried again after these
+# pauses before the room is told.
+RETRY_PAUSES_SECONDS = (1.0, 3.0)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS clinical_case (
@@ -100,8 +101,7 @@ class Opened:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, MatrixCallFailed):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        return f"HTTP {exc.status}" + (f": {body['error']}" if body.get("error") else "")
+        return exc.reason
     return f"the homeserver could not be reached ({type(exc).__name__})"
 
 
@@ -301,7 +301,7 @@ class CaseService:
     async def _locate(self, patient_id: str) -> tuple[Located | None, LocateFailed | None]:
         """The patient's ward; a FHIR server that fails for a passing reason is asked again
         after a pause before the case opens without a ward team."""
-        for pause in (*ROLE_RETRY_SECONDS, None):
+        for pause in (*RETRY_PAUSES_SECONDS, None):
             try:
                 return await self.locator.ward_of(patient_id), None
             except LocateFailed as exc:
@@ -367,7 +367,7 @@ class CaseService:
         paged: list[str] = []
         unreached: list[str] = []
         for role_id in roles:
-            pauses = iter(ROLE_RETRY_SECONDS)
+            pauses = iter(RETRY_PAUSES_SECONDS)
             while True:
                 try:
                     page = await self.oncall.page_for_system(
@@ -375,7 +375,7 @@ class CaseService:
                         priority="urgent", subject=subject, unreached=unreached,
                     )
                 except (MatrixCallFailed, aiohttp.ClientError, TimeoutError) as exc:
-                    passing = not isinstance(exc, MatrixCallFailed) or exc.status >= 500 or exc.status == 429
+                    passing = not isinstance(exc, MatrixCallFailed) or exc.transient
                     pause = next(pauses, None) if passing else None
                     log.warning("case %s: role %s not brought into %s%s: %s", case_id, role_id, room_id,
                                 "; trying again" if pause is not None else "", exc)

@@ -580,7 +580,7 @@ class OncallService:
             try:
                 await self._perform(page, action, txn_id, failures)
             except MatrixCallFailed as exc:
-                if _transient(exc):
+                if exc.transient:
                     self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", str(exc))
                     continue
                 log.error("page %s: %s failed, not retried: %s", page_id, action.kind, exc)
@@ -678,10 +678,10 @@ class OncallService:
         except MatrixCallFailed as exc:
             if _already_there(exc):
                 return None
-            if not _transient(exc):
+            if not exc.transient:
                 return str(exc.body.get("error") if isinstance(exc.body, dict) else exc)
             error: Exception = exc
-            reason = _refusal(exc)
+            reason = exc.reason
         except (aiohttp.ClientError, TimeoutError) as exc:
             error, reason = exc, _unreachable(exc)
         log.warning("page %s: %s could not be invited to %s yet (%s)", page.page_id, staff, page.room_id, reason)
@@ -972,19 +972,6 @@ def _first_line(text: str) -> str:
     """A quoted reply's fallback ("> <@a:b> …") is not what the sender wrote."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(">")]
     return (lines[0] if lines else "").strip()[:200]
-
-
-def _transient(exc: MatrixCallFailed) -> bool:
-    """Server trouble and rate limits pass; a refusal (4xx) stays a refusal."""
-    return exc.status >= 500 or exc.status == 429
-
-
-def _refusal(exc: MatrixCallFailed) -> str:
-    """"HTTP 403 M_FORBIDDEN: You don't have permission to invite users": the homeserver's own
-    words, for the people in the room and the log."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    detail = str(body.get("error") or exc.body or "")[:200]
-    return f"HTTP {exc.status}" + (f" {exc.errcode}" if exc.errcode else "") + (f": {detail}" if detail else "")
 
 
 def _unreachable(exc: BaseException) -> str:

@@ -52,6 +52,18 @@ class MatrixCallFailed(Exception):
         self.errcode = body.get("errcode") if isinstance(body, dict) else None
         super().__init__(f"{method} {path}: HTTP {status} {body}")
 
+    @property
+    def transient(self) -> bool:
+        """Server trouble and rate limits pass; a refusal (other 4xx) stays a refusal."""
+        return self.status >= 500 or self.status == 429
+
+    @property
+    def reason(self) -> str:
+        """"HTTP 403 M_FORBIDDEN: You don't have permission to invite users": the homeserver's
+        own words, fit to show to the people affected."""
+        detail = str((self.body.get("error") if isinstance(self.body, dict) else self.body) or "")[:200]
+        return f"HTTP {self.status}" + (f" {self.errcode}" if self.errcode else "") + (f": {detail}" if detail else "")
+
 
 class OrgMatrix:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, server_name: str, bot_user_id: str) -> None:
