@@ -57,11 +57,13 @@ ROSTER_AHEAD = timedelta(days=35)
 ADMIN_WAIT_WARN_SECONDS = 300.0
 
 
-class NoAccountYet(Exception):
-    """A rostered member of staff has no Matrix account (yet): org sync creates it."""
 # An outbox send that failed for a reason that may pass (HTTP 5xx or 429, the homeserver not
 # reachable) is tried again after 1, 2, 4 ... seconds, at most this long apart.
 RETRY_MAX_SECONDS = 60
+
+
+class NoAccountYet(Exception):
+    """A rostered member of staff has no Matrix account (yet): org sync creates it."""
 
 
 class OncallService:
