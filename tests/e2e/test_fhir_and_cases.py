@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -271,7 +271,8 @@ async def test_banner_try_line_brings_the_wards_on_duty_doctor_into_the_case_roo
     """Exactly the start banner's "Try" line. ADT has not placed the patient in this stack; the
     EMR's current encounter has P20261101 on ward 5A, whose doctor role is the cardiology
     attending: at 22:00 that is 王芳 Wang Fang (D1002)."""
-    await set_clock(stack, tomorrow_at(22, 0))
+    # Three nights ahead: the on-call tests' shift swap changes the coming nights' holders.
+    await set_clock(stack, tomorrow_at(22, 0) + timedelta(days=3))
     log_offset = stack.deployment.paths.appservice_log.stat().st_size
     doctor = await stack.login("d1001")
     on_duty = await stack.login("d1002")
@@ -308,7 +309,8 @@ async def test_banner_try_line_brings_the_wards_on_duty_doctor_into_the_case_roo
 async def test_case_open_with_a_unit_invites_that_units_on_duty_holders(stack: RunningStack):
     """`!case open P20261101 cardiology` at 22:00: the cardiology attending (D1002) and backup
     (D1001, the requester) are paged, and D1002 is really invited."""
-    await set_clock(stack, tomorrow_at(22, 0))
+    # Three nights ahead: the on-call tests' shift swap changes the coming nights' holders.
+    await set_clock(stack, tomorrow_at(22, 0) + timedelta(days=3))
     log_offset = stack.deployment.paths.appservice_log.stat().st_size
     doctor = await stack.login("d1001")
     try:
