@@ -430,3 +430,15 @@ async def test_a_critical_result_that_jumps_a_backlog_still_finds_the_ward_of_th
     s = await eventually(lambda: _delivered(stack, control), timeout=120, interval=0.5)
     assert s["routing"] == "ward ICU from the patient's last ADT"
     assert {p["role"] for p in s["pages"]} == {"icu/nurse", "icu/doctor"}
+
+
+async def test_a_critical_result_for_a_patient_the_emr_has_on_a_ward_goes_to_that_ward(stack: RunningStack):
+    """P20261101 (王建国) has had no ADT here; the hospital's FHIR server has him in an
+    in-progress encounter on 5A. A critical ORU without PV1 pages 5A's on-duty doctor."""
+    await set_clock(stack, tomorrow_at(10, 0) + timedelta(days=3))
+    control, oru = critical_oru("P20261101", "王^建国")
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+    s = await eventually(lambda: _delivered(stack, control))
+    assert s["routing"].startswith("ward 5A from the") and ("EMR" in s["routing"] or "ADT" in s["routing"])
+    assert [p["role"] for p in s["pages"]] == ["cardiology/attending"]
+    assert s["pages"][0]["paged"] == ["李伟 Li Wei (D1001)"]  # the day attending
