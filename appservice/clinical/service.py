@@ -105,7 +105,8 @@ class ClinicalService:
         urgent = isinstance(event, ResultEvent) and bool(event.critical_observations)
         try:
             new = await self.store.accept(
-                message.sending_facility, message.control_id, message.message_type, payload, urgent
+                message.sending_facility, message.control_id, message.message_type, payload, urgent,
+                patient_id=getattr(getattr(event, "patient", None), "id", None),
             )
         except Exception as exc:  # the store is down: the sender must retry, nothing is lost
             log.exception("could not store HL7 %s", message.control_id)
@@ -284,7 +285,7 @@ class ClinicalService:
         """Deliver this patient's admissions and transfers still queued behind the backlog
         (a critical result is taken first): True if any was."""
         delivered = False
-        for earlier in await self.store.pending_movements_before(item.id):
+        for earlier in await self.store.pending_movements_before(item.id, patient_id):
             try:
                 event = await self._event_of(earlier)
             except Exception:  # noqa: BLE001 - a broken queued message is the loop's business

@@ -62,23 +62,27 @@ class ClinicalStore:
         await self._add_urgent_column()
 
     async def _add_urgent_column(self) -> None:
-        """Inboxes made before critical results jumped the queue lack the column."""
-        if self.db.scheme == "postgres":
-            await self.db.execute("ALTER TABLE hl7_inbox ADD COLUMN IF NOT EXISTS urgent INTEGER NOT NULL DEFAULT 0")
-        else:
-            columns = {row["name"] for row in await self.db.fetch("PRAGMA table_info(hl7_inbox)")}
-            if "urgent" not in columns:
-                await self.db.execute("ALTER TABLE hl7_inbox ADD COLUMN urgent INTEGER NOT NULL DEFAULT 0")
+        """Columns added since the first release: inboxes made before lack them."""
+        await self._add_column("hl7_inbox", "urgent", "INTEGER NOT NULL DEFAULT 0")
         await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_pending ON hl7_inbox (state, urgent, id)")
+        # The patient of an HL7 message, so a critical result finds the patient's queued ADT.
+        await self._add_column("hl7_inbox", "patient_id", "TEXT")
+        await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_patient ON hl7_inbox (patient_id, state)")
         # Alerts name their patient, so a transfer brings the new ward into open ones.
-        if self.db.scheme == "postgres":
-            await self.db.execute("ALTER TABLE clinical_alert ADD COLUMN IF NOT EXISTS patient_id TEXT")
-        else:
-            columns = {row["name"] for row in await self.db.fetch("PRAGMA table_info(clinical_alert)")}
-            if "patient_id" not in columns:
-                await self.db.execute("ALTER TABLE clinical_alert ADD COLUMN patient_id TEXT")
+        await self._add_column("clinical_alert", "patient_id", "TEXT")
 
-    async def accept(self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False) -> bool:
+    async def _add_column(self, table: str, column: str, declaration: str) -> None:
+        if self.db.scheme == "postgres":
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
+            return
+        columns = {row["name"] for row in await self.db.fetch(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    async def accept(
+        self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False,
+        patient_id: str | None = None,
+    ) -> bool:
         """Store an inbound message; False if this (facility, control ID) was accepted before
         (a resend after a lost ACK), which must be acknowledged again but not delivered twice.
         ``urgent`` (a critical result) is delivered before any backlog of routine messages."""
@@ -88,9 +92,9 @@ class ClinicalStore:
         if existing:
             return False
         await self.db.execute(
-            "INSERT INTO hl7_inbox (facility, control_id, message_type, received_at, raw, state, urgent) "
-            "VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT (facility, control_id) DO NOTHING",
-            facility, control_id, message_type, int(time.time() * 1000), raw, 1 if urgent else 0,
+            "INSERT INTO hl7_inbox (facility, control_id, message_type, received_at, raw, state, urgent, patient_id) "
+            "VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) ON CONFLICT (facility, control_id) DO NOTHING",
+            facility, control_id, message_type, int(time.time() * 1000), raw, 1 if urgent else 0, patient_id,
         )
         return True
 
@@ -107,14 +111,16 @@ class ClinicalStore:
         )
         return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
 
-    async def pending_movements_before(self, inbox_id: int, limit: int = 1000) -> list[Inbound]:
-        """Admissions, transfers and encounters still queued ahead of ``inbox_id``: a critical
-        result jumps the queue, but the ADT that says where its patient lies must not be left
-        behind it."""
+    async def pending_movements_before(self, inbox_id: int, patient_id: str, limit: int = 200) -> list[Inbound]:
+        """Admissions, transfers and encounters still queued ahead of ``inbox_id`` that are
+        (or may be: FHIR encounters name their patient only once read) about this patient: a
+        critical result jumps the queue, but the ADT that says where its patient lies must not
+        be left behind it."""
         rows = await self.db.fetch(
             "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' AND id < $1 "
-            "AND (message_type LIKE 'ADT%' OR message_type = 'FHIR/Encounter') ORDER BY id DESC LIMIT $2",
-            inbox_id, limit,
+            "AND (message_type LIKE 'ADT%' OR message_type = 'FHIR/Encounter') "
+            "AND (patient_id = $2 OR patient_id IS NULL) ORDER BY id DESC LIMIT $3",
+            inbox_id, patient_id, limit,
         )
         # The newest ``limit`` (the patient's latest movements sit just ahead of the result,
         # however long the backlog), handed back oldest first.
