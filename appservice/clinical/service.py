@@ -270,7 +270,7 @@ class ClinicalService:
                         await self._page(item, net, room_id, event_id, rule.priority, subject, patient, "safety-net")
                         found = Route(found.ward, f"{found.how}; it has no {'/'.join(rule.page)} role — paged {net}")
         else:
-            room_id = await self._alert_room(item, patient, found.safety_net or "")
+            room_id = await self._alert_room(item, patient, found.safety_net or "", found.lead)
             rule = next(r for r in rules if r.page)
             text = f"{summary}\nRouting: {found.how}."
             event_id = await self._post(room_id, item, rule.priority, text, patient)
@@ -334,9 +334,11 @@ class ClinicalService:
             log.warning("patient %s: the EMR could not be asked for the current encounter (%s)", patient_id, exc)
             return None
 
-    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str) -> str:
+    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str, lead: str | None) -> str:
         """A room of its own for an alert with no ward: the people paged see this alert and
-        nothing else (not a doctor's private chat, not another unit's room)."""
+        nothing else (not a doctor's private chat, not another unit's room). The role account
+        and the first person to page are invited as the room is made: the invite is the first
+        thing the doctor's phone shows, a round trip sooner than the page."""
         existing = await self.store.alert_room(item.id)
         if existing:
             return existing
@@ -345,6 +347,7 @@ class ClinicalService:
             "name": f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})",
             "topic": f"A critical result from {item.facility} for a patient with no ward on record.",
             "preset": "private_chat", "visibility": "private",
+            "invite": [u for u in (role_user, self.oncall.user_id(lead) if lead else None) if u],
             # The message's ID keeps two alert rooms created in the same millisecond from
             # hashing to one room ID (room version 12).
             "creation_content": {"m.federate": False, SOURCE_FIELD: {"facility": item.facility, "control_id": item.control_id}},
