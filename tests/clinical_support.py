@@ -53,6 +53,26 @@ async def bodies(client: AsyncClient, room: str) -> list[str]:
     return [n["content"]["body"] for n in await notices(client, room)]
 
 
+async def send_many(stack: RunningStack, payloads: list[bytes]) -> list[str]:
+    """Send one after the other on one connection, as an HIS does; the MSA-1 code of each ACK."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
+    decoder = MllpDecoder()
+    codes = []
+    try:
+        for payload in payloads:
+            writer.write(frame(payload))
+            await writer.drain()
+            acks: list[bytes] = []
+            while not acks:
+                data = await asyncio.wait_for(reader.read(65536), 30)
+                assert data, "connection closed without an ACK"
+                acks = decoder.feed(data)
+            codes.append(ack_code(parse(acks[0])))
+    finally:
+        writer.close()
+    return codes
+
+
 async def alert_state(stack: RunningStack, facility: str, control_id: str) -> tuple[int, dict[str, Any]]:
     """What the HIS sees when it asks about its alert."""
     url = f"{stack.deployment.settings.appservice_url}/_carematrix/alerts/{facility}/{control_id}"

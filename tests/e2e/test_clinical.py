@@ -13,7 +13,7 @@ from nio import AsyncClient, RoomSendResponse
 
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
-from tests.clinical_support import ack_code, bodies, hl7, send_mllp, team
+from tests.clinical_support import ack_code, bodies, hl7, send_many, send_mllp, team
 from tests.oncall_support import notices, paged_in, quiet_rule_in_place, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
@@ -233,21 +233,8 @@ async def test_kill_9_with_messages_queued_delivers_each_exactly_once(stack: Run
         icu = await team(stack, nurse, "icu")
         batch = uuid.uuid4().hex[:4].upper()
         patients = [f"K{batch}{i:03d}" for i in range(40)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
-        decoder = MllpDecoder()
-        try:
-            for pid in patients:
-                _, payload = hl7(f"PID|1||{pid}^^^RENHE^MR||测试^{pid}||19700101|M", "PV1|1|I|ICU^09^09")
-                writer.write(frame(payload))
-                await writer.drain()
-                acks: list[bytes] = []
-                while not acks:
-                    data = await asyncio.wait_for(reader.read(65536), 30)
-                    assert data, "connection closed without an ACK"
-                    acks = decoder.feed(data)
-                assert ack_code(parse(acks[0])) == "AA"
-        finally:
-            writer.close()
+        payloads = [hl7(f"PID|1||{pid}^^^RENHE^MR||测试^{pid}||19700101|M", "PV1|1|I|ICU^09^09")[1] for pid in patients]
+        assert await send_many(stack, payloads) == ["AA"] * len(patients)
         # Every message is acknowledged, so stored; the appservice dies while delivering.
         stack.stack.appservice.kill()
         delivered_before = len([b for b in await bodies(nurse, icu) if f"K{batch}" in b])

@@ -12,8 +12,7 @@ from datetime import timedelta
 import aiohttp
 from nio import AsyncClient, RoomSendResponse
 
-from bridges.hl7.mllp import MllpDecoder, frame
-from tests.clinical_support import ack_code, alert_state, hl7, send_mllp, team
+from tests.clinical_support import ack_code, alert_state, hl7, send_many, send_mllp, team
 from tests.oncall_support import notices, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
@@ -414,19 +413,7 @@ async def test_a_critical_result_that_jumps_a_backlog_still_finds_the_ward_of_th
     burst = [hl7(f"PID|1||B{patient}{i:03d}^^^RENHE^MR||排^队{i}||19700101|M", "PV1|1|I|5A^01^01")[1] for i in range(150)]
     _, admission = hl7(f"PID|1||{patient}^^^RENHE^MR||急^插队||19600101|F", "PV1|1|I|ICU^09^09")
     control, oru = critical_oru(patient, "急^插队")
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.deployment.settings.hl7_port)
-    decoder = MllpDecoder()
-    try:
-        for payload in [*burst, admission, oru]:
-            writer.write(frame(payload))
-            await writer.drain()
-            acks: list[bytes] = []
-            while not acks:
-                data = await asyncio.wait_for(reader.read(65536), 30)
-                assert data, "connection closed without an ACK"
-                acks = decoder.feed(data)
-    finally:
-        writer.close()
+    assert await send_many(stack, [*burst, admission, oru]) == ["AA"] * (len(burst) + 2)
     s = await eventually(lambda: _delivered(stack, control), timeout=120, interval=0.5)
     assert s["routing"] == "ward ICU from the patient's last ADT"
     assert {p["role"] for p in s["pages"]} == {"icu/nurse", "icu/doctor"}
