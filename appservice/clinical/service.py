@@ -163,6 +163,9 @@ class ClinicalService:
         if event is None:
             await self.store.done(item.id, "ignored", "carries no event the hospital routes")
             return
+        visit = getattr(event, "visit", None)
+        if not isinstance(event, AdtEvent) and not (visit and visit.ward):
+            await self._movements_first(item, event.patient.id)
         known = await self.store.patient(event.patient.id) or {}  # read before an ADT updates it
         kind, patient, message_ward, summary = await self._describe(event, known)
         rules = policy.rules_for(kind)
@@ -236,8 +239,6 @@ class ClinicalService:
         if not any(r.post or r.page for r in rules):
             await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": "no ward needed"}))
             return None
-        if not message_ward and await self._movements_first(item, patient["id"]):
-            known = await self.store.patient(patient["id"]) or {}
         clues = [WardClue(message_ward, "the message's own location"), WardClue(known.get("ward"), "the patient's last ADT")]
         ordering = self._staff_number(getattr(event, "ordering_provider", "") or "")
         found = route(policy, item.facility, rules, clues, ordering)
