@@ -254,6 +254,16 @@ async def test_a_transfer_tells_the_ward_left_and_the_ward_joined_and_brings_the
                        and "direct chat" in n["content"]["body"] for n in await notices(ward_nurse, ward5a))
 
         assert await eventually(said_where)
+
+        # A03 without a ward of its own: the ward the patient left (5A, from the transfer) is told.
+        _, a03 = hl7(f"PID|1||{patient}^^^RENHE^MR||赵^转科||19500101|M", "PV1|1|I", kind="ADT^A03")
+        assert ack_code(await send_mllp(stack, a03)) == "AA"
+
+        async def discharged() -> list[str]:
+            return [n["content"]["body"] for n in await notices(ward_nurse, ward5a)
+                    if n["content"]["body"].startswith("Discharge:") and patient in n["content"]["body"]]
+
+        assert "from 5A" in (await eventually(discharged))[0]
     finally:
         await nurse.close()
         await ward_nurse.close()
