@@ -86,6 +86,7 @@ class OncallService:
         self._feed_checked: dict[str, float] = {}
         self._feed_stamps: dict[str, tuple[int, int] | None] = {}
         self._lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
         self._user_tokens: dict[str, str] = {}
         self._quiet_applied: dict[str, bool] = {}
         self.feed_errors: dict[str, str] = {}
@@ -570,7 +571,12 @@ class OncallService:
     async def flush(self) -> None:
         """Send the outbox in order; each send carries its outbox ID as transaction ID, so a
         send retried after a crash is not delivered twice. A send that failed for a passing
-        reason waits its back-off and is tried again; a refusal is not."""
+        reason waits its back-off and is tried again; a refusal is not. One flush at a time:
+        two at once (the tick and a message) performed the same page twice."""
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         for txn_id, page_id, action in await self.store.unsent():
             failures, not_before = self._retry.get(txn_id, (0, 0.0))
             if time.monotonic() < not_before:
