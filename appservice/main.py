@@ -30,6 +30,7 @@ from appservice.clinical.service import ClinicalService
 from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
+from appservice.dedupe import NoTransactionIds, RecentEvents
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
@@ -70,6 +71,7 @@ class Bot:
         # Set once the tables exist and the loops run: until then the health endpoint says
         # "starting" and nothing reads a table that may not exist yet.
         self.ready = asyncio.Event()
+        self.recent = RecentEvents()
 
     def on_policy_outcome(self, outcome: ReloadOutcome) -> None:
         self.last_rejected = None if outcome.accepted else outcome
@@ -102,6 +104,8 @@ class Bot:
 
     async def on_event(self, evt: Event) -> None:
         log.debug("event %s in %s", evt.type, getattr(evt, "room_id", "?"))
+        if not self.recent.first_time(getattr(evt, "event_id", None)):
+            return
         # Synapse may deliver events queued while we were down before our tables exist;
         # holding the transaction makes it wait (and retry) rather than lose them.
         await self.ready.wait()
@@ -372,6 +376,7 @@ async def run(config: AppserviceConfig) -> None:
     bot.cases = cases
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
+    appserv.transactions = NoTransactionIds()  # duplicates are recognised per event (appservice.dedupe)
     appserv.query_alias = oncall.query_alias
     appserv.app.router.add_get(ALERTS_PATH, clinical.alert_state)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
