@@ -72,6 +72,8 @@ async def test_critical_result_for_a_patient_with_no_ward_pages_the_ordering_doc
         room = re.search(r"matrix\.to/#/(![^\s]+)", told).group(1)  # type: ignore[union-attr]
         assert "no ward known" in told
         await doctor.join(room)
+        name = await doctor.room_get_state_event(room, "m.room.name")
+        assert name.content["name"] == f"危急值 Critical result · 孤立 ({patient})"  # type: ignore[union-attr]
         page = (await eventually(lambda: page_notices(doctor, room, patient)))[0]["content"]
         assert "孤立" in page["body"] and "Potassium 7.2 mmol/L [HH]" in page["body"]
         assert f"!ack {state['pages'][0]['alert_id']}" in page["body"]
