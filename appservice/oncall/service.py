@@ -425,12 +425,17 @@ class OncallService:
                 await self._ack(candidates[0], staff, how)
             elif len(candidates) > 1:
                 ids = ", ".join(p.alert_id for p in candidates)
-                await self._notice(
-                    room_id, self.bot,
-                    f"{self.name(staff)}: that message has {len(candidates)} open pages ({ids}); "
-                    f"nothing was acknowledged. React to the page notice itself or send !ack <id>.",
-                    None, mentions=[sender],
-                )
+                # Said by the role account of the first page: it is in the room, the bot may not be.
+                speaker = self.matrix.uid(role_localpart(candidates[0].role))
+                try:
+                    await self._notice(
+                        room_id, speaker,
+                        f"{self.name(staff)}: that message has {len(candidates)} open pages ({ids}); "
+                        f"nothing was acknowledged. React to the page notice itself or send !ack <id>.",
+                        None, mentions=[sender],
+                    )
+                except MatrixCallFailed as exc:
+                    log.warning("could not tell %s that their acknowledgement was ambiguous: %s", staff, exc)
         await self.flush()
 
     async def ack_command(self, sender: str, given: str) -> str:

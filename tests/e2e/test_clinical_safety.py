@@ -452,3 +452,39 @@ async def test_a_critical_result_for_a_patient_the_emr_has_on_a_ward_goes_to_tha
     assert s["routing"].startswith("ward 5A from the") and ("EMR" in s["routing"] or "ADT" in s["routing"])
     assert [p["role"] for p in s["pages"]] == ["cardiology/attending"]
     assert s["pages"][0]["paged"] == ["李伟 Li Wei (D1001)"]  # the day attending
+
+
+async def test_a_reaction_on_the_result_itself_acknowledges_only_when_it_names_one_page(stack: RunningStack):
+    start = tomorrow_at(10, 0) + timedelta(days=5)
+    await set_clock(stack, start)
+    patient = new_patient()
+    control, oru = critical_oru(patient, "吴^反应", pv1="PV1|1|I|ICU^10^10")
+    assert ack_code(await send_mllp(stack, oru)) == "AA"
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team(stack, doctor, "icu")
+        assert await eventually(lambda: _delivered(stack, control))
+        # The nurse does not answer: her page climbs to the ICU doctor, who now holds two pages
+        # for this one result (his own and the nurse's).
+        await set_clock(stack, start + timedelta(minutes=2, seconds=10))
+
+        async def doctor_on_both() -> bool:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return all("陈静 Chen Jing (D2001)" in p["paged"] for p in s["pages"])
+
+        assert await eventually(doctor_on_both)
+        post = next(n for n in await notices(doctor, icu)
+                    if n["content"]["body"].startswith("CRITICAL RESULT") and patient in n["content"]["body"])
+        sent = await doctor.room_send(icu, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": post["event_id"], "key": "👍"}})
+        assert isinstance(sent, RoomSendResponse)
+
+        async def told_to_choose() -> bool:
+            return any("open pages" in n["content"]["body"] and "nothing was acknowledged" in n["content"]["body"]
+                       for n in await notices(doctor, icu))
+
+        assert await eventually(told_to_choose)
+        s = (await alert_state(stack, "LIS", control))[1]
+        assert all(p["state"] == "open" for p in s["pages"])
+    finally:
+        await doctor.close()
