@@ -11,6 +11,8 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from appservice.db_columns import add_missing_column
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS hl7_inbox (
         id INTEGER PRIMARY KEY, facility TEXT NOT NULL, control_id TEXT NOT NULL,
@@ -63,21 +65,13 @@ class ClinicalStore:
 
     async def _add_urgent_column(self) -> None:
         """Columns added since the first release: inboxes made before lack them."""
-        await self._add_column("hl7_inbox", "urgent", "INTEGER NOT NULL DEFAULT 0")
+        await add_missing_column(self.db, "hl7_inbox", "urgent", "INTEGER NOT NULL DEFAULT 0")
         await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_pending ON hl7_inbox (state, urgent, id)")
         # The patient of an HL7 message, so a critical result finds the patient's queued ADT.
-        await self._add_column("hl7_inbox", "patient_id", "TEXT")
+        await add_missing_column(self.db, "hl7_inbox", "patient_id", "TEXT")
         await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_patient ON hl7_inbox (patient_id, state)")
         # Alerts name their patient, so a transfer brings the new ward into open ones.
-        await self._add_column("clinical_alert", "patient_id", "TEXT")
-
-    async def _add_column(self, table: str, column: str, declaration: str) -> None:
-        if self.db.scheme == "postgres":
-            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
-            return
-        columns = {row["name"] for row in await self.db.fetch(f"PRAGMA table_info({table})")}
-        if column not in columns:
-            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        await add_missing_column(self.db, "clinical_alert", "patient_id", "TEXT")
 
     async def accept(
         self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False,

@@ -10,6 +10,7 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
+from appservice.db_columns import add_missing_column
 from carematrix.oncall.escalation import Action, Page
 from carematrix.oncall.model import Override, Shift
 
@@ -84,15 +85,8 @@ class OncallStore:
 
     async def _add_page_columns(self) -> None:
         """Pages stored before pages named their subject lack these columns."""
-        if self.db.scheme == "postgres":
-            have = {r["column_name"] for r in await self.db.fetch(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'oncall_page'"
-            )}
-        else:
-            have = {r["name"] for r in await self.db.fetch("PRAGMA table_info(oncall_page)")}
         for column, kind in PAGE_COLUMNS:
-            if column not in have:
-                await self.db.execute(f"ALTER TABLE oncall_page ADD COLUMN {column} {kind}")
+            await add_missing_column(self.db, "oncall_page", column, kind)
 
     # -- roster -------------------------------------------------------------------------
 
