@@ -164,7 +164,8 @@ class ClinicalService:
             await self.store.done(item.id, "ignored", "carries no event the hospital routes")
             return
         visit = getattr(event, "visit", None)
-        if not isinstance(event, AdtEvent) and not (visit and visit.ward):
+        if item.urgent and not isinstance(event, AdtEvent) and not (visit and visit.ward):
+            # Only an urgent item can overtake a movement still queued; routine ones go in order.
             await self._movements_first(item, event.patient.id)
         known = await self.store.patient(event.patient.id) or {}  # read before an ADT updates it
         kind, patient, message_ward, summary = await self._describe(event, known)

@@ -48,6 +48,7 @@ class Inbound:
     control_id: str
     raw: bytes
     message_type: str = ""
+    urgent: bool = False  # delivered ahead of the backlog (a critical result)
 
 
 class ClinicalStore:
@@ -100,10 +101,13 @@ class ClinicalStore:
 
     async def pending(self, limit: int = 100) -> list[Inbound]:
         rows = await self.db.fetch(
-            "SELECT id, facility, control_id, raw, message_type FROM hl7_inbox WHERE state = 'pending' "
+            "SELECT id, facility, control_id, raw, message_type, urgent FROM hl7_inbox WHERE state = 'pending' "
             "ORDER BY urgent DESC, id LIMIT $1", limit
         )
-        return [Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"]) for r in rows]
+        return [
+            Inbound(r["id"], r["facility"], r["control_id"], bytes(r["raw"]), r["message_type"], bool(r["urgent"]))
+            for r in rows
+        ]
 
     async def pending_movements_before(self, inbox_id: int, patient_id: str, limit: int = 200) -> list[Inbound]:
         """Admissions, transfers and encounters still queued ahead of ``inbox_id`` that are

@@ -445,11 +445,11 @@ class OncallService:
             return "Only staff can acknowledge pages."
         wanted = given.strip().upper()
         async with self._lock:
-            mine = [p for p in await self.store.open_pages_for(staff) if p.alert_id == wanted]
+            yours = await self.store.open_pages_for(staff)
+            mine = [p for p in yours if p.alert_id == wanted]
             if not mine:
                 return f"No open page [{wanted}] was sent to you. Your open pages: " + (
-                    ", ".join(f"[{p.alert_id}] {_first_line(p.subject)[:60]}" for p in await self.store.open_pages_for(staff))
-                    or "none"
+                    ", ".join(f"[{p.alert_id}] {_first_line(p.subject)[:60]}" for p in yours) or "none"
                 )
             acked = await self._ack(mine[0], staff, "command")
         await self.flush()
@@ -466,8 +466,7 @@ class OncallService:
         if staff is None or not event_id:
             return
         async with self._lock:
-            candidates = [await self.store.page(pid) for pid in await self.store.page_notices_in(room_id, None)]
-            open_pages = [p for p in candidates if p is not None and p.state == "open" and staff in p.paged]
+            open_pages = [p for p in await self.store.open_pages_noticed_in(room_id) if staff in p.paged]
             if not open_pages:
                 return
             read_up_to = await self._event_time(room_id, event_id, open_pages[0])

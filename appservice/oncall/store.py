@@ -45,6 +45,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS oncall_page_notice (
         event_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, room_id TEXT NOT NULL, sent_at BIGINT NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS oncall_page_notice_room ON oncall_page_notice (room_id, sent_at)",
     """CREATE TABLE IF NOT EXISTS oncall_page_seen (
         page_id TEXT NOT NULL, staff_number TEXT NOT NULL, seen_at BIGINT NOT NULL,
         PRIMARY KEY (page_id, staff_number)
@@ -242,16 +243,23 @@ class OncallStore:
     async def page_of_notice(self, event_id: str) -> str | None:
         return await self.db.fetchval("SELECT page_id FROM oncall_page_notice WHERE event_id = $1", event_id)
 
-    async def page_notices_in(self, room_id: str, up_to: datetime | None) -> list[str]:
-        """Pages with a notice in ``room_id`` (sent at or before ``up_to``, when given)."""
-        if up_to is None:
-            rows = await self.db.fetch("SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1", room_id)
-        else:
-            rows = await self.db.fetch(
-                "SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1 AND sent_at <= $2",
-                room_id, _ms(up_to),
-            )
+    async def page_notices_in(self, room_id: str, up_to: datetime) -> list[str]:
+        """Pages with a notice in ``room_id`` sent at or before ``up_to``."""
+        rows = await self.db.fetch(
+            "SELECT DISTINCT page_id FROM oncall_page_notice WHERE room_id = $1 AND sent_at <= $2",
+            room_id, _ms(up_to),
+        )
         return [r["page_id"] for r in rows]
+
+    async def open_pages_noticed_in(self, room_id: str) -> list[Page]:
+        """Open pages with a notice in ``room_id`` (their own room, or a direct chat they were
+        sent to): one query per read receipt, however many pages the room has seen."""
+        rows = await self.db.fetch(
+            "SELECT * FROM oncall_page WHERE state = 'open' AND page_id IN "
+            "(SELECT page_id FROM oncall_page_notice WHERE room_id = $1) ORDER BY created_at",
+            room_id,
+        )
+        return [_page(r) for r in rows]
 
     async def role_dm(self, role: str, staff_number: str) -> str | None:
         return await self.db.fetchval(
