@@ -31,13 +31,13 @@ from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.dedupe import NoTransactionIds, RecentEvents
+from appservice.matrix_admin import OrgMatrix
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
 from bridges.fhir.outcome import Issue, operation_outcome
 from carematrix.commands import parse_command
-from carematrix.org.matrix import OrgMatrix
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.rules.protection import PRIORITY_FIELD

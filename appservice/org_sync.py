@@ -13,7 +13,7 @@ import aiohttp
 from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
-from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
+from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
 from carematrix.org.plan import desired_state, plan
 from carematrix.policy.holder import PolicyHolder
 

@@ -24,18 +24,18 @@ from pathlib import Path
 
 from bench.stats import summary
 from carematrix.audit import actions as A
-from carematrix.audit.db import AuditDb, connect
 from carematrix.audit.record import AuditRecord, now_us
-from carematrix.audit.store import append, ensure_schema
 from carematrix.audit.verify import verify
-from carematrix.deploy import REPO_ROOT
-from carematrix.pgadmin import (
-    TEST_SERVER_URL,
+from carematrix.hsdb.audit_store import append, ensure_schema
+from carematrix_ops.audit_db import AuditDb, connect
+from carematrix_ops.deploy import REPO_ROOT
+from carematrix_ops.pgadmin import (
     create_database,
     database_url,
     drop_database,
     on_maintenance_db,
 )
+from tests.ports import TEST_SERVER_URL
 
 _ACTIONS = (
     A.MESSAGE_SEND,

@@ -17,7 +17,7 @@ import aiohttp
 
 from bench.mllp import Mllp, start_hl7_stack
 from bench.roundtrip import _call, _login
-from carematrix.seed import Seeder
+from carematrix_ops.seed import Seeder
 
 WARDS = (("ICU", "icu"), ("5A", "cardiology-ward-5a"))
 

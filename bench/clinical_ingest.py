@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.mllp import Mllp, start_hl7_stack
 from bench.stats import summary
-from carematrix.seed import Seeder
+from carematrix_ops.seed import Seeder
 
 
 def _adt(i: int) -> bytes:

@@ -24,7 +24,7 @@ from bench.mllp import Mllp, start_hl7_stack
 from bench.oncall_e2e import Syncer, _clock
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
-from carematrix.seed import Seeder
+from carematrix_ops.seed import Seeder
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from bridges.hl7.mllp import MllpDecoder, frame
-from carematrix.deploy import Deployment, Settings, prepare
-from carematrix.ports import free_port, free_port_pair
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port, free_port_pair
 
 
 def start_hl7_stack(work: Path, **settings: Any) -> tuple[Deployment, Stack]:

@@ -28,23 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import summary
-from carematrix.audit.db import AuditDb, connect
-from carematrix.audit.store import sql
-from carematrix.pgadmin import (
-    TEST_SERVER_URL,
-    create_database,
-    database_url,
-    drop_database,
-    on_maintenance_db,
-)
-from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint
-from carematrix.protect.forward_store import (
+from carematrix.hsdb.audit_store import sql
+from carematrix.hsdb.forward_store import (
     ORIGIN_TABLE,
     TABLE,
     ensure_schema,
     find_foreign,
     record_origin,
 )
+from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint
+from carematrix_ops.audit_db import AuditDb, connect
+from carematrix_ops.pgadmin import (
+    create_database,
+    database_url,
+    drop_database,
+    on_maintenance_db,
+)
+from tests.ports import TEST_SERVER_URL
 
 QUERIES = 2_000
 _MEDIA_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"

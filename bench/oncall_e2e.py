@@ -21,10 +21,10 @@ import aiohttp
 
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
-from carematrix.deploy import Settings, prepare
-from carematrix.ports import free_port_pair
-from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import Settings, prepare
+from carematrix_ops.seed import Seeder
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port_pair
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -15,10 +15,10 @@ import yaml
 
 from bench.roundtrip import _call, _login, _register
 from bench.stats import comparison, summary
-from carematrix.deploy import REPO_ROOT, Settings, prepare
-from carematrix.ports import free_port_pair
-from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import REPO_ROOT, Settings, prepare
+from carematrix_ops.seed import Seeder
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port_pair
 
 
 def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> None:
@@ -153,7 +153,7 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
     """The same plan (accounts, spaces and rooms, joins, locks), applied by the same code with
     the same concurrency to a Synapse without our modules or appservice: what Synapse itself
     needs for that many events on this machine."""
-    from carematrix.org.matrix import OrgMatrix
+    from appservice.matrix_admin import OrgMatrix
     from carematrix.org.plan import Observed, desired_state, plan
     from carematrix.policy import load_policy
 

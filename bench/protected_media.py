@@ -15,10 +15,10 @@ import aiohttp
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
 from bench.watermark import photo_jpeg
-from carematrix.deploy import Settings, prepare
-from carematrix.ports import free_port_pair
-from carematrix.seed import Seeder
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import Settings, prepare
+from carematrix_ops.seed import Seeder
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port_pair
 
 
 async def _upload(session: aiohttp.ClientSession, base: str, token: str, data: bytes) -> str:

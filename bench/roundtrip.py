@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 
 from bench.stats import comparison, summary
-from carematrix.deploy import Deployment, Settings, prepare
 from carematrix.policy.model import ROOM_CLASS_EVENT
-from carematrix.ports import free_port_pair
-from carematrix.seed import Seeder, shared_secret_registration
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.seed import Seeder, shared_secret_registration
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port_pair
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Signing in with the hospital directory (LDAP): configuration and the login-to-staff mapping.
 
-Pure logic, no network: the directory calls are in ``carematrix.ldap_directory`` and the
+Pure logic, no network: the directory calls are in ``synapse_modules.ldap_directory`` and the
 Synapse wiring in ``synapse_modules.ldap_auth``. The staff list, not the directory, decides
 who has an account: the directory only vouches for the password of someone already on it.
 """

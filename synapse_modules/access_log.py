@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from carematrix.audit import AuditRecord
 from carematrix.audit import actions as A
+from carematrix.audit.record import AuditRecord
 
 ACCESS_LOGGER = "synapse.access"
 # Indexes into the access-log record's args (synapse/http/site.py, "Processed request").

@@ -22,21 +22,15 @@ from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
 from twisted.web.server import Request
 
-from carematrix.audit import (
-    AuditQuery,
-    AuditRecord,
-    AuditRecordInvalid,
+from carematrix.audit import actions as A
+from carematrix.audit.checkpoint import (
     export_verify_key,
     load_or_create_signing_key,
     make_checkpoint,
-    parse_time,
-    query_record,
-    render,
-    search,
 )
-from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
-from carematrix.audit.search import AuditQueryInvalid
+from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
+from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
 from carematrix.policy.holder import PolicyHolder
 from synapse_modules import access_log, internals
 from synapse_modules.async_resource import AsyncJsonResource
@@ -191,8 +185,8 @@ class CareMatrixAudit:
         )
 
     def _start_syslog(self, config: AuditModuleConfig) -> None:
-        from carematrix.audit.spool import Forwarder, Spool, fill_from_log
-        from carematrix.audit.syslog import TcpTransport, format_record
+        from synapse_modules.audit_spool import Forwarder, Spool, fill_from_log
+        from synapse_modules.audit_syslog import TcpTransport, format_record
 
         assert config.syslog_host and config.syslog_spool
         spool = Spool(config.syslog_spool)

@@ -18,7 +18,8 @@ from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import ModuleApi, make_deferred_yieldable
 from twisted.internet import defer
 
-from carematrix.audit import AuditRecord, append, ensure_schema
+from carematrix.audit.record import AuditRecord
+from carematrix.hsdb.audit_store import append, ensure_schema
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from typing import Any
 from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
 
-from carematrix.ldap_directory import check_password as directory_check_password
 from carematrix.ldap_login import (
     LdapConfig,
     LdapConfigError,
@@ -37,6 +36,7 @@ from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import staff_localpart
 from synapse_modules.config import checked_keys_and_policy_dir
+from synapse_modules.ldap_directory import check_password as directory_check_password
 
 log = logging.getLogger(__name__)
 

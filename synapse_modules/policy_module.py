@@ -23,9 +23,9 @@ from synapse.types import Requester
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from carematrix.audit import AuditRecord
 from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
+from carematrix.audit.record import AuditRecord
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
 from carematrix.rules import Verdict

@@ -20,11 +20,11 @@ from typing import Any
 from synapse.events import EventBase
 from synapse.module_api import ModuleApi
 
-from carematrix.audit import AuditRecord
 from carematrix.audit import actions as A
+from carematrix.audit.record import AuditRecord
+from carematrix.hsdb import burn_store, forward_store, media_store
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import RoomClass
-from carematrix.protect import burn_store, forward_store, media_store
 from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint, media_uris
 from carematrix.rules import Verdict
 from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content

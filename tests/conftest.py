@@ -1,6 +1,6 @@
 """Shared fixtures. One real homeserver per database backend serves the whole run, connected
 to the hospital systems it talks to: a FHIR R4 server (summaries, archive) and a real Orthanc
-PACS with its DICOMweb plugin, both the demo hospital's (carematrix.demo) started privately."""
+PACS with its DICOMweb plugin, both the demo hospital's (carematrix_ops.demo) started privately."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from carematrix.demo import DEMO_ACCESSION, DEMO_DATA, DEMO_PATIENT
-from carematrix.demo.emr import FhirTestServer, start_fhir_server
-from carematrix.demo.pacs import Orthanc, start_orthanc, upload_with_accession
+from carematrix_ops.demo import DEMO_ACCESSION, DEMO_DATA, DEMO_PATIENT
+from carematrix_ops.demo.emr import FhirTestServer, start_fhir_server
+from carematrix_ops.demo.pacs import Orthanc, start_orthanc, upload_with_accession
 from tests.support import RunningStack, start_stack, stop_stack
 
 SYSTEMS_TOKEN = secrets.token_urlsafe(24)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlencode
 
 from aiohttp import web
 
-from carematrix.demo.threaded import serve_in_thread
+from carematrix_ops.demo.threaded import serve_in_thread
 
 CLIENT_ID = "carematrix-test"
 CLIENT_SECRET = "test-client-secret-4711"

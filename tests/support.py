@@ -18,11 +18,11 @@ from typing import Any
 
 from nio import AsyncClient, LoginResponse
 
-from carematrix.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
-from carematrix.pgadmin import TEST_SERVER_URL, database_url, drop_database, on_maintenance_db
-from carematrix.ports import free_port, free_port_pair
-from carematrix.seed import Seeder, SeedResult
-from carematrix.supervisor import Stack
+from carematrix_ops.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix_ops.pgadmin import database_url, drop_database, on_maintenance_db
+from carematrix_ops.seed import Seeder, SeedResult
+from carematrix_ops.supervisor import Stack
+from tests.ports import TEST_SERVER_URL, free_port, free_port_pair
 
 WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
 

@@ -42,12 +42,12 @@ from appservice.clinical.locate import Located, LocateFailed, PatientLocator
 from appservice.clinical.pdf_fonts import FontUnavailable
 from appservice.clinical.store import ClinicalStore
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
+from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
 from appservice.oncall.service import OncallService
 from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
 from carematrix.clinical_policy import ClinicalPolicy
 from carematrix.oncall.policy import role_localpart
-from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.model import ROOM_CLASS_EVENT
 from carematrix.rules.protection import PRIORITY_FIELD
 

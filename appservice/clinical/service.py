@@ -25,6 +25,7 @@ from appservice.audit_client import AuditClient
 from appservice.clinical.fhir_intake import MESSAGE_PREFIX
 from appservice.clinical.mllp_listener import MllpLimits, MllpListener
 from appservice.clinical.store import ClinicalStore, Inbound
+from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
 from appservice.oncall.service import OncallService
 from bridges.fhir.events import extract_resource
 from bridges.fhir.outcome import FhirInvalid
@@ -35,7 +36,6 @@ from bridges.records import AdtEvent, ImagingEvent, OrderEvent, ReportEvent, Res
 from carematrix.clinical_policy import ClinicalPolicy, Ward
 from carematrix.clinical_routing import Route, WardClue, route
 from carematrix.oncall.policy import role_localpart
-from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import ROOM_CLASS_EVENT, staff_localpart
 from carematrix.rules.protection import PRIORITY_FIELD

@@ -25,10 +25,12 @@ from urllib.parse import quote
 import aiohttp
 
 from appservice.audit_client import AuditClient
+from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from appservice.oncall import quiet_hours
 from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
+from appservice.oncall.swap import swap
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
-from carematrix.oncall import quiet_hours
 from carematrix.oncall.escalation import (
     Action,
     EscalationPolicy,
@@ -42,9 +44,7 @@ from carematrix.oncall.escalation import (
 from carematrix.oncall.model import Override
 from carematrix.oncall.policy import OncallPolicy, RoleAddress, role_localpart
 from carematrix.oncall.roster import Roster
-from carematrix.oncall.swap import swap
 from carematrix.oncall.targets import resolver
-from carematrix.org.matrix import MatrixCallFailed, OrgMatrix
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import Policy, Staff, staff_localpart
 from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD
@@ -907,7 +907,7 @@ class OncallService:
 
     async def apply_quiet_hours(self) -> None:
         """Staff who work shifts get their notifications silenced while off duty; critical
-        messages and pages addressed to them still ring (carematrix.oncall.quiet_hours)."""
+        messages and pages addressed to them still ring (appservice.oncall.quiet_hours)."""
         oncall = self.oncall
         if oncall is None or oncall.quiet_hours == "off":
             return

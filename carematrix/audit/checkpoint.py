@@ -38,9 +38,9 @@ from unpaddedbase64 import decode_base64, encode_base64
 
 from carematrix.audit.chain import canonical_json
 from carematrix.audit.record import now_us
-from carematrix.audit.store import CHECKPOINT, AuditStoreError, check_dialect, head, sql
-from carematrix.audit.store import iter_rows as _iter_rows
 from carematrix.audit.walk import ChainWalker
+from carematrix.hsdb.audit_store import CHECKPOINT, AuditStoreError, check_dialect, head, sql
+from carematrix.hsdb.audit_store import iter_rows as _iter_rows
 
 # Domain separation: this signature can never be mistaken for a Matrix event or key signature.
 SIGNATURE_TYPE = "carematrix.audit.checkpoint"

@@ -22,7 +22,7 @@ from typing import Any
 from carematrix.audit import actions as A
 from carematrix.audit.chain import canonical_json
 from carematrix.audit.record import iso_time, now_us
-from carematrix.audit.store import StoredRecord
+from carematrix.hsdb.audit_store import StoredRecord
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"

@@ -18,7 +18,7 @@ from typing import Any
 from carematrix.audit.actions import AUDIT_QUERY, OUTCOMES
 from carematrix.audit.chain import canonical_json
 from carematrix.audit.record import AuditRecord, iso_time
-from carematrix.audit.store import COLUMNS, LOG, StoredRecord, check_dialect, row_record, sql
+from carematrix.hsdb.audit_store import COLUMNS, LOG, StoredRecord, check_dialect, row_record, sql
 
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "fhir")
 MAX_LIMIT = 100_000

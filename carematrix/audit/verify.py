@@ -3,7 +3,7 @@
 Rows are streamed in seq order in batches (memory stays flat at any size) and every link
 is recomputed. The first problem stops the walk and is reported as a sentence an auditor
 can act on, with the seq where it was found. Run it inside one consistent snapshot (the
-connections from :mod:`carematrix.audit.db` are) so appends that happen meanwhile are
+connections from :mod:`carematrix_ops.audit_db` are) so appends that happen meanwhile are
 simply not seen, rather than half seen.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 from nacl.signing import VerifyKey
 
 from carematrix.audit.checkpoint import Checkpoint, list_checkpoints, signature_problem
-from carematrix.audit.store import check_dialect, head, iter_rows
 from carematrix.audit.walk import ChainWalker
+from carematrix.hsdb.audit_store import check_dialect, head, iter_rows
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carematrix.audit.chain import GENESIS_HASH, canonical, link_hash
-from carematrix.audit.store import row_fields
+from carematrix.hsdb.audit_store import row_fields
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Rules the timeline follows:
   ``replaces=None`` adds a person. A cover with ``replaces=X`` puts the coverer in X's place
   while both are in effect; where X is not holding the role (X's shift ended, X was never
   rostered) it has no effect, rather than silently adding a person nobody asked for.
-* A swap is stored as two covers (see :func:`carematrix.oncall.swap.swap`): A takes B's shift
+* A swap is stored as two covers (see :func:`appservice.oncall.swap.swap`): A takes B's shift
   with ``replaces=B`` and B takes A's with ``replaces=A``. The roster needs no swap logic.
 
 Instants are compared in UTC: Python compares two datetimes sharing one ``tzinfo`` by wall

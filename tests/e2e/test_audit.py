@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nio import AsyncClient, JoinError, RoomSendResponse, UploadResponse
 
-from carematrix.audit.db import connect
+from carematrix_ops.audit_db import connect
 from tests.images import photo
 from tests.support import CLI, RunningStack, audit_cli, search, start_stack, stop_stack
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from nio import RoomSendResponse
 
-from carematrix.audit.syslog import read_frames
-from carematrix.ports import free_port
+from synapse_modules.audit_syslog import read_frames
+from tests.ports import free_port
 from tests.support import start_stack, stop_stack
 
 

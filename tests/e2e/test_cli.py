@@ -18,10 +18,10 @@ import requests
 import yaml
 from nio import AsyncClient, LoginResponse, RoomSendResponse
 
-from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
-from carematrix.deploy import REPO_ROOT
-from carematrix.pgadmin import TEST_SERVER_URL, database_url
-from carematrix.ports import free_port, free_port_pair, free_port_run
+from carematrix_ops.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
+from carematrix_ops.deploy import REPO_ROOT
+from carematrix_ops.pgadmin import database_url
+from tests.ports import TEST_SERVER_URL, free_port, free_port_pair, free_port_run
 from tests.support import drop_pg_databases, log_files, log_problems, log_sizes, pg_server_logs
 
 CLI = str(Path(sys.executable).parent / "carematrix")
@@ -294,7 +294,7 @@ def test_policy_check_rejects_a_directory_without_a_hospital(tmp_path: Path, con
 
 def test_deployment_files_never_hold_placeholders(tmp_path: Path):
     """Rendered configs are complete: every value came from settings or fresh secrets."""
-    from carematrix.deploy import Settings, prepare
+    from carematrix_ops.deploy import Settings, prepare
 
     d = prepare(Settings(data_dir=tmp_path / "var", port=18500))
     for path in (d.paths.homeserver_config, d.paths.registration, d.paths.appservice_config):

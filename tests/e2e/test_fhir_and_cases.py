@@ -20,7 +20,7 @@ from nio import AsyncClient, RoomSendResponse
 from PIL import Image
 from pypdf import PdfReader
 
-from carematrix.demo import DEMO_PATIENT
+from carematrix_ops.demo import DEMO_PATIENT
 from tests.clinical_support import hl7, send_mllp
 from tests.oncall_support import members, notices, paged_in, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually, search

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from nio import AsyncClient, LoginError, LoginResponse
 
-from carematrix.http import HttpError, request_json
+from carematrix_ops.http import HttpError, request_json
 from tests.ldap_server import LdapServer, start_ldap
 from tests.support import RunningStack, eventually, start_stack, stop_stack
 

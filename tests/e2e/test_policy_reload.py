@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from nio import RoomSendError, RoomSendResponse
 
-from carematrix.http import request_json
 from carematrix.policy import load_policy
+from carematrix_ops.http import request_json
 from tests.support import RunningStack, eventually
 
 

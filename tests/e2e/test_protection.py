@@ -18,8 +18,8 @@ import aiohttp
 from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse, UploadResponse
 from PIL import Image
 
-from carematrix.audit.db import connect
 from carematrix.policy import load_policy
+from carematrix_ops.audit_db import connect
 from tests.images import photo
 from tests.support import RunningStack, eventually, wait_for_event
 

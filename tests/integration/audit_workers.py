@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from carematrix.audit.db import connect
 from carematrix.audit.record import AuditRecord
-from carematrix.audit.store import append
+from carematrix.hsdb.audit_store import append
+from carematrix_ops.audit_db import connect
 
 
 def sample(i: int, actor: str = "@d1001:localhost", **overrides) -> AuditRecord:

@@ -13,15 +13,15 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from carematrix.audit.db import AuditDb, connect
-from carematrix.audit.store import ensure_schema
-from carematrix.pgadmin import (
-    TEST_SERVER_URL,
+from carematrix.hsdb.audit_store import ensure_schema
+from carematrix_ops.audit_db import AuditDb, connect
+from carematrix_ops.pgadmin import (
     create_database,
     database_url,
     drop_database,
     on_maintenance_db,
 )
+from tests.ports import TEST_SERVER_URL
 
 
 def _pg_url(dbname: str, query: str = "") -> str:

@@ -18,9 +18,9 @@ from carematrix.audit.checkpoint import (
     load_verify_keys,
     make_checkpoint,
 )
-from carematrix.audit.db import AuditDb, connect
-from carematrix.audit.store import append, ensure_schema, head, row_fields, sql
 from carematrix.audit.verify import verify
+from carematrix.hsdb.audit_store import append, ensure_schema, head, row_fields, sql
+from carematrix_ops.audit_db import AuditDb, connect
 from tests.integration.audit_workers import append_worker, sample
 
 

@@ -13,8 +13,8 @@ from fhirclient.models.bundle import Bundle as R4Bundle
 from carematrix.audit import actions as A
 from carematrix.audit.record import parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
-from carematrix.audit.store import append
 from carematrix.audit.verify import verify
+from carematrix.hsdb.audit_store import append
 from tests.integration.audit_workers import sample
 
 T0 = parse_time("2026-11-18T08:00:00Z")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from carematrix.audit.db import AuditDb, connect
-from carematrix.audit.spool import Forwarder, Spool, fill_from_log
-from carematrix.audit.store import append, ensure_schema
-from carematrix.audit.syslog import TcpTransport, UdpTransport, format_record, read_frames
+from carematrix.hsdb.audit_store import append, ensure_schema
+from carematrix_ops.audit_db import AuditDb, connect
+from synapse_modules.audit_spool import Forwarder, Spool, fill_from_log
+from synapse_modules.audit_syslog import TcpTransport, UdpTransport, format_record, read_frames
 from tests.integration.audit_workers import sample
 
 WAIT = 20.0

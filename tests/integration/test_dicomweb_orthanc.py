@@ -1,4 +1,4 @@
-"""The DICOMweb client against a real Orthanc PACS (carematrix/demo/pacs.py), plus the pure parts of
+"""The DICOMweb client against a real Orthanc PACS (carematrix_ops/demo/pacs.py), plus the pure parts of
 the client (multipart framing, reference parsing) that need no server."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bridges.dicomweb import (
     find_by_reference,
     parse_multipart_related,
 )
-from carematrix.demo.pacs import Orthanc, sample_files, start_orthanc, upload_with_accession
+from carematrix_ops.demo.pacs import Orthanc, sample_files, start_orthanc, upload_with_accession
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """fetch_summary against a real (test) FHIR server over HTTP, and that server itself.
 
-carematrix/demo/emr.py (the demo hospital's EMR) stands in for the hospital's FHIR server and
-EMR; its data, carematrix/demo/data/hospital.json, has one patient whose FHIR id equals the MRN
+carematrix_ops/demo/emr.py (the demo hospital's EMR) stands in for the hospital's FHIR server and
+EMR; its data, carematrix_ops/demo/data/hospital.json, has one patient whose FHIR id equals the MRN
 (P20261101) and one whose FHIR id (20031) differs from the MRN (P20261102), so lookup by MRN is
 really exercised.
 """
@@ -28,8 +28,8 @@ from fhirclient.models.bundle import Bundle as R4Bundle
 
 from appservice.clinical.archive import CaseInfo, CaseMessage, build_bundle
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary
-from carematrix.demo import DEMO_DATA
-from carematrix.demo.emr import FhirTestServer, start_fhir_server
+from carematrix_ops.demo import DEMO_DATA
+from carematrix_ops.demo.emr import FhirTestServer, start_fhir_server
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = DEMO_DATA
@@ -350,7 +350,7 @@ def test_post_resource_and_transaction(fresh):
 def test_runs_as_a_process_and_exposes_received_resources():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "carematrix.demo.emr", "--port", str(port), "--data", str(DATA),
+        [sys.executable, "-m", "carematrix_ops.demo.emr", "--port", str(port), "--data", str(DATA),
          "--token", TOKEN],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )

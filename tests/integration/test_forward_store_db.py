@@ -9,15 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from carematrix.audit.db import AuditDb, connect
-from carematrix.audit.store import sql
-from carematrix.protect import fingerprint
-from carematrix.protect.fingerprint import (
-    Fingerprints,
-    content_fingerprints,
-    media_hash_fingerprint,
-)
-from carematrix.protect.forward_store import (
+from carematrix.hsdb.audit_store import sql
+from carematrix.hsdb.forward_store import (
     ORIGIN_TABLE,
     TABLE,
     ForeignMatch,
@@ -26,6 +19,13 @@ from carematrix.protect.forward_store import (
     key,
     record_origin,
 )
+from carematrix.protect import fingerprint
+from carematrix.protect.fingerprint import (
+    Fingerprints,
+    content_fingerprints,
+    media_hash_fingerprint,
+)
+from carematrix_ops.audit_db import AuditDb, connect
 
 ICU = "!icu:hospital.example"  # protected
 ICU2 = "!icu2:hospital.example"  # protected too

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from carematrix.ldap_directory import check_password, find_entry
 from carematrix.ldap_login import LdapConfig, parse_ldap_config
+from synapse_modules.ldap_directory import check_password, find_entry
 from tests.ldap_server import LdapServer, start_ldap
 
 PASSWORD = "Ldap-Secret-1"

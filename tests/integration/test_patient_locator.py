@@ -14,10 +14,10 @@ import pytest
 
 from appservice.clinical.locate import Located, LocateFailed, PatientLocator
 from appservice.main import _fhir_reader
-from carematrix.demo import DEMO_DATA
-from carematrix.demo.emr import FhirTestServer, start_fhir_server
 from carematrix.policy.holder import PolicyHolder
-from carematrix.ports import free_port
+from carematrix_ops.demo import DEMO_DATA
+from carematrix_ops.demo.emr import FhirTestServer, start_fhir_server
+from tests.ports import free_port
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TOKEN = "locator-token-81c4"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.policy import load_policy
 from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.room_class import decide_state_change
+from carematrix_ops.deploy import REPO_ROOT
 
 P = load_policy(REPO_ROOT / "policies")
 ICU_ROOM = RoomClassState("department", "icu")

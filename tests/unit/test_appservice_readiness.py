@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from appservice.main import HEALTH_PATH, Bot
+from appservice.matrix_admin import MatrixCallFailed
 from appservice.oncall.service import OncallService
-from carematrix.org.matrix import MatrixCallFailed
 
 
 class TablesNotCreated:

@@ -19,7 +19,7 @@ from fhirclient.models.bundle import Bundle as R4Bundle
 from carematrix.audit import actions as A
 from carematrix.audit.fhir import DCM, MATRIX_USER, audit_event, bundle
 from carematrix.audit.record import AuditRecord
-from carematrix.audit.store import StoredRecord
+from carematrix.hsdb.audit_store import StoredRecord
 
 T = 1_795_000_000_123_456
 ALL_ACTIONS = sorted(A.ACTIONS | {"appservice.role_page", "bridge.hl7.adt_received"})

@@ -8,8 +8,8 @@ import re
 from carematrix.audit import actions as A
 from carematrix.audit.checkpoint import Checkpoint
 from carematrix.audit.record import AuditRecord
-from carematrix.audit.store import StoredRecord
-from carematrix.audit.syslog import (
+from carematrix.hsdb.audit_store import StoredRecord
+from synapse_modules.audit_syslog import (
     BOM,
     format_checkpoint,
     format_record,

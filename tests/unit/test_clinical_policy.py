@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
+from carematrix_ops.deploy import REPO_ROOT
 
 HOSPITAL = "hospital:\n  name: T\nunits:\n  - id: icu\n    name: ICU\n"
 

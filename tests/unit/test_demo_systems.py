@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carematrix.cli import build_parser, up_settings
-from carematrix.demo import demo_patients, pacs
-from carematrix.deploy import DeployError, Settings, check_ports, prepare
-from carematrix.ports import free_port_pair
-from carematrix.supervisor import Stack
+from carematrix_ops.cli import build_parser, up_settings
+from carematrix_ops.demo import demo_patients, pacs
+from carematrix_ops.deploy import DeployError, Settings, check_ports, prepare
+from carematrix_ops.supervisor import Stack
+from tests.ports import free_port_pair
 
 ENV = ("CAREMATRIX_PORT", "CAREMATRIX_APPSERVICE_PORT", "CAREMATRIX_FHIR_SERVER",
        "CAREMATRIX_DICOMWEB", "CAREMATRIX_EMR_ARCHIVE")

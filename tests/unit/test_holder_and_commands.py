@@ -7,8 +7,8 @@ import shutil
 
 from appservice.commands import reply_ping
 from carematrix.commands import parse_command
-from carematrix.deploy import REPO_ROOT
 from carematrix.policy.holder import PolicyHolder
+from carematrix_ops.deploy import REPO_ROOT
 
 
 def _bump(path):

@@ -9,9 +9,9 @@ import hashlib
 import pytest
 
 import synapse_modules.ldap_auth as ldap_auth
-from carematrix.deploy import REPO_ROOT
-from carematrix.ldap_directory import DirectoryVerdict
+from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.ldap_auth import CareMatrixLdapAuth
+from synapse_modules.ldap_directory import DirectoryVerdict
 
 ADMIN = "@carematrix-admin:hospital.example"
 ADMIN_PASSWORD = "generated-admin-secret"

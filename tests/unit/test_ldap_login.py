@@ -8,7 +8,6 @@ import hashlib
 import pytest
 from synapse.module_api.errors import ConfigError
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.ldap_login import (
     LdapConfigError,
     parse_ldap_config,
@@ -16,6 +15,7 @@ from carematrix.ldap_login import (
     staff_number_for_login,
 )
 from carematrix.policy import load_policy
+from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.ldap_auth import CareMatrixLdapAuth
 
 GOOD = {"uri": "ldaps://ldap.hospital.example", "base_dn": "ou=people,dc=hospital,dc=example"}
@@ -156,7 +156,7 @@ def test_module_config_needs_the_ldap_settings():
 
 
 def test_a_bad_ldap_config_stops_deployment_before_anything_is_written(tmp_path):
-    from carematrix.deploy import DeployError, Settings, prepare
+    from carematrix_ops.deploy import DeployError, Settings, prepare
 
     with pytest.raises(DeployError, match="LDAP configuration .* 'uri' must start with ldap://"):
         prepare(Settings(data_dir=tmp_path / "var", ldap={**GOOD, "uri": "https://ldap"}))
@@ -167,7 +167,7 @@ def test_a_bad_ldap_config_stops_deployment_before_anything_is_written(tmp_path)
 def test_deployment_renders_the_module_and_password_config(tmp_path, local_passwords):
     import yaml
 
-    from carematrix.deploy import Settings, prepare
+    from carematrix_ops.deploy import Settings, prepare
 
     deployment = prepare(
         Settings(data_dir=tmp_path / "var", hl7_port=0, ldap={**GOOD, "local_passwords": local_passwords})
@@ -187,7 +187,7 @@ def test_deployment_renders_the_module_and_password_config(tmp_path, local_passw
 def test_without_ldap_synapse_keeps_its_passwords(tmp_path):
     import yaml
 
-    from carematrix.deploy import Settings, prepare
+    from carematrix_ops.deploy import Settings, prepare
 
     deployment = prepare(Settings(data_dir=tmp_path / "var", hl7_port=0))
     config = yaml.safe_load(deployment.paths.homeserver_config.read_text())
@@ -196,8 +196,8 @@ def test_without_ldap_synapse_keeps_its_passwords(tmp_path):
 
 
 def test_cli_reads_the_ldap_file_and_the_bind_password_from_the_environment(tmp_path, monkeypatch):
-    from carematrix.cli import _ldap_settings
-    from carematrix.deploy import DeployError
+    from carematrix_ops.cli import _ldap_settings
+    from carematrix_ops.deploy import DeployError
 
     path = tmp_path / "ldap.yaml"
     path.write_text("uri: ldaps://ldap.hospital.example\nbase_dn: dc=hospital,dc=example\nbind_dn: cn=matrix,dc=hospital,dc=example\n")

@@ -16,9 +16,9 @@ from bridges.hl7.errors import Hl7Error
 from bridges.hl7.message import Message
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
-from carematrix.cli import build_parser, up_settings
-from carematrix.deploy import prepare
-from carematrix.ports import free_port_pair
+from carematrix_ops.cli import build_parser, up_settings
+from carematrix_ops.deploy import prepare
+from tests.ports import free_port_pair
 from tests.support import eventually
 
 MSH = "MSH|^~\\&|HIS|RENHE|CAREMATRIX|RENHE|20261125100000||ADT^A01|{control}|P|2.5|||||CHN|UNICODE UTF-8\r"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from synapse.module_api.errors import ConfigError
 
-from carematrix.deploy import REPO_ROOT
+from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.policy_module import CareMatrixPolicy
 
 GOOD = {"policy_dir": str(REPO_ROOT / "policies"), "bot_user_id": "@carematrix:localhost"}

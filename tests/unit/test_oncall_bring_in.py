@@ -14,10 +14,10 @@ from urllib.parse import unquote
 
 import pytest
 
+from appservice.matrix_admin import MatrixCallFailed
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from carematrix.oncall.escalation import Action, Page
-from carematrix.org.matrix import MatrixCallFailed
 from carematrix.policy.holder import PolicyHolder
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"

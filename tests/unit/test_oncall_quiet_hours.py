@@ -10,7 +10,7 @@ import fnmatch
 import random
 from typing import Any
 
-from carematrix.oncall.quiet_hours import (
+from appservice.oncall.quiet_hours import (
     BREAKTHROUGH_RULE_ID,
     PAGE_RULE_ID,
     QUIET_RULE_ID,

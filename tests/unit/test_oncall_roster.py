@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from appservice.oncall.swap import swap
 from carematrix.oncall.model import Override, Shift
 from carematrix.oncall.roster import Roster
-from carematrix.oncall.swap import swap
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ROLE = "cardiology/attending"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import yaml
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.org.importer import import_staff, parse_mapping
 from carematrix.policy import load_policy
 from carematrix.policy.loader import load_policy_texts
+from carematrix_ops.deploy import REPO_ROOT
 
 POLICY = load_policy(REPO_ROOT / "policies")
 HR = "工号,姓名,科室,岗位,职称,角色\nN9001,钱红 Qian Hong,icu,nurse,护师 Nurse,\nD9001,孙强 Sun Qiang,cardiology;icu,doctor,主治医师,announcer\n"

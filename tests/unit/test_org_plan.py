@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.org.plan import Observed, ObservedUser, desired_state, plan
 from carematrix.policy import load_policy
+from carematrix_ops.deploy import REPO_ROOT
 
 POLICY = load_policy(REPO_ROOT / "policies")
 DESIRED = desired_state(POLICY)

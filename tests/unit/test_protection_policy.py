@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from carematrix.deploy import REPO_ROOT
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
 from carematrix.policy.model import DEFAULT_BURN, BurnPolicy
+from carematrix_ops.deploy import REPO_ROOT
 
 HOSPITAL = "hospital:\n  name: Test Hospital\nunits:\n  - id: hosp\n    name: Hospital\n"
 

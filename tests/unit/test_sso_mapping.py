@@ -12,8 +12,8 @@ from synapse.handlers.sso import MappingException
 from synapse.module_api.errors import ConfigError
 
 import synapse_modules.sso_mapping as sso_mapping
-from carematrix.deploy import REPO_ROOT, DeployError, Settings, prepare
 from carematrix.policy import load_policy
+from carematrix_ops.deploy import REPO_ROOT, DeployError, Settings, prepare
 from synapse_modules.sso_mapping import CareMatrixSsoMapping, staff_for_claims, subject
 
 POLICY_DIR = str(REPO_ROOT / "policies")
@@ -139,7 +139,7 @@ def test_without_oidc_there_is_no_provider(tmp_path):
 
 
 def test_cli_reads_the_oidc_file_and_the_secret_from_the_environment(tmp_path, monkeypatch):
-    from carematrix.cli import _oidc_settings
+    from carematrix_ops.cli import _oidc_settings
 
     path = tmp_path / "oidc.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "client_secret"}))

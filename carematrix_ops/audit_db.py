@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carematrix.audit.store import Dialect
+from carematrix.hsdb.audit_store import Dialect
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

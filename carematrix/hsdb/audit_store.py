@@ -3,7 +3,7 @@
 Every function takes the transaction's cursor (``txn``) and the ``dialect``, because the
 Synapse module runs them inside ``ModuleApi.run_db_interaction`` (Synapse's own pool and
 transaction), while the command-line tools, tests and benchmarks run them on connections
-of their own (:mod:`carematrix.audit.db`). Nothing here commits: the caller's transaction
+of their own (:mod:`carematrix_ops.audit_db`). Nothing here commits: the caller's transaction
 decides, so a record is stored together with whatever it describes, or not at all.
 
 One order for every writer: ``carematrix_audit_head`` holds the last (seq, hash) and every

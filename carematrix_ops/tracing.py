@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from carematrix.protect.media_store import Delivery, deliveries
+from carematrix.hsdb.media_store import Delivery, deliveries
 from carematrix.watermark import TraceResult, similarity, trace
 
 # A copy must resemble its original at least this much to be considered (0..1).

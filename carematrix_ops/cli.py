@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carematrix.deploy import (
+from carematrix.policy import PolicyInvalid, load_policy
+from carematrix_ops.deploy import (
     DEFAULT_POLICY_DIR,
     REPO_ROOT,
     DeployError,
@@ -20,8 +21,7 @@ from carematrix.deploy import (
     load_existing,
     prepare,
 )
-from carematrix.http import HttpError, request_json
-from carematrix.policy import PolicyInvalid, load_policy
+from carematrix_ops.http import HttpError, request_json
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -173,8 +173,8 @@ def up_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from carematrix.seed import Seeder, SeedFailed
-    from carematrix.supervisor import Stack, StartupFailed
+    from carematrix_ops.seed import Seeder, SeedFailed
+    from carematrix_ops.supervisor import Stack, StartupFailed
 
     settings = up_settings(args)
     # Checked before anything is written, so a failed start leaves the data dir as it was.
@@ -215,8 +215,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _print_banner(deployment: object, result: object) -> None:
-    from carematrix.deploy import Deployment
-    from carematrix.seed import SeedResult
+    from carematrix_ops.deploy import Deployment
+    from carematrix_ops.seed import SeedResult
 
     assert isinstance(deployment, Deployment)
     s = deployment.settings
@@ -264,8 +264,8 @@ def _print_banner(deployment: object, result: object) -> None:
 
 def _demo_systems_lines(settings: Settings) -> list[str]:
     """What the demo EMR and PACS hold, and the first thing to try with them."""
-    from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, demo_patients
-    from carematrix.demo.pacs import INSTALL_HINT
+    from carematrix_ops.demo import DEMO_ACCESSION, DEMO_PATIENT, demo_patients
+    from carematrix_ops.demo.pacs import INSTALL_HINT
 
     room = f"#cardiology-team:{settings.server_name}"
     lines = [f"  Demo EMR       : patients {', '.join(demo_patients())}; files closed cases"]
@@ -320,7 +320,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_org_sync(args: argparse.Namespace) -> int:
-    from carematrix.seed import Seeder
+    from carematrix_ops.seed import Seeder
 
     deployment = load_existing(args.data_dir or _default_data_dir())
     try:
@@ -373,7 +373,7 @@ def cmd_org_import(args: argparse.Namespace) -> int:
 
 
 def _audit_db_target(deployment: object) -> str:
-    from carematrix.deploy import Deployment
+    from carematrix_ops.deploy import Deployment
 
     assert isinstance(deployment, Deployment)
     s = deployment.settings
@@ -381,8 +381,9 @@ def _audit_db_target(deployment: object) -> str:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from carematrix.audit import load_verify_keys, verify
-    from carematrix.audit.db import connect
+    from carematrix.audit.checkpoint import load_verify_keys
+    from carematrix.audit.verify import verify
+    from carematrix_ops.audit_db import connect
 
     deployment = load_existing(args.data_dir or _default_data_dir())
     key_file = args.verify_keys or deployment.paths.audit_verify_key
@@ -398,9 +399,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_watermark_trace(args: argparse.Namespace) -> int:
-    from carematrix.audit.db import connect
     from carematrix.policy import load_policy
-    from carematrix.protect.tracing import trace_leak
+    from carematrix_ops.audit_db import connect
+    from carematrix_ops.tracing import trace_leak
 
     deployment = load_existing(args.data_dir or _default_data_dir())
     try:
@@ -432,8 +433,8 @@ def cmd_watermark_trace(args: argparse.Namespace) -> int:
 def cmd_retention_report(args: argparse.Namespace) -> int:
     import time
 
-    from carematrix.audit.db import connect
-    from carematrix.protect.retention import render, retention_report
+    from carematrix_ops.audit_db import connect
+    from synapse_modules.retention import render, retention_report
 
     deployment = load_existing(args.data_dir or _default_data_dir())
     now = int(time.time() * 1000)
@@ -446,7 +447,7 @@ def cmd_retention_report(args: argparse.Namespace) -> int:
 def _login_token(deployment: object, localpart: str) -> str:
     import getpass
 
-    from carematrix.deploy import Deployment
+    from carematrix_ops.deploy import Deployment
 
     assert isinstance(deployment, Deployment)
     password = os.environ.get("CAREMATRIX_PASSWORD") or getpass.getpass(f"password for {localpart}: ")

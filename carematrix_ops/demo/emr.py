@@ -24,7 +24,7 @@ fhirclient can call it from the test's thread)::
 
 or as a process (as the supervisor runs it)::
 
-    python -m carematrix.demo.emr --port 8090 --data carematrix/demo/data/hospital.json
+    python -m carematrix_ops.demo.emr --port 8090 --data carematrix_ops/demo/data/hospital.json
 
 then ``GET /_test/received`` (outside the FHIR base, no token needed) returns the POSTed resources.
 """
@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from carematrix.demo.threaded import serve_in_thread
+from carematrix_ops.demo.threaded import serve_in_thread
 
 BASE_PATH = "/fhir"
 FHIR_JSON = "application/fhir+json"

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carematrix.deploy import Deployment, check_ports
-from carematrix.http import HttpError, request_json
+from carematrix_ops.deploy import Deployment, check_ports
+from carematrix_ops.http import HttpError, request_json
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,12 @@ def _demo_processes(deployment: Deployment) -> list[ManagedProcess]:
     s, p = deployment.settings, deployment.paths
     if not s.demo_systems:
         return []
-    from carematrix.demo import DEMO_DATA, pacs
+    from carematrix_ops.demo import DEMO_DATA, pacs
 
     processes = [
         ManagedProcess(
             "demo-emr",
-            [sys.executable, "-m", "carematrix.demo.emr", "--port", str(s.demo_emr_port), "--data", str(DEMO_DATA)],
+            [sys.executable, "-m", "carematrix_ops.demo.emr", "--port", str(s.demo_emr_port), "--data", str(DEMO_DATA)],
             p.demo_emr_log,
             p.root,
             f"{s.demo_emr_url}/metadata",

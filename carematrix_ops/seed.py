@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from carematrix.deploy import ADMIN_LOCALPART, Deployment
-from carematrix.http import HttpError, request_json
+from carematrix_ops.deploy import ADMIN_LOCALPART, Deployment
+from carematrix_ops.http import HttpError, request_json
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Seeder:
     def load_demo_images(self) -> None:
         """Orthanc keeps its store under the data dir, so after the first run this only finds
         the study already there."""
-        from carematrix.demo.pacs import OrthancClient, load_demo_study
+        from carematrix_ops.demo.pacs import OrthancClient, load_demo_study
 
         orthanc = OrthancClient(self.d.settings.demo_pacs_url, self.d.paths.demo_pacs_log)
         try:

@@ -33,7 +33,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from carematrix.demo import DEMO_ACCESSION, DEMO_PATIENT, DEMO_PATIENT_NAME
+from carematrix_ops.demo import DEMO_ACCESSION, DEMO_PATIENT, DEMO_PATIENT_NAME
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

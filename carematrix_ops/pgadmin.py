@@ -3,12 +3,8 @@ collation): used by `carematrix up` and by the throwaway databases of tests and 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlparse
-
-# The server tests and benchmarks use; the path part is replaced by each database's name.
-TEST_SERVER_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")
 
 
 def database_url(server_url: str, dbname: str, query: str = "") -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from carematrix.audit.store import StoredRecord, read_range
+from carematrix.hsdb.audit_store import StoredRecord, read_range
 
 log = logging.getLogger(__name__)
 

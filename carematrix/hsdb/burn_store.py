@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.audit.store import check_dialect, sql
+from carematrix.hsdb.audit_store import check_dialect, sql
 
 BURN = "carematrix_burn"
 _SCHEMA_LOCK_KEY = 0x63617262_75726E00

@@ -95,7 +95,7 @@ class Settings:
     # Bearer token the appservice presents to the FHIR server and the EMR archive (from
     # $CAREMATRIX_SYSTEMS_TOKEN; never written to deployment.json).
     systems_token: str | None = None
-    # Start the demo hospital's own systems (carematrix.demo) and connect them: the demo EMR
+    # Start the demo hospital's own systems (carematrix_ops.demo) and connect them: the demo EMR
     # (FHIR server with the demo patients, also receiving case archives) and, if Orthanc is
     # installed, the demo PACS with one CT. Only with demo, never next to real systems;
     # prepare() fills fhir_server/dicomweb/emr_archive with their URLs.
@@ -141,7 +141,7 @@ class Settings:
     @property
     def has_demo_pacs(self) -> bool:
         """Whether this deployment has a demo PACS: asked, and Orthanc is installed."""
-        from carematrix.demo import pacs
+        from carematrix_ops.demo import pacs
 
         return self.demo_systems and self.carematrix_enabled and pacs.installed()
 
@@ -323,7 +323,7 @@ def prepare_postgres(db_url: str) -> dict[str, Any]:
     need (with the C collation Synapse requires) if they do not exist yet."""
     import psycopg2
 
-    from carematrix.pgadmin import create_database
+    from carematrix_ops.pgadmin import create_database
 
     args = parse_db_url(db_url)
     where = f"{args['host']}:{args['port']}"
@@ -570,7 +570,7 @@ def _connect_demo_systems(settings: Settings) -> None:
     if not settings.demo or not settings.carematrix_enabled:
         raise DeployError("the demo EMR and PACS come only with the demo hospital (not with --no-demo "
                           "or a plain Synapse); pass --no-demo-systems")
-    from carematrix.demo.pacs import DICOMWEB_ROOT
+    from carematrix_ops.demo.pacs import DICOMWEB_ROOT
 
     wanted = {
         "fhir_server": settings.demo_emr_url,
@@ -702,7 +702,7 @@ def prepare(settings: Settings) -> Deployment:
     for path, text, mode in rendered:
         _atomic_write(path, text, mode)
     if settings.has_demo_pacs:
-        from carematrix.demo.pacs import write_config
+        from carematrix_ops.demo.pacs import write_config
 
         write_config(paths.demo_pacs, settings.demo_pacs_port)
     return deployment

@@ -2,7 +2,7 @@
 
 The media gate asks "is this media protected, and where was it posted?" on every download,
 so the answer lives in the homeserver database (shared by all workers), keyed by media ID.
-Functions take the transaction's cursor and the dialect, like :mod:`carematrix.audit.store`.
+Functions take the transaction's cursor and the dialect, like :mod:`carematrix.hsdb.audit_store`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.audit.store import check_dialect, sql
+from carematrix.hsdb.audit_store import check_dialect, sql
 
 MEDIA = "carematrix_protected_media"
 DELIVERY = "carematrix_watermark_delivery"

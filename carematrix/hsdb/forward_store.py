@@ -1,6 +1,6 @@
 """Where protected content was first posted, on any DB-API cursor in SQLite or PostgreSQL.
 
-Same conventions as :mod:`carematrix.audit.store`: every function takes the transaction's
+Same conventions as :mod:`carematrix.hsdb.audit_store`: every function takes the transaction's
 cursor (``txn``) and the ``dialect``, so it runs inside Synapse's ``run_db_interaction`` and
 on connections of our own alike; nothing here commits.
 
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from carematrix.audit.store import check_dialect, sql
+from carematrix.hsdb.audit_store import check_dialect, sql
 from carematrix.protect.fingerprint import (
     HASH_PREFIX,
     MEDIA_PREFIX,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from contextlib import ExitStack
 
@@ -33,3 +34,8 @@ def free_port_run(count: int) -> int:
         except OSError:
             continue
     raise RuntimeError(f"no {count} consecutive free loopback ports")
+
+
+# The PostgreSQL server tests and benchmarks use; the path part is replaced by each database's
+# name.
+TEST_SERVER_URL = os.environ.get("CAREMATRIX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.audit.store import sql
+from carematrix.hsdb.audit_store import sql
 
 
 @dataclass(frozen=True)

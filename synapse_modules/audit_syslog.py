@@ -24,7 +24,7 @@ from carematrix.audit.checkpoint import Checkpoint
 from carematrix.audit.fhir import DEFAULT_PATIENT_SYSTEM, audit_event
 from carematrix.audit.record import iso_time
 from carematrix.audit.search import as_dict
-from carematrix.audit.store import StoredRecord
+from carematrix.hsdb.audit_store import StoredRecord
 
 FACILITY_AUTHPRIV = 10
 SEVERITY_WARNING = 4
