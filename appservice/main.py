@@ -21,6 +21,7 @@ from mautrix.errors import MForbidden
 from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
 from mautrix.util.async_db import Database
 
+from appservice import migrations
 from appservice.audit_client import AuditClient
 from appservice.clinical.cases import CaseService
 from appservice.clinical.fhir_intake import BASE as FHIR_BASE
@@ -38,6 +39,7 @@ from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
 from bridges.fhir.outcome import Issue, operation_outcome
 from carematrix.commands import parse_command
+from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.rules.protection import PRIORITY_FIELD
@@ -313,7 +315,8 @@ class Bot:
 async def run(config: AppserviceConfig) -> None:
     holder = PolicyHolder(config.policy_dir)
     db = Database.create(config.database, upgrade_table=PgASStateStore.upgrade_table, owner_name="carematrix")
-    await db.start()
+    await db.start()  # mautrix's state cache tables
+    await migrations.upgrade(db)  # ours
     appserv = AppService(
         server=config.homeserver_url,
         domain=config.domain,
@@ -335,7 +338,6 @@ async def run(config: AppserviceConfig) -> None:
         config.initial_password,
         AuditClient(config.homeserver_url, config.as_token),
     )
-    await org.setup()
     session = aiohttp.ClientSession()
     oncall = OncallService(
         OncallStore(db), holder,
@@ -404,7 +406,6 @@ async def run(config: AppserviceConfig) -> None:
             log.info("display names are locked on this server; bot name set by admin tooling")
         await oncall.setup()
         await oncall.refresh_feeds(config.policy_dir, force=True)
-        await clinical.store.setup()
         await cases.setup()
         hl7_server = await clinical.serve(config.hl7_host, config.hl7_port, config.mllp_limits) if config.hl7_port else None
         poller = asyncio.create_task(bot.poll_policy())
@@ -484,4 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyInvalid as exc:
         print(f"error: the policy in {config.policy_dir} is invalid:\n{exc}", file=sys.stderr)
         return 2
+    except SchemaVersionError as exc:
+        log.critical("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -19,14 +19,6 @@ from carematrix.policy.holder import PolicyHolder
 
 log = logging.getLogger("carematrix.appservice.org")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS carematrix_org_account (
-    localpart TEXT PRIMARY KEY,
-    first_synced_at BIGINT NOT NULL
-)
-"""
-
-
 @dataclass
 class SyncReport:
     policy_digest: str
@@ -69,9 +61,6 @@ class OrgSyncService:
         self.audit = audit
         self._lock = asyncio.Lock()
         self.last_report: SyncReport | None = None
-
-    async def setup(self) -> None:
-        await self.db.execute(SCHEMA)
 
     async def managed(self) -> set[str]:
         rows = await self.db.fetch("SELECT localpart FROM carematrix_org_account")

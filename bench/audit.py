@@ -26,7 +26,8 @@ from bench.stats import summary
 from carematrix.audit import actions as A
 from carematrix.audit.record import AuditRecord, now_us
 from carematrix.audit.verify import verify
-from carematrix.hsdb.audit_store import append, ensure_schema
+from carematrix.hsdb.audit_store import append
+from carematrix.hsdb.migrations import upgrade
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.deploy import REPO_ROOT
 from carematrix_ops.pgadmin import (
@@ -138,8 +139,7 @@ def timed_verify(url: str) -> tuple[float, int, bool]:
 
 def run_backend(name: str, url: str, args: argparse.Namespace) -> dict:
     db = connect(url)
-    with db.transaction() as txn:
-        ensure_schema(txn, db.dialect)
+    upgrade(db.transaction, db.dialect)
     out: dict = {"backend": name}
     out["batch_1"] = appends(db, 1, args.appends, 0)
     out["batch_50"] = appends(db, 50, args.batches, args.appends)

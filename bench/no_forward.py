@@ -32,10 +32,10 @@ from carematrix.hsdb.audit_store import sql
 from carematrix.hsdb.forward_store import (
     ORIGIN_TABLE,
     TABLE,
-    ensure_schema,
     find_foreign,
     record_origin,
 )
+from carematrix.hsdb.migrations import upgrade
 from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.pgadmin import (
@@ -286,8 +286,7 @@ def measure(dialect: str, url: str, n: int = 1_000_000, queries: int = QUERIES) 
     if db.dialect != dialect:
         raise ValueError(f"{url} is a {db.dialect} database, not {dialect}")
     try:
-        with db.transaction() as txn:
-            ensure_schema(txn, db.dialect)
+        upgrade(db.transaction, db.dialect)
 
         corpus = _protected_corpus(rng, PROTECTED_MESSAGES)
         record_ms = []

@@ -8,9 +8,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix_ops.deploy import (
     DEFAULT_POLICY_DIR,
@@ -380,10 +383,22 @@ def _audit_db_target(deployment: object) -> str:
     return s.db_url if s.database == "postgres" and s.db_url else str(deployment.paths.sqlite_db)
 
 
+@contextmanager
+def _our_tables(deployment: object) -> Iterator[tuple[Any, str]]:
+    """A read-only transaction on the homeserver database, for commands that read our tables:
+    refused (:class:`SchemaVersionError`, reported by :func:`main`) unless they are at the
+    version this code reads. The homeserver upgrades them when it starts; tools never do."""
+    from carematrix.hsdb.migrations import require_current
+    from carematrix_ops.audit_db import connect
+
+    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
+        require_current(txn, db.dialect)
+        yield txn, db.dialect
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from carematrix.audit.checkpoint import load_verify_keys
     from carematrix.audit.verify import verify
-    from carematrix_ops.audit_db import connect
 
     deployment = load_existing(args.data_dir or _default_data_dir())
     key_file = args.verify_keys or deployment.paths.audit_verify_key
@@ -392,15 +407,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read the audit verify key {key_file}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
-        result = verify(txn, db.dialect, keys)
+    with _our_tables(deployment) as (txn, dialect):
+        result = verify(txn, dialect, keys)
     print(result.summary())
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_watermark_trace(args: argparse.Namespace) -> int:
     from carematrix.policy import load_policy
-    from carematrix_ops.audit_db import connect
     from carematrix_ops.tracing import trace_leak
 
     deployment = load_existing(args.data_dir or _default_data_dir())
@@ -424,8 +438,8 @@ def cmd_watermark_trace(args: argparse.Namespace) -> int:
         return f"{staff.name} ({staff.staff_number})" if staff else user_id
 
     key = deployment.secrets["watermark_key"].encode()
-    with connect(_audit_db_target(deployment)) as db, db.transaction(read_only=True) as txn:
-        report = trace_leak(leaked, txn, db.dialect, read_original, key)
+    with _our_tables(deployment) as (txn, dialect):
+        report = trace_leak(leaked, txn, dialect, read_original, key)
     print(report.summary(deployment.settings.server_name, name_of))
     return EXIT_OK if report.delivery is not None else EXIT_FAILED
 
@@ -596,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SchemaVersionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
 from carematrix.policy.holder import PolicyHolder
-from synapse_modules import access_log, internals
+from synapse_modules import access_log, hs_schema, internals
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import AuditWriter
 
@@ -97,6 +97,7 @@ class CareMatrixAudit:
         self._config = config
         self._api = api
         self.process = api.worker_name or "main"
+        hs_schema.gate(api).start()
         self.writer = AuditWriter(api, config.database, self.process)
         self._policy = PolicyHolder(config.policy_dir)
         self._signing_key = load_or_create_signing_key(config.signing_key_path)
@@ -177,8 +178,7 @@ class CareMatrixAudit:
         )
 
     async def _checkpoint(self) -> None:
-        # The tables are made with the first record; a checkpoint due before any record was
-        # written (a quiet start) must not query tables that do not exist yet.
+        # A checkpoint due before the tables are upgraded (a slow start) waits for them.
         await self.writer.ready()
         await self._api.run_db_interaction(
             "carematrix_audit_checkpoint", make_checkpoint, self._config.database, self._signing_key
@@ -250,6 +250,7 @@ class CareMatrixAudit:
             )
         except (AuditQueryInvalid, AuditRecordInvalid, ValueError) as exc:
             return 400, {"errcode": "M_INVALID_PARAM", "error": str(exc)}
+        await self.writer.ready()
         rows = await self._api.run_db_interaction("carematrix_audit_search", search, self._config.database, query)
         # The search is itself audited, before anything is returned.
         await self.writer.record(query_record(user_id, query, fmt, len(rows), process=self.process))

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import ModuleApi, make_deferred_yieldable
 from twisted.internet import defer
 
 from carematrix.audit.record import AuditRecord
-from carematrix.hsdb.audit_store import append, ensure_schema
+from carematrix.hsdb.audit_store import append
+from synapse_modules import hs_schema
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +56,14 @@ class AuditWriter:
         self.process = process
         self._pending: list[tuple[AuditRecord, defer.Deferred | None]] = []
         self._flushing = False
-        self._schema_ready = False
-        self._schema_waiters: list[defer.Deferred] | None = None  # while the tables are being made
+        self._schema = hs_schema.gate(api)
         self.failures = 0
         _writer = self
 
-    async def _ensure_schema(self) -> None:
-        """Create the tables once. Callers that come while it runs wait for that one run:
-        two schema transactions at once conflict on PostgreSQL (a serialization failure the
-        database logs as an error). Each caller resumes in its own logging context."""
-        if self._schema_ready:
-            return
-        if self._schema_waiters is not None:
-            waiting: defer.Deferred = defer.Deferred()
-            self._schema_waiters.append(waiting)
-            await make_deferred_yieldable(waiting)
-            return
-        self._schema_waiters = []
-        error: Exception | None = None
-        try:
-            await self._api.run_db_interaction("carematrix_audit_schema", ensure_schema, self.dialect)
-            self._schema_ready = True
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            waiters, self._schema_waiters = self._schema_waiters, None
-            _wake(waiters, error)
-
     async def ready(self) -> None:
-        """The audit tables exist (for callers that append inside their own transaction)."""
-        await self._ensure_schema()
+        """The audit tables are at the code's version (for callers that append inside their
+        own transaction)."""
+        await self._schema.ready()
 
     def append_in(self, txn: object, records: list[AuditRecord]) -> None:
         """Append inside a caller's transaction (after ``ready``): the records commit with
@@ -129,7 +106,7 @@ class AuditWriter:
 
     async def _flush(self) -> None:
         try:
-            await self._ensure_schema()
+            await self._schema.ready()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
@@ -155,16 +132,4 @@ class AuditWriter:
 
 def _settle(batch: list[tuple[AuditRecord, defer.Deferred | None]], error: Exception | None) -> None:
     """Wake the callers waiting on ``batch``."""
-    _wake([done for _, done in batch if done is not None], error)
-
-
-def _wake(waiting: list[defer.Deferred], error: Exception | None) -> None:
-    """Resume waiting callers. They resume in their own logging context; the caller keeps
-    its own (Synapse attributes database time and metrics by it)."""
-    with PreserveLoggingContext():
-        for done in waiting:
-            if not done.called:
-                if error is None:
-                    done.callback(None)
-                else:
-                    done.errback(error)
+    hs_schema.wake([done for _, done in batch if done is not None], error)

@@ -29,7 +29,7 @@ from carematrix.protect.fingerprint import content_fingerprints, media_hash_fing
 from carematrix.rules import Verdict
 from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content
 from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
-from synapse_modules import internals
+from synapse_modules import hs_schema, internals
 from synapse_modules.audit_writer import current_writer
 
 log = logging.getLogger(__name__)
@@ -80,20 +80,14 @@ class ContentProtection:
         self._cache_dir = cache_dir
         self._refuse = refuse
         self._dialect = internals.dialect_of(api)
-        self._schema_ready = False
+        self._schema = hs_schema.gate(api)
+        self._schema.start()
 
     # -- database ---------------------------------------------------------------------
 
     async def _db(self, desc: str, func: Callable[..., Any], *args: Any) -> Any:
-        if not self._schema_ready:
-            await self._api.run_db_interaction("carematrix_protect_schema", self._ensure_schema)
-            self._schema_ready = True
+        await self._schema.ready()
         return await self._api.run_db_interaction(desc, func, *args)
-
-    def _ensure_schema(self, txn: Any) -> None:
-        forward_store.ensure_schema(txn, self._dialect)
-        media_store.ensure_schema(txn, self._dialect)
-        burn_store.ensure_schema(txn, self._dialect)
 
     def _local_media_ids(self, uris: list[str]) -> list[str]:
         out = []

@@ -65,18 +65,6 @@ CASE_MEMBER_POWER = 50
 # pauses before the room is told.
 RETRY_PAUSES_SECONDS = (1.0, 3.0)
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS clinical_case (
-        case_id TEXT PRIMARY KEY, patient_id TEXT NOT NULL, patient_name TEXT NOT NULL,
-        room_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL, opened_by TEXT NOT NULL,
-        opened_at BIGINT NOT NULL, closed_by TEXT, closed_at BIGINT, summary TEXT NOT NULL,
-        archive TEXT, origin TEXT
-    )""",
-    # A consult order opens one case, however often the HIS sends it.
-    "CREATE UNIQUE INDEX IF NOT EXISTS clinical_case_origin ON clinical_case (origin)",
-]
-
-
 class CaseError(Exception):
     """A reason to tell the person who typed the command."""
 
@@ -108,10 +96,6 @@ def _reason(exc: BaseException) -> str:
 class CaseStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def setup(self) -> None:
-        for statement in SCHEMA:
-            await self.db.execute(statement)
 
     async def add(
         self, case_id: str, patient_id: str, patient_name: str, room_id: str, opened_by: str, summary: str,
@@ -180,7 +164,6 @@ class CaseService:
         return self.holder.current.clinical
 
     async def setup(self) -> None:
-        await self.store.setup()
         for case in await self.store.closing():
             try:
                 await self._finish_close(case)

@@ -1,7 +1,7 @@
 """Durable HL7 intake in the appservice database: every accepted message is stored before its
 ACK is sent and stays until it has been delivered; rejected ones go to a dead-letter table;
 the patient registry remembers each patient's ward from ADT so results without a PV1 find
-their ward."""
+their ward. The tables are made by appservice.migrations."""
 
 from __future__ import annotations
 
@@ -10,35 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mautrix.util.async_db import Database
-
-from appservice.db_columns import add_missing_column
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS hl7_inbox (
-        id INTEGER PRIMARY KEY, facility TEXT NOT NULL, control_id TEXT NOT NULL,
-        message_type TEXT NOT NULL, received_at BIGINT NOT NULL, raw BYTEA NOT NULL,
-        state TEXT NOT NULL, result TEXT,
-        UNIQUE (facility, control_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS hl7_dead_letter (
-        id INTEGER PRIMARY KEY, received_at BIGINT NOT NULL, peer TEXT NOT NULL,
-        raw BYTEA NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS clinical_patient (
-        patient_id TEXT PRIMARY KEY, name TEXT NOT NULL, ward TEXT, bed TEXT, updated_at BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS clinical_direct (
-        user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS clinical_alert (
-        control_id TEXT NOT NULL, facility TEXT NOT NULL, page_id TEXT NOT NULL, role TEXT NOT NULL,
-        PRIMARY KEY (facility, control_id, page_id)
-    )""",
-    # The room opened for an alert with no ward (one per inbound message, kept across restarts).
-    """CREATE TABLE IF NOT EXISTS clinical_alert_room (
-        inbox_id BIGINT PRIMARY KEY, room_id TEXT NOT NULL
-    )""",
-]
 
 
 @dataclass(frozen=True)
@@ -54,25 +25,6 @@ class Inbound:
 class ClinicalStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def setup(self) -> None:
-        for statement in SCHEMA:
-            if self.db.scheme != "postgres":
-                statement = statement.replace("BYTEA", "BLOB")
-            else:
-                statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
-            await self.db.execute(statement)
-        await self._add_urgent_column()
-
-    async def _add_urgent_column(self) -> None:
-        """Columns added since the first release: inboxes made before lack them."""
-        await add_missing_column(self.db, "hl7_inbox", "urgent", "INTEGER NOT NULL DEFAULT 0")
-        await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_pending ON hl7_inbox (state, urgent, id)")
-        # The patient of an HL7 message, so a critical result finds the patient's queued ADT.
-        await add_missing_column(self.db, "hl7_inbox", "patient_id", "TEXT")
-        await self.db.execute("CREATE INDEX IF NOT EXISTS hl7_inbox_patient ON hl7_inbox (patient_id, state)")
-        # Alerts name their patient, so a transfer brings the new ward into open ones.
-        await add_missing_column(self.db, "clinical_alert", "patient_id", "TEXT")
 
     async def accept(
         self, facility: str, control_id: str, message_type: str, raw: bytes, urgent: bool = False,

@@ -137,7 +137,6 @@ class OncallService:
         return re.sub(r"\b[A-Za-z0-9][A-Za-z0-9._-]*\b", lambda m: self.name(m.group(0)), text)
 
     async def setup(self) -> None:
-        await self.store.setup()
         await self.reload_roster()
         await self.ensure_role_accounts()
 

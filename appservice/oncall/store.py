@@ -1,6 +1,7 @@
 """Durable on-call state in the appservice database (SQLite or PostgreSQL through mautrix's
 Database): the roster each feed last delivered, overrides, open pages and an outbox of
-Matrix sends, so a restart resumes escalations with their deadlines and repeats nothing."""
+Matrix sends, so a restart resumes escalations with their deadlines and repeats nothing.
+The tables are made by appservice.migrations."""
 
 from __future__ import annotations
 
@@ -10,61 +11,8 @@ from typing import Any
 
 from mautrix.util.async_db import Database
 
-from appservice.db_columns import add_missing_column
 from carematrix.oncall.escalation import Action, Page
 from carematrix.oncall.model import Override, Shift
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS oncall_shift (
-        feed_id TEXT NOT NULL, role TEXT NOT NULL, staff_number TEXT NOT NULL,
-        start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, source TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_feed (
-        feed_id TEXT PRIMARY KEY, digest TEXT, loaded_at BIGINT, last_error TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_override (
-        id TEXT PRIMARY KEY, role TEXT NOT NULL, staff_number TEXT NOT NULL,
-        start_ts BIGINT NOT NULL, end_ts BIGINT NOT NULL, replaces TEXT, by_staff TEXT NOT NULL,
-        kind TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_page (
-        page_id TEXT PRIMARY KEY, role TEXT NOT NULL, sender TEXT NOT NULL, room_id TEXT NOT NULL,
-        event_id TEXT NOT NULL, created_at BIGINT NOT NULL, step INTEGER NOT NULL,
-        step_deadline BIGINT, paged TEXT NOT NULL, acked_by TEXT, acked_at BIGINT, state TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_outbox (
-        txn_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, action TEXT NOT NULL, sent INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_quiet_pref (
-        staff_number TEXT PRIMARY KEY, quiet INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_holders (
-        role TEXT PRIMARY KEY, holders TEXT NOT NULL
-    )""",
-    # The notices that paged someone: a reply or reaction to one acknowledges that page only.
-    """CREATE TABLE IF NOT EXISTS oncall_page_notice (
-        event_id TEXT PRIMARY KEY, page_id TEXT NOT NULL, room_id TEXT NOT NULL, sent_at BIGINT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS oncall_page_notice_room ON oncall_page_notice (room_id, sent_at)",
-    """CREATE TABLE IF NOT EXISTS oncall_page_seen (
-        page_id TEXT NOT NULL, staff_number TEXT NOT NULL, seen_at BIGINT NOT NULL,
-        PRIMARY KEY (page_id, staff_number)
-    )""",
-    # A role's direct chat with one person: pages for someone who cannot join the page's room.
-    """CREATE TABLE IF NOT EXISTS oncall_role_dm (
-        role TEXT NOT NULL, staff_number TEXT NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (role, staff_number)
-    )""",
-    """CREATE TABLE IF NOT EXISTS oncall_role_room (
-        room_id TEXT NOT NULL, role TEXT NOT NULL, requester TEXT NOT NULL, direct INTEGER NOT NULL,
-        PRIMARY KEY (room_id, role)
-    )""",
-]
-
-
-PAGE_COLUMNS = (
-    ("priority", "TEXT NOT NULL DEFAULT 'urgent'"), ("subject", "TEXT NOT NULL DEFAULT ''"),
-    ("lead", "TEXT"), ("role_name", "TEXT NOT NULL DEFAULT ''"),
-)
 
 
 def _ms(at: datetime) -> int:
@@ -78,16 +26,6 @@ def _dt(ms: int | None) -> datetime | None:
 class OncallStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def setup(self) -> None:
-        for statement in SCHEMA:
-            await self.db.execute(statement)
-        await self._add_page_columns()
-
-    async def _add_page_columns(self) -> None:
-        """Pages stored before pages named their subject lack these columns."""
-        for column, kind in PAGE_COLUMNS:
-            await add_missing_column(self.db, "oncall_page", column, kind)
 
     # -- roster -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Audit tables and the append path, on any DB-API cursor in SQLite or PostgreSQL.
+"""The audit tables' append and read paths, on any DB-API cursor in SQLite or PostgreSQL.
 
 Every function takes the transaction's cursor (``txn``) and the ``dialect``, because the
 Synapse module runs them inside ``ModuleApi.run_db_interaction`` (Synapse's own pool and
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from carematrix.audit.chain import GENESIS_HASH, canonical, canonical_json, link_hash
+from carematrix.audit.chain import canonical, canonical_json, link_hash
 from carematrix.audit.record import AuditRecord
 
 Dialect = Literal["sqlite", "postgres"]
@@ -34,9 +34,6 @@ COLUMNS = (
     "details, prev_hash, hash"
 )
 _INSERT_CHUNK = 200  # rows per INSERT statement: 2,800 parameters, far below either limit
-
-# pg_advisory_xact_lock key that serialises ensure_schema across worker processes.
-_SCHEMA_LOCK_KEY = 0x63617564_69747363
 
 
 class AuditStoreError(Exception):
@@ -55,64 +52,6 @@ def sql(statement: str, dialect: str) -> str:
     work inside ``run_db_interaction`` and on a bare psycopg2 cursor alike.
     """
     return statement.replace("?", "%s") if dialect == "postgres" else statement
-
-
-def _ddl(dialect: str) -> list[str]:
-    seq_type = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGINT PRIMARY KEY"
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {LOG} (
-            seq {seq_type},
-            recorded_at BIGINT NOT NULL,
-            actor TEXT NOT NULL,
-            action TEXT NOT NULL,
-            object TEXT,
-            room TEXT,
-            patient TEXT,
-            outcome TEXT NOT NULL,
-            source TEXT,
-            process TEXT NOT NULL,
-            rule TEXT,
-            details TEXT NOT NULL,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {HEAD} (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            seq BIGINT NOT NULL,
-            hash TEXT NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT} (
-            seq BIGINT PRIMARY KEY,
-            hash TEXT NOT NULL,
-            signed_at BIGINT NOT NULL,
-            key_id TEXT NOT NULL,
-            signature TEXT NOT NULL
-        )""",
-        # Searches filter on one of these and list newest first, so seq rides along.
-        f"CREATE INDEX IF NOT EXISTS {LOG}_actor ON {LOG} (actor, seq)",
-        f"CREATE INDEX IF NOT EXISTS {LOG}_action ON {LOG} (action, seq)",
-        f"CREATE INDEX IF NOT EXISTS {LOG}_time ON {LOG} (recorded_at)",
-        # Most records concern no patient and many no room: partial indexes stay small.
-        f"CREATE INDEX IF NOT EXISTS {LOG}_room ON {LOG} (room, seq) WHERE room IS NOT NULL",
-        f"CREATE INDEX IF NOT EXISTS {LOG}_patient ON {LOG} (patient, seq) "
-        "WHERE patient IS NOT NULL",
-        f"INSERT INTO {HEAD} (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}') "
-        "ON CONFLICT (id) DO NOTHING",
-    ]
-
-
-def ensure_schema(txn: Any, dialect: str) -> None:
-    """Create the audit tables, indexes and head row if missing; safe to run every start.
-
-    On PostgreSQL a transaction-scoped advisory lock makes concurrent starts of several
-    workers take turns (two concurrent ``CREATE TABLE IF NOT EXISTS`` can otherwise fail).
-    """
-    check_dialect(dialect)
-    if dialect == "postgres":
-        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        txn.fetchall()
-    for statement in _ddl(dialect):
-        txn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -141,7 +80,7 @@ def _lock_head(txn: Any, dialect: str) -> tuple[int, str]:
         txn.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1")
     row = txn.fetchone()
     if row is None:
-        raise AuditStoreError(f"{HEAD} has no row; run ensure_schema first")
+        raise AuditStoreError(f"{HEAD} has no row; the database was not migrated (carematrix.hsdb.migrations)")
     return int(row[0]), str(row[1])
 
 
@@ -151,7 +90,7 @@ def head(txn: Any, dialect: str) -> tuple[int, str]:
     txn.execute(f"SELECT seq, hash FROM {HEAD} WHERE id = 1")
     row = txn.fetchone()
     if row is None:
-        raise AuditStoreError(f"{HEAD} has no row; run ensure_schema first")
+        raise AuditStoreError(f"{HEAD} has no row; the database was not migrated (carematrix.hsdb.migrations)")
     return int(row[0]), str(row[1])
 
 

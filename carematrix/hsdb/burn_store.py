@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.hsdb.audit_store import check_dialect, sql
+from carematrix.hsdb.audit_store import sql
 
 BURN = "carematrix_burn"
-_SCHEMA_LOCK_KEY = 0x63617262_75726E00
 
 
 @dataclass(frozen=True)
@@ -30,30 +29,6 @@ class PendingBurn:
     media: tuple[str, ...]  # mxc URIs of the message's files and thumbnails
     all_read_at: int | None
     burn_at: int  # ms: min(deadline, all_read_at + grace)
-
-
-def ensure_schema(txn: Any, dialect: str) -> None:
-    check_dialect(dialect)
-    if dialect == "postgres":
-        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        txn.fetchall()
-    txn.execute(
-        f"""CREATE TABLE IF NOT EXISTS {BURN} (
-            event_id TEXT PRIMARY KEY,
-            room_id TEXT NOT NULL,
-            sender TEXT NOT NULL,
-            sent_at BIGINT NOT NULL,
-            grace_ms BIGINT NOT NULL,
-            deadline BIGINT NOT NULL,
-            recipients TEXT NOT NULL,
-            media TEXT NOT NULL,
-            all_read_at BIGINT,
-            burn_at BIGINT NOT NULL,
-            burned_at BIGINT,
-            outcome TEXT
-        )"""
-    )
-    txn.execute(f"CREATE INDEX IF NOT EXISTS {BURN}_pending ON {BURN} (burn_at) WHERE burned_at IS NULL")
 
 
 def add(txn: Any, dialect: str, burn: PendingBurn) -> None:

@@ -61,8 +61,6 @@ _CHUNK = 500
 _SHINGLE_LEN = len(SHINGLE_PREFIX) + 16
 _HEX64 = re.compile(r"[0-9a-f]{16}")
 _SHINGLES = re.compile(rf"(?:{re.escape(SHINGLE_PREFIX)}[0-9a-f]{{16}})*")
-# pg_advisory_xact_lock key that serialises ensure_schema across worker processes.
-_SCHEMA_LOCK_KEY = 0x63615F70_726F7465
 
 
 @dataclass(frozen=True)
@@ -121,37 +119,6 @@ def _keys(fingerprints: Iterable[str], shingles: Iterable[str] = ()) -> dict[int
         if isinstance(fingerprint, str) and fingerprint:
             wanted[key(fingerprint)] = fingerprint
     return wanted
-
-
-def _ddl(dialect: str) -> list[str]:
-    # SQLite: INTEGER PRIMARY KEY is the rowid (no separate index); BIGINT would not be.
-    int_key = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGINT PRIMARY KEY"
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-            fp {int_key},
-            origin BIGINT NOT NULL
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {ORIGIN_TABLE} (
-            id {int_key},
-            room_id TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            ts BIGINT NOT NULL
-        )""",
-    ]
-
-
-def ensure_schema(txn: Any, dialect: str) -> None:
-    """Create the tables if missing; safe to run at every start of every worker.
-
-    On PostgreSQL a transaction-scoped advisory lock makes concurrent starts take turns
-    (two concurrent ``CREATE TABLE IF NOT EXISTS`` can otherwise fail on the catalog).
-    """
-    check_dialect(dialect)
-    if dialect == "postgres":
-        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        txn.fetchall()
-    for statement in _ddl(dialect):
-        txn.execute(statement)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

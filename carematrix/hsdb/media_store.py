@@ -11,12 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.hsdb.audit_store import check_dialect, sql
+from carematrix.hsdb.audit_store import sql
 
 MEDIA = "carematrix_protected_media"
 DELIVERY = "carematrix_watermark_delivery"
-
-_SCHEMA_LOCK_KEY = 0x63617270_6D656469
 
 
 @dataclass(frozen=True)
@@ -39,33 +37,6 @@ class Delivery:
     user_id: str
     minute: int  # Unix seconds at the start of the minute
     first_served_at: int  # ms
-
-
-def ensure_schema(txn: Any, dialect: str) -> None:
-    check_dialect(dialect)
-    if dialect == "postgres":
-        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        txn.fetchall()
-    for statement in (
-        f"""CREATE TABLE IF NOT EXISTS {MEDIA} (
-            media_id TEXT NOT NULL,
-            room_id TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            other_files TEXT NOT NULL,
-            posted_at BIGINT NOT NULL,
-            PRIMARY KEY (media_id, room_id)
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {DELIVERY} (
-            mark_id TEXT PRIMARY KEY,
-            media_id TEXT NOT NULL,
-            user_id TEXT NOT NULL,
-            minute BIGINT NOT NULL,
-            first_served_at BIGINT NOT NULL
-        )""",
-        f"CREATE INDEX IF NOT EXISTS {DELIVERY}_media ON {DELIVERY} (media_id, minute)",
-    ):
-        txn.execute(statement)
 
 
 def record_postings(txn: Any, dialect: str, postings: Iterable[ProtectedPosting], ts_ms: int) -> None:

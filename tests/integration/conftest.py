@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from carematrix.hsdb.audit_store import ensure_schema
+from carematrix.hsdb.migrations import upgrade
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.pgadmin import (
     create_database,
@@ -56,7 +56,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def audit_db(db_url: str) -> Iterator[AuditDb]:
     db = connect(db_url)
-    with db.transaction() as txn:
-        ensure_schema(txn, db.dialect)
+    upgrade(db.transaction, db.dialect)
     yield db
     db.close()

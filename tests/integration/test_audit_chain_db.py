@@ -19,7 +19,8 @@ from carematrix.audit.checkpoint import (
     make_checkpoint,
 )
 from carematrix.audit.verify import verify
-from carematrix.hsdb.audit_store import append, ensure_schema, head, row_fields, sql
+from carematrix.hsdb.audit_store import append, head, row_fields, sql
+from carematrix.hsdb.migrations import upgrade
 from carematrix_ops.audit_db import AuditDb, connect
 from tests.integration.audit_workers import append_worker, sample
 
@@ -72,13 +73,6 @@ def test_appended_records_verify(audit_db, keys):
 def test_empty_log_verifies(audit_db, keys):
     result = check(audit_db, keys)
     assert result.ok and result.count == 0 and result.last_hash == GENESIS_HASH
-
-
-def test_ensure_schema_twice_keeps_the_log(audit_db, keys):
-    fill(audit_db, 5)
-    with audit_db.transaction() as txn:
-        ensure_schema(txn, audit_db.dialect)
-    assert check(audit_db, keys).count == 5
 
 
 def test_stored_hash_is_the_documented_formula(audit_db):
@@ -281,6 +275,5 @@ def test_a_rolled_back_append_leaves_no_trace(audit_db, keys):
 
 def test_connect_accepts_a_sqlite_url(tmp_path):
     with connect(f"sqlite:///{tmp_path}/a.db") as db:
-        with db.transaction() as txn:
-            ensure_schema(txn, db.dialect)
+        upgrade(db.transaction, db.dialect)
     assert (tmp_path / "a.db").exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from carematrix.hsdb.audit_store import append, ensure_schema
+from carematrix.hsdb.audit_store import append
+from carematrix.hsdb.migrations import upgrade
 from carematrix_ops.audit_db import AuditDb, connect
 from synapse_modules.audit_spool import Forwarder, Spool, fill_from_log
 from synapse_modules.audit_syslog import TcpTransport, UdpTransport, format_record, read_frames
@@ -109,8 +110,7 @@ def collector():
 @pytest.fixture
 def log_db(tmp_path: Path):
     db = connect(tmp_path / "homeserver.db")
-    with db.transaction() as txn:
-        ensure_schema(txn, db.dialect)
+    upgrade(db.transaction, db.dialect)
     yield db
     db.close()
 

@@ -4,7 +4,6 @@ who may not re-post it, and that first origin wins."""
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,11 +13,11 @@ from carematrix.hsdb.forward_store import (
     ORIGIN_TABLE,
     TABLE,
     ForeignMatch,
-    ensure_schema,
     find_foreign,
     key,
     record_origin,
 )
+from carematrix.hsdb.migrations import upgrade
 from carematrix.protect import fingerprint
 from carematrix.protect.fingerprint import (
     Fingerprints,
@@ -43,8 +42,7 @@ SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 @pytest.fixture
 def store(db_url: str) -> Iterator[AuditDb]:
     db = connect(db_url)
-    with db.transaction() as txn:
-        ensure_schema(txn, db.dialect)
+    upgrade(db.transaction, db.dialect)
     yield db
     db.close()
 
@@ -231,43 +229,8 @@ def test_nothing_commits_on_its_own(store):
     assert count(store, TABLE) == 0 and count(store, ORIGIN_TABLE) == 0
 
 
-def test_ensure_schema_twice_is_fine(store):
-    record(store, msg(TEXT), ICU, "$orig")
-    with store.transaction() as txn:
-        ensure_schema(txn, store.dialect)
-    with store.transaction() as txn:
-        ensure_schema(txn, store.dialect)
-    assert find(store, msg(TEXT), WARD) is not None
-
-
-def test_concurrent_first_starts_take_turns(db_url):
-    """Several workers starting at once against an empty database all succeed."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def start() -> None:
-        db = connect(db_url)
-        try:
-            barrier.wait()
-            with db.transaction() as txn:
-                ensure_schema(txn, db.dialect)
-        except BaseException as exc:  # collected and reported by the test thread
-            errors.append(exc)
-        finally:
-            db.close()
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-
-
 def test_unknown_dialect_is_refused(store):
     with store.transaction() as txn:
-        with pytest.raises(ValueError, match="dialect"):
-            ensure_schema(txn, "mysql")
         with pytest.raises(ValueError, match="dialect"):
             find_foreign(txn, "mysql", msg(TEXT), (), WARD)
 

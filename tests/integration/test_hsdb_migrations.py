@@ -1,0 +1,208 @@
+"""The numbered migrations of our homeserver-database tables on real SQLite and PostgreSQL:
+a fresh database gets every table at the latest version, a second run changes nothing, a
+newer database is refused, and workers starting together take turns."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from carematrix.audit.chain import GENESIS_HASH
+from carematrix.audit.checkpoint import export_verify_key, load_or_create_signing_key
+from carematrix.hsdb.audit_store import CHECKPOINT, HEAD, LOG, head
+from carematrix.hsdb.burn_store import BURN
+from carematrix.hsdb.forward_store import ORIGIN_TABLE, TABLE
+from carematrix.hsdb.media_store import DELIVERY, MEDIA
+from carematrix.hsdb.migrations import (
+    LATEST,
+    MIGRATIONS,
+    VERSION_TABLE,
+    Migration,
+    SchemaMismatch,
+    SchemaVersionError,
+    check_numbering,
+    current_version,
+    require_current,
+    upgrade,
+)
+from carematrix_ops import cli
+from carematrix_ops.audit_db import AuditDb, connect
+
+STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN}
+
+
+@pytest.fixture
+def db(db_url: str):
+    conn = connect(db_url)
+    yield conn
+    conn.close()
+
+
+def tables(db: AuditDb) -> set[str]:
+    with db.transaction(read_only=True) as txn:
+        if db.dialect == "sqlite":
+            txn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        else:
+            txn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+        return {r[0] for r in txn.fetchall()}
+
+
+def version(db: AuditDb) -> int:
+    with db.transaction(read_only=True) as txn:
+        return current_version(txn, db.dialect)
+
+
+def set_version(db: AuditDb, n: int) -> None:
+    with db.transaction() as txn:
+        txn.execute(f"UPDATE {VERSION_TABLE} SET version = {n} WHERE id = 1")
+
+
+def test_a_fresh_database_gets_every_table_at_the_latest_version(db):
+    assert version(db) == 0
+    assert upgrade(db.transaction, db.dialect) == (0, LATEST)
+    assert STORE_TABLES | {VERSION_TABLE} <= tables(db)
+    assert version(db) == LATEST
+    with db.transaction(read_only=True) as txn:
+        assert head(txn, db.dialect) == (0, GENESIS_HASH)
+        require_current(txn, db.dialect)  # what the command-line tools check
+
+
+def test_a_second_run_is_a_no_op(db):
+    upgrade(db.transaction, db.dialect)
+    with db.transaction() as txn:
+        txn.execute(f"INSERT INTO {MEDIA} VALUES ('m1', '!r:x', '$e', 'image', 'audited', 1)")
+        txn.execute(f"SELECT upgraded_at FROM {VERSION_TABLE}")
+        stamped = txn.fetchone()[0]
+    assert upgrade(db.transaction, db.dialect) == (LATEST, LATEST)
+    with db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT media_id FROM {MEDIA}")
+        assert txn.fetchall() == [("m1",)]
+        txn.execute(f"SELECT upgraded_at FROM {VERSION_TABLE}")
+        assert txn.fetchone()[0] == stamped
+
+
+def test_a_newer_database_is_refused_and_left_alone(db):
+    upgrade(db.transaction, db.dialect)
+    set_version(db, LATEST + 1)
+    with pytest.raises(SchemaVersionError, match=f"version {LATEST + 1}, newer than this CareMatrix") as info:
+        upgrade(db.transaction, db.dialect)
+    assert "Run that version, or restore the database backup" in str(info.value)
+    assert version(db) == LATEST + 1
+    with db.transaction(read_only=True) as txn, pytest.raises(SchemaVersionError, match="newer"):
+        require_current(txn, db.dialect)
+
+
+def test_tools_refuse_a_database_not_yet_upgraded(db):
+    with db.transaction(read_only=True) as txn, pytest.raises(SchemaVersionError) as info:
+        require_current(txn, db.dialect)
+    assert "no CareMatrix schema version yet" in str(info.value)
+    assert "Start the homeserver with this version once" in str(info.value)
+
+
+def test_later_migrations_run_once_in_order(db):
+    upgrade(db.transaction, db.dialect)
+    ran: list[int] = []
+
+    def add_note(txn: Any, dialect: str) -> None:
+        ran.append(2)
+        txn.execute(f"ALTER TABLE {BURN} ADD COLUMN note TEXT")
+
+    def fill_note(txn: Any, dialect: str) -> None:
+        ran.append(3)
+        txn.execute(f"UPDATE {BURN} SET note = 'x'")
+
+    later = (*MIGRATIONS, Migration(2, "a note", add_note), Migration(3, "fill it", fill_note))
+    assert upgrade(db.transaction, db.dialect, later) == (1, 3)
+    assert upgrade(db.transaction, db.dialect, later) == (3, 3)
+    assert ran == [2, 3]
+    with db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT note FROM {BURN}")
+        assert txn.fetchall() == []
+
+
+def test_a_failing_migration_changes_nothing(db):
+    upgrade(db.transaction, db.dialect)
+
+    def half_done(txn: Any, dialect: str) -> None:
+        txn.execute("CREATE TABLE carematrix_half (x INTEGER)")
+        raise RuntimeError("step failed")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        upgrade(db.transaction, db.dialect, (*MIGRATIONS, Migration(2, "broken", half_done)))
+    assert version(db) == LATEST
+    assert "carematrix_half" not in tables(db)
+
+
+def test_migrations_are_numbered_without_gaps():
+    check_numbering(MIGRATIONS)
+    with pytest.raises(ValueError, match="numbered 1..n"):
+        check_numbering((*MIGRATIONS, Migration(LATEST + 2, "skips one", lambda txn, d: None)))
+
+
+def test_a_foreign_table_under_our_name_is_not_adopted(db):
+    with db.transaction() as txn:
+        txn.execute(f"CREATE TABLE {BURN} (event_id TEXT PRIMARY KEY)")
+    with pytest.raises(SchemaMismatch, match=f"{BURN} exists but lacks columns"):
+        upgrade(db.transaction, db.dialect)
+    assert version(db) == 0
+
+
+def test_workers_starting_together_take_turns(db_url):
+    """Several processes' first start against an empty database all succeed, and the
+    migrations run once."""
+    errors: list[BaseException] = []
+    results: list[tuple[int, int]] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        conn = connect(db_url)
+        try:
+            barrier.wait()
+            results.append(upgrade(conn.transaction, conn.dialect))
+        except BaseException as exc:  # collected and reported by the test thread
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == [(0, LATEST)] + [(LATEST, LATEST)] * 3
+
+
+def test_audit_verify_says_when_the_database_is_older_or_newer_than_the_code(db_url, tmp_path, capsys):
+    """``carematrix audit verify`` reads our tables directly: it names the mismatch instead of
+    failing on a missing table or misreading a changed one."""
+    kind = "sqlite" if not db_url.startswith("postgresql://") else "postgres"
+    data_dir = tmp_path / "var"
+    (data_dir / "synapse").mkdir(parents=True)
+    settings = {"data_dir": str(data_dir), "database": kind}
+    if kind == "postgres":
+        settings["db_url"] = db_url
+    else:
+        db_url = str(data_dir / "synapse" / "homeserver.db")
+    (data_dir / "deployment.json").write_text(json.dumps(settings))
+    (data_dir / "secrets.json").write_text("{}")
+    (data_dir / "audit_verify.key").write_text(export_verify_key(load_or_create_signing_key(tmp_path / "k")) + "\n")
+    verify_cmd = ["audit", "verify", "--data-dir", str(data_dir)]
+
+    with connect(db_url) as db:
+        with db.transaction() as txn:  # the homeserver has not run this code yet
+            txn.execute("CREATE TABLE carematrix_audit_head (id INTEGER PRIMARY KEY, seq BIGINT, hash TEXT)")
+        assert cli.main(verify_cmd) == cli.EXIT_FAILED
+        assert "no CareMatrix schema version yet" in capsys.readouterr().err
+
+        upgrade(db.transaction, db.dialect)
+        assert cli.main(verify_cmd) == cli.EXIT_OK
+        assert "audit log OK: 0 records" in capsys.readouterr().out
+
+        set_version(db, LATEST + 1)
+        assert cli.main(verify_cmd) == cli.EXIT_FAILED
+        err = capsys.readouterr().err
+        assert f"error: the homeserver database is at CareMatrix schema version {LATEST + 1}, newer" in err
