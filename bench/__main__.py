@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench import org_sync, roundtrip
 from bench.stats import format_comparison
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 BENCHMARKS = (
     "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",

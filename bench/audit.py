@@ -29,13 +29,13 @@ from carematrix.audit.verify import verify
 from carematrix.hsdb.audit_store import append
 from carematrix.hsdb.migrations import upgrade
 from carematrix_ops.audit_db import AuditDb, connect
-from carematrix_ops.deploy import REPO_ROOT
 from carematrix_ops.pgadmin import (
     create_database,
     database_url,
     drop_database,
     on_maintenance_db,
 )
+from tests.paths import REPO_ROOT
 from tests.ports import TEST_SERVER_URL
 
 _ACTIONS = (

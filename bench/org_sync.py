@@ -15,9 +15,10 @@ import yaml
 
 from bench.roundtrip import _call, _login, _register
 from bench.stats import comparison, summary
-from carematrix_ops.deploy import REPO_ROOT, Settings, prepare
+from carematrix_ops.deploy import Settings, prepare
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
+from tests.paths import DEMO_POLICY_DIR
 from tests.ports import free_port_pair
 
 
@@ -52,7 +53,7 @@ def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> 
         for i in range(staff)
     ]
     (directory / "staff.yaml").write_text(yaml.safe_dump({"staff": people}))
-    rooms = yaml.safe_load((REPO_ROOT / "policies" / "rooms.yaml").read_text())
+    rooms = yaml.safe_load((DEMO_POLICY_DIR / "rooms.yaml").read_text())
     rooms["standard_rooms"] = [
         {"id": "announcements", "class": "announcement", "units": ["hosp"], "alias": "announcements", "name": "Announcements"},
         {"id": "team", "class": "department", "units": "all", "name": "{unit_name} team"},

@@ -15,9 +15,8 @@ from typing import Any
 
 from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.policy import PolicyInvalid, load_policy
+from carematrix_ops import resources
 from carematrix_ops.deploy import (
-    DEFAULT_POLICY_DIR,
-    REPO_ROOT,
     DeployError,
     Settings,
     check_ports,
@@ -32,7 +31,30 @@ EXIT_USAGE = 2
 
 
 def _default_data_dir() -> Path:
-    return Path(os.environ.get("CAREMATRIX_DATA_DIR") or REPO_ROOT / "var")
+    """$CAREMATRIX_DATA_DIR, else a checkout's var/; an installed package must be told."""
+    chosen = os.environ.get("CAREMATRIX_DATA_DIR")
+    if chosen:
+        return Path(chosen)
+    default = resources.default_data_dir()
+    if default is None:
+        raise DeployError("no data dir: pass --data-dir DIR or set CAREMATRIX_DATA_DIR")
+    return default
+
+
+def _policy_dir(given: Path | None) -> Path:
+    """The policy directory a command reads: named, $CAREMATRIX_POLICY_DIR, or the one
+    ``carematrix up`` uses by default (the checkout's, or the data dir's)."""
+    chosen = given or os.environ.get("CAREMATRIX_POLICY_DIR")
+    if chosen:
+        return Path(chosen)
+    try:
+        data_dir = _default_data_dir()
+    except DeployError:
+        raise DeployError(
+            "no policy directory: name it, or set CAREMATRIX_POLICY_DIR (or CAREMATRIX_DATA_DIR "
+            "for the data dir's own policies/)"
+        ) from None
+    return resources.default_policy_dir(data_dir)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -161,7 +183,8 @@ def up_settings(args: argparse.Namespace) -> Settings:
         bind_address=args.bind,
         database=args.database,
         db_url=args.db_url,
-        policy_dir=args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR),
+        # None: the default (Settings), which on a new data dir may be the demo policy's copy.
+        policy_dir=args.policy_dir or os.environ.get("CAREMATRIX_POLICY_DIR") or None,
         demo=not args.no_demo,
         audit_syslog=args.audit_syslog or os.environ.get("CAREMATRIX_AUDIT_SYSLOG"),
         **systems,
@@ -230,10 +253,11 @@ def _print_banner(deployment: object, result: object) -> None:
         f"  Homeserver URL : {url}",
         f"  Server name    : {s.server_name}",
         f"  Data dir       : {s.data_dir}",
+        f"  Policy         : {s.policy_dir} (edit its YAML files; changes apply within a second or two)",
         f"  Bot            : {deployment.bot_user_id} (DM it '!ping', '!oncall')",
     ]
     if s.hl7_port:
-        lines.append(f"  HL7 v2 (MLLP)  : {s.hl7_bind}:{s.hl7_port} (senders: see policies/clinical.yaml)")
+        lines.append(f"  HL7 v2 (MLLP)  : {s.hl7_bind}:{s.hl7_port} (senders: see clinical.yaml in the policy)")
     if s.carematrix_enabled:
         lines.append(f"  FHIR R4 input  : {s.appservice_url}/_carematrix/fhir (bearer tokens: fhir_token:<source> in {deployment.paths.secrets})")
         systems = [f"{name} {url}" for name, url in (("FHIR server", s.fhir_server), ("PACS", s.dicomweb), ("EMR archive", s.emr_archive)) if url]
@@ -283,7 +307,7 @@ def _demo_systems_lines(settings: Settings) -> list[str]:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    directory = args.path or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR)
+    directory = _policy_dir(args.path)
     try:
         policy = load_policy(directory)
     except PolicyInvalid as exc:
@@ -344,7 +368,7 @@ def cmd_org_sync(args: argparse.Namespace) -> int:
 def cmd_org_import(args: argparse.Namespace) -> int:
     from carematrix.org.importer import import_staff, parse_mapping
 
-    directory = args.policy_dir or Path(os.environ.get("CAREMATRIX_POLICY_DIR") or DEFAULT_POLICY_DIR)
+    directory = _policy_dir(args.policy_dir)
     try:
         mapping = parse_mapping(args.map or [])
         text = args.csv.read_text(encoding=args.encoding)
@@ -514,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="set up (first run) and run the whole stack")
-    up.add_argument("--data-dir", type=Path, help="data dir (default $CAREMATRIX_DATA_DIR or ./var)")
+    up.add_argument("--data-dir", type=Path, help="data dir (default $CAREMATRIX_DATA_DIR, or var/ in a checkout)")
     up.add_argument("--port", type=_port, help="homeserver port (default $CAREMATRIX_PORT or 8008)")
     up.add_argument("--appservice-port", type=_port, help="appservice port (default homeserver port + 1)")
     up.add_argument("--hl7-port", type=int, help="MLLP port for HL7 v2 from the HIS (default 2575; 0: off)")
@@ -527,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--db-url", help="PostgreSQL URL, e.g. postgresql://synapse@127.0.0.1:5432/carematrix")
     up.add_argument("--server-name", default=os.environ.get("CAREMATRIX_SERVER_NAME", "localhost"))
     up.add_argument("--bind", default="127.0.0.1", help="address the homeserver listens on")
-    up.add_argument("--policy-dir", type=Path, help="policies directory (default ./policies)")
+    up.add_argument("--policy-dir", type=Path, help="policies directory (default $CAREMATRIX_POLICY_DIR, else the checkout's policies/, "
+                    "else DATA_DIR/policies, a copy of the demo policy made on the first start)")
     up.add_argument("--audit-syslog", metavar="HOST:PORT", help="forward every audit record to this syslog collector (TCP)")
     up.add_argument("--fhir-server", metavar="URL", help="the hospital's FHIR R4 server (patient summaries in case rooms)")
     up.add_argument("--dicomweb", metavar="URL", help="the PACS's DICOMweb root (key images in case rooms)")

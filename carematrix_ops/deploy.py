@@ -1,8 +1,9 @@
 """Render a complete deployment into the data dir: configs, fresh secrets, signing key.
 
 Secrets are generated once into ``secrets.json`` and reused, so re-running ``carematrix up``
-never invalidates sessions or tokens; configs are re-rendered from ``config/*.in`` every
-time, so template improvements reach existing installations.
+never invalidates sessions or tokens; configs are re-rendered from the templates
+(``carematrix_ops/templates/*.in``) every time, so template improvements reach existing
+installations.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from carematrix_ops import resources
+
 if TYPE_CHECKING:
     from carematrix.ldap_login import LdapConfig
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = REPO_ROOT / "config"
-DEFAULT_POLICY_DIR = REPO_ROOT / "policies"
 BOT_LOCALPART = "carematrix"
 ADMIN_LOCALPART = "carematrix-admin"
 SECRET_KEYS = (
@@ -60,7 +60,9 @@ class Settings:
     bind_address: str = "127.0.0.1"
     database: str = "sqlite"
     db_url: str | None = None
-    policy_dir: Path = DEFAULT_POLICY_DIR
+    # None: the checkout's policies/, or in an installed package the data dir's policies/
+    # (resources.default_policy_dir); a Path once constructed.
+    policy_dir: Path | None = None
     # Tests and benchmarks drive many messages per second from a handful of accounts.
     relaxed_rate_limits: bool = False
     # False renders a plain Synapse (no modules, no appservice): the benchmark baseline.
@@ -112,6 +114,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
+        if self.policy_dir is None:
+            self.policy_dir = resources.default_policy_dir(self.data_dir)
         self.policy_dir = Path(self.policy_dir).resolve()
         if not self.appservice_port:
             self.appservice_port = self.port + 1
@@ -196,7 +200,7 @@ class Deployment:
 
 def render_template(name: str, values: dict[str, Any]) -> str:
     """Fill ``${key}`` placeholders with JSON (valid YAML) so quoting can never break."""
-    text = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    text = resources.template(name)
     rendered = {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
     try:
         return string.Template(text).substitute(rendered)
@@ -221,6 +225,31 @@ def check_data_dir(path: Path) -> None:
             f"data dir {path} is not writable ({exc.strerror}); fix its permissions or choose "
             "another with --data-dir or CAREMATRIX_DATA_DIR"
         ) from exc
+
+
+def ensure_policy_dir(settings: Settings) -> None:
+    """The policy directory must exist; a data dir that is to use its own policies/ gets a
+    copy of the demo policy there on its first start (no deployment recorded yet) and never
+    later: a data dir that lost its policy must not come back as the demo hospital, whose
+    org sync would replace the staff.
+    """
+    target = settings.policy_dir
+    assert target is not None  # Settings.__post_init__ resolved the default
+    if target.is_dir():
+        return
+    own = settings.data_dir / "policies"
+    if target != own:
+        raise DeployError(
+            f"the policy directory {target} does not exist; pass the right --policy-dir "
+            "(or CAREMATRIX_POLICY_DIR)"
+        )
+    if Paths(settings.data_dir).deployment.exists():
+        raise DeployError(
+            f"the policy directory {target} of this data dir is missing; restore it from backup "
+            "(the demo policy is copied only on a data dir's first start)"
+        )
+    check_data_dir(settings.data_dir)
+    resources.copy_demo_policy(target)
 
 
 def check_port_free(host: str, port: int, what: str, hint: str) -> None:
@@ -596,6 +625,7 @@ def prepare(settings: Settings) -> Deployment:
         raise DeployError(f"server name {settings.server_name!r} is not a valid host name")
     ldap = _ldap_config(settings)
     oidc = _oidc_provider(settings)
+    ensure_policy_dir(settings)
     try:
         policy = load_policy(settings.policy_dir)
     except PolicyInvalid as exc:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import filecmp
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +21,11 @@ from typing import Any
 
 from nio import AsyncClient, LoginResponse
 
-from carematrix_ops.deploy import REPO_ROOT, Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix_ops.deploy import Deployment, Settings, appservice_pg_dbname, prepare
 from carematrix_ops.pgadmin import database_url, drop_database, on_maintenance_db
 from carematrix_ops.seed import Seeder, SeedResult
 from carematrix_ops.supervisor import Stack
+from tests.paths import DEMO_POLICY_DIR
 from tests.ports import TEST_SERVER_URL, free_port, free_port_pair
 
 WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
@@ -43,6 +47,14 @@ def log_files(data_dir: Path) -> list[Path]:
     """Every log under a data dir: Synapse's homeserver log, the appservice's, and the
     captured output of each supervised process (logs/*.out)."""
     return sorted(p for p in data_dir.rglob("*") if p.is_file() and (".log" in p.name or p.suffix == ".out"))
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Whether two directories hold the same files with the same contents."""
+    cmp = filecmp.dircmp(a, b)
+    return not (cmp.left_only or cmp.right_only or cmp.diff_files) and all(
+        same_tree(a / d, b / d) for d in cmp.common_dirs
+    )
 
 
 def log_sizes(paths: list[Path]) -> dict[Path, int]:
@@ -111,7 +123,7 @@ class RunningStack:
 
 def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningStack:
     policy_dir = base / "policies"
-    shutil.copytree(REPO_ROOT / "policies", policy_dir)
+    shutil.copytree(DEMO_POLICY_DIR, policy_dir)
     pg_dbname = None
     db_url = None
     if backend == "postgres":
@@ -196,6 +208,56 @@ def audit_cli(stack: RunningStack, *args: str, login: str | None = "a0002") -> s
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "CAREMATRIX_PASSWORD": stack.deployment.secrets["demo_password"]},
     )
+
+class UpProcess:
+    """`carematrix up` in the background, read until it says it is ready.
+
+    ``cli`` is the ``carematrix`` command to run, ``env`` the environment it starts from
+    (default: this process's) and ``cwd`` where it runs (default: here)."""
+
+    def __init__(
+        self, data_dir: Path, port: int, *args: str, cli: str = CLI, env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [cli, "up", "--data-dir", str(data_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            # A free MLLP port too: other stacks on this machine may hold the default 2575.
+            env={**(os.environ if env is None else env), "CAREMATRIX_PORT": str(port),
+                 "CAREMATRIX_HL7_PORT": str(free_port())},
+        )
+        self.lines: list[str] = []
+
+    def wait_ready(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("carematrix up exited early:\n" + "".join(self.lines))
+            self.lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                return "".join(self.lines)
+        raise AssertionError("carematrix up did not become ready:\n" + "".join(self.lines))
+
+    def interrupt(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        rest, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, rest
+
+
+def port_is_free(port: int) -> bool:
+    """Nobody listens on it (SO_REUSEADDR, as servers bind, ignores TIME_WAIT leftovers)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def search(stack: RunningStack, *filters: str, login: str = "a0002") -> list[dict]:

@@ -6,11 +6,8 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,61 +16,25 @@ import yaml
 from nio import AsyncClient, LoginResponse, RoomSendResponse
 
 from carematrix_ops.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
-from carematrix_ops.deploy import REPO_ROOT
 from carematrix_ops.pgadmin import database_url
-from tests.ports import TEST_SERVER_URL, free_port, free_port_pair, free_port_run
-from tests.support import drop_pg_databases, log_files, log_problems, log_sizes, pg_server_logs
-
-CLI = str(Path(sys.executable).parent / "carematrix")
+from tests.paths import DEMO_POLICY_DIR
+from tests.ports import TEST_SERVER_URL, free_port_pair, free_port_run
+from tests.support import (
+    CLI,
+    UpProcess,
+    drop_pg_databases,
+    log_files,
+    log_problems,
+    log_sizes,
+    pg_server_logs,
+    port_is_free,
+)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
-
-
-class UpProcess:
-    """`carematrix up` in the background, read until it says it is ready."""
-
-    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [CLI, "up", "--data-dir", str(data_dir), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # A free MLLP port too: other stacks on this machine may hold the default 2575.
-            env={**os.environ, "CAREMATRIX_PORT": str(port), "CAREMATRIX_HL7_PORT": str(free_port())},
-        )
-        self.lines: list[str] = []
-
-    def wait_ready(self, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError("carematrix up exited early:\n" + "".join(self.lines))
-            self.lines.append(line)
-            if line.startswith("Press Ctrl-C"):
-                return "".join(self.lines)
-        raise AssertionError("carematrix up did not become ready:\n" + "".join(self.lines))
-
-    def interrupt(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGINT)
-        rest, _ = self.proc.communicate(timeout=60)
-        return self.proc.returncode, rest
-
-
-def port_is_free(port: int) -> bool:
-    """Nobody listens on it (SO_REUSEADDR, as servers bind, ignores TIME_WAIT leftovers)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 async def login_and_post(port: int, localpart: str, password: str) -> None:
@@ -258,7 +219,7 @@ def test_up_refuses_an_invalid_policy_and_writes_nothing(tmp_path: Path):
 
 
 def test_policy_check_accepts_the_shipped_demo_hospital():
-    result = run_cli("policy", "check", str(REPO_ROOT / "policies"))
+    result = run_cli("policy", "check", str(DEMO_POLICY_DIR))
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("OK: ")
     assert "9 staff" in result.stdout

@@ -7,9 +7,9 @@ from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.room_class import decide_state_change
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
-P = load_policy(REPO_ROOT / "policies")
+P = load_policy(DEMO_POLICY_DIR)
 ICU_ROOM = RoomClassState("department", "icu")
 CARDIO_ROOM = RoomClassState("department", "cardiology")
 icu_nurse, cardiologist, ward_nurse = (P.staff_for_localpart(x) for x in ("n3001", "d1001", "n3002"))

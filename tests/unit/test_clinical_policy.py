@@ -7,7 +7,7 @@ import pytest
 
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
 HOSPITAL = "hospital:\n  name: T\nunits:\n  - id: icu\n    name: ICU\n"
 
@@ -19,7 +19,7 @@ def errors_of(text: str) -> list[str]:
 
 
 def test_demo_hospital_pages_icu_nurse_and_doctor_on_critical_results():
-    clinical = load_policy(REPO_ROOT / "policies").clinical
+    clinical = load_policy(DEMO_POLICY_DIR).clinical
     assert clinical.senders == {"HIS", "LIS"}
     assert clinical.wards["ICU"].roles == {"nurse": "icu/nurse", "doctor": "icu/doctor"}
     (rule,) = clinical.rules_for("critical_result")
@@ -44,7 +44,7 @@ def test_mistakes_are_reported_with_lines():
 
 
 def test_demo_hospital_fhir_sources_cases_and_links():
-    clinical = load_policy(REPO_ROOT / "policies").clinical
+    clinical = load_policy(DEMO_POLICY_DIR).clinical
     assert clinical.fhir_sources["LIS"] == {"Observation", "DiagnosticReport"}
     assert "ImagingStudy" in clinical.fhir_sources["EMR"]
     (report,) = clinical.rules_for("report")
@@ -119,7 +119,7 @@ def test_policy_check_refuses_critical_routing_without_a_safety_net():
 
 
 def test_demo_hospital_has_a_safety_net_for_every_source_and_acknowledges_an_alert_when_all_roles_have():
-    clinical = load_policy(REPO_ROOT / "policies").clinical
+    clinical = load_policy(DEMO_POLICY_DIR).clinical
     for source in (*clinical.senders, *(clinical.fhir_sources or {})):
         assert clinical.safety_net_for(source) == "administration/duty-doctor"
     (rule,) = clinical.rules_for("critical_result")

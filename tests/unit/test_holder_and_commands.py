@@ -8,7 +8,7 @@ import shutil
 from appservice.commands import reply_ping
 from carematrix.commands import parse_command
 from carematrix.policy.holder import PolicyHolder
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
 
 def _bump(path):
@@ -17,7 +17,7 @@ def _bump(path):
 
 
 def test_valid_edit_replaces_policy_and_invalid_edit_keeps_it(tmp_path):
-    shutil.copytree(REPO_ROOT / "policies", tmp_path / "p")
+    shutil.copytree(DEMO_POLICY_DIR, tmp_path / "p")
     outcomes = []
     holder = PolicyHolder(tmp_path / "p", on_outcome=outcomes.append)
     first = holder.current.digest
@@ -41,7 +41,7 @@ def test_valid_edit_replaces_policy_and_invalid_edit_keeps_it(tmp_path):
 
 
 def test_deleted_policy_file_keeps_the_last_good_policy(tmp_path):
-    shutil.copytree(REPO_ROOT / "policies", tmp_path / "p")
+    shutil.copytree(DEMO_POLICY_DIR, tmp_path / "p")
     holder = PolicyHolder(tmp_path / "p")
     good = holder.current
     (tmp_path / "p" / "hospital.yaml").unlink()

@@ -9,9 +9,9 @@ import hashlib
 import pytest
 
 import synapse_modules.ldap_auth as ldap_auth
-from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.ldap_auth import CareMatrixLdapAuth
 from synapse_modules.ldap_directory import DirectoryVerdict
+from tests.paths import DEMO_POLICY_DIR
 
 ADMIN = "@carematrix-admin:hospital.example"
 ADMIN_PASSWORD = "generated-admin-secret"
@@ -41,7 +41,7 @@ class FakeApi:
 @pytest.fixture
 def module(monkeypatch):
     config = CareMatrixLdapAuth.parse_config({
-        "policy_dir": str(REPO_ROOT / "policies"),
+        "policy_dir": str(DEMO_POLICY_DIR),
         "ldap": {"uri": "ldap://127.0.0.1:1", "base_dn": "dc=hospital,dc=example"},
         "admin_user_id": ADMIN,
         "admin_password_sha256": hashlib.sha256(ADMIN_PASSWORD.encode()).hexdigest(),

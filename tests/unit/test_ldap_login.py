@@ -15,15 +15,15 @@ from carematrix.ldap_login import (
     staff_number_for_login,
 )
 from carematrix.policy import load_policy
-from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.ldap_auth import CareMatrixLdapAuth
+from tests.paths import DEMO_POLICY_DIR
 
 GOOD = {"uri": "ldaps://ldap.hospital.example", "base_dn": "ou=people,dc=hospital,dc=example"}
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return load_policy(REPO_ROOT / "policies")
+    return load_policy(DEMO_POLICY_DIR)
 
 
 def test_minimal_config_gets_the_documented_defaults():
@@ -122,7 +122,7 @@ def test_filter_adds_the_operators_user_filter():
     assert search_filter(config, "*") == r"(&(uid=\2a)(objectClass=inetOrgPerson))"
 
 
-MODULE = {"policy_dir": str(REPO_ROOT / "policies"), "ldap": GOOD}
+MODULE = {"policy_dir": str(DEMO_POLICY_DIR), "ldap": GOOD}
 
 
 def test_module_config():

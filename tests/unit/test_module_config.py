@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from synapse.module_api.errors import ConfigError
 
-from carematrix_ops.deploy import REPO_ROOT
 from synapse_modules.policy_module import CareMatrixPolicy
+from tests.paths import DEMO_POLICY_DIR
 
-GOOD = {"policy_dir": str(REPO_ROOT / "policies"), "bot_user_id": "@carematrix:localhost"}
+GOOD = {"policy_dir": str(DEMO_POLICY_DIR), "bot_user_id": "@carematrix:localhost"}
 
 
 def test_valid_config():

@@ -7,9 +7,9 @@ import yaml
 from carematrix.org.importer import import_staff, parse_mapping
 from carematrix.policy import load_policy
 from carematrix.policy.loader import load_policy_texts
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
-POLICY = load_policy(REPO_ROOT / "policies")
+POLICY = load_policy(DEMO_POLICY_DIR)
 HR = "工号,姓名,科室,岗位,职称,角色\nN9001,钱红 Qian Hong,icu,nurse,护师 Nurse,\nD9001,孙强 Sun Qiang,cardiology;icu,doctor,主治医师,announcer\n"
 MAPPING = parse_mapping(["staff_number=工号", "name=姓名", "units=科室", "position=岗位", "title=职称", "roles=角色"])
 
@@ -23,7 +23,7 @@ def test_hr_export_becomes_the_staff_policy():
         "position": "doctor", "title": "主治医师", "roles": ["announcer"],
     }
     # The generated file is a valid policy section together with the rest of the policy.
-    hospital = (REPO_ROOT / "policies" / "hospital.yaml").read_text()
+    hospital = (DEMO_POLICY_DIR / "hospital.yaml").read_text()
     policy = load_policy_texts([("hospital.yaml", hospital), ("staff.yaml", result.yaml())])
     assert policy.staff_for_localpart("n9001").name == "钱红 Qian Hong"
 

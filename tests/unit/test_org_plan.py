@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from carematrix.org.plan import Observed, ObservedUser, desired_state, plan
 from carematrix.policy import load_policy
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
-POLICY = load_policy(REPO_ROOT / "policies")
+POLICY = load_policy(DEMO_POLICY_DIR)
 DESIRED = desired_state(POLICY)
 
 
@@ -73,7 +73,7 @@ def test_in_sync_means_nothing_to_do():
 
 
 def test_transfer_moves_rooms_and_name():
-    moved = load_policy(REPO_ROOT / "policies")
+    moved = load_policy(DEMO_POLICY_DIR)
     nurse = moved.staff_for_localpart("n3002")
     observed = synced()
     from dataclasses import replace

@@ -6,7 +6,7 @@ import pytest
 
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
 HOSPITAL = """\
 hospital:
@@ -29,7 +29,7 @@ def errors_of(*files: tuple[str, str]) -> list[str]:
 
 
 def test_shipped_demo_hospital_loads():
-    policy = load_policy(REPO_ROOT / "policies")
+    policy = load_policy(DEMO_POLICY_DIR)
     assert policy.room_classes["announcement"].post.roles == {"announcer"}
     announcer = policy.staff_for_localpart("a0001")
     assert announcer is not None and "announcer" in announcer.roles

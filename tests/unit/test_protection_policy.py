@@ -8,7 +8,7 @@ import pytest
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
 from carematrix.policy.model import DEFAULT_BURN, BurnPolicy
-from carematrix_ops.deploy import REPO_ROOT
+from tests.paths import DEMO_POLICY_DIR
 
 HOSPITAL = "hospital:\n  name: Test Hospital\nunits:\n  - id: hosp\n    name: Hospital\n"
 
@@ -24,7 +24,7 @@ def errors_of(text: str) -> list[str]:
 
 
 def test_demo_hospital_protects_ward_and_case_rooms():
-    policy = load_policy(REPO_ROOT / "policies")
+    policy = load_policy(DEMO_POLICY_DIR)
     ward = policy.room_classes["department"].protection
     assert ward.no_forward and ward.watermark and ward.no_screenshot
     assert ward.retention_seconds == 180 * 86400

@@ -13,10 +13,11 @@ from synapse.module_api.errors import ConfigError
 
 import synapse_modules.sso_mapping as sso_mapping
 from carematrix.policy import load_policy
-from carematrix_ops.deploy import REPO_ROOT, DeployError, Settings, prepare
+from carematrix_ops.deploy import DeployError, Settings, prepare
 from synapse_modules.sso_mapping import CareMatrixSsoMapping, staff_for_claims, subject
+from tests.paths import DEMO_POLICY_DIR
 
-POLICY_DIR = str(REPO_ROOT / "policies")
+POLICY_DIR = str(DEMO_POLICY_DIR)
 GOOD = {
     "issuer": "https://sso.hospital.example/",
     "client_id": "carematrix",
@@ -32,7 +33,7 @@ def mapper(policy_dir: str = POLICY_DIR, **config) -> CareMatrixSsoMapping:
 
 
 def test_staff_map_to_their_org_account_and_display_name():
-    policy = load_policy(REPO_ROOT / "policies")
+    policy = load_policy(DEMO_POLICY_DIR)
     staff = policy.staff_for_localpart("d1001")
     attrs = asyncio.run(mapper().map_user_attributes({"sub": "abc", "employee_number": "D1001"}, {}, 0))
     assert attrs["localpart"] == "d1001"
@@ -42,12 +43,12 @@ def test_staff_map_to_their_org_account_and_display_name():
 
 @pytest.mark.parametrize("typed", ["d1001", " D1001 "])
 def test_the_staff_number_is_matched_like_a_localpart(typed):
-    policy = load_policy(REPO_ROOT / "policies")
+    policy = load_policy(DEMO_POLICY_DIR)
     assert staff_for_claims({"employee_number": typed}, "employee_number", policy).staff_number == "D1001"
 
 
 def test_someone_not_on_the_staff_list_is_refused_with_a_clear_message():
-    policy = load_policy(REPO_ROOT / "policies")
+    policy = load_policy(DEMO_POLICY_DIR)
     with pytest.raises(MappingException, match="X9999 is not on this hospital's staff list"):
         staff_for_claims({"employee_number": "X9999"}, "employee_number", policy)
     for claims in ({}, {"employee_number": ""}, {"employee_number": ["D1001"]}):
@@ -77,7 +78,7 @@ def test_no_second_name_is_tried_when_the_account_name_is_taken():
 
 def test_a_leaver_is_refused_on_every_login_after_the_reload(tmp_path, monkeypatch):
     policy_dir = tmp_path / "policies"
-    shutil.copytree(REPO_ROOT / "policies", policy_dir)
+    shutil.copytree(DEMO_POLICY_DIR, policy_dir)
     m = mapper(str(policy_dir))
     claims = {"sub": "p", "employee_number": "P5001"}
     assert asyncio.run(m.get_extra_attributes(claims, {})) == {}
