@@ -40,6 +40,7 @@ from appservice.org_sync import OrgSyncService
 from bridges.fhir.outcome import Issue, operation_outcome
 from carematrix.commands import parse_command
 from carematrix.hsdb.migrations import SchemaVersionError
+from carematrix.loop_lag import probe_asyncio_loop, recorder_from_env
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, ReloadOutcome
 from carematrix.rules.protection import PRIORITY_FIELD
@@ -313,6 +314,8 @@ class Bot:
 
 
 async def run(config: AppserviceConfig) -> None:
+    lag = recorder_from_env("appservice")
+    lag_probe = asyncio.create_task(probe_asyncio_loop(lag)) if lag is not None else None
     holder = PolicyHolder(config.policy_dir)
     db = Database.create(config.database, upgrade_table=PgASStateStore.upgrade_table, owner_name="carematrix")
     await db.start()  # mautrix's state cache tables
@@ -426,6 +429,8 @@ async def run(config: AppserviceConfig) -> None:
             hl7_server.close()
     finally:
         log.info("stopping")
+        if lag_probe is not None:
+            lag_probe.cancel()
         await session.close()
         await appserv.stop()
         await db.stop()

@@ -7,7 +7,8 @@ watermark (marking a 12 MP photo), media (protected download vs Synapse's), nofo
 no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL), oncall (role
 resolution with 10,000 roster entries), paging (a message to an on-duty role until the doctor
 sees it, against a direct message; escalation lag after a deadline), hl7 (parse + ACK),
-ingest (HL7 over MLLP stored and acknowledged, 1 and 4 connections).
+ingest (HL7 over MLLP stored and acknowledged, 1 and 4 connections), reload (event-loop stalls
+and MLLP ACKs while a 5,000-staff policy edit is reloaded).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.paths import REPO_ROOT
 
 BENCHMARKS = (
     "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",
-    "hl7", "ingest", "alert", "exactlyonce",
+    "hl7", "ingest", "alert", "exactlyonce", "reload",
 )
 
 
@@ -54,6 +55,10 @@ def main() -> None:
     parser.add_argument("--staff", type=int, default=300)
     parser.add_argument("--units", type=int, default=20)
     parser.add_argument("--queued", type=int, default=10_000, help="messages queued before the kill -9 (exactlyonce)")
+    parser.add_argument("--reload-staff", type=int, default=5000, help="staff in the reloaded policy (reload)")
+    parser.add_argument("--reload-rounds", type=int, default=3, help="policy edits measured per pass (reload)")
+    parser.add_argument("--reload-baseline", type=Path, help="a checkout of older code run alongside, same data (reload)")
+    parser.add_argument("--reload-passes", type=int, default=1, help="passes, alternating with the baseline (reload)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     args = parser.parse_args()
     chosen = args.only or list(BENCHMARKS)
@@ -126,6 +131,15 @@ def main() -> None:
 
                 result = asyncio.run(clinical_durability.measure(work, args.queued))
                 print(clinical_durability.format_result(result), flush=True)
+                _save(args.out, name, result)
+            elif name == "reload":
+                from bench import policy_reload
+
+                result = asyncio.run(policy_reload.measure(
+                    work, args.reload_staff, rounds=args.reload_rounds, baseline=args.reload_baseline,
+                    passes=args.reload_passes,
+                ))
+                print(policy_reload.format_result(result), flush=True)
                 _save(args.out, name, result)
             elif name == "noforward":
                 from bench import no_forward

@@ -22,25 +22,19 @@ from tests.paths import DEMO_POLICY_DIR
 from tests.ports import free_port_pair
 
 
-def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> None:
-    """Hospital -> departments -> wards, ``units`` in all; staff spread over the wards."""
+def synthetic_org(staff: int, units: int, root: str = "hosp", root_name: str = "Benchmark Hospital",
+                  seed: int = 7) -> tuple[dict, list[dict]]:
+    """A unit tree (root -> departments -> wards, ``units`` in all) and ``staff`` people
+    spread over its wards, as the policy's YAML has them; the first person is an announcer."""
     rng = random.Random(seed)
     departments = max(1, round((units - 1) ** 0.5))
     wards_per = max(0, (units - 1 - departments) // departments)
+    prefix = "" if root == "hosp" else f"{root}-"
     tree, leaves = [], []
     for d in range(departments):
-        wards = [{"id": f"d{d:02d}-w{w:02d}", "name": f"Dept {d} Ward {w}"} for w in range(wards_per)]
-        leaves += [w["id"] for w in wards] or [f"d{d:02d}"]
-        tree.append({"id": f"d{d:02d}", "name": f"Department {d}", "children": wards})
-    (directory / "hospital.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "hospital": {"name": "Benchmark Hospital"},
-                "roles": {"announcer": {}},
-                "units": [{"id": "hosp", "name": "Benchmark Hospital", "children": tree}],
-            }
-        )
-    )
+        wards = [{"id": f"{prefix}d{d:02d}-w{w:02d}", "name": f"Dept {d} Ward {w}"} for w in range(wards_per)]
+        leaves += [w["id"] for w in wards] or [f"{prefix}d{d:02d}"]
+        tree.append({"id": f"{prefix}d{d:02d}", "name": f"Department {d}", "children": wards})
     people = [
         {
             "staff_number": f"S{i:05d}",
@@ -52,6 +46,21 @@ def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> 
         }
         for i in range(staff)
     ]
+    return {"id": root, "name": root_name, "children": tree}, people
+
+
+def synthetic_policy(directory: Path, staff: int, units: int, seed: int = 7) -> None:
+    """Hospital -> departments -> wards, ``units`` in all; staff spread over the wards."""
+    tree, people = synthetic_org(staff, units, seed=seed)
+    (directory / "hospital.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hospital": {"name": "Benchmark Hospital"},
+                "roles": {"announcer": {}},
+                "units": [tree],
+            }
+        )
+    )
     (directory / "staff.yaml").write_text(yaml.safe_dump({"staff": people}))
     rooms = yaml.safe_load((DEMO_POLICY_DIR / "rooms.yaml").read_text())
     rooms["standard_rooms"] = [

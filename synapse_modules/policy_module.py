@@ -33,7 +33,7 @@ from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
-from synapse_modules import internals
+from synapse_modules import internals, loop_lag
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import current_writer
 from synapse_modules.compat import refusal_with_reason
@@ -91,6 +91,7 @@ class CareMatrixPolicy:
     def __init__(self, config: PolicyModuleConfig, api: ModuleApi) -> None:
         self._config = config
         self._api = api
+        loop_lag.start(api.worker_name or "main")
         self._holder = PolicyHolder(config.policy_dir, on_outcome=self._on_reload)
         log.info(
             "CareMatrix policy %s in force from %s",

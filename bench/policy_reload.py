@@ -1,0 +1,296 @@
+"""A policy edit on a running hospital of 5,000 staff: how long each process's event loop
+stalls while the edit is reloaded, and what the HIS sees meanwhile.
+
+One CareMatrix stack (SQLite) with the demo policy plus a synthetic wing (``synthetic_org``:
+N staff over a tree of units), synced once so every account exists (without initial
+passwords, as with directory sign-in: hashing 5,000 of them would take most of the set-up). The HIS sends ADT
+messages over MLLP at a steady rate throughout. Each round waits a quiet window, then an
+admin's edit (one person's title in staff.yaml, written as an editor saves: a new file moved
+into place) and waits until Synapse and the appservice enforce it and the appservice's
+follow-up org sync is done, plus a margin. The quiet window before each edit is the baseline
+in the same run. With ``--baseline DIR`` (a checkout of older code) the stack is restarted on
+the same data with that code and this checkout in turn, so both are measured in one run.
+
+Stalls come from each process's loop-lag timer (``carematrix.loop_lag``, switched on by
+``CAREMATRIX_LOOP_LAG_DIR``): the latest a 5 ms timer fired in the window. ACK latency is
+timed from when a message was due to be sent (so a message held up behind a stalled one
+counts its wait too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from bench.clinical_ingest import _adt
+from bench.mllp import Mllp
+from bench.org_sync import synthetic_org
+from bench.stats import summary
+from carematrix.loop_lag import ENV as LAG_ENV
+from carematrix.loop_lag import max_late_ms, read_lag
+from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.seed import Seeder
+from carematrix_ops.supervisor import Stack
+from tests.paths import DEMO_POLICY_DIR
+from tests.ports import free_port, free_port_pair
+
+EDITED = "S00001"  # whose title each round's edit changes
+POLL_SECONDS = 0.2
+IN_FORCE_TIMEOUT = 300.0
+
+
+def bench_policy(directory: Path, staff: int, units: int) -> None:
+    """The demo policy with a synthetic wing of ``staff`` people over ``units`` units."""
+    shutil.copytree(DEMO_POLICY_DIR, directory)
+    tree, people = synthetic_org(staff, units, root="wing", root_name="Benchmark Wing")
+    hospital = yaml.safe_load((directory / "hospital.yaml").read_text(encoding="utf-8"))
+    hospital["units"].append(tree)
+    (directory / "hospital.yaml").write_text(yaml.safe_dump(hospital, allow_unicode=True), encoding="utf-8")
+    listed = yaml.safe_load((directory / "staff.yaml").read_text(encoding="utf-8"))
+    listed["staff"] += people
+    (directory / "staff.yaml").write_text(yaml.safe_dump(listed, allow_unicode=True), encoding="utf-8")
+
+
+def edit_title(directory: Path, title: str) -> None:
+    """Change one person's title, saved the way editors save (write aside, rename over)."""
+    path = directory / "staff.yaml"
+    text = path.read_text(encoding="utf-8")
+    text, n = re.subn(rf"(staff_number: {EDITED}\n  title: )[^\n]*", rf"\g<1>{title}", text, count=1)
+    if n != 1:
+        raise RuntimeError(f"{EDITED} not found in {path}")
+    aside = path.with_suffix(".yaml.saving")
+    aside.write_text(text, encoding="utf-8")
+    os.replace(aside, path)
+
+
+@dataclass
+class Observed:
+    """What the pollers saw last: each process's policy digest and the appservice's last org sync."""
+
+    synapse: str = ""
+    appservice: str = ""
+    org_sync: str = ""
+    acks: list[tuple[float, float]] = field(default_factory=list)  # (wall time due, ms)
+
+
+async def _poll(session: aiohttp.ClientSession, d: Deployment, seen: Observed, stop: asyncio.Event) -> None:
+    synapse = f"{d.settings.homeserver_url}/_synapse/client/carematrix/policy"
+    health = f"{d.settings.appservice_url}/_carematrix/health"
+    while not stop.is_set():
+        try:
+            async with session.get(synapse) as resp:
+                seen.synapse = (await resp.json())["digest"]
+            async with session.get(health) as resp:
+                body = await resp.json()
+                seen.appservice = body["policy_digest"]
+                seen.org_sync = (body.get("org_sync") or {}).get("policy_digest", "")
+        except (aiohttp.ClientError, OSError, KeyError, ValueError):
+            pass
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _send_steadily(port: int, rate: float, seen: Observed, stop: asyncio.Event) -> None:
+    async with Mllp(port) as conn:
+        start, wall = time.perf_counter(), time.time()
+        i = 0
+        while not stop.is_set():
+            due = start + i / rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            await conn.send(_adt(900_000 + i))
+            seen.acks.append((wall + (due - start), (time.perf_counter() - due) * 1000))
+            i += 1
+
+
+async def _until_in_force(seen: Observed, old: str) -> tuple[float, float, float]:
+    """Seconds from now until Synapse, the appservice and its org sync have a new digest."""
+    t0 = time.monotonic()
+    marks: dict[str, float] = {}
+    while len(marks) < 3:
+        if time.monotonic() - t0 > IN_FORCE_TIMEOUT:
+            raise RuntimeError(f"the edit was not in force after {IN_FORCE_TIMEOUT:.0f} s: {seen}")
+        now = time.monotonic() - t0
+        if seen.synapse and seen.synapse != old:
+            marks.setdefault("synapse", now)
+        if seen.appservice and seen.appservice != old:
+            marks.setdefault("appservice", now)
+            if seen.org_sync == seen.appservice:
+                marks.setdefault("org_sync", now)
+        await asyncio.sleep(0.05)
+    return marks["synapse"], marks["appservice"], marks["org_sync"]
+
+
+def _window(lag: dict[str, list], seen: Observed, start: float, end: float) -> dict:
+    acks = [ms for due, ms in seen.acks if start <= due <= end]
+    return {
+        "seconds": round(end - start, 2),
+        "synapse_max_stall_ms": max_late_ms(lag["synapse"], start, end),
+        "appservice_max_stall_ms": max_late_ms(lag["appservice"], start, end),
+        "ack_ms": acks,
+    }
+
+
+def _start(d: Deployment, lag_dir: Path, code: Path | None) -> Stack:
+    """The stack's processes, running ``code`` (a checkout) if given, else this one's."""
+    saved = {k: os.environ.get(k) for k in (LAG_ENV, "PYTHONPATH")}
+    os.environ[LAG_ENV] = str(lag_dir)
+    if code is not None:
+        os.environ["PYTHONPATH"] = str(code)
+    try:
+        stack = Stack(d)
+        stack.start()
+        return stack
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def _rounds(d: Deployment, first: int, rounds: int, rate: float, quiet: float, margin: float,
+                  settle: float) -> tuple[Observed, list]:
+    seen, stop = Observed(), asyncio.Event()
+    windows = []
+    async with aiohttp.ClientSession() as session:
+        poller = asyncio.create_task(_poll(session, d, seen, stop))
+        try:
+            await asyncio.sleep(settle)  # the freshly started processes' own start-up work
+            for r in range(first, first + rounds):
+                # A fresh sender each round: a backlog never carries over from one to the next.
+                sending = asyncio.Event()
+                sender = asyncio.create_task(_send_steadily(d.settings.hl7_port, rate, seen, sending))
+                try:
+                    await asyncio.sleep(quiet)
+                    old = seen.synapse
+                    edited_at = time.time()
+                    edit_title(d.settings.policy_dir, f"Nurse, edit {r + 1}")
+                    marks = await _until_in_force(seen, old)
+                    await asyncio.sleep(margin)
+                    windows.append((edited_at - quiet, edited_at, time.time(), marks))
+                finally:
+                    sending.set()
+                    await asyncio.wait_for(sender, 60)
+            await asyncio.sleep(0.5)  # the last lag lines are written
+        finally:
+            stop.set()
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+    return seen, windows
+
+
+async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 3, rate: float = 20.0,
+                  baseline: Path | None = None, passes: int = 1, quiet: float = 8.0, margin: float = 2.0,
+                  settle: float = 20.0) -> dict:
+    """``baseline``: a checkout of other code (e.g. ``git worktree add DIR COMMIT``) run on the
+    same data in the same run, passes alternating (baseline first, then this code first)."""
+    policy_dir = work / "policy"
+    bench_policy(policy_dir, staff, units)
+    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
+                         hl7_port=free_port(), policy_dir=policy_dir, demo=False))
+    stack = _start(d, work / "lag" / "seed", None)
+    try:
+        t0 = time.monotonic()
+        Seeder(d).run()
+        seeded_s = time.monotonic() - t0
+    finally:
+        stack.stop()
+    codes: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if baseline is not None:
+        codes.insert(0, ("baseline", baseline))
+    collected: dict[str, list[dict]] = {label: [] for label, _ in codes}
+    edits = 0
+    for p in range(passes):
+        for label, code in codes if p % 2 == 0 else codes[::-1]:
+            lag_dir = work / "lag" / f"{p}-{label.replace(' ', '-')}"
+            stack = _start(d, lag_dir, code)
+            try:
+                seen, windows = await _rounds(d, edits, rounds, rate, quiet, margin, settle)
+            finally:
+                stack.stop()
+            edits += rounds
+            lag = {"synapse": read_lag(lag_dir / "synapse-main.lag"), "appservice": read_lag(lag_dir / "appservice.lag")}
+            for quiet_start, edited_at, end, marks in windows:
+                collected[label].append({
+                    "in_force_s": {"synapse": round(marks[0], 2), "appservice": round(marks[1], 2),
+                                   "org_sync_done": round(marks[2], 2)},
+                    "quiet": _window(lag, seen, quiet_start, edited_at),
+                    "reload": _window(lag, seen, edited_at, end),
+                })
+    return {
+        "benchmark": f"policy reload, demo policy + {staff:,} staff over {units} units, MLLP ADT at {rate:g}/s, SQLite",
+        "seeded_s": round(seeded_s, 1),
+        "code": {label: str(code) if code else "this checkout" for label, code in codes},
+        "results": {label: _summarise(rounds_out) for label, rounds_out in collected.items()},
+    }
+
+
+def _summarise(rounds: list[dict]) -> dict:
+    def worst(kind: str, key: str) -> float | None:
+        found = [r[kind][key] for r in rounds if r[kind][key] is not None]
+        return max(found) if found else None
+
+    out: dict = {"rounds": len(rounds)}
+    for kind in ("quiet", "reload"):
+        acks = [ms for r in rounds for ms in r[kind]["ack_ms"]]
+        out[kind] = {
+            "synapse_max_stall_ms": worst(kind, "synapse_max_stall_ms"),
+            "appservice_max_stall_ms": worst(kind, "appservice_max_stall_ms"),
+            "ack": summary(acks) | {"max_ms": round(max(acks), 3)} if acks else None,
+        }
+    out["per_round"] = [
+        {"in_force_s": r["in_force_s"]}
+        | {f"{kind}_{k}": r[kind][k] for kind in ("quiet", "reload") for k in ("synapse_max_stall_ms", "appservice_max_stall_ms")}
+        for r in rounds
+    ]
+    return out
+
+
+def format_result(result: dict) -> str:
+    lines = [result["benchmark"], f"  (seeded in {result['seeded_s']} s)"]
+    for label, res in result["results"].items():
+        lines.append(f"  {label} ({result['code'][label]}), {res['rounds']} edits")
+        lines.append(f"    {'':<20}{'Synapse stall':>15}{'appservice stall':>18}{'ACK p50':>10}{'ACK p99':>10}{'ACK max':>10}")
+        for kind, name in (("quiet", "before each edit"), ("reload", "during each reload")):
+            k = res[kind]
+            ack = k["ack"] or {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+            lines.append(
+                f"    {name:<20}{k['synapse_max_stall_ms'] or 0:>12.1f} ms{k['appservice_max_stall_ms'] or 0:>15.1f} ms"
+                f"{ack['p50_ms']:>7.1f} ms{ack['p99_ms']:>7.1f} ms{ack['max_ms']:>7.1f} ms"
+            )
+        for i, r in enumerate(res["per_round"], 1):
+            f = r["in_force_s"]
+            lines.append(
+                f"    edit {i}: in force in Synapse {f['synapse']} s, appservice {f['appservice']} s, org sync done "
+                f"{f['org_sync_done']} s; stalls Synapse {r['reload_synapse_max_stall_ms']} ms, appservice "
+                f"{r['reload_appservice_max_stall_ms']} ms (before the edit: {r['quiet_synapse_max_stall_ms']}, "
+                f"{r['quiet_appservice_max_stall_ms']})"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m bench.policy_reload")
+    parser.add_argument("--staff", type=int, default=5000)
+    parser.add_argument("--units", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare with")
+    parser.add_argument("--passes", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="carematrix-bench-reload-") as tmp:
+        result = asyncio.run(measure(Path(tmp), args.staff, args.units, args.rounds, args.rate, args.baseline, args.passes))
+    print(format_result(result))
+    print(json.dumps(result))
