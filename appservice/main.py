@@ -305,10 +305,12 @@ class Bot:
         return web.json_response({"errcode": "M_NOT_READY", "error": text}, status=503, headers=headers)
 
     async def poll_policy(self) -> None:
+        """Edits are parsed in a thread (over a second for 5,000 staff): MLLP ACKs and the
+        escalation tick keep running meanwhile."""
         while True:
             await asyncio.sleep(POLICY_POLL_SECONDS)
             try:
-                self.policy.refresh()
+                await self.policy.refresh(asyncio.to_thread)
             except Exception:
                 log.exception("policy refresh failed; keeping the policy in force")
 

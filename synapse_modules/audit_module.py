@@ -31,8 +31,8 @@ from carematrix.audit.checkpoint import (
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
-from carematrix.policy.holder import PolicyHolder
-from synapse_modules import access_log, hs_schema, internals
+from carematrix.policy import PolicyInvalid
+from synapse_modules import access_log, hs_schema, internals, policy_source
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import AuditWriter
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 RECORDS_PATH = "/_synapse/client/carematrix/audit/records"
 SEARCH_PATH = "/_synapse/client/carematrix/audit/search"
 AUDITOR_ROLE = "auditor"
+POLICY_RELOAD_MS = 2000  # staff-list edits (who is an auditor) apply within this long
 FORMATS = {"json": "application/json", "csv": "text/csv", "fhir": "application/fhir+json", "table": "text/plain"}
 
 
@@ -79,6 +80,10 @@ class AuditModuleConfig:
             raise ValueError("'syslog' takes host, port (TCP, RFC 6587 framing) and spool (a file path)")
         if syslog and not (isinstance(syslog.get("host"), str) and isinstance(syslog.get("spool"), str)):
             raise ValueError("'syslog' needs host and spool")
+        try:
+            policy_source.policy_holder(config["policy_dir"])  # the process's one load
+        except PolicyInvalid as exc:
+            raise ValueError(f"the policy in {config['policy_dir']} is invalid:\n{exc}") from exc
         return cls(
             database=database,
             policy_dir=Path(config["policy_dir"]),
@@ -99,7 +104,7 @@ class CareMatrixAudit:
         self.process = api.worker_name or "main"
         hs_schema.gate(api).start()
         self.writer = AuditWriter(api, config.database, self.process)
-        self._policy = PolicyHolder(config.policy_dir)
+        self._policy = policy_source.keep_fresh(api, config.policy_dir, POLICY_RELOAD_MS)
         self._signing_key = load_or_create_signing_key(config.signing_key_path)
         if not config.verify_key_path.exists():
             config.verify_key_path.write_text(export_verify_key(self._signing_key) + "\n")
@@ -112,7 +117,6 @@ class CareMatrixAudit:
         api.register_web_resource(RECORDS_PATH, AsyncJsonResource(api, "carematrix_audit_http", post=self._submit_records))
         api.register_web_resource(SEARCH_PATH, AsyncJsonResource(api, "carematrix_audit_http", get=self._search))
         access_log.install(self.writer.record_soon, self.process)
-        api.looping_background_call(self._policy.refresh, 2000, desc="carematrix_audit_policy", run_on_all_instances=True)
         if api.should_run_background_tasks():
             api.looping_background_call(
                 self._checkpoint, config.checkpoint_interval_seconds * 1000, desc="carematrix_audit_checkpoint"

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carematrix.policy import PolicyInvalid, load_policy
+from carematrix.policy import PolicyInvalid
+from synapse_modules.policy_source import policy_holder
 
 USER_ID_RE = re.compile(r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.:\[\]-]+$")
 
@@ -63,7 +64,7 @@ class PolicyModuleConfig:
             raise ValueError(f"'burn_interval_seconds' must be a number between 0.1 and 600, got {burn!r}")
         path = Path(policy_dir)
         try:
-            load_policy(path)
+            policy_holder(path)  # loaded here once for the whole process (policy_source)
         except PolicyInvalid as exc:
             raise ValueError(f"the policy in {path} is invalid:\n{exc}") from exc
         return cls(

@@ -32,9 +32,9 @@ from carematrix.ldap_login import (
     parse_ldap_config,
     staff_number_for_login,
 )
-from carematrix.policy import PolicyInvalid, load_policy
-from carematrix.policy.holder import PolicyHolder
+from carematrix.policy import PolicyInvalid
 from carematrix.policy.model import staff_localpart
+from synapse_modules import policy_source
 from synapse_modules.config import checked_keys_and_policy_dir
 from synapse_modules.ldap_directory import check_password as directory_check_password
 
@@ -60,7 +60,7 @@ class LdapAuthConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
         policy_dir = checked_keys_and_policy_dir(config, {"policy_dir", "ldap", "admin_user_id", "admin_password_sha256"})
         try:
-            load_policy(Path(policy_dir))
+            policy_source.policy_holder(policy_dir)  # the process's one load
         except PolicyInvalid as exc:
             raise ValueError(f"the policy in {policy_dir} is invalid:\n{exc}") from exc
         if "ldap" not in config:
@@ -97,14 +97,10 @@ class CareMatrixLdapAuth:
     def __init__(self, config: LdapAuthConfig, api: ModuleApi) -> None:
         self._config = config
         self._api = api
-        self._holder = PolicyHolder(config.policy_dir)
+        # Leavers are refused as soon as the staff list drops them, before org sync runs.
+        self._holder = policy_source.keep_fresh(api, config.policy_dir, POLICY_RELOAD_MS)
         api.register_password_auth_provider_callbacks(
             auth_checkers={(PASSWORD_LOGIN, ("password",)): self.check_password}
-        )
-        # Leavers are refused as soon as the staff list drops them, before org sync runs.
-        api.looping_background_call(
-            self._holder.refresh, POLICY_RELOAD_MS, desc="carematrix_ldap_policy_reload",
-            run_on_all_instances=True,
         )
         ldap = config.ldap
         if not ldap.uses_tls and not _is_loopback(ldap.host):

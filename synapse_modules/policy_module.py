@@ -26,14 +26,14 @@ from twisted.web.server import Request
 from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord
-from carematrix.policy.holder import PolicyHolder, ReloadOutcome
+from carematrix.policy.holder import ReloadOutcome
 from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
-from synapse_modules import internals, loop_lag
+from synapse_modules import internals, loop_lag, policy_source
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import current_writer
 from synapse_modules.compat import refusal_with_reason
@@ -92,7 +92,10 @@ class CareMatrixPolicy:
         self._config = config
         self._api = api
         loop_lag.start(api.worker_name or "main")
-        self._holder = PolicyHolder(config.policy_dir, on_outcome=self._on_reload)
+        # The process's one copy of the policy (loaded when this config was read), polled
+        # for edits that are parsed off the reactor.
+        self._holder = policy_source.keep_fresh(api, config.policy_dir, config.reload_interval_seconds * 1000)
+        self._holder.on_outcome = self._on_reload
         log.info(
             "CareMatrix policy %s in force from %s",
             self._holder.current.digest[:12],
@@ -129,12 +132,6 @@ class CareMatrixPolicy:
         )
         api.looping_background_call(
             self._protection.evict_cache, 60_000, desc="carematrix_watermark_cache", run_on_all_instances=True
-        )
-        api.looping_background_call(
-            self._holder.refresh,
-            config.reload_interval_seconds * 1000,
-            desc="carematrix_policy_reload",
-            run_on_all_instances=True,
         )
 
     @staticmethod

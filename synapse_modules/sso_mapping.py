@@ -10,6 +10,9 @@ someone the hospital's IdP knows but the staff list does not is refused.
 Synapse skips ``map_user_attributes`` once the IdP subject is linked to an account, but
 always calls ``get_extra_attributes`` before completing a login, so the staff-list check
 runs there too: a leaver stays refused even after an earlier SSO sign-in linked them.
+
+The staff list is the process's one policy (``policy_source``), kept fresh by the policy
+module's poll in the same process, which parses edits off the reactor.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 from synapse.handlers.sso import MappingException
 from synapse.module_api.errors import ConfigError
 
-from carematrix.policy import PolicyInvalid, load_policy
-from carematrix.policy.holder import PolicyHolder
+from carematrix.policy import PolicyInvalid
+from carematrix.policy.holder import run_here
 from carematrix.policy.model import Policy, Staff, staff_localpart
+from synapse_modules import policy_source
 from synapse_modules.config import checked_keys_and_policy_dir
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ class SsoMappingConfig:
                 f"'staff_number_claim' must be the name of the IdP claim holding the staff number, got {claim!r}"
             )
         try:
-            load_policy(Path(policy_dir))
+            policy_source.policy_holder(policy_dir)  # the process's one load
         except PolicyInvalid as exc:
             raise ValueError(f"the policy in {policy_dir} is invalid:\n{exc}") from exc
         return cls(Path(policy_dir), claim.strip())
@@ -90,7 +94,7 @@ class CareMatrixSsoMapping:
 
     def __init__(self, config: SsoMappingConfig) -> None:
         self._config = config
-        self._holder = PolicyHolder(config.policy_dir)
+        self._holder = policy_source.policy_holder(config.policy_dir)
         self._checked_at = time.monotonic()
         log.info(
             "Hospital SSO sign-in: staff number from the '%s' claim, staff list in %s",
@@ -104,12 +108,14 @@ class CareMatrixSsoMapping:
         except ValueError as exc:
             raise ConfigError(f"CareMatrix SSO mapping: {exc}") from exc
 
-    def _policy(self) -> Policy:
-        # No module API here to schedule a reload loop, so refresh on use, at most so often.
+    async def _policy(self) -> Policy:
+        # Only if no module of this process polls the policy (the policy module always does
+        # in a CareMatrix deployment): refresh on use, at most so often, so a leaver is
+        # still refused. There is no module API here to hand the parse to a thread.
         now = time.monotonic()
-        if now - self._checked_at >= POLICY_RELOAD_SECONDS:
+        if not policy_source.polled(self._config.policy_dir) and now - self._checked_at >= POLICY_RELOAD_SECONDS:
             self._checked_at = now
-            self._holder.refresh()
+            await self._holder.refresh(run_here)
         return self._holder.current
 
     def get_remote_user_id(self, userinfo: Any) -> str:
@@ -118,7 +124,7 @@ class CareMatrixSsoMapping:
     async def map_user_attributes(self, userinfo: Any, token: Any, failures: int) -> dict[str, Any]:
         """Only ever the one account the staff number names: with ``failures`` (that
         localpart taken by someone else) there is no other name to try."""
-        policy = self._policy()
+        policy = await self._policy()
         staff = staff_for_claims(userinfo, self._config.staff_number_claim, policy)
         if failures:
             raise MappingException(f"Staff number {staff.staff_number} has no account to sign in to")
@@ -133,6 +139,6 @@ class CareMatrixSsoMapping:
     async def get_extra_attributes(self, userinfo: Any, token: Any) -> dict[str, Any]:
         """Runs on every SSO login, also for an IdP subject already linked to an account:
         the staff-list check that keeps leavers out."""
-        staff = staff_for_claims(userinfo, self._config.staff_number_claim, self._policy())
+        staff = staff_for_claims(userinfo, self._config.staff_number_claim, await self._policy())
         log.info("Hospital SSO sign-in for staff number %s (subject %s)", staff.staff_number, subject(userinfo))
         return {}

@@ -1,21 +1,35 @@
 """Keeps the policy in force and swaps in edits only when they are valid.
 
-Long-running processes (every Synapse worker, the appservice) poll the policy directory;
+Long-running processes (every Synapse process, the appservice) poll the policy directory;
 a broken edit is reported once and the last good policy stays in force (fail closed).
+
+Parsing a hospital's policy takes a second or more (5,000 staff), so a reload never parses
+on the caller's event loop: ``refresh`` hands the parse to a thread through the ``offload``
+function the process gives it (Synapse's thread pool, ``asyncio.to_thread``) and, back on
+the loop, replaces ``current`` with the finished policy in one assignment — a reader sees
+the old policy or the new one, whole. One reload runs at a time; a poll that comes while one
+runs returns at once, and an edit saved during a reload is loaded right after it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from carematrix.policy.errors import PolicyError, PolicyInvalid
 from carematrix.policy.loader import load_policy, policy_fingerprint
 from carematrix.policy.model import Policy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Runs a function off the event loop and returns its result to the loop.
+Offload = Callable[[Callable[[], T]], Awaitable[T]]
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,20 @@ class ReloadOutcome:
     errors: tuple[PolicyError, ...] = ()
 
 
+async def run_here(fn: Callable[[], T]) -> T:
+    """An ``Offload`` that parses on the caller's thread: for tools and tests, where
+    nothing else waits on the loop."""
+    return fn()
+
+
+def parse(directory: Path) -> Policy | PolicyInvalid:
+    """The slow part, run off the loop: the whole policy, or why it is not valid."""
+    try:
+        return load_policy(directory)
+    except PolicyInvalid as exc:
+        return exc
+
+
 class PolicyHolder:
     def __init__(
         self,
@@ -32,35 +60,59 @@ class PolicyHolder:
         on_outcome: Callable[[ReloadOutcome], None] | None = None,
     ) -> None:
         """Load the initial policy; raises ``PolicyInvalid`` so a process refuses to start
-        with no valid policy rather than run unenforced."""
+        with no valid policy rather than run unenforced. (At start nothing else runs yet,
+        so this load may block.)"""
         self.directory = Path(directory)
         self._fingerprint = policy_fingerprint(self.directory)
-        self.current: Policy = load_policy(self.directory)
-        # Told of every reload attempt; may be set after construction.
+        started = time.monotonic()
+        self._current: Policy = load_policy(self.directory)
+        log.info(
+            "Policy %s loaded from %s in %.2f s", self._current.digest[:12], self.directory, time.monotonic() - started
+        )
+        # Told of every reload attempt, on the loop; may be set after construction.
         self.on_outcome = on_outcome
+        self._reloading = False
 
-    def refresh(self) -> ReloadOutcome | None:
-        """Reload if the files changed since the last look; returns what happened, if anything."""
-        fingerprint = policy_fingerprint(self.directory)
-        if fingerprint == self._fingerprint:
+    @property
+    def current(self) -> Policy:
+        """The policy in force: always a complete one."""
+        return self._current
+
+    async def refresh(self, offload: Offload[Policy | PolicyInvalid]) -> ReloadOutcome | None:
+        """Reload if the files changed since the last load; returns the last outcome, or
+        None if nothing changed or another reload is already running (it picks up this
+        change when it finishes)."""
+        if self._reloading:
             return None
-        self._fingerprint = fingerprint
+        self._reloading = True
         try:
-            policy = load_policy(self.directory)
-        except PolicyInvalid as exc:
-            outcome = ReloadOutcome(False, self.current.digest, tuple(exc.errors))
+            outcome = None
+            # Checked again after each load: an edit saved while parsing is loaded next.
+            while (fingerprint := policy_fingerprint(self.directory)) != self._fingerprint:
+                result = await offload(lambda: parse(self.directory))
+                # Only once parsed: if the parse itself failed unexpectedly (raised), the
+                # next poll tries these files again.
+                self._fingerprint = fingerprint
+                outcome = self._apply(result)
+            return outcome
+        finally:
+            self._reloading = False
+
+    def _apply(self, result: Policy | PolicyInvalid) -> ReloadOutcome:
+        if isinstance(result, PolicyInvalid):
+            outcome = ReloadOutcome(False, self._current.digest, tuple(result.errors))
             log.error(
                 "Rejected policy edit in %s; keeping policy %s in force:\n%s",
                 self.directory,
-                self.current.digest[:12],
-                exc,
+                self._current.digest[:12],
+                result,
             )
         else:
-            changed = policy.digest != self.current.digest
-            self.current = policy
-            outcome = ReloadOutcome(True, policy.digest)
+            changed = result.digest != self._current.digest
+            self._current = result
+            outcome = ReloadOutcome(True, result.digest)
             if changed:
-                log.info("Policy %s now in force (from %s)", policy.digest[:12], self.directory)
+                log.info("Policy %s now in force (from %s)", result.digest[:12], self.directory)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome

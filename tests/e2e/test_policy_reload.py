@@ -3,6 +3,7 @@ broken edits are reported with file and line and the last good policy stays in f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,10 @@ from nio import RoomSendError, RoomSendResponse
 
 from carematrix.policy import load_policy
 from carematrix_ops.http import request_json
+from tests.clinical_support import hl7, send_many
 from tests.support import RunningStack, eventually
+
+PATIENT = "P7R3L0"  # updates for one made-up patient, sent while the policy reloads
 
 
 @pytest.fixture
@@ -113,3 +117,49 @@ async def test_invalid_yaml_syntax_is_reported_with_its_line(stack: RunningStack
 
     errors = await eventually(rejection_reported)
     assert any(e.startswith(f"{rooms_policy}:") and "invalid YAML" in e for e in errors), errors
+
+
+async def test_messages_and_hl7_flow_on_while_an_edit_is_reloaded_and_it_applies_at_once(
+    stack: RunningStack, rooms_policy: Path
+):
+    """Reloads parse off the event loop: chat checks and the HIS's ACKs carry on meanwhile,
+    each check sees the old policy or the new one (never a failed check), and once the
+    edit is in force it stays."""
+    doctor = await stack.login("d1001")
+    stop = asyncio.Event()
+    posts: list[object] = []
+    acks: list[str] = []
+
+    async def keep_posting() -> None:
+        while not stop.is_set():
+            posts.append(await _post(doctor, stack.announcement_room, f"post {len(posts)} while the policy reloads"))
+
+    async def keep_sending_hl7() -> None:
+        while not stop.is_set():
+            _, update = hl7(f"PID|1||{PATIENT}^^^RENHE^MR||王^建国||19540312|M", "PV1|1|I|ICU^07^07", kind="ADT^A08")
+            acks.extend(await send_many(stack, [update]))
+
+    tasks = [asyncio.create_task(keep_posting()), asyncio.create_task(keep_sending_hl7())]
+    try:
+        await eventually(lambda: len(posts) >= 2 and len(acks) >= 2)
+        text = rooms_policy.read_text(encoding="utf-8")
+        rooms_policy.write_text(text.replace("roles: [announcer]\n    create", "roles: [announcer]\n      staff: [D1001]\n    create", 1), encoding="utf-8")
+        edited = load_policy(stack.policy_dir).digest
+        await eventually(lambda: _synapse_policy(stack)["digest"] == _appservice_health(stack)["policy_digest"] == edited)
+        seen = len(posts)
+        await eventually(lambda: len(posts) >= seen + 2 and len(acks) >= 4)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await doctor.close()
+
+    def kind(result: object) -> str:
+        if isinstance(result, RoomSendResponse):
+            return "sent"
+        assert isinstance(result, RoomSendError) and "rule room_class.announcement.post" in result.message, result
+        return "refused"
+
+    kinds = [kind(p) for p in posts]
+    assert kinds[0] == "refused" and kinds[-1] == "sent"
+    assert "refused" not in kinds[kinds.index("sent"):], kinds  # applied once, never undone
+    assert set(acks) == {"AA"}, acks

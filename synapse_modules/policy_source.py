@@ -1,0 +1,55 @@
+"""One policy per Synapse process, shared by every CareMatrix module in it.
+
+Synapse reads each module's config (``parse_config``) and then builds the modules, in every
+process (main and workers). The first to ask loads the policy — when its config is read, so
+a broken policy stops Synapse with a config error naming file and line — and every module
+after it (audit, policy, LDAP and SSO sign-in) gets the same holder: one load at start and
+one parse per edit in each process, not one per module.
+
+Edits are picked up by a background poll whose parse runs on Synapse's thread pool
+(``ModuleApi.defer_to_thread``, which gives the thread a child of the poll's logging
+context), never on the reactor: a 5,000-staff policy takes over a second to parse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synapse.module_api import ModuleApi
+
+from carematrix.policy.holder import PolicyHolder
+
+_holders: dict[Path, PolicyHolder] = {}
+_poll_ms: dict[Path, float] = {}
+
+
+def _key(policy_dir: Path | str) -> Path:
+    return Path(policy_dir).absolute()
+
+
+def policy_holder(policy_dir: Path | str) -> PolicyHolder:
+    """This process's holder of the policy in ``policy_dir``, loaded on first use; raises
+    ``PolicyInvalid`` (and loads again next time) if the policy is not valid."""
+    key = _key(policy_dir)
+    holder = _holders.get(key)
+    if holder is None:
+        holder = _holders[key] = PolicyHolder(policy_dir)
+    return holder
+
+
+def polled(policy_dir: Path | str) -> bool:
+    """Does a module of this process poll this policy for edits?"""
+    return _key(policy_dir) in _poll_ms
+
+
+def keep_fresh(api: ModuleApi, policy_dir: Path | str, interval_ms: float) -> PolicyHolder:
+    """Poll for edits every ``interval_ms`` on every instance. Modules ask for their own
+    interval; a module asking no more often than one already polling adds nothing."""
+    holder = policy_holder(policy_dir)
+    key = _key(policy_dir)
+    if interval_ms < _poll_ms.get(key, float("inf")):
+        _poll_ms[key] = interval_ms
+        api.looping_background_call(
+            holder.refresh, interval_ms, api.defer_to_thread, desc="carematrix_policy_reload", run_on_all_instances=True
+        )
+    return holder
