@@ -210,7 +210,11 @@ class OncallService:
                     known_roles=frozenset(oncall.roles), role_from=feed.role_from,  # type: ignore[arg-type]
                     encoding=feed.encoding, **({"columns": feed.columns} if feed.columns else {}),
                 )
-                shifts = parse_feed(feed.kind, data, source, config, (now - ROSTER_PAST, now + ROSTER_AHEAD))
+                # In a thread: a large roster takes a good part of a second to parse, and every
+                # policy edit re-reads them all (MLLP ACKs and escalations must not wait).
+                shifts = await asyncio.to_thread(
+                    parse_feed, feed.kind, data, source, config, (now - ROSTER_PAST, now + ROSTER_AHEAD)
+                )
             except (TimeoutError, OSError, aiohttp.ClientError, FeedInvalid, ValueError) as exc:
                 message = str(exc) if isinstance(exc, FeedInvalid | ValueError) else f"{source}: cannot read the feed ({exc})"
                 await self._feed_problem(feed.id, message, now)
