@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from carematrix.policy import PolicyInvalid, load_policy
+from carematrix.policy import PolicyInvalid, load_policy, yamlsrc
 from carematrix.policy.loader import load_policy_texts
+from carematrix.policy.yamlsrc import LineDict, LineList, YamlSyntaxError, parse_yaml
 from tests.paths import DEMO_POLICY_DIR
 
 HOSPITAL = """\
@@ -50,6 +51,29 @@ def test_staff_number_maps_to_a_lowercase_matrix_localpart():
 def test_yaml_syntax_error_names_the_line():
     errors = errors_of(("h.yaml", HOSPITAL), ("bad.yaml", "staff:\n  - name: [unclosed\n"))
     assert len(errors) == 1 and errors[0].startswith("bad.yaml:") and "invalid YAML" in errors[0]
+
+
+def test_the_fast_parser_reads_every_value_and_line_as_pyyaml_and_errors_are_pyyamls(monkeypatch):
+    texts = [p.read_text(encoding="utf-8") for p in sorted(DEMO_POLICY_DIR.glob("*.yaml"))]
+    texts.append(HOSPITAL + "room_classes:\n  a: {post: {roles: [announcer]}}\n  b:\n    - x\n    - 'y: z'\n")
+
+    def shape(doc):
+        if isinstance(doc, LineDict):
+            return ("map", doc.line, doc.key_lines, {k: shape(v) for k, v in doc.items()})
+        if isinstance(doc, LineList):
+            return ("list", doc.line, doc.item_lines, [shape(v) for v in doc])
+        return doc
+
+    fast = [shape(parse_yaml(t)) for t in texts]
+    monkeypatch.setattr(yamlsrc, "_FastLineLoader", yamlsrc._LineLoader)  # PyYAML's own parser only
+    assert fast == [shape(parse_yaml(t)) for t in texts]
+    broken = "staff:\n  - name: [unclosed\n    units: x\n"
+    with pytest.raises(YamlSyntaxError) as pure:
+        parse_yaml(broken)
+    monkeypatch.undo()
+    with pytest.raises(YamlSyntaxError) as either:
+        parse_yaml(broken)
+    assert str(either.value) == str(pure.value)
 
 
 def test_duplicate_key_is_an_error_not_a_silent_override():
