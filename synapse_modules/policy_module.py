@@ -30,6 +30,8 @@ from carematrix.policy.holder import ReloadOutcome
 from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
+from carematrix.rules.directory import decide_publish
+from carematrix.rules.display_name import decide_display_name
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
@@ -48,12 +50,6 @@ FAILED_CLOSED = Verdict(
     "internal.error",
     "The hospital policy could not be checked, so this action was refused for safety. "
     "Please try again or contact IT.",
-)
-
-REAL_NAMES = Verdict(
-    False,
-    "identity.real_name",
-    "Staff appear under their real name from the staff list; per-room nicknames are not allowed.",
 )
 
 T = TypeVar("T")
@@ -249,22 +245,19 @@ class CareMatrixPolicy:
         )
 
     async def keep_real_name(self, event: EventBase) -> bool:
-        """Staff appear under their real name in every room: a member event of their own
-        that carries another display name (a per-room nickname) is refused, with the rule.
-        The name on their profile passes too: org sync sets it, and a join made just before
-        the sync catches up with a renamed policy must not fail."""
+        """A member event of one's own is held to the real-name rule (carematrix/rules/
+        display_name.py); a refusal carries the rule."""
         if event.type != "m.room.member" or event.sender != event.get_state_key():
             return True
+        policy = self._holder.current
         staff = self.staff(event.sender)
-        name = event.content.get("displayname")
-        if staff is None or event.content.get("membership") != "join" or name is None:
+        verdict = decide_display_name(policy, staff, event.content)
+        if not verdict.allowed:
+            profile = await self._api.get_profile_for_user(event.sender[1:].split(":", 1)[0])
+            verdict = decide_display_name(policy, staff, event.content, profile.display_name)
+        if verdict.allowed:
             return True
-        if name == self._holder.current.display_name(staff):
-            return True
-        profile = await self._api.get_profile_for_user(event.sender[1:].split(":", 1)[0])
-        if name == profile.display_name:
-            return True
-        message = await self.refuse(REAL_NAMES, event.sender, event.room_id, "per-room display name")
+        message = await self.refuse(verdict, event.sender, event.room_id, "per-room display name")
         raise SynapseError(403, message, Codes.FORBIDDEN)
 
     @_fail_closed(FAILED_CLOSED.message)
@@ -343,13 +336,9 @@ class CareMatrixPolicy:
 
     @_fail_closed(lambda: refusal_with_reason(FAILED_CLOSED))
     async def user_may_publish_room(self, user_id: str, room_id: str) -> Any:
-        if self.is_system(user_id):
+        verdict = decide_publish(self.is_system(user_id))
+        if verdict.allowed:
             return NOT_SPAM
-        verdict = Verdict(
-            False,
-            "room.directory",
-            "Rooms cannot be published in this hospital's room directory.",
-        )
         await self.refuse(verdict, user_id, room_id, "publish")
         return refusal_with_reason(verdict)
 

@@ -27,6 +27,7 @@ from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import RoomClass
 from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint, media_uris
 from carematrix.rules import Verdict
+from carematrix.rules.media import ARCHIVE, OTHER_SERVER, PLAIN_FILE, WATERMARK, decide_media_access
 from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content
 from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
 from synapse_modules import hs_schema, internals
@@ -37,17 +38,9 @@ log = logging.getLogger(__name__)
 IMAGE_MSGTYPES = ("m.image",)
 CACHE_SECONDS = 180
 NOT_STORED_GIVE_UP_MS = 120_000
+# How the original is served under each allowing rule, in the download's audit record.
+SERVED_AS = {ARCHIVE: "archive", PLAIN_FILE: "file"}
 
-MEMBERS_ONLY = Verdict(
-    False,
-    "protection.media_members",
-    "This file was shared in a protected room; only its members can open it.",
-)
-FILES_BLOCKED = Verdict(
-    False,
-    "protection.other_files",
-    "Files other than images cannot be downloaded from this room (hospital policy).",
-)
 NOT_RECORDED = Verdict(
     False,
     "audit.unavailable",
@@ -211,39 +204,37 @@ class ContentProtection:
             return
         mxc = f"mxc://{self._api.server_name}/{media_id}"
         room = postings[0].room_id
-        if auth == "federation":
-            # Federation is off by default; a protected file never leaves for another server.
+        other_server = auth == "federation"
+        user_id = None if other_server else await internals.requester_user_id(self._api, request, required=auth == "client")
+        is_system = user_id is not None and self._is_system(user_id)
+        is_member = (
+            user_id is not None and not is_system and await self._member_of_any(user_id, [p.room_id for p in postings])
+        )
+        verdict = decide_media_access(
+            postings, other_server=other_server, signed_in=user_id is not None, is_system=is_system, is_member=is_member
+        )
+        if verdict == OTHER_SERVER:
+            # Federation is off by default; to another server a protected file does not exist.
+            log.info("media gate: %s refused to another server [rule %s]", mxc, verdict.rule)
             internals.respond_error(request, 404, "M_NOT_FOUND", "Not found")
             return
-        user_id = await internals.requester_user_id(self._api, request, required=auth == "client")
-        if user_id is None:
-            internals.respond_error(
-                request, 401, "M_MISSING_TOKEN",
-                "Protected clinical files are only served to signed-in members "
-                "(authenticated media API).",
-            )
+        if user_id is None or not verdict.allowed:
+            message = verdict.message()
+            if user_id is not None:
+                message = await self._refuse(verdict, user_id, room, f"{kind} {mxc}")
+            status, errcode = (401, "M_MISSING_TOKEN") if user_id is None else (403, "M_FORBIDDEN")
+            internals.respond_error(request, status, errcode, message, **{"org.carematrix.rule": verdict.rule})
             return
-        rooms = [p.room_id for p in postings]
-        if not self._is_system(user_id) and not await self._member_of_any(user_id, rooms):
-            message = await self._refuse(MEMBERS_ONLY, user_id, room, f"{kind} {mxc}")
-            internals.respond_error(request, 403, "M_FORBIDDEN", message, **{"org.carematrix.rule": MEMBERS_ONLY.rule})
-            return
-        if self._is_system(user_id):
-            # The hospital's own service archives case rooms into the EMR: it gets the
-            # original, on record like every download.
-            if await self._record_serve(user_id, mxc, room, kind, request, {"protected": "archive"}):
-                await serve_original()
-            return
-        images = [p for p in postings if p.kind == "image"]
-        if not images:
-            if any(p.other_files == "block" for p in postings):
-                message = await self._refuse(FILES_BLOCKED, user_id, room, f"{kind} {mxc}")
-                internals.respond_error(request, 403, "M_FORBIDDEN", message, **{"org.carematrix.rule": FILES_BLOCKED.rule})
-                return
-            if not await self._record_serve(user_id, mxc, room, kind, request, {"protected": "file"}):
-                return
+        if verdict == WATERMARK:
+            await self._serve_watermarked(request, media_id, mxc, room, kind, user_id)
+        elif await self._record_serve(user_id, mxc, room, kind, request, {"protected": SERVED_AS[verdict]}):
+            # The original: to the hospital's service (it archives case rooms into the
+            # EMR) or, for a file other than an image, to a member.
             await serve_original()
-            return
+
+    async def _serve_watermarked(
+        self, request: Any, media_id: str, mxc: str, room: str, kind: str, user_id: str
+    ) -> None:
         thumb = internals.thumbnail_args(request) if kind == "thumbnail" else None
         minute = int(time.time()) // 60 * 60
         mark_id = media_store.mark_id_for(media_id, user_id, minute)

@@ -31,6 +31,7 @@ from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
 from appservice.oncall.swap import swap
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
+from carematrix.audit import actions as A
 from carematrix.oncall.escalation import (
     Action,
     EscalationPolicy,
@@ -47,6 +48,8 @@ from carematrix.oncall.roster import Roster
 from carematrix.oncall.targets import resolver
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import Policy, Staff, staff_localpart
+from carematrix.rules import Verdict
+from carematrix.rules.oncall import decide_cover, decide_swap
 from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.oncall")
@@ -765,14 +768,14 @@ class OncallService:
 
     async def cover(self, requester: str, role_id: str, until: datetime, staff_number: str) -> str:
         oncall = self.oncall
-        person = self.policy.staff_for_localpart(requester[1:].split(":", 1)[0])
+        person = self.person(requester)
         if oncall is None or role_id not in oncall.roles:
             return f"Unknown role '{role_id}'."
-        allowed = person is not None and (bool(person.roles & oncall.overrides_by) or person.staff_number in self._roster.on_duty(role_id, self.clock.now()))
-        if not allowed:
-            return "Only the current holder or staff with the roles " + ", ".join(sorted(oncall.overrides_by)) + " may change the roster."
         now = self.clock.now()
         holders = self._roster.on_duty(role_id, now)
+        verdict = decide_cover(person, oncall.roles[role_id].name, holders, oncall.overrides_by)
+        if not verdict.allowed:
+            return await self._refuse(requester, verdict, f"cover {role_id}")
         replaces = holders[0] if holders else None
         override = Override(role_id, staff_number, now, until, replaces, person.staff_number if person else "?", "cover")
         await self.store.add_override(uuid.uuid4().hex, override)
@@ -783,15 +786,27 @@ class OncallService:
         )
         return f"{self.name(staff_number)} covers {oncall.roles[role_id].name} until {until.astimezone(_zone(oncall.timezone)):%H:%M}."
 
+    async def _refuse(self, requester: str, verdict: Verdict, action: str) -> str:
+        """A refused command is on record with its rule, like every refusal; the reply
+        names the rule."""
+        log.info("policy denial rule=%s user=%s action=%s", verdict.rule, requester, action)
+        await self.audit.record(
+            actor=requester, action=A.POLICY_DENIED, object=action, outcome=A.DENIED, rule=verdict.rule,
+            process="appservice",
+        )
+        return verdict.message()
+
     async def swap_shifts(self, requester: str, role_id: str, other: str) -> str:
         """The requester's next shift of ``role_id`` (the current one if on it) and the
         other person's next one are traded."""
         oncall = self.oncall
-        me = self.staff_of(requester)
+        person = self.person(requester)
         if oncall is None or role_id not in oncall.roles:
             return f"Unknown role '{role_id}'."
-        if me is None:
-            return "Only staff on the roster can swap shifts."
+        verdict = decide_swap(person)
+        if person is None or not verdict.allowed:
+            return await self._refuse(requester, verdict, f"swap {role_id}")
+        me = person.staff_number
         now = self.clock.now()
         shifts = [s for s in await self.store.shifts() if s.role == role_id and s.end > now]
 

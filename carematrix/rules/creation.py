@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
+from carematrix.rules.directory import decide_publish
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import adjust_creation_request
 from carematrix.rules.room_class import decide_class_change, power_floor_violation
@@ -39,16 +40,10 @@ def decide_create(
     invitees: list[tuple[Staff | None, bool]],
 ) -> CreationDecision:
     """Decide a createRoom request. ``invitees`` are the (staff, is_system) of ``invite``."""
-    if request.get("visibility") == "public" and not is_system:
-        return CreationDecision(
-            Verdict(
-                False,
-                "room.directory",
-                "Rooms cannot be published in this hospital's room directory; create it as a "
-                "private room and invite colleagues.",
-            ),
-            RoomClassState(),
-        )
+    if request.get("visibility") == "public":
+        published = decide_publish(is_system, at_creation=True)
+        if not published.allowed:
+            return CreationDecision(published, RoomClassState())
     given = _initial_state(request, ROOM_CLASS_EVENT)
     if given is not None:
         room = RoomClassState.from_content(given)

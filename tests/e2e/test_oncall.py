@@ -18,7 +18,7 @@ from tests.oncall_support import (
     set_clock,
     tomorrow_at,
 )
-from tests.support import RunningStack, eventually
+from tests.support import RunningStack, eventually, search
 
 ATTENDING = "role-cardiology-attending"
 ICU = "role-icu-doctor"
@@ -42,6 +42,28 @@ async def page(stack: RunningStack, nurse: AsyncClient, role_localpart: str, at:
     sent = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": text})
     assert isinstance(sent, RoomSendResponse), sent
     return room
+
+
+async def bot_dm(stack: RunningStack, client: AsyncClient) -> str:
+    """A direct chat with the CareMatrix bot, once it has joined."""
+    created = await client.room_create(invite=[stack.bot_user_id], is_direct=True)
+    assert isinstance(created, RoomCreateResponse), created
+    assert await eventually(lambda: _joined(client, created.room_id, stack.bot_user_id))
+    return created.room_id
+
+
+async def command(client: AsyncClient, room: str, text: str, reply_has: str) -> str:
+    """Send a command and wait for the bot's newest reply that contains ``reply_has``."""
+    sent = await client.room_send(room, "m.room.message", {"msgtype": "m.text", "body": text})
+    assert isinstance(sent, RoomSendResponse), sent
+
+    async def replied() -> str | None:
+        for n in reversed(await notices(client, room)):
+            if reply_has in n["content"]["body"]:
+                return n["content"]["body"]
+        return None
+
+    return await eventually(replied)
 
 
 async def test_role_account_is_found_by_name_in_the_user_directory(stack: RunningStack):
@@ -220,22 +242,8 @@ async def test_oncall_command_lists_who_holds_each_role(stack: RunningStack):
     await set_clock(stack, tomorrow_at(9, 0))
     nurse = await stack.login("n3002")
     try:
-        created = await nurse.room_create(invite=[stack.bot_user_id], is_direct=True)
-        assert isinstance(created, RoomCreateResponse)
-
-        async def bot_joined() -> bool:
-            return (await members(nurse, created.room_id)).get(stack.bot_user_id) == "join"
-
-        assert await eventually(bot_joined)
-        await nurse.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall cardiology"})
-
-        async def listed() -> str | None:
-            for n in await notices(nurse, created.room_id):
-                if "Cardiology – attending on duty" in n["content"]["body"]:
-                    return n["content"]["body"]
-            return None
-
-        body = await eventually(listed)
+        room = await bot_dm(stack, nurse)
+        body = await command(nurse, room, "!oncall cardiology", "Cardiology – attending on duty")
         assert "Cardiology – attending on duty: 李伟 Li Wei (D1001); from" in body and "20:00: 王芳 Wang Fang (D1002)" in body
     finally:
         await nurse.close()
@@ -272,34 +280,32 @@ async def test_swap_trades_the_next_shifts(stack: RunningStack):
     await set_clock(stack, tomorrow_at(9, 0))
     night_doctor = await stack.login("d1002")
     try:
-        created = await night_doctor.room_create(invite=[stack.bot_user_id], is_direct=True)
-        assert isinstance(created, RoomCreateResponse)
-        assert await eventually(lambda: _joined(night_doctor, created.room_id, stack.bot_user_id))
+        room = await bot_dm(stack, night_doctor)
         # At 09:00 D1002 holds the day backup; her next attending shift is tonight at 20:00.
-        await night_doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall swap cardiology/attending D1001"})
-
-        async def replied() -> str | None:
-            for n in await notices(night_doctor, created.room_id):
-                if n["content"]["body"].startswith("Swapped"):
-                    return n["content"]["body"]
-            return None
-
-        body = await eventually(replied)
+        body = await command(night_doctor, room, "!oncall swap cardiology/attending D1001", "Swapped")
         assert "王芳 Wang Fang (D1002) takes" in body and "李伟 Li Wei (D1001) takes" in body
-        await night_doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!oncall cardiology"})
-
-        async def listed() -> str | None:
-            for n in reversed(await notices(night_doctor, created.room_id)):
-                if n["content"]["body"].startswith("心内科 · 主班医生"):
-                    return n["content"]["body"]
-            return None
-
-        listing = await eventually(listed)
+        listing = await command(night_doctor, room, "!oncall cardiology", "心内科 · 主班医生")
         # Now D1002 holds the day shift and D1001 takes tonight.
         assert listing.startswith("心内科 · 主班医生 (值班) Cardiology – attending on duty: 王芳 Wang Fang (D1002)")
         assert "20:00: 李伟 Li Wei (D1001)" in listing
     finally:
         await night_doctor.close()
+
+
+async def test_cover_by_anyone_but_the_holder_or_a_scheduler_is_refused_with_the_rule(stack: RunningStack):
+    await set_clock(stack, tomorrow_at(9, 0))
+    icu_nurse = await stack.login("n3001")
+    try:
+        room = await bot_dm(stack, icu_nurse)
+        # An ICU nurse neither holds the cardiology attending role nor schedules.
+        body = await command(icu_nurse, room, "!oncall cover cardiology/attending until 14:00 N3001", "Only whoever holds")
+        assert body.endswith("staff with the role 'scheduler' may change who covers it. [rule oncall.cover]")
+        listing = await command(icu_nurse, room, "!oncall cardiology", "Cardiology – attending on duty:")
+        assert "Liu Yang" not in listing  # the roster is unchanged
+    finally:
+        await icu_nurse.close()
+    denials = search(stack, "--actor", stack.user_id("n3001"), "--action", "policy.denied")
+    assert any(r["rule"] == "oncall.cover" and r["object"] == "cover cardiology/attending" for r in denials), denials
 
 
 async def test_broken_roster_feed_is_rejected_and_the_previous_roster_stays(stack: RunningStack):
@@ -370,16 +376,14 @@ async def test_staff_choose_quiet_hours_with_a_command(stack: RunningStack):
             ) as resp:
                 return [r["rule_id"] for r in (await resp.json())["override"]]
 
-        created = await doctor.room_create(invite=[stack.bot_user_id], is_direct=True)
-        assert isinstance(created, RoomCreateResponse)
-        assert await eventually(lambda: _joined(doctor, created.room_id, stack.bot_user_id))
-        await doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!quiet off"})
+        room = await bot_dm(stack, doctor)
+        await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "!quiet off"})
 
         async def quiet_gone() -> bool:
             return "org.carematrix.quiet_hours" not in await override_ids()
 
         assert await eventually(quiet_gone, timeout=60, interval=1)
-        await doctor.room_send(created.room_id, "m.room.message", {"msgtype": "m.text", "body": "!quiet on"})
+        await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "!quiet on"})
 
         async def quiet_back() -> bool:
             return "org.carematrix.quiet_hours" in await override_ids()

@@ -166,8 +166,17 @@ async def test_new_rooms_get_a_class_and_cannot_go_in_the_directory(stack: Runni
         public = await doctor.room_create(name="Open journal club", visibility=RoomVisibility.public)
         assert isinstance(public, RoomCreateError)
         assert "cannot be published in this hospital's room directory" in public.message
+        assert "[rule room.directory]" in public.message
         room = await doctor.room_create(name="Journal club", topic="Papers on heart failure")
         assert not isinstance(room, RoomCreateError), room
+        # Nor can it be listed there later.
+        with pytest.raises(HttpError) as listed:
+            request_json(
+                "PUT", f"{stack.url}/_matrix/client/v3/directory/list/room/{room.room_id}",
+                {"visibility": "public"}, token=doctor.access_token,
+            )
+        assert listed.value.status == 403
+        assert "cannot be published in this hospital's room directory. [rule room.directory]" in listed.value.body["error"]
         state = await doctor.room_get_state_event(room.room_id, ROOM_CLASS_EVENT)
         assert state.content["class"] == "discussion"
         topic = await doctor.room_get_state_event(room.room_id, "m.room.topic")

@@ -183,9 +183,14 @@ async def test_each_member_gets_an_image_marked_for_them_and_a_leak_is_traced(st
         assert max(Image.open(io.BytesIO(t_doctor[2])).size) <= 320
 
         status, _, body = await media_get(stack, outsider, path)
-        assert status == 403 and "only its members can open it" in json.loads(body)["error"]
+        refusal = json.loads(body)
+        assert status == 403 and "only its members can open it" in refusal["error"]
+        assert refusal["error"].endswith("[rule protection.media_members]")
+        assert refusal["org.carematrix.rule"] == "protection.media_members"
         legacy = await media_get(stack, None, f"/_matrix/media/v3/download/{mxc_path(uri)}")
         assert legacy[0] in (401, 404) and legacy[2] != original
+        if legacy[0] == 401:
+            assert json.loads(legacy[2])["error"].endswith("[rule protection.media_signed_in]")
     finally:
         await nurse.close()
         await doctor.close()
@@ -470,6 +475,7 @@ async def test_other_files_are_served_to_members_on_record_or_blocked_per_class(
         assert isinstance(await send(nurse, room, {"msgtype": "m.file", "body": "letter2.pdf", "url": uri2}), RoomSendResponse)
         status, _, body = await media_get(stack, doctor, f"/_matrix/client/v1/media/download/{mxc_path(uri2)}")
         assert status == 403 and "cannot be downloaded from this room" in json.loads(body)["error"]
+        assert "[rule protection.other_files]" in json.loads(body)["error"]
     finally:
         await nurse.close()
         await doctor.close()

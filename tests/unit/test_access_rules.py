@@ -5,6 +5,7 @@ from __future__ import annotations
 from carematrix.policy import load_policy
 from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules.creation import decide_create
+from carematrix.rules.directory import decide_publish
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.room_class import decide_state_change
 from tests.paths import DEMO_POLICY_DIR
@@ -65,3 +66,12 @@ def test_creation_refusals():
     assert dm3.verdict.rule == "room_class.direct.max_members"
     world = {"initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}]}
     assert decide_create(P, world, cardiologist, False, []).verdict.rule == "room_class.discussion.history_visibility"
+
+
+def test_only_the_service_publishes_rooms_in_the_directory():
+    refused = decide_publish(False)
+    assert refused.rule == "room.directory" and "cannot be published" in refused.message()
+    assert decide_publish(True).allowed
+    at_creation = decide_create(P, {"visibility": "public"}, cardiologist, False, []).verdict
+    assert "create it as a private room" in at_creation.reason
+    assert decide_create(P, {"visibility": "public", "name": "x"}, None, True, []).verdict.allowed
