@@ -10,6 +10,7 @@ import yaml
 
 from appservice.clinical.mllp_listener import DEFAULT_FRAME_TIMEOUT, MllpLimits
 from bridges.hl7.mllp import DEFAULT_MAX_BYTES
+from carematrix import identity
 
 PLACEHOLDERS = ("example.com", "example.org", "CHANGE_ME", "changeme")
 
@@ -49,7 +50,7 @@ class AppserviceConfig:
 
     @property
     def bot_user_id(self) -> str:
-        return f"@{self.bot_localpart}:{self.domain}"
+        return identity.user_id(self.bot_localpart, self.domain)
 
     @property
     def mllp_limits(self) -> MllpLimits:

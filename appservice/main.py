@@ -38,6 +38,7 @@ from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
 from bridges.fhir.outcome import Issue, operation_outcome
+from carematrix import identity
 from carematrix.commands import parse_command
 from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.loop_lag import probe_asyncio_loop, recorder_from_env
@@ -152,14 +153,14 @@ class Bot:
         if evt.state_key != self.appserv.bot_mxid or evt.content.membership != Membership.INVITE:
             return
         # Only hospital accounts may pull the bot into rooms.
-        if evt.sender.split(":", 1)[1] != self.config.domain:
+        if identity.server_name(evt.sender) != self.config.domain:
             log.warning("ignoring invite from non-local %s to %s", evt.sender, evt.room_id)
             return
         await self.appserv.intent.join_room(evt.room_id)
         log.info("joined %s on invite from %s", evt.room_id, evt.sender)
 
     async def _on_message(self, evt: MessageEvent) -> None:
-        if evt.sender == self.appserv.bot_mxid or evt.sender.startswith("@role-"):
+        if identity.is_system_account(evt.sender, self.appserv.bot_mxid, self.config.domain):
             return
         body = getattr(evt.content, "body", None)
         if not isinstance(body, str):

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from carematrix import identity
 from carematrix.org.plan import (
     POPULATING_JOIN_RULE,
     Action,
@@ -77,7 +78,7 @@ class OrgMatrix:
         self.phase_seconds: dict[str, float] = {}  # how long each step of the last apply took
 
     def uid(self, localpart: str) -> str:
-        return f"@{localpart}:{self.server}"
+        return identity.user_id(localpart, self.server)
 
     async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
         """``as_user``: act as a user of the appservice's namespaces (appservice token only)."""
@@ -135,9 +136,10 @@ class OrgMatrix:
             page = await self.call("GET", f"/_synapse/admin/v2/users?from={token}&limit=1000&deactivated=true&guests=false")
             for entry in page.get("users", []):
                 user_id = entry["name"]
-                if not user_id.endswith(":" + self.server):
+                local = identity.local_localpart(user_id, self.server)
+                if local is None:
                     continue
-                users[user_id[1:].split(":", 1)[0]] = ObservedUser(entry.get("displayname"), bool(entry.get("deactivated")))
+                users[local] = ObservedUser(entry.get("displayname"), bool(entry.get("deactivated")))
             token = page.get("next_token")
         return users
 
@@ -150,9 +152,9 @@ class OrgMatrix:
             raise
         joined = (await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members"))["joined"]
         members = {
-            uid[1:].split(":", 1)[0]
+            local
             for uid in joined
-            if uid != self.bot and uid.endswith(":" + self.server) and not uid.startswith("@role-")
+            if not identity.is_system_account(uid, self.bot, self.server) and (local := identity.local_localpart(uid, self.server))
         }
         join_rules = await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.join_rules")
         return room_id, members, str(join_rules.get("join_rule"))

@@ -15,6 +15,7 @@ import yaml
 
 from bench.roundtrip import _call, _login, _register
 from bench.stats import comparison, summary
+from carematrix import identity
 from carematrix_ops.deploy import Settings, prepare
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
@@ -105,7 +106,7 @@ async def access_check_cost(work: Path, joins: int) -> dict:
             for uid in sorted(members):
                 if uid.startswith("@s") and len(o_joiners) < joins:
                     await _call(session, "POST", f"{obase}/_matrix/client/v3/rooms/{room}/kick", ours.secrets["as_token"], {"user_id": uid})
-                    o_joiners.append((await _login(session, obase, uid[1:].split(":")[0], ours.secrets["demo_password"]), uid))
+                    o_joiners.append((await _login(session, obase, identity.localpart(uid), ours.secrets["demo_password"]), uid))
             p_samples, o_samples = [], []
             for i in range(0, joins, 25):
                 p_samples += await _join_cost(session, pbase, p_inviter, p_joiners[i : i + 25], p_room)

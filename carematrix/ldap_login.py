@@ -17,6 +17,7 @@ from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
+from carematrix import identity
 from carematrix.policy.model import Policy, staff_localpart
 
 KEYS = (
@@ -196,12 +197,13 @@ def staff_number_for_login(login: str, policy: Policy, server_name: str | None =
     given) is never ours."""
     if not isinstance(login, str) or not login:
         return None
-    localpart = login
+    local = login
     if login.startswith("@"):
-        localpart, sep, server = login[1:].partition(":")
-        if not sep or (server_name is not None and server.lower() != server_name.lower()):
+        server = identity.server_name(login)
+        if not server or (server_name is not None and server.lower() != server_name.lower()):
             return None
-    staff = policy.staff_for_localpart(staff_localpart(localpart))
+        local = identity.localpart(login)
+    staff = policy.staff_for_localpart(staff_localpart(local))
     return staff.staff_number if staff is not None else None
 
 

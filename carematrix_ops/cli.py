@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from carematrix import identity
 from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix_ops import resources
@@ -458,7 +459,7 @@ def cmd_watermark_trace(args: argparse.Namespace) -> int:
     policy = load_policy(deployment.settings.policy_dir)
 
     def name_of(user_id: str) -> str:
-        staff = policy.staff_for_localpart(user_id[1:].split(":", 1)[0])
+        staff = policy.staff_for_localpart(identity.localpart(user_id))
         return f"{staff.name} ({staff.staff_number})" if staff else user_id
 
     key = deployment.secrets["watermark_key"].encode()

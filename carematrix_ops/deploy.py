@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from carematrix import identity
 from carematrix_ops import resources
 
 if TYPE_CHECKING:
@@ -191,11 +192,11 @@ class Deployment:
 
     @property
     def bot_user_id(self) -> str:
-        return f"@{BOT_LOCALPART}:{self.settings.server_name}"
+        return identity.user_id(BOT_LOCALPART, self.settings.server_name)
 
     @property
     def admin_user_id(self) -> str:
-        return f"@{ADMIN_LOCALPART}:{self.settings.server_name}"
+        return identity.user_id(ADMIN_LOCALPART, self.settings.server_name)
 
 
 def render_template(name: str, values: dict[str, Any]) -> str:
@@ -692,8 +693,8 @@ def prepare(settings: Settings) -> Deployment:
         "background_update_sleep": not settings.relaxed_rate_limits,
         "appservice_url": settings.appservice_url,
         "bot_localpart": BOT_LOCALPART,
-        "role_user_regex": f"@role-.+:{server_re}",
-        "role_alias_regex": f"#role-.+:{server_re}",
+        "role_user_regex": f"@{identity.ROLE_PREFIX}.+:{server_re}",
+        "role_alias_regex": f"#{identity.ROLE_PREFIX}.+:{server_re}",
         "any_alias_regex": f"#.+:{server_re}",
         "homeserver_url": settings.homeserver_url,
         "appservice_host": "127.0.0.1",

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from carematrix import identity
 from carematrix_ops.deploy import ADMIN_LOCALPART, Deployment
 from carematrix_ops.http import HttpError, request_json
 
@@ -45,7 +46,7 @@ class Seeder:
         self._admin_token: str | None = None
 
     def user_id(self, localpart: str) -> str:
-        return f"@{localpart}:{self.server}"
+        return identity.user_id(localpart, self.server)
 
     def register_with_shared_secret(self, localpart: str, password: str, admin: bool) -> bool:
         """Returns False if the account already exists."""

@@ -22,6 +22,7 @@ from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
 from twisted.web.server import Request
 
+from carematrix import identity
 from carematrix.audit import actions as A
 from carematrix.audit.checkpoint import (
     export_verify_key,
@@ -232,8 +233,8 @@ class CareMatrixAudit:
     async def _search(self, request: Request) -> tuple[int, Any]:
         requester = await self._api.get_user_by_req(request)
         user_id = requester.user.to_string()
-        localpart = user_id[1:].split(":", 1)[0]
-        staff = self._policy.current.staff_for_localpart(localpart) if self._api.is_mine(user_id) else None
+        local = identity.local_localpart(user_id, self._api.server_name)
+        staff = self._policy.current.staff_for_localpart(local) if local is not None else None
         args = {k.decode(): v[-1].decode() for k, v in parse_qs(request.uri.split(b"?", 1)[1] if b"?" in request.uri else b"").items()}
         fmt = args.pop("format", "json")
         if staff is None or AUDITOR_ROLE not in staff.roles:

@@ -26,6 +26,7 @@ from typing import Any
 from synapse.module_api import ModuleApi
 from synapse.module_api.errors import ConfigError
 
+from carematrix import identity
 from carematrix.ldap_login import (
     LdapConfig,
     LdapConfigError,
@@ -143,7 +144,7 @@ class CareMatrixLdapAuth:
         staff_number = staff_number_for_login(username, self._holder.current, server)
         if staff_number is None:
             return self._refuse(username, "not on the staff list (the directory is not asked)")
-        user_id = await self._api.check_user_exists(f"@{staff_localpart(staff_number)}:{server}")
+        user_id = await self._api.check_user_exists(identity.user_id(staff_localpart(staff_number), server))
         if user_id is None:
             return self._refuse(username, f"{staff_number} has no account yet (org sync creates it)")
         verdict = await self._api.defer_to_thread(
@@ -162,7 +163,7 @@ class CareMatrixLdapAuth:
         admin = self._config.admin_user_id
         if admin is None:
             return None
-        typed = username if username.startswith("@") else f"@{username}:{self._api.server_name}"
+        typed = username if username.startswith("@") else identity.user_id(username, self._api.server_name)
         return admin if typed.lower() == admin.lower() else None
 
     async def _check_admin(self, admin: str, password: str) -> tuple[str, None] | None:

@@ -18,6 +18,7 @@ from synapse.module_api import make_deferred_yieldable
 from twisted.internet import defer
 from twisted.web.server import Request
 
+from carematrix import identity
 from carematrix.rules.membership import decide_membership
 from synapse_modules import internals
 from synapse_modules.audit_writer import current_writer, held_records
@@ -118,7 +119,7 @@ class OrgPopulate:
             if not verdict.allowed:
                 refused[user_id] = await self._policy.refuse(verdict, user_id, room_id, "join")
                 continue
-            profile = await api.get_profile_for_user(user_id[1:].split(":", 1)[0])
+            profile = await api.get_profile_for_user(identity.localpart(user_id))
             content = {k: v for k, v in (("displayname", profile.display_name), ("avatar_url", profile.avatar_url)) if v}
             joins.append((user_id, content))
         writer = current_writer()

@@ -23,6 +23,7 @@ from synapse.types import Requester
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from carematrix import identity
 from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord
@@ -177,15 +178,11 @@ class CareMatrixPolicy:
 
     def is_system(self, user_id: str) -> bool:
         """The bot and the appservice's role users act for the hospital, not a person."""
-        return user_id == self._config.bot_user_id or (
-            self._api.is_mine(user_id) and user_id.startswith("@role-")
-        )
+        return identity.is_system_account(user_id, self._config.bot_user_id, self._api.server_name)
 
     def staff(self, user_id: str) -> Staff | None:
-        if not self._api.is_mine(user_id):
-            return None
-        localpart = user_id[1:].split(":", 1)[0]
-        return self._holder.current.staff_for_localpart(localpart)
+        local = identity.local_localpart(user_id, self._api.server_name)
+        return self._holder.current.staff_for_localpart(local) if local is not None else None
 
     async def room_class_of(self, room_id: str) -> RoomClassState:
         """Room classes are set at creation and only the bot may change one, so checks read
@@ -253,7 +250,7 @@ class CareMatrixPolicy:
         staff = self.staff(event.sender)
         verdict = decide_display_name(policy, staff, event.content)
         if not verdict.allowed:
-            profile = await self._api.get_profile_for_user(event.sender[1:].split(":", 1)[0])
+            profile = await self._api.get_profile_for_user(identity.localpart(event.sender))
             verdict = decide_display_name(policy, staff, event.content, profile.display_name)
         if verdict.allowed:
             return True

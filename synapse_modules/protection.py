@@ -20,6 +20,7 @@ from typing import Any
 from synapse.events import EventBase
 from synapse.module_api import ModuleApi
 
+from carematrix import identity
 from carematrix.audit import actions as A
 from carematrix.audit.record import AuditRecord
 from carematrix.hsdb import burn_store, forward_store, media_store
@@ -280,7 +281,7 @@ class ContentProtection:
         return True
 
     def _viewer(self, user_id: str, minute: int) -> Viewer:
-        staff = self._holder.current.staff_for_localpart(user_id[1:].split(":", 1)[0])
+        staff = self._holder.current.staff_for_localpart(identity.localpart(user_id))
         return Viewer(
             name=staff.name if staff else user_id,
             staff_number=staff.staff_number if staff else "-",

@@ -31,6 +31,7 @@ from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
 from appservice.oncall.swap import swap
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
+from carematrix import identity
 from carematrix.audit import actions as A
 from carematrix.oncall.escalation import (
     Action,
@@ -113,16 +114,17 @@ class OncallService:
 
     def role_of_user(self, user_id: str) -> RoleAddress | None:
         oncall = self.oncall
-        if oncall is None or not user_id.startswith("@role-"):
+        if oncall is None or not identity.is_role_account(user_id, self.matrix.server):
             return None
-        return oncall.role_for_localpart(user_id[1:].split(":", 1)[0])
+        return oncall.role_for_localpart(identity.localpart(user_id))
 
     def user_id(self, staff_number: str) -> str:
         return self.matrix.uid(staff_localpart(staff_number))
 
     def person(self, user_id: str) -> Staff | None:
         """The staff record behind a local Matrix ID, or None."""
-        return self.policy.staff_for_localpart(user_id[1:].split(":", 1)[0]) if self.matrix.server in user_id else None
+        local = identity.local_localpart(user_id, self.matrix.server)
+        return self.policy.staff_for_localpart(local) if local is not None else None
 
     def staff_of(self, user_id: str) -> str | None:
         person = self.person(user_id)
@@ -274,7 +276,7 @@ class OncallService:
         """``#role-cardiology-attending`` resolves to the role's desk room, created the first
         time anyone looks it up (the appservice owns the ``#role-…`` aliases). Joining it and
         writing pages the role like a DM does; a DM keeps the conversation private."""
-        localpart = alias[1:].split(":", 1)[0] if alias.startswith("#") else ""
+        localpart = identity.localpart(alias) if alias.startswith("#") else ""
         role = self.oncall.role_for_localpart(localpart) if self.oncall else None
         if role is None:
             return None
@@ -300,7 +302,7 @@ class OncallService:
         role = self.role_of_user(state_key)
         if role is None or membership != "invite":
             return False
-        if not sender.endswith(":" + self.matrix.server):
+        if identity.server_name(sender) != self.matrix.server:
             return True
         # Recorded before joining: the requester's first message may arrive right after.
         await self.store.set_role_room(room_id, role.id, sender, direct)
@@ -317,7 +319,7 @@ class OncallService:
         """In a direct chat with a role every message pages it; in a group room only a
         message that mentions the role does. A reply to a page acknowledges that page and no
         other; an ordinary message acknowledges nothing."""
-        if sender == self.bot or sender.startswith("@role-"):
+        if identity.is_system_account(sender, self.bot, self.matrix.server):
             return
         replied_to = _reply_target(content or {})
         if replied_to:

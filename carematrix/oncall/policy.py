@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from carematrix.identity import ROLE_PREFIX
 from carematrix.oncall.escalation import EscalationPolicy
 
 ROLE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}/[a-z][a-z0-9-]{0,40}$")
@@ -16,7 +17,7 @@ HANDOVER_MODES = ("release", "stay")
 
 def role_localpart(role_id: str) -> str:
     """``cardiology/attending`` → ``role-cardiology-attending`` (user and alias localpart)."""
-    return "role-" + role_id.replace("/", "-")
+    return ROLE_PREFIX + role_id.replace("/", "-")
 
 
 @dataclass(frozen=True)
