@@ -149,8 +149,12 @@ async def test_roster_gap_pages_the_fallback_and_tells_the_sender(stack: Running
         # The ICU roster has day shifts only: at 03:00 nobody holds the role.
         room = await page(stack, nurse, ICU, tomorrow_at(3, 0), "Bed 2: SpO2 82% on 60% O2")
         assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
-        told = " ".join(n["content"]["body"] for n in await notices(nurse, room))
-        assert "Nobody is on duty" in told
+
+        async def told() -> bool:
+            # The sender is told after the fallback is paged: a separate notice.
+            return "Nobody is on duty" in " ".join(n["content"]["body"] for n in await notices(nurse, room))
+
+        assert await eventually(told)
     finally:
         await nurse.close()
 
