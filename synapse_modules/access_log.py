@@ -1,11 +1,7 @@
 """Audit records from Synapse's request log: admin API use, media downloads and thumbnails
-(logins are recorded by the login observer in internals.py). Synapse offers modules no
-hook for these requests, so a logging handler reads the access-log line Synapse writes
-when a request finishes.
-
-The positions of the fields in that log call are a Synapse implementation detail; this is
-one of the two places (with compat.py) that rely on one, guarded by
-tests/unit/test_synapse_compat.py.
+(logins are recorded by the login observer, synapse_modules/adapter/auth.py). Synapse offers
+modules no hook for these requests, so a logging handler reads the request log line Synapse
+writes when a request finishes (its fields: synapse_modules/adapter/access_log.py).
 """
 
 from __future__ import annotations
@@ -17,20 +13,20 @@ from urllib.parse import unquote
 
 from carematrix.audit import actions as A
 from carematrix.audit.record import AuditRecord
+from synapse_modules.adapter.access_log import ACCESS_LOGGER, UnknownRequestLine, finished_request
 
-ACCESS_LOGGER = "synapse.access"
-# Indexes into the access-log record's args (synapse/http/site.py, "Processed request").
-ARG_IP, ARG_REQUESTER, ARG_CODE, ARG_METHOD, ARG_URI = 0, 2, 11, 12, 13
-ARG_COUNT = 16
+log = logging.getLogger(__name__)
 
 _MEDIA = re.compile(r"^/_matrix/(?:client/v1|media/v3|media/r0)/(?:media/)?(download|thumbnail)/([^/?]+)/([^/?]+)")
 _UPLOAD = re.compile(r"^/_matrix/(?:media/v3|media/r0|client/v1/media)/upload")
 _ADMIN = re.compile(r"^/_synapse/admin/")
 
 
-def classify(ip: str, requester: str, code: str, method: str, uri: str, process: str) -> AuditRecord | None:
-    """The audit record for one finished request, or None if it is not one we record."""
-    actor = requester.split("|", 1)[0] if requester and requester != "-" else "anonymous"
+def classify(ip: str, requester: str | None, code: str, method: str, uri: str, process: str) -> AuditRecord | None:
+    """The audit record for one finished request, or None if it is not one we record.
+    ``requester`` is None for an anonymous request; an admin acting as another user is
+    logged as "admin|user" and recorded as the admin."""
+    actor = requester.split("|", 1)[0] if requester else "anonymous"
     outcome = A.SUCCESS if code.startswith(("2", "3")) else A.FAILURE
     if code in ("401", "403"):
         outcome = A.DENIED
@@ -63,18 +59,23 @@ class AccessLogAuditHandler(logging.Handler):
         super().__init__(level=logging.INFO)
         self._sink = sink
         self._process = process
+        self._warned = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        args = record.args
-        if not isinstance(args, tuple) or len(args) < ARG_COUNT:
-            return
         try:
-            audit = classify(
-                str(args[ARG_IP]), str(args[ARG_REQUESTER]), str(args[ARG_CODE]),
-                str(args[ARG_METHOD]), str(args[ARG_URI]), self._process,
-            )
+            request = finished_request(record)
+            if request is None:
+                return
+            audit = classify(request.ip, request.requester, request.code, request.method, request.uri, self._process)
             if audit is not None:
                 self._sink(audit)
+        except UnknownRequestLine as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "Synapse's request log line is not the one CareMatrix reads (%s): admin API "
+                    "use and media downloads are NOT being recorded in the audit trail", exc,
+                )
         except Exception:  # a logging handler must never break request handling
             self.handleError(record)
 

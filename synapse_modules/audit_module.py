@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from synapse.events import EventBase
-from synapse.module_api import ModuleApi
+from synapse.module_api import EventBase, ModuleApi
 from synapse.module_api.errors import ConfigError
 from twisted.web.server import Request
 
@@ -33,7 +32,9 @@ from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
 from carematrix.policy import PolicyInvalid
-from synapse_modules import access_log, hs_schema, internals, policy_source
+from synapse_modules import access_log, hs_schema, policy_source
+from synapse_modules.adapter.auth import install_login_observer
+from synapse_modules.adapter.events import install_event_check
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import AuditWriter
 
@@ -109,11 +110,11 @@ class CareMatrixAudit:
         self._signing_key = load_or_create_signing_key(config.signing_key_path)
         if not config.verify_key_path.exists():
             config.verify_key_path.write_text(export_verify_key(self._signing_key) + "\n")
-        internals.install_event_check("carematrix_audit", self.check_event_allowed, records=True)
+        install_event_check("carematrix_audit", self.check_event_allowed, records=True)
         # Logins (success and failure, with user, device and address) come from the login
-        # servlet (synapse_modules/internals.py); Synapse's own on_user_login hook knows
+        # servlet (synapse_modules/adapter/auth.py); Synapse's own on_user_login hook knows
         # neither failures nor the device.
-        internals.install_login_observer(self.on_login_request)
+        install_login_observer(self.on_login_request)
         api.register_password_auth_provider_callbacks(on_logged_out=self.on_logged_out)
         api.register_web_resource(RECORDS_PATH, AsyncJsonResource(api, "carematrix_audit_http", post=self._submit_records))
         api.register_web_resource(SEARCH_PATH, AsyncJsonResource(api, "carematrix_audit_http", get=self._search))

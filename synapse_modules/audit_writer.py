@@ -20,6 +20,7 @@ from twisted.internet import defer
 from carematrix.audit.record import AuditRecord
 from carematrix.hsdb.audit_store import append
 from synapse_modules import hs_schema
+from synapse_modules.adapter.logging_context import resume
 
 log = logging.getLogger(__name__)
 
@@ -131,5 +132,5 @@ class AuditWriter:
 
 
 def _settle(batch: list[tuple[AuditRecord, defer.Deferred | None]], error: Exception | None) -> None:
-    """Wake the callers waiting on ``batch``."""
-    hs_schema.wake([done for _, done in batch if done is not None], error)
+    """Wake the callers waiting on ``batch``, each in its own logging context."""
+    resume([done for _, done in batch if done is not None], error)

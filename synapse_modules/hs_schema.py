@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import weakref
 
-from synapse.logging.context import PreserveLoggingContext
 from synapse.module_api import ModuleApi, make_deferred_yieldable
 from twisted.internet import defer
 
 from carematrix.hsdb import migrations
-from synapse_modules import internals
+from synapse_modules.adapter.homeserver import dialect_of
+from synapse_modules.adapter.logging_context import resume
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def gate(api: ModuleApi) -> SchemaGate:
     """The process's gate (the modules share Synapse's one ModuleApi)."""
     found = _gates.get(api)
     if found is None:
-        found = _gates[api] = SchemaGate(api, internals.dialect_of(api))
+        found = _gates[api] = SchemaGate(api, dialect_of(api))
     return found
 
 
@@ -90,16 +90,5 @@ class SchemaGate:
             raise
         finally:
             waiters, self._waiters = self._waiters, None
-            wake(waiters, error)
+            resume(waiters, error)
 
-
-def wake(waiting: list[defer.Deferred], error: Exception | None) -> None:
-    """Resume waiting callers. They resume in their own logging context; the caller keeps
-    its own (Synapse attributes database time and metrics by it)."""
-    with PreserveLoggingContext():
-        for done in waiting:
-            if not done.called:
-                if error is None:
-                    done.callback(None)
-                else:
-                    done.errback(error)

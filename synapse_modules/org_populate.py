@@ -20,7 +20,7 @@ from twisted.web.server import Request
 
 from carematrix import identity
 from carematrix.rules.membership import decide_membership
-from synapse_modules import internals
+from synapse_modules.adapter.joins import build_joins, store_joins
 from synapse_modules.audit_writer import current_writer, held_records
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ class OrgPopulate:
             # Each join's audit record is made as the event is built; all of a batch's
             # records are written in one transaction before the batch is stored.
             with held_records() as records:
-                batch = await internals.build_joins(api, room_id, joins[start : start + BATCH_SIZE])
+                batch = await build_joins(api, room_id, joins[start : start + BATCH_SIZE])
             if writer is not None:
                 await writer.record_many(records)
-            await internals.store_joins(api, batch)
+            await store_joins(api, batch)
         return 200, {"joined": [u for u, _ in joins], "already": already, "refused": refused}

@@ -15,11 +15,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from synapse.api.errors import Codes, SynapseError
-from synapse.events import EventBase
-from synapse.module_api import NOT_SPAM, ModuleApi
-from synapse.module_api.errors import ConfigError
-from synapse.types import Requester
+from synapse.module_api import NOT_SPAM, EventBase, ModuleApi, Requester
+from synapse.module_api.errors import Codes, ConfigError, SynapseError
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -36,10 +33,12 @@ from carematrix.rules.display_name import decide_display_name
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
-from synapse_modules import internals, loop_lag, policy_source
+from synapse_modules import loop_lag, policy_source
+from synapse_modules.adapter.errors import refusal_with_reason
+from synapse_modules.adapter.events import install_event_check
+from synapse_modules.adapter.media import install_media_gate
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import current_writer
-from synapse_modules.compat import refusal_with_reason
 from synapse_modules.config import PolicyModuleConfig
 from synapse_modules.org_populate import POPULATE_PATH, OrgPopulate
 from synapse_modules.protection import ContentProtection
@@ -107,7 +106,7 @@ class CareMatrixPolicy:
         # No on_new_event callback: Synapse loads a room's full state for it before
         # notifying clients of every event, which would slow every message down.
         api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
-        internals.install_event_check("carematrix_real_names", self.keep_real_name)
+        install_event_check("carematrix_real_names", self.keep_real_name)
         self._class_cache: OrderedDict[str, tuple[RoomClassState, float]] = OrderedDict()
         self._class_changing: dict[str, float] = {}
         self._last_rejected: ReloadOutcome | None = None
@@ -121,7 +120,7 @@ class CareMatrixPolicy:
         )
         # Every media download of this process passes the gate (protected files only are
         # handled by it; everything else goes to Synapse untouched).
-        internals.install_media_gate(self._protection)
+        install_media_gate(self._protection)
         # Burns run on the one instance that runs background tasks (the main process unless
         # configured otherwise); their state is in the database.
         api.looping_background_call(

@@ -1,7 +1,7 @@
 """Content protection inside Synapse: no-forward, the watermarking media gate, burn-after-read.
 
 The policy module owns one of these and calls it from its send check; the media gate is
-installed on Synapse's media servlets (synapse_modules/internals.py); the burn loop runs on
+installed on Synapse's media servlets (synapse_modules/adapter/media.py); the burn loop runs on
 the one instance that runs background tasks. Everything it remembers lives in the homeserver
 database, so any worker can answer and a restart forgets nothing.
 """
@@ -17,8 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from synapse.events import EventBase
-from synapse.module_api import ModuleApi
+from synapse.module_api import EventBase, ModuleApi
 
 from carematrix import identity
 from carematrix.audit import actions as A
@@ -31,7 +30,18 @@ from carematrix.rules import Verdict
 from carematrix.rules.media import ARCHIVE, OTHER_SERVER, PLAIN_FILE, WATERMARK, decide_media_access
 from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content
 from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
-from synapse_modules import hs_schema, internals
+from synapse_modules import hs_schema
+from synapse_modules.adapter import tables
+from synapse_modules.adapter.auth import requester_user_id
+from synapse_modules.adapter.events import censor_event
+from synapse_modules.adapter.homeserver import dialect_of
+from synapse_modules.adapter.media import (
+    delete_local_media,
+    local_media_path,
+    respond_error,
+    set_media_security_headers,
+    thumbnail_args,
+)
 from synapse_modules.audit_writer import current_writer
 
 log = logging.getLogger(__name__)
@@ -73,7 +83,7 @@ class ContentProtection:
         self._key = watermark_key
         self._cache_dir = cache_dir
         self._refuse = refuse
-        self._dialect = internals.dialect_of(api)
+        self._dialect = dialect_of(api)
         self._schema = hs_schema.gate(api)
         self._schema.start()
 
@@ -83,11 +93,16 @@ class ContentProtection:
         await self._schema.ready()
         return await self._api.run_db_interaction(desc, func, *args)
 
+    def _is_local(self, server_name: str | None) -> bool:
+        """A media request for this server's own files (None: a federation request, which
+        only ever asks for ours)."""
+        return server_name is None or server_name == self._api.server_name
+
     def _local_media_ids(self, uris: list[str]) -> list[str]:
         out = []
         for uri in uris:
             parts = _mxc_parts(uri)
-            if parts and internals.is_local_server(self._api, parts[0]):
+            if parts and self._is_local(parts[0]):
                 out.append(parts[1])
         return out
 
@@ -117,7 +132,7 @@ class ContentProtection:
         dialect = self._dialect
 
         def check(txn: Any) -> tuple[Any, list[str]]:
-            hashes = internals.media_sha256(txn, media_ids)
+            hashes = tables.media_sha256(txn, media_ids)
             extra = sorted({media_hash_fingerprint(h) for h in hashes.values()})
             match = forward_store.find_foreign(txn, dialect, prints, extra, event.room_id)
             if match is None and also is not None:
@@ -196,7 +211,7 @@ class ContentProtection:
         auth: str,
         serve_original: Callable[[], Awaitable[None]],
     ) -> None:
-        if not internals.is_local_server(self._api, server_name):
+        if not self._is_local(server_name):
             await serve_original()
             return
         postings = await self._db("carematrix_media_postings", media_store.postings_of, self._dialect, media_id)
@@ -206,7 +221,7 @@ class ContentProtection:
         mxc = f"mxc://{self._api.server_name}/{media_id}"
         room = postings[0].room_id
         other_server = auth == "federation"
-        user_id = None if other_server else await internals.requester_user_id(self._api, request, required=auth == "client")
+        user_id = None if other_server else await requester_user_id(self._api, request, required=auth == "client")
         is_system = user_id is not None and self._is_system(user_id)
         is_member = (
             user_id is not None and not is_system and await self._member_of_any(user_id, [p.room_id for p in postings])
@@ -217,14 +232,14 @@ class ContentProtection:
         if verdict == OTHER_SERVER:
             # Federation is off by default; to another server a protected file does not exist.
             log.info("media gate: %s refused to another server [rule %s]", mxc, verdict.rule)
-            internals.respond_error(request, 404, "M_NOT_FOUND", "Not found")
+            respond_error(request, 404, "M_NOT_FOUND", "Not found")
             return
         if user_id is None or not verdict.allowed:
             message = verdict.message()
             if user_id is not None:
                 message = await self._refuse(verdict, user_id, room, f"{kind} {mxc}")
             status, errcode = (401, "M_MISSING_TOKEN") if user_id is None else (403, "M_FORBIDDEN")
-            internals.respond_error(request, status, errcode, message, **{"org.carematrix.rule": verdict.rule})
+            respond_error(request, status, errcode, message, **{"org.carematrix.rule": verdict.rule})
             return
         if verdict == WATERMARK:
             await self._serve_watermarked(request, media_id, mxc, room, kind, user_id)
@@ -236,7 +251,7 @@ class ContentProtection:
     async def _serve_watermarked(
         self, request: Any, media_id: str, mxc: str, room: str, kind: str, user_id: str
     ) -> None:
-        thumb = internals.thumbnail_args(request) if kind == "thumbnail" else None
+        thumb = thumbnail_args(request) if kind == "thumbnail" else None
         minute = int(time.time()) // 60 * 60
         mark_id = media_store.mark_id_for(media_id, user_id, minute)
         if not await self._record_serve(user_id, mxc, room, kind, request, {"protected": "watermark", "mark_id": mark_id}):
@@ -244,10 +259,10 @@ class ContentProtection:
         try:
             data, content_type = await self._rendered(media_id, user_id, minute, mark_id, thumb)
         except MediaRejected as exc:
-            internals.respond_error(request, 415, "M_UNKNOWN", f"This image cannot be shown: {exc.reason}")
+            respond_error(request, 415, "M_UNKNOWN", f"This image cannot be shown: {exc.reason}")
             return
         except FileNotFoundError:
-            internals.respond_error(request, 404, "M_NOT_FOUND", "The original of this image is missing.")
+            respond_error(request, 404, "M_NOT_FOUND", "The original of this image is missing.")
             return
         self._respond_private(request, data, content_type)
 
@@ -276,7 +291,7 @@ class ContentProtection:
             )
         except Exception:
             log.exception("audit record for protected media %s failed; refusing", mxc)
-            internals.respond_error(request, 503, "M_UNKNOWN", NOT_RECORDED.message())
+            respond_error(request, 503, "M_UNKNOWN", NOT_RECORDED.message())
             return False
         return True
 
@@ -308,7 +323,7 @@ class ContentProtection:
                 return data, content_type.decode()
             except OSError:
                 pass
-        path = internals.local_media_path(self._api, media_id)
+        path = local_media_path(self._api, media_id)
         viewer = self._viewer(user_id, minute)
         key = self._key
 
@@ -332,7 +347,7 @@ class ContentProtection:
 
     def _respond_private(self, request: Any, data: bytes, content_type: str) -> None:
         """Per-viewer bytes: never cached by a browser or proxy, never revalidated by ETag."""
-        internals.set_media_security_headers(request)
+        set_media_security_headers(request)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", content_type.encode())
         request.setHeader(b"Content-Length", str(len(data)).encode())
@@ -363,7 +378,7 @@ class ContentProtection:
         for burn in pending:
             burn_at = burn.burn_at
             if burn.all_read_at is None:
-                readers = await self._db("carematrix_burn_readers", internals.readers_since, burn.room_id, burn.event_id)
+                readers = await self._db("carematrix_burn_readers", tables.readers_since, burn.room_id, burn.event_id)
                 if readers is None:
                     if now - burn.sent_at > NOT_STORED_GIVE_UP_MS:
                         await self._db("carematrix_burn_done", burn_store.mark_burned, self._dialect, burn.event_id, now, "never stored")
@@ -379,10 +394,10 @@ class ContentProtection:
         # redaction that makes every client drop the message: by the time anyone sees it
         # gone, nothing of it is left on the server.
         media_ids = self._local_media_ids(list(burn.media))
-        deleted = await internals.delete_local_media(self._api, media_ids)
-        edits = await self._db("carematrix_burn_edits", internals.edits_of, burn.event_id)
+        deleted = await delete_local_media(self._api, media_ids)
+        edits = await self._db("carematrix_burn_edits", tables.edits_of, burn.event_id)
         for event_id in [burn.event_id, *edits]:
-            await internals.censor_event(self._api, event_id)
+            await censor_event(self._api, event_id)
         outcome = "purged"
         try:
             await self._api.create_and_send_event_into_room(

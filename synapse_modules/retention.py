@@ -2,9 +2,9 @@
 (``carematrix retention report``).
 
 Each room's lifetime comes from its ``m.room.retention`` state, which the policy module sets
-from the room class; Synapse's purge jobs delete messages older than that. This reads the
-homeserver database directly (Synapse's ``room_retention``, ``room_stats_state`` and
-``events`` tables), like ``carematrix audit verify`` does.
+from the room class; Synapse's purge jobs delete messages older than that. This reads
+Synapse's own tables in the homeserver database (through synapse_modules/adapter/tables.py),
+like ``carematrix audit verify`` reads ours.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.hsdb.audit_store import sql
+from synapse_modules.adapter.tables import message_ages, rooms_with_lifetime
 
 
 @dataclass(frozen=True)
@@ -26,30 +26,10 @@ class RoomRetention:
 
 
 def retention_report(txn: Any, dialect: str, now_ms: int, horizon_ms: int) -> list[RoomRetention]:
-    txn.execute(
-        sql(
-            "SELECT r.room_id, s.name, MIN(r.max_lifetime) FROM room_retention AS r "
-            "LEFT JOIN room_stats_state AS s ON s.room_id = r.room_id "
-            "WHERE r.max_lifetime IS NOT NULL GROUP BY r.room_id, s.name ORDER BY r.room_id",
-            dialect,
-        )
-    )
-    rooms = txn.fetchall()
     out = []
-    for room_id, name, lifetime in rooms:
-        cutoff = now_ms - lifetime
-        txn.execute(
-            sql(
-                "SELECT "
-                "SUM(CASE WHEN origin_server_ts < ? THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN origin_server_ts >= ? AND origin_server_ts < ? THEN 1 ELSE 0 END), "
-                "MIN(origin_server_ts) FROM events WHERE room_id = ? AND state_key IS NULL",
-                dialect,
-            ),
-            (cutoff, cutoff, cutoff + horizon_ms, room_id),
-        )
-        due_now, due_soon, oldest = txn.fetchone()
-        out.append(RoomRetention(room_id, name, int(lifetime), int(due_now or 0), int(due_soon or 0), oldest))
+    for room_id, name, lifetime in rooms_with_lifetime(txn, dialect):
+        due_now, due_soon, oldest = message_ages(txn, dialect, room_id, now_ms - lifetime, horizon_ms)
+        out.append(RoomRetention(room_id, name, lifetime, due_now, due_soon, oldest))
     return out
 
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synapse.handlers.sso import MappingException
 from synapse.module_api.errors import ConfigError
 
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import run_here
 from carematrix.policy.model import Policy, Staff, staff_localpart
 from synapse_modules import policy_source
+from synapse_modules.adapter.sso import MappingException
 from synapse_modules.config import checked_keys_and_policy_dir
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,14 @@
-"""The one place that leans on Synapse behaviour beyond its documented module API.
+"""A readable reason on a refused join or invite.
 
 Synapse's ``user_may_join_room`` / ``user_may_invite`` spam-checker callbacks can only
 return an error code plus extra response fields; the client would see a generic "Not allowed
 to join this room". Synapse builds the error body by adding the extra fields after "error",
-so an ``error`` field replaces the message with our reason. tests/unit/test_synapse_compat.py
-fails loudly if an upgrade changes that.
+so an ``error`` field replaces the message with our reason.
 """
 
 from __future__ import annotations
 
-from synapse.api.errors import Codes
+from synapse.module_api.errors import Codes
 
 from carematrix.rules import Verdict
 

@@ -1,0 +1,21 @@
+"""The homeserver behind the module API, and its database engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synapse.module_api import ModuleApi
+
+
+def homeserver(api: ModuleApi) -> Any:
+    """Synapse's ``HomeServer``: the module API keeps it as ``_hs``."""
+    return api._hs
+
+
+def dialect_of(api: ModuleApi) -> str:
+    """``postgres`` or ``sqlite``: the SQL dialect of the homeserver database, which our
+    tables live in too."""
+    from synapse.storage.engines import PostgresEngine
+
+    engine = homeserver(api).get_datastores().main.database_engine
+    return "postgres" if isinstance(engine, PostgresEngine) else "sqlite"

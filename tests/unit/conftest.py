@@ -1,0 +1,46 @@
+"""The in-process homeservers of the Synapse adapter's guard tests (tests/synapse_inprocess.py):
+one on SQLite, one on PostgreSQL, each started on first use and kept for the session."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.synapse_inprocess import Homeserver, start_homeserver, stop_reactor
+
+
+@pytest.fixture(scope="session")
+def _reactor() -> Iterator[None]:
+    yield
+    stop_reactor()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def homeserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, _reactor: None) -> Iterator[Homeserver]:
+    root = tmp_path_factory.mktemp(f"inprocess-{request.param}")
+    if request.param == "sqlite":
+        hs = start_homeserver(root, "sqlite")
+        yield hs
+        hs.stop()
+        return
+    from carematrix_ops.pgadmin import create_database, drop_database, on_maintenance_db
+    from tests.ports import TEST_SERVER_URL
+
+    dbname = f"adapter_guard_{secrets.token_hex(4)}"
+    try:
+        on_maintenance_db(TEST_SERVER_URL, create_database, dbname)
+    except Exception as exc:  # psycopg2.OperationalError: no server to test against
+        pytest.skip(f"no PostgreSQL server at {TEST_SERVER_URL}: {exc}")
+    url = urlparse(TEST_SERVER_URL)
+    dsn = {"user": url.username or "postgres", "host": url.hostname or "127.0.0.1", "port": url.port or 5432, "dbname": dbname}
+    if url.password:
+        dsn["password"] = url.password
+    hs = start_homeserver(root, "postgres", dsn)
+    try:
+        yield hs
+    finally:
+        hs.stop()
+        on_maintenance_db(TEST_SERVER_URL, drop_database, dbname)
