@@ -9,7 +9,8 @@ so these two are the only ways in: a password set in Synapse (the demo password,
 reset) opens nothing.
 
 Synapse itself refuses deactivated and locked accounts after this checker has accepted the
-password (``LoginRestServlet._complete_login``), so org sync's deactivation of leavers holds.
+password (``LoginRestServlet._complete_login``), so org sync's deactivation of leavers holds
+(behaviour relied on: listed and guarded in synapse_modules/adapter).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ someone the hospital's IdP knows but the staff list does not is refused.
 
 Synapse skips ``map_user_attributes`` once the IdP subject is linked to an account, but
 always calls ``get_extra_attributes`` before completing a login, so the staff-list check
-runs there too: a leaver stays refused even after an earlier SSO sign-in linked them.
+runs there too: a leaver stays refused even after an earlier SSO sign-in linked them
+(behaviour relied on: listed and guarded in synapse_modules/adapter).
 
 The staff list is the process's one policy (``policy_source``), kept fresh by the policy
 module's poll in the same process, which parses edits off the reactor.

@@ -75,7 +75,8 @@ joins.py
     [test_a_batch_of_joins_is_stored_and_its_cached_state_is_the_stored_state]
 
 logging_context.py
-13. ``PreserveLoggingContext`` around waking callers that wait for the audit writer.
+13. ``PreserveLoggingContext`` around waking callers that wait for the audit writer or
+    for the schema upgrade of our tables.
     [test_resumed_callers_run_in_their_own_logging_context_and_the_waker_keeps_its_own]
 
 access_log.py
