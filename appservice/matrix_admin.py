@@ -21,7 +21,7 @@ from carematrix.org.plan import (
     Observed,
     ObservedUser,
 )
-from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 
 log = logging.getLogger(__name__)
 

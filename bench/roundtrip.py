@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from bench.stats import comparison, summary
-from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from carematrix_ops.deploy import Deployment, Settings, prepare
 from carematrix_ops.seed import Seeder, shared_secret_registration
 from carematrix_ops.supervisor import Stack

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from carematrix.clinical_policy import ClinicalPolicy, Rule, Ward
+from carematrix.policy.clinical import ClinicalPolicy, Rule, Ward
 
 
 @dataclass(frozen=True)

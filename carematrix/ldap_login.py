@@ -18,7 +18,8 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from carematrix import identity
-from carematrix.policy.model import Policy, staff_localpart
+from carematrix.policy.model import Policy
+from carematrix.policy.org import staff_localpart
 
 KEYS = (
     "uri", "base_dn", "staff_number_attribute", "user_filter", "bind_dn", "bind_password",

@@ -35,7 +35,7 @@ from carematrix.ldap_login import (
     staff_number_for_login,
 )
 from carematrix.policy import PolicyInvalid
-from carematrix.policy.model import staff_localpart
+from carematrix.policy.org import staff_localpart
 from synapse_modules import policy_source
 from synapse_modules.config import checked_keys_and_policy_dir
 from synapse_modules.ldap_directory import check_password as directory_check_password

@@ -25,7 +25,9 @@ from carematrix.audit import actions as A
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord
 from carematrix.policy.holder import ReloadOutcome
-from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff
+from carematrix.policy.rooms import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.directory import decide_publish

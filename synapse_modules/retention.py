@@ -34,7 +34,7 @@ def retention_report(txn: Any, dialect: str, now_ms: int, horizon_ms: int) -> li
 
 
 def render(rows: list[RoomRetention], horizon_days: int) -> str:
-    from carematrix.policy.model import format_duration
+    from carematrix.policy.rooms import format_duration
 
     if not rows:
         return "No room has a message lifetime; nothing will be purged."

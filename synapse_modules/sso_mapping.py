@@ -28,7 +28,8 @@ from synapse.module_api.errors import ConfigError
 
 from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import run_here
-from carematrix.policy.model import Policy, Staff, staff_localpart
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff, staff_localpart
 from synapse_modules import policy_source
 from synapse_modules.adapter.sso import MappingException
 from synapse_modules.config import checked_keys_and_policy_dir

@@ -46,9 +46,9 @@ from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
 from appservice.oncall.service import OncallService
 from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
-from carematrix.clinical_policy import ClinicalPolicy
-from carematrix.oncall.policy import role_localpart
-from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.policy.clinical import ClinicalPolicy
+from carematrix.policy.oncall import role_localpart
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.cases")

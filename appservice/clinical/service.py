@@ -33,11 +33,12 @@ from bridges.hl7.ack import ack
 from bridges.hl7.events import extract
 from bridges.hl7.parse import Hl7Error, Message, parse, parse_header
 from bridges.records import AdtEvent, ImagingEvent, OrderEvent, ReportEvent, ResultEvent
-from carematrix.clinical_policy import ClinicalPolicy, Ward
 from carematrix.clinical_routing import Route, WardClue, route
-from carematrix.oncall.policy import role_localpart
+from carematrix.policy.clinical import ClinicalPolicy, Ward
 from carematrix.policy.holder import PolicyHolder
-from carematrix.policy.model import ROOM_CLASS_EVENT, staff_localpart
+from carematrix.policy.oncall import role_localpart
+from carematrix.policy.org import staff_localpart
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.clinical")

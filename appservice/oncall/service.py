@@ -44,11 +44,12 @@ from carematrix.oncall.escalation import (
     plan,
 )
 from carematrix.oncall.model import Override
-from carematrix.oncall.policy import OncallPolicy, RoleAddress, role_localpart
 from carematrix.oncall.roster import Roster
 from carematrix.oncall.targets import resolver
 from carematrix.policy.holder import PolicyHolder
-from carematrix.policy.model import Policy, Staff, staff_localpart
+from carematrix.policy.model import Policy
+from carematrix.policy.oncall import OncallPolicy, RoleAddress, role_localpart
+from carematrix.policy.org import Staff, staff_localpart
 from carematrix.rules import Verdict
 from carematrix.rules.oncall import decide_cover, decide_swap
 from carematrix.rules.protection import PAGE_FLAG, PRIORITY_FIELD

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import yaml
 
 from carematrix.policy.errors import PolicyError
-from carematrix.policy.model import STAFF_NUMBER_RE, Policy
+from carematrix.policy.model import Policy
+from carematrix.policy.org import STAFF_NUMBER_RE
 
 FIELDS = ("staff_number", "name", "units", "position", "title", "roles")
 REQUIRED = ("staff_number", "name", "units", "position")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from carematrix.policy.model import Policy, RoomClassState
+from carematrix.policy.model import Policy
+from carematrix.policy.rooms import RoomClassState
 
 SPACE_CLASS = "department"  # a unit's space is scoped like its department room
 POPULATING_JOIN_RULE = "public"  # a new room's join rule until its initial members are in

@@ -16,7 +16,7 @@ import yaml
 from yaml.nodes import MappingNode, SequenceNode
 
 
-class LineDict(dict):
+class LineDict(dict[str, Any]):
     """A mapping with the 1-based line of itself (``line``) and of each key (``key_lines``)."""
 
     line: int = 0
@@ -26,7 +26,7 @@ class LineDict(dict):
         return self.key_lines.get(key, self.line)
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A list with the 1-based line of itself and of each item."""
 
     line: int = 0

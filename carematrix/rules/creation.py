@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carematrix.policy.model import ROOM_CLASS_EVENT, Policy, RoomClassState, Staff
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff
+from carematrix.policy.rooms import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules.directory import decide_publish
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import adjust_creation_request

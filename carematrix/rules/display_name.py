@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from carematrix.policy.model import Policy, Staff
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff
 from carematrix.rules.verdict import ALLOW, Verdict
 
 REAL_NAMES = Verdict(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from carematrix.policy.model import Policy, RoomClassState, Staff
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff
+from carematrix.policy.rooms import RoomClassState
 from carematrix.rules.room_class import resolve
 from carematrix.rules.verdict import ALLOW, Verdict
 

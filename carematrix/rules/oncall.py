@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from carematrix.policy.model import Staff
+from carematrix.policy.org import Staff
 from carematrix.rules.verdict import ALLOW, Verdict
 
 

@@ -7,13 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from carematrix.commands import structured_command
-from carematrix.policy.model import (
-    BURN_FLAG,
-    PROTECTION_EVENT,
-    BurnPolicy,
-    Policy,
-    RoomClass,
-)
+from carematrix.policy.model import Policy
+from carematrix.policy.rooms import BURN_FLAG, PROTECTION_EVENT, BurnPolicy, RoomClass
 from carematrix.rules.verdict import ALLOW, Verdict
 
 RETENTION_EVENT = "m.room.retention"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from carematrix.policy.model import (
+from carematrix.policy.model import Policy
+from carematrix.policy.org import Staff
+from carematrix.policy.rooms import (
     POWER_LEVEL_DEFAULTS,
     PROTECTION_EVENT,
     Audience,
-    Policy,
     RoomClass,
     RoomClassState,
-    Staff,
 )
 from carematrix.rules.protection import ENCRYPTION_EVENT, RETENTION_EVENT, decide_protection_state
 from carematrix.rules.verdict import ALLOW, Verdict

@@ -6,7 +6,7 @@ import uuid
 
 from nio import RoomCreateError, RoomPutStateError, RoomSendError, RoomSendResponse
 
-from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from tests.support import RunningStack, wait_for_event
 
 

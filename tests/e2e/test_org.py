@@ -21,7 +21,7 @@ from nio import (
 )
 
 from carematrix.policy import load_policy
-from carematrix.policy.model import ROOM_CLASS_EVENT
+from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from carematrix_ops.http import HttpError, request_json
 from tests.support import RunningStack, eventually, search, wait_for_event
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from carematrix.policy import load_policy
-from carematrix.policy.model import ROOM_CLASS_EVENT, RoomClassState
+from carematrix.policy.rooms import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules.creation import decide_create
 from carematrix.rules.directory import decide_publish
 from carematrix.rules.membership import decide_membership

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from carematrix.clinical_policy import ClinicalPolicy, Rule, Ward
 from carematrix.clinical_routing import WardClue, route
+from carematrix.policy.clinical import ClinicalPolicy, Rule, Ward
 
 ICU = Ward("ICU", "icu", {"nurse": "icu/nurse"})
 POLICY = ClinicalPolicy(

@@ -10,7 +10,7 @@ from carematrix.identity import (
     server_name,
     user_id,
 )
-from carematrix.oncall.policy import role_localpart
+from carematrix.policy.oncall import role_localpart
 
 HS = "hospital.example"
 BOT = "@carematrix:hospital.example"

@@ -7,7 +7,7 @@ import pytest
 
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix.policy.loader import load_policy_texts
-from carematrix.policy.model import DEFAULT_BURN, BurnPolicy
+from carematrix.policy.rooms import DEFAULT_BURN, BurnPolicy
 from tests.paths import DEMO_POLICY_DIR
 
 HOSPITAL = "hospital:\n  name: Test Hospital\nunits:\n  - id: hosp\n    name: Hospital\n"

@@ -1,35 +1,93 @@
-"""The ``oncall:`` policy section, checked with lines like every other section: a typo in an
-escalation target or a roster mapping fails at load, not at 03:00 when the step fires."""
+"""The on-call part of the hospital policy (``oncall:`` in policies/*.yaml): role addresses,
+their escalation chains, fallback pools, roster feeds and quiet hours.
+
+Checked with lines like every other section: a typo in an escalation target or a roster
+mapping fails at load, not at 03:00 when the step fires."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from carematrix.oncall.escalation import EscalationPolicy, Step
-from carematrix.oncall.policy import (
-    FEED_KINDS,
-    HANDOVER_MODES,
-    QUIET_MODES,
-    ROLE_ID_RE,
-    FeedSpec,
-    OncallPolicy,
-    RoleAddress,
-)
+from carematrix.identity import ROLE_PREFIX
+from carematrix.oncall.escalation import PRIORITIES, EscalationPolicy, Step
 from carematrix.oncall.targets import parse_target
-from carematrix.policy.model import Unit
+from carematrix.policy.checker import Checker, Sections
+from carematrix.policy.org import Org, Unit
 from carematrix.policy.yamlsrc import LineDict, LineList
 
+SECTIONS = ("oncall",)
+
+ROLE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}/[a-z][a-z0-9-]{0,40}$")
+FEED_KINDS = ("ical", "csv", "fhir")
+QUIET_MODES = ("opt_in", "everyone", "off")
+HANDOVER_MODES = ("release", "stay")
+# In the order error messages list them.
 ACK_METHODS = ("reply", "reaction", "read")
-PRIORITIES = ("routine", "urgent", "critical")
 
 
-def load_oncall(
-    builder: Any, value: Any, chk: Any, line: int, units: dict[str, Unit], staff: set[str], staff_roles: dict[str, str]
-) -> OncallPolicy | None:
-    data = chk.mapping(value, line, "'oncall'")
+def role_localpart(role_id: str) -> str:
+    """``cardiology/attending`` → ``role-cardiology-attending`` (user and alias localpart)."""
+    return ROLE_PREFIX + role_id.replace("/", "-")
+
+
+@dataclass(frozen=True)
+class RoleAddress:
+    id: str
+    unit: str
+    name: str  # display name of the role account, e.g. "心内科 · 主班医生 (值班)"
+    escalation: EscalationPolicy
+    handover: str = "release"
+
+    @property
+    def localpart(self) -> str:
+        return role_localpart(self.id)
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    id: str
+    kind: str
+    path: str | None  # relative to the policy directory
+    url: str | None
+    refresh_seconds: int
+    roles: dict[str, str]  # feed label -> role ID
+    staff: dict[str, str] | None  # feed person id -> staff number
+    columns: dict[str, str] = field(default_factory=dict)  # CSV only
+    role_from: str = "summary"  # iCal only
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class OncallPolicy:
+    timezone: str
+    roles: dict[str, RoleAddress]
+    pools: dict[str, tuple[str, ...]]
+    feeds: tuple[FeedSpec, ...]
+    quiet_hours: str = "opt_in"
+    overrides_by: frozenset[str] = frozenset()  # staff roles allowed to swap / cover
+    admin_room: str | None = None  # alias localpart told about feed problems
+
+    def role_for_localpart(self, localpart: str) -> RoleAddress | None:
+        for role in self.roles.values():
+            if role.localpart == localpart:
+                return role
+        return None
+
+
+def parse_oncall(sections: Sections, org: Org) -> OncallPolicy | None:
+    """The ``oncall:`` section checked against the organisation, or None if the hospital has
+    none (or it is not a mapping, which is reported)."""
+    section = sections.get("oncall")
+    if section is None:
+        return None
+    data = section.mapping("'oncall'")
     if data is None:
         return None
+    chk = section.checker
+    staff = org.staff_numbers
     chk.keys(
         data,
         ("timezone", "roles", "pools", "feeds", "quiet_hours", "overrides_by", "admin_room"),
@@ -41,15 +99,15 @@ def load_oncall(
     except (ZoneInfoNotFoundError, ValueError):
         chk.error(data.line_of("timezone"), f"'oncall.timezone' '{timezone}' is not an IANA time zone (e.g. Asia/Shanghai)")
     pools = _pools(chk, data, staff)
-    roles = _roles(builder, chk, data, units, staff, pools)
-    feeds = _feeds(builder, chk, data, roles, staff)
+    roles = _roles(chk, data, org.units, staff, pools)
+    feeds = _feeds(chk, data, roles, staff)
     quiet = data.get("quiet_hours", "opt_in")
     if quiet not in QUIET_MODES:
         chk.error(data.line_of("quiet_hours"), f"'oncall.quiet_hours' must be one of: {', '.join(QUIET_MODES)}")
         quiet = "opt_in"
     overrides_by = []
     for role, rline in chk.text_list(data, "overrides_by", "'oncall'"):
-        if role not in staff_roles:
+        if role not in org.roles:
             chk.error(rline, f"'oncall.overrides_by' names unknown staff role '{role}'")
         overrides_by.append(role)
     admin_room = chk.text(data, "admin_room", "'oncall'", required=False)
@@ -59,15 +117,14 @@ def load_oncall(
     )
 
 
-def _pools(chk: Any, data: LineDict, staff: set[str]) -> dict[str, tuple[str, ...]]:
+def _pools(chk: Checker, data: LineDict, staff: set[str]) -> dict[str, tuple[str, ...]]:
     pools: dict[str, tuple[str, ...]] = {}
     if "pools" not in data:
         return pools
-    spec = chk.mapping(data["pools"], data.line_of("pools"), "'oncall.pools'")
-    for name, members in (spec or {}).items():
+    for name, members, line in chk.entries(data["pools"], data.line_of("pools"), "'oncall.pools'"):
         holder = LineDict({name: members})
-        holder.key_lines = {name: spec.line_of(name)}
-        holder.line = spec.line_of(name)
+        holder.key_lines = {name: line}
+        holder.line = line
         numbers = []
         for number, nline in chk.text_list(holder, name, f"pool '{name}'"):
             if number not in staff:
@@ -77,29 +134,33 @@ def _pools(chk: Any, data: LineDict, staff: set[str]) -> dict[str, tuple[str, ..
     return pools
 
 
-def _target_ok(chk: Any, line: int, target: Any, what: str, roles: set[str], staff: set[str], pools: dict) -> bool:
+def _target(
+    chk: Checker, line: int, target: Any, what: str, roles: set[str], staff: set[str], pools: dict[str, tuple[str, ...]]
+) -> str | None:
+    """``target`` if it is a valid escalation target naming known roles, staff and pools;
+    None (after reporting) if not."""
     if not isinstance(target, str):
         chk.error(line, f"{what} must be text like oncall, role:<role>, staff:<number> or pool:<name>")
-        return False
+        return None
     try:
         kind, arg = parse_target(target)
     except ValueError as exc:
         chk.error(line, f"{what}: {exc}")
-        return False
+        return None
     if kind in ("role", "backup") and arg not in roles:
         chk.error(line, f"{what} names unknown role address '{arg}'")
-        return False
+        return None
     if kind == "staff" and arg not in staff:
         chk.error(line, f"{what} names unknown staff number '{arg}'")
-        return False
+        return None
     if kind == "pool" and arg not in pools:
         chk.error(line, f"{what} names unknown pool '{arg}'")
-        return False
-    return True
+        return None
+    return target
 
 
 def _roles(
-    builder: Any, chk: Any, data: LineDict, units: dict[str, Unit], staff: set[str], pools: dict
+    chk: Checker, data: LineDict, units: dict[str, Unit], staff: set[str], pools: dict[str, tuple[str, ...]]
 ) -> dict[str, RoleAddress]:
     roles: dict[str, RoleAddress] = {}
     spec = chk.mapping(data.get("roles"), data.line_of("roles"), "'oncall.roles'") if "roles" in data else None
@@ -137,20 +198,19 @@ def _roles(
                 if step is None:
                     continue
                 chk.keys(step, ("to", "timeout", "priority"), f"step {i + 1} of {what}")
-                target = step.get("to")
-                ok = _target_ok(chk, step.line_of("to"), target, f"'to' of step {i + 1} of {what}", role_ids, staff, pools)
-                timeout = builder._duration(chk, step, "timeout", f"step {i + 1} of {what}", minimum=1) if "timeout" in step else None
+                target = _target(chk, step.line_of("to"), step.get("to"), f"'to' of step {i + 1} of {what}", role_ids, staff, pools)
+                timeout = chk.duration(step, "timeout", f"step {i + 1} of {what}", minimum=1) if "timeout" in step else None
                 if "timeout" not in step:
                     chk.error(sline, f"step {i + 1} of {what} needs a 'timeout' (e.g. 5m)")
                 priority = step.get("priority", "urgent")
                 if priority not in PRIORITIES:
                     chk.error(step.line_of("priority"), f"'priority' of step {i + 1} of {what} must be one of: {', '.join(PRIORITIES)}")
                     priority = "critical"
-                if ok and timeout:
+                if target and timeout:
                     steps.append(Step(target, timeout, priority))
         fallback = body.get("fallback")
-        if fallback is not None and not _target_ok(chk, body.line_of("fallback"), fallback, f"'fallback' of {what}", role_ids, staff, pools):
-            fallback = None
+        if fallback is not None:
+            fallback = _target(chk, body.line_of("fallback"), fallback, f"'fallback' of {what}", role_ids, staff, pools)
         handover = body.get("handover", "release")
         if handover not in HANDOVER_MODES:
             chk.error(body.line_of("handover"), f"'handover' of {what} must be one of: {', '.join(HANDOVER_MODES)}")
@@ -163,7 +223,7 @@ def _roles(
     return roles
 
 
-def _feeds(builder: Any, chk: Any, data: LineDict, roles: dict[str, RoleAddress], staff: set[str]) -> list[FeedSpec]:
+def _feeds(chk: Checker, data: LineDict, roles: dict[str, RoleAddress], staff: set[str]) -> list[FeedSpec]:
     feeds: list[FeedSpec] = []
     if "feeds" not in data:
         return feeds
@@ -191,22 +251,22 @@ def _feeds(builder: Any, chk: Any, data: LineDict, roles: dict[str, RoleAddress]
             chk.error(spec.line, f"{what} needs exactly one of 'path' (a file next to the policy) or 'url'")
         if url is not None and not url.startswith(("http://", "https://")):
             chk.error(spec.line_of("url"), f"'url' of {what} must be an http(s) URL")
-        refresh = builder._duration(chk, spec, "refresh", what, minimum=5) if "refresh" in spec else 300
+        refresh = chk.duration(spec, "refresh", what, minimum=5) if "refresh" in spec else 300
         mapping: dict[str, str] = {}
         rmap = chk.mapping(spec.get("roles"), spec.line_of("roles"), f"'roles' of {what}") if "roles" in spec else None
         if rmap is None:
             chk.error(spec.line, f"{what} needs 'roles': the feed's labels mapped to role addresses")
-        for label, role_id in (rmap or {}).items():
-            if role_id not in roles:
-                chk.error(rmap.line_of(label), f"'roles' of {what}: '{label}' maps to unknown role address '{role_id}'")
-            mapping[str(label)] = str(role_id)
+        else:
+            for label, role_id in rmap.items():
+                if role_id not in roles:
+                    chk.error(rmap.line_of(label), f"'roles' of {what}: '{label}' maps to unknown role address '{role_id}'")
+                mapping[str(label)] = str(role_id)
         staff_map = None
         if spec.get("staff") is not None:
-            smap = chk.mapping(spec["staff"], spec.line_of("staff"), f"'staff' of {what}")
             staff_map = {}
-            for ident, number in (smap or {}).items():
+            for ident, number, line in chk.entries(spec["staff"], spec.line_of("staff"), f"'staff' of {what}"):
                 if str(number) not in staff:
-                    chk.error(smap.line_of(ident), f"'staff' of {what}: '{ident}' maps to unknown staff number '{number}'")
+                    chk.error(line, f"'staff' of {what}: '{ident}' maps to unknown staff number '{number}'")
                 staff_map[str(ident)] = str(number)
         columns = {}
         if "columns" in spec:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
-from carematrix.policy.yamlsrc import LineList
+from carematrix.policy.checker import Checker, Sections
+from carematrix.policy.oncall import OncallPolicy
+from carematrix.policy.org import Org, Unit
+from carematrix.policy.yamlsrc import LineDict, LineList
+
+SECTIONS = ("clinical",)
 
 EVENTS = (
     "admission", "transfer", "discharge", "update", "result", "critical_result", "order",
@@ -86,10 +90,18 @@ class ClinicalPolicy:
         return [r for r in self.rules if r.event == event]
 
 
-def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: set[str]) -> ClinicalPolicy | None:
-    data = chk.mapping(value, line, "'clinical'")
+def parse_clinical(sections: Sections, org: Org, oncall: OncallPolicy | None) -> ClinicalPolicy | None:
+    """The ``clinical:`` section checked against the units and the on-call role addresses, or
+    None if the hospital has none (or it is not a mapping, which is reported)."""
+    section = sections.get("clinical")
+    if section is None:
+        return None
+    data = section.mapping("'clinical'")
     if data is None:
         return None
+    chk = section.checker
+    units = org.units
+    oncall_roles = set(oncall.roles) if oncall else set()
     chk.keys(
         data,
         ("senders", "wards", "rules", "ward_room", "deep_links", "fhir_sources", "cases", "safety_net",
@@ -100,10 +112,10 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     if not senders:
         chk.error(data.line, "'clinical' needs 'senders': the sending facilities (MSH-4) accepted")
     wards: dict[str, Ward] = {}
-    spec = chk.mapping(data.get("wards"), data.line_of("wards"), "'clinical.wards'") if "wards" in data else None
-    for code, body in (spec or {}).items():
+    ward_specs = chk.entries(data.get("wards"), data.line_of("wards"), "'clinical.wards'") if "wards" in data else []
+    for code, ward, wline in ward_specs:
         what = f"ward '{code}'"
-        body = chk.mapping(body, spec.line_of(code), what)
+        body = chk.mapping(ward, wline, what)
         if body is None:
             continue
         chk.keys(body, ("unit", "roles"), what)
@@ -111,10 +123,10 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
         if unit and unit not in units:
             chk.error(body.line_of("unit"), f"{what} names unknown unit '{unit}'")
         roles: dict[str, str] = {}
-        rmap = chk.mapping(body.get("roles"), body.line_of("roles"), f"'roles' of {what}") if "roles" in body else None
-        for key, role_id in (rmap or {}).items():
+        rmap = chk.entries(body.get("roles"), body.line_of("roles"), f"'roles' of {what}") if "roles" in body else []
+        for key, role_id, rline in rmap:
             if role_id not in oncall_roles:
-                chk.error(rmap.line_of(key), f"'roles.{key}' of {what} names unknown on-call role '{role_id}'")
+                chk.error(rline, f"'roles.{key}' of {what} names unknown on-call role '{role_id}'")
             roles[str(key)] = str(role_id)
         wards[str(code)] = Ward(str(code), unit, roles)
     rules: list[Rule] = []
@@ -157,17 +169,16 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     ward_room = str(data.get("ward_room", "{unit}-team"))
     links = None
     if "deep_links" in data:
-        lmap = chk.mapping(data["deep_links"], data.line_of("deep_links"), "'clinical.deep_links'")
         links = {}
-        for kind, template in (lmap or {}).items():
+        for kind, template, lline in chk.entries(data["deep_links"], data.line_of("deep_links"), "'clinical.deep_links'"):
             fields = DEEP_LINK_FIELDS.get(str(kind))
             if fields is None:
-                chk.error(lmap.line_of(kind), f"deep link '{kind}' is not known (known: {', '.join(DEEP_LINK_FIELDS)})")
+                chk.error(lline, f"deep link '{kind}' is not known (known: {', '.join(DEEP_LINK_FIELDS)})")
                 continue
             try:
                 str(template).format(**{f: "x" for f in fields})
             except (KeyError, IndexError, ValueError) as exc:
-                chk.error(lmap.line_of(kind), f"deep link '{kind}' uses an unknown field or bad braces ({exc}); fields: {', '.join('{' + f + '}' for f in fields)}")
+                chk.error(lline, f"deep link '{kind}' uses an unknown field or bad braces ({exc}); fields: {', '.join('{' + f + '}' for f in fields)}")
                 continue
             links[str(kind)] = str(template)
     sources = _fhir_sources(data, chk) if "fhir_sources" in data else None
@@ -186,15 +197,14 @@ def load_clinical(value: Any, chk: Any, line: int, units: dict, oncall_roles: se
     return ClinicalPolicy(senders, wards, tuple(rules), ward_room, links, sources, cases, net or None, minutes, room)
 
 
-def _safety_net(data: Any, chk: Any, oncall_roles: set[str], sources: frozenset[str], rules: list[Rule]) -> dict[str, str]:
+def _safety_net(data: LineDict, chk: Checker, oncall_roles: set[str], sources: frozenset[str], rules: list[Rule]) -> dict[str, str]:
     """A result the policy pages for must reach a human even when no ward is known: every
     sending source needs a safety-net role (its own or the "*" default)."""
     out: dict[str, str] = {}
     if "safety_net" in data:
-        spec = chk.mapping(data["safety_net"], data.line_of("safety_net"), "'clinical.safety_net'")
-        for source, role in (spec or {}).items():
+        for source, role, line in chk.entries(data["safety_net"], data.line_of("safety_net"), "'clinical.safety_net'"):
             if role not in oncall_roles:
-                chk.error(spec.line_of(source), f"safety net for '{source}' names unknown on-call role '{role}'")
+                chk.error(line, f"safety net for '{source}' names unknown on-call role '{role}'")
                 continue
             out[str(source)] = str(role)
     paging = [r for r in rules if r.page]
@@ -207,11 +217,9 @@ def _safety_net(data: Any, chk: Any, oncall_roles: set[str], sources: frozenset[
     return out
 
 
-def _fhir_sources(data: Any, chk: Any) -> dict[str, frozenset[str]]:
-    spec = chk.mapping(data["fhir_sources"], data.line_of("fhir_sources"), "'clinical.fhir_sources'")
+def _fhir_sources(data: LineDict, chk: Checker) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
-    for name, types in (spec or {}).items():
-        line = spec.line_of(name)
+    for name, types, line in chk.entries(data["fhir_sources"], data.line_of("fhir_sources"), "'clinical.fhir_sources'"):
         if not re.match(SOURCE_RE, str(name)):
             chk.error(line, f"FHIR source name '{name}' must be letters, digits, '.', '_' or '-'")
             continue
@@ -225,16 +233,15 @@ def _fhir_sources(data: Any, chk: Any) -> dict[str, frozenset[str]]:
     return out
 
 
-def _cases(data: Any, chk: Any, units: dict) -> CasePolicy:
+def _cases(data: LineDict, chk: Checker, units: dict[str, Unit]) -> CasePolicy:
     body = chk.mapping(data["cases"], data.line_of("cases"), "'clinical.cases'")
     if body is None:
         return CasePolicy()
     chk.keys(body, ("open", "room_name", "key_images", "consult_orders"), "'clinical.cases'")
     consults: dict[str, tuple[str, ...]] = {}
     if "consult_orders" in body:
-        spec = chk.mapping(body["consult_orders"], body.line_of("consult_orders"), "'clinical.cases.consult_orders'")
-        for code, targets in (spec or {}).items():
-            line = spec.line_of(code)
+        orders = chk.entries(body["consult_orders"], body.line_of("consult_orders"), "'clinical.cases.consult_orders'")
+        for code, targets, line in orders:
             if not isinstance(targets, list) or not targets:
                 chk.error(line, f"consult order '{code}' needs the list of units to bring in")
                 continue
