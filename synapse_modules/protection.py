@@ -25,7 +25,8 @@ from carematrix.audit.record import AuditRecord
 from carematrix.hsdb import burn_store, forward_store, media_store
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.rooms import RoomClass
-from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint, media_uris
+from carematrix.protect.extract import media_uris
+from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint
 from carematrix.rules import Verdict
 from carematrix.rules.media import ARCHIVE, OTHER_SERVER, PLAIN_FILE, WATERMARK, decide_media_access
 from carematrix.rules.protection import NO_FORWARD, burn_terms, not_protected_content

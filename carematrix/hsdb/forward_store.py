@@ -21,7 +21,7 @@ A check probes primary keys (``fp IN (...)`` in chunks of 500 on SQLite, ``fp = 
 on PostgreSQL), returning each stored key's origin id; the decision rule runs per origin
 id, and only when it finds a copy does one more statement read those origin events' rooms
 and IDs. A message of fewer than 64 shingles is probed whole in one statement. A longer one
-(:func:`~carematrix.protect.fingerprint.shingle_sample`) is probed in two phases: its media,
+(:func:`~carematrix.protect.copy_decision.shingle_sample`) is probed in two phases: its media,
 texts and every third shingle first, which decides rules 1, 2 and 4 and finds every chain
 that can satisfy rule 3; then, only when no copy was found and the sample had hits, the
 shingles within two positions of those hits, which completes those chains. The decision is
@@ -42,15 +42,13 @@ from typing import Any
 import numpy as np
 
 from carematrix.hsdb.audit_store import check_dialect, sql
-from carematrix.protect.fingerprint import (
+from carematrix.protect.copy_decision import is_foreign_copy, shingle_neighbours, shingle_sample
+from carematrix.protect.model import (
     HASH_PREFIX,
     MEDIA_PREFIX,
     SHINGLE_PREFIX,
     TEXT_PREFIX,
     Fingerprints,
-    is_foreign_copy,
-    shingle_neighbours,
-    shingle_sample,
 )
 
 TABLE = "carematrix_protected_fingerprint"

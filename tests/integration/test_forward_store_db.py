@@ -18,12 +18,9 @@ from carematrix.hsdb.forward_store import (
     record_origin,
 )
 from carematrix.hsdb.migrations import upgrade
-from carematrix.protect import fingerprint
-from carematrix.protect.fingerprint import (
-    Fingerprints,
-    content_fingerprints,
-    media_hash_fingerprint,
-)
+from carematrix.protect import copy_decision
+from carematrix.protect.fingerprint import content_fingerprints, media_hash_fingerprint
+from carematrix.protect.model import Fingerprints
 from carematrix_ops.audit_db import AuditDb, connect
 
 ICU = "!icu:hospital.example"  # protected
@@ -274,8 +271,8 @@ def test_a_long_message_is_decided_as_if_every_key_were_probed(store):
         start = rng.randrange(len(report) - 100)
         paste = report[start : start + rng.randint(20, 90)]
         candidate = msg(f"{_filler(rng, 60)} {paste} {_filler(rng, 60)}")
-        assert fingerprint.shingle_sample(candidate) is not None  # two phases
-        expected = fingerprint.is_foreign_copy(candidate, candidate.all() & original.all())
+        assert copy_decision.shingle_sample(candidate) is not None  # two phases
+        expected = copy_decision.is_foreign_copy(candidate, candidate.all() & original.all())
         match = find(store, candidate, WARD)
         assert (match is not None) == expected
         if match is not None:

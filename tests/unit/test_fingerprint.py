@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from immutabledict import immutabledict
 
-from carematrix.protect import fingerprint
+from carematrix.protect import copy_decision, normalise, shingles
+from carematrix.protect.copy_decision import is_foreign_copy
+from carematrix.protect.extract import media_uris
 from carematrix.protect.fingerprint import (
     MIN_TEXT_CHARS,
-    Fingerprints,
     content_fingerprints,
-    is_foreign_copy,
     media_hash_fingerprint,
-    media_uris,
-    normalise_text,
 )
+from carematrix.protect.model import Fingerprints
+from carematrix.protect.normalise import normalise_text
 
 MSG = "m.room.message"
 
@@ -506,13 +506,13 @@ def test_sharing_the_same_common_phrases_with_a_long_report_is_not_a_copy():
 
 
 def test_hand_built_fingerprints_without_offsets_fall_back_to_counting():
-    shingles = frozenset(f"s:{i:016x}" for i in range(20))
-    candidate = Fingerprints(shingles=shingles)
-    assert not is_foreign_copy(candidate, set(list(shingles)[:3]))
-    assert is_foreign_copy(candidate, set(list(shingles)[:4]))
-    small = Fingerprints(shingles=frozenset(list(shingles)[:5]))
-    assert is_foreign_copy(small, set(list(shingles)[:3]))  # more than half of a short text
-    assert not is_foreign_copy(small, set(list(shingles)[:2]))
+    hand_built = frozenset(f"s:{i:016x}" for i in range(20))
+    candidate = Fingerprints(shingles=hand_built)
+    assert not is_foreign_copy(candidate, set(list(hand_built)[:3]))
+    assert is_foreign_copy(candidate, set(list(hand_built)[:4]))
+    small = Fingerprints(shingles=frozenset(list(hand_built)[:5]))
+    assert is_foreign_copy(small, set(list(hand_built)[:3]))  # more than half of a short text
+    assert not is_foreign_copy(small, set(list(hand_built)[:2]))
 
 
 def test_any_whole_text_or_media_match_is_a_copy():
@@ -537,10 +537,10 @@ def _reference_hashes(text: str) -> list[int]:
     """Every K-gram's hash, one at a time in Python integers: what numpy must compute."""
     chars = [_fmix((ord(c) + 0x243F6A8885A308D3) & M64) for c in text]
     out = []
-    for i in range(len(chars) - fingerprint.K + 1):
+    for i in range(len(chars) - shingles.K + 1):
         h = 0
-        for c in chars[i : i + fingerprint.K]:
-            h = (h * fingerprint._ROLL_BASE + c) & M64
+        for c in chars[i : i + shingles.K]:
+            h = (h * shingles._ROLL_BASE + c) & M64
         out.append(_fmix(h))
     return out
 
@@ -551,7 +551,7 @@ def _reference_hashes_of_width(text: str, width: int) -> list[int]:
     for i in range(len(chars) - width + 1):
         h = 0
         for c in chars[i : i + width]:
-            h = (h * fingerprint._ROLL_BASE + c) & M64
+            h = (h * shingles._ROLL_BASE + c) & M64
         out.append(_fmix(h))
     return out
 
@@ -559,12 +559,12 @@ def _reference_hashes_of_width(text: str, width: int) -> list[int]:
 def _reference_mod_minimizer(text: str) -> list[int]:
     """Each window of W k-grams: its smallest t-gram (top bits of the hash, then leftmost)
     at x within the window chooses the k-gram at x mod W."""
-    k, w, t = fingerprint.K, fingerprint.W, fingerprint.T
+    k, w, t = shingles.K, shingles.W, shingles.T
     tmers = _reference_hashes_of_width(text, t)
     chosen: set[int] = set()
     for start in range(len(text) - k + 1 - w + 1):
         window = tmers[start : start + w + k - t]
-        x = min(range(len(window)), key=lambda i: (window[i] >> fingerprint._TIE_BITS, i))
+        x = min(range(len(window)), key=lambda i: (window[i] >> shingles._TIE_BITS, i))
         chosen.add(start + x % w)
     return sorted(chosen)
 
@@ -579,14 +579,14 @@ def _texts(seed: int, count: int) -> Iterator[str]:
 
 def test_kgram_hashes_and_winnowing_equal_the_definition():
     for text in _texts(1, 300):
-        offsets = [o for o, _ in fingerprint.shingle_sequence(text)]
-        if len(text) < fingerprint.K + fingerprint.W:
+        offsets = [o for o, _ in shingles.shingle_sequence(text)]
+        if len(text) < shingles.K + shingles.W:
             assert offsets == []
             continue
         hashes = _reference_hashes(text)
-        assert fingerprint._kgram_hashes(text).tolist() == hashes
+        assert shingles._kgram_hashes(text).tolist() == hashes
         assert offsets == _reference_mod_minimizer(text)
-        assert all(s == f"s:{hashes[o]:016x}" for o, s in fingerprint.shingle_sequence(text))
+        assert all(s == f"s:{hashes[o]:016x}" for o, s in shingles.shingle_sequence(text))
 
 
 def test_a_shared_stretch_of_46_characters_is_always_a_chain_of_32():
@@ -605,23 +605,23 @@ def test_a_shared_stretch_of_46_characters_is_always_a_chain_of_32():
         two = text(rng.randint(0, 40)) + stretch + text(rng.randint(0, 40))
         candidate = fp(two)
         shared = candidate.shingles & fp(one).shingles
-        assert fingerprint.longest_shared_run(candidate, shared) >= len(stretch) - 2 * 8 + 2
+        assert copy_decision.longest_shared_run(candidate, shared) >= len(stretch) - 2 * 8 + 2
 
 
 def test_chosen_k_grams_are_at_most_w_apart_and_about_3_in_17():
     text = normalise_text(REPORT * 3)
-    offsets = [o for o, _ in fingerprint.shingle_sequence(text)]
-    assert offsets[0] < fingerprint.W
-    assert max(b - a for a, b in zip(offsets, offsets[1:], strict=False)) <= fingerprint.W
-    assert 0.15 < len(offsets) / (len(text) - fingerprint.K + 1) < 0.2
+    offsets = [o for o, _ in shingles.shingle_sequence(text)]
+    assert offsets[0] < shingles.W
+    assert max(b - a for a, b in zip(offsets, offsets[1:], strict=False)) <= shingles.W
+    assert 0.15 < len(offsets) / (len(text) - shingles.K + 1) < 0.2
 
 
 def test_a_long_candidate_is_sampled_and_its_sample_covers_every_long_chain():
-    assert fingerprint.shingle_sample(fp(WARD_EN)) is None  # short: looked up whole
-    assert fingerprint.shingle_sample(Fingerprints(shingles=frozenset({"s:1"}))) is None
+    assert copy_decision.shingle_sample(fp(WARD_EN)) is None  # short: looked up whole
+    assert copy_decision.shingle_sample(Fingerprints(shingles=frozenset({"s:1"}))) is None
     candidate = fp(REPORT)
-    sample = fingerprint.shingle_sample(candidate)
-    assert sample is not None and len(candidate.shingles) >= fingerprint.SAMPLE_MIN_SHINGLES
+    sample = copy_decision.shingle_sample(candidate)
+    assert sample is not None and len(candidate.shingles) >= copy_decision.SAMPLE_MIN_SHINGLES
     assert len(sample) <= len(candidate.shingles) // 3 + 2
     sequence = [s for _, s in candidate.sequences[0]]
     rng = random.Random(7)
@@ -630,27 +630,27 @@ def test_a_long_candidate_is_sampled_and_its_sample_covers_every_long_chain():
         chain = set(sequence[start : start + rng.randint(3, 8)])
         hits = chain & sample
         assert hits  # every chain of three positions has a sampled one
-        assert chain <= hits | fingerprint.shingle_neighbours(candidate, hits)
+        assert chain <= hits | copy_decision.shingle_neighbours(candidate, hits)
 
 
 def test_rule_4_counts_on_the_sample_of_a_long_candidate():
     candidate = fp(REPORT)
-    sample = sorted(fingerprint.shingle_sample(candidate))
+    sample = sorted(copy_decision.shingle_sample(candidate))
     others = sorted(candidate.shingles - set(sample))
     # half the sample: a reworded copy
     assert is_foreign_copy(candidate, set(sample[: (len(sample) + 1) // 2]))
     assert not is_foreign_copy(candidate, set(sample[: len(sample) // 2 - 1]))
     # the shingles outside the sample count only through rule 3
-    lone = {s for s in others if fingerprint.longest_shared_run(candidate, {s}) < 32}
+    lone = {s for s in others if copy_decision.longest_shared_run(candidate, {s}) < 32}
     assert not is_foreign_copy(candidate, set(list(lone)[:3]))
 
 
 def test_shingles_are_the_same_on_every_machine():
     # fixed constants and wrapping 64-bit arithmetic: these values must never change by
     # accident (stored fingerprints would stop matching)
-    assert fingerprint._kgram_hashes("abcdefghijklmnop").tolist() == [17596573770018659192]
+    assert shingles._kgram_hashes("abcdefghijklmnop").tolist() == [17596573770018659192]
     text = normalise_text("Bed 12 Mr Wang Jianguo, K+ 6.8 mmol/L, repeat potassium at 08:00")
-    assert fingerprint.shingle_sequence(text)[:3] == (
+    assert shingles.shingle_sequence(text)[:3] == (
         (0, "s:706dcb3968c5ab72"),
         (2, "s:d9751ce618c98cd8"),
         (8, "s:c365de772b70f3cf"),
@@ -666,7 +666,7 @@ def test_no_character_that_composes_backwards_counts_as_a_boundary():
             if len(parts) == 2:
                 seconds.add(chr(int(parts[1], 16)))
     assert len(seconds) > 50
-    assert not [hex(ord(c)) for c in seconds if fingerprint._is_boundary(c)]
+    assert not [hex(ord(c)) for c in seconds if normalise._is_boundary(c)]
 
 
 @pytest.mark.parametrize(
@@ -682,7 +682,7 @@ def test_no_character_that_composes_backwards_counts_as_a_boundary():
     ],
 )
 def test_normalisation_by_character_equals_unicodedata(text):
-    assert normalise_text(text) == fingerprint._normalise_exact(text)
+    assert normalise_text(text) == normalise._normalise_exact(text)
 
 
 def test_normalisation_by_character_equals_unicodedata_on_random_text():
@@ -691,7 +691,7 @@ def test_normalisation_by_character_equals_unicodedata_on_random_text():
     pool += [chr(c) for c in (*range(0x1100, 0x1200), *range(0xAC00, 0xAC20), 0x4E00, 0x9FA5)]
     for _ in range(3000):
         text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
-        assert normalise_text(text) == fingerprint._normalise_exact(text), repr(text)
+        assert normalise_text(text) == normalise._normalise_exact(text), repr(text)
 
 
 def test_longest_shared_run_equals_a_walk_over_every_position():
@@ -704,7 +704,7 @@ def test_longest_shared_run_equals_a_walk_over_every_position():
                     start = None
                     continue
                 start = offset if start is None else start
-                longest = max(longest, offset - start + fingerprint.K)
+                longest = max(longest, offset - start + shingles.K)
         return longest
 
     rng = random.Random(5)
@@ -713,7 +713,7 @@ def test_longest_shared_run_equals_a_walk_over_every_position():
         for _ in range(rng.randint(0, 3)):
             offset, sequence = 0, []
             for _ in range(rng.randint(0, 30)):
-                offset += rng.randint(1, fingerprint.W)
+                offset += rng.randint(1, shingles.W)
                 sequence.append((offset, f"s:{rng.randint(0, 12):016x}"))
             sequences.append(tuple(sequence))
         candidate = Fingerprints(
@@ -721,4 +721,4 @@ def test_longest_shared_run_equals_a_walk_over_every_position():
         )
         for _ in range(4):
             shared = {f"s:{rng.randint(0, 14):016x}" for _ in range(rng.randint(0, 10))}
-            assert fingerprint.longest_shared_run(candidate, shared) == walk(candidate, shared)
+            assert copy_decision.longest_shared_run(candidate, shared) == walk(candidate, shared)
