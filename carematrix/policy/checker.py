@@ -20,7 +20,7 @@ DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """What a value is, in an admin's words, for "must be X, got Y" messages."""
     if value is None:
         return "nothing"
@@ -40,7 +40,7 @@ class Checker:
 
     def mapping(self, value: Any, line: int, what: str) -> LineDict | None:
         if not isinstance(value, LineDict):
-            self.error(line, f"{what} must be a mapping (key: value), got {kind(value)}")
+            self.error(line, f"{what} must be a mapping (key: value), got {kind_of(value)}")
             return None
         return value
 
@@ -83,7 +83,7 @@ class Checker:
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, str | int) or isinstance(item, bool):
-                self.error(value.line_of(i), f"'{key}' in {what} must list text, got {kind(item)}")
+                self.error(value.line_of(i), f"'{key}' in {what} must list text, got {kind_of(item)}")
                 continue
             out.append((str(item), value.line_of(i)))
         return out
@@ -107,7 +107,7 @@ class Checker:
         if not match:
             self.error(
                 data.line_of(key),
-                f"'{key}' of {what} must be a duration like 30s, 15m, 24h or 180d, got {kind(value)}",
+                f"'{key}' of {what} must be a duration like 30s, 15m, 24h or 180d, got {kind_of(value)}",
             )
             return None
         seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from carematrix.policy.checker import Checker, Sections
+from carematrix.policy.checker import Checker, Sections, kind_of
 from carematrix.policy.oncall import OncallPolicy
 from carematrix.policy.org import Org, Unit
 from carematrix.policy.yamlsrc import LineDict, LineList
@@ -125,7 +125,9 @@ def parse_clinical(sections: Sections, org: Org, oncall: OncallPolicy | None) ->
         roles: dict[str, str] = {}
         rmap = chk.entries(body.get("roles"), body.line_of("roles"), f"'roles' of {what}") if "roles" in body else []
         for key, role_id, rline in rmap:
-            if role_id not in oncall_roles:
+            if isinstance(role_id, LineDict | LineList):
+                chk.error(rline, f"'roles.{key}' of {what} must name an on-call role, got {kind_of(role_id)}")
+            elif role_id not in oncall_roles:
                 chk.error(rline, f"'roles.{key}' of {what} names unknown on-call role '{role_id}'")
             roles[str(key)] = str(role_id)
         wards[str(code)] = Ward(str(code), unit, roles)
@@ -203,6 +205,9 @@ def _safety_net(data: LineDict, chk: Checker, oncall_roles: set[str], sources: f
     out: dict[str, str] = {}
     if "safety_net" in data:
         for source, role, line in chk.entries(data["safety_net"], data.line_of("safety_net"), "'clinical.safety_net'"):
+            if isinstance(role, LineDict | LineList):
+                chk.error(line, f"safety net for '{source}' must name an on-call role, got {kind_of(role)}")
+                continue
             if role not in oncall_roles:
                 chk.error(line, f"safety net for '{source}' names unknown on-call role '{role}'")
                 continue
@@ -244,6 +249,10 @@ def _cases(data: LineDict, chk: Checker, units: dict[str, Unit]) -> CasePolicy:
         for code, targets, line in orders:
             if not isinstance(targets, list) or not targets:
                 chk.error(line, f"consult order '{code}' needs the list of units to bring in")
+                continue
+            shaped = [u for u in targets if isinstance(u, LineDict | LineList)]
+            if shaped:
+                chk.error(line, f"consult order '{code}' must list unit IDs, got {kind_of(shaped[0])}")
                 continue
             unknown = [str(u) for u in targets if u not in units]
             if unknown:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from carematrix.identity import ROLE_PREFIX
 from carematrix.oncall.escalation import PRIORITIES, EscalationPolicy, Step
 from carematrix.oncall.targets import parse_target
-from carematrix.policy.checker import Checker, Sections
+from carematrix.policy.checker import Checker, Sections, kind_of
 from carematrix.policy.org import Org, Unit
 from carematrix.policy.yamlsrc import LineDict, LineList
 
@@ -258,7 +258,9 @@ def _feeds(chk: Checker, data: LineDict, roles: dict[str, RoleAddress], staff: s
             chk.error(spec.line, f"{what} needs 'roles': the feed's labels mapped to role addresses")
         else:
             for label, role_id in rmap.items():
-                if role_id not in roles:
+                if isinstance(role_id, LineDict | LineList):
+                    chk.error(rmap.line_of(label), f"'roles' of {what}: '{label}' must map to a role address, got {kind_of(role_id)}")
+                elif role_id not in roles:
                     chk.error(rmap.line_of(label), f"'roles' of {what}: '{label}' maps to unknown role address '{role_id}'")
                 mapping[str(label)] = str(role_id)
         staff_map = None

@@ -135,3 +135,34 @@ def test_digest_changes_with_content_only():
     b = load_policy_texts([("h.yaml", HOSPITAL)])
     c = load_policy_texts([("h.yaml", HOSPITAL.replace("Test Hospital", "Other"))])
     assert a.digest == b.digest != c.digest
+
+
+def test_a_list_or_mapping_where_a_name_belongs_is_reported_with_its_line():
+    """An indentation slip turns a role name into a list or mapping; the check must report it
+    (a crash would stop `carematrix policy check` and leave a reload unexplained)."""
+    oncall = (
+        "oncall:\n  timezone: UTC\n  roles:\n"
+        "    icu/nurse: {unit: icu, name: Nurse, escalation: [{to: oncall, timeout: 2m}]}\n"
+        "  feeds:\n"
+        "    - {id: r, kind: csv, path: r.csv, roles: {Nurse: [icu/nurse]}}\n"
+    )
+    clinical = (
+        "clinical:\n"
+        "  senders: [HIS]\n"
+        "  wards:\n"
+        "    ICU: {unit: icu, roles: {nurse: {id: icu/nurse}}}\n"
+        "  rules:\n"
+        "    - {when: critical_result, page: [nurse], priority: critical}\n"
+        "  safety_net: {'*': [icu/nurse]}\n"
+        "  integration_room: integration\n"
+        "  cases:\n"
+        "    consult_orders: {CONS-ICU: [{unit: icu}]}\n"
+    )
+    errors = errors_of(("h.yaml", HOSPITAL), ("o.yaml", oncall), ("c.yaml", clinical))
+    for expected in (
+        "c.yaml:4: 'roles.nurse' of ward 'ICU' must name an on-call role, got a mapping",
+        "c.yaml:7: safety net for '*' must name an on-call role, got a list",
+        "c.yaml:10: consult order 'CONS-ICU' must list unit IDs, got a mapping",
+        "o.yaml:6: 'roles' of roster feed 'r': 'Nurse' must map to a role address, got a list",
+    ):
+        assert expected in errors
