@@ -53,25 +53,51 @@ def test_yaml_syntax_error_names_the_line():
     assert len(errors) == 1 and errors[0].startswith("bad.yaml:") and "invalid YAML" in errors[0]
 
 
-def test_the_fast_parser_reads_every_value_and_line_as_pyyaml_and_errors_are_pyyamls(monkeypatch):
-    texts = [p.read_text(encoding="utf-8") for p in sorted(DEMO_POLICY_DIR.glob("*.yaml"))]
-    texts.append(HOSPITAL + "room_classes:\n  a: {post: {roles: [announcer]}}\n  b:\n    - x\n    - 'y: z'\n")
+def _shape(doc):
+    """Values, types and every line number of a parsed document."""
+    if isinstance(doc, LineDict):
+        return ("map", doc.line, doc.key_lines, {k: _shape(v) for k, v in doc.items()})
+    if isinstance(doc, LineList):
+        return ("list", doc.line, doc.item_lines, [_shape(v) for v in doc])
+    return (type(doc).__name__, doc)
 
-    def shape(doc):
-        if isinstance(doc, LineDict):
-            return ("map", doc.line, doc.key_lines, {k: shape(v) for k, v in doc.items()})
-        if isinstance(doc, LineList):
-            return ("list", doc.line, doc.item_lines, [shape(v) for v in doc])
-        return doc
 
-    fast = [shape(parse_yaml(t)) for t in texts]
-    monkeypatch.setattr(yamlsrc, "_FastLineLoader", yamlsrc._LineLoader)  # PyYAML's own parser only
-    assert fast == [shape(parse_yaml(t)) for t in texts]
-    broken = "staff:\n  - name: [unclosed\n    units: x\n"
-    with pytest.raises(YamlSyntaxError) as pure:
-        parse_yaml(broken)
-    monkeypatch.undo()
+YAML_SAMPLES = [
+    *(p.read_text(encoding="utf-8") for p in sorted(DEMO_POLICY_DIR.glob("*.yaml"))),
+    HOSPITAL + "room_classes:\n  a: {post: {roles: [announcer]}}\n  b:\n    - x\n    - 'y: z'\n",
+    "a: 1\nb: 1.5\nc: true\nd: null\ne: ~\nf: 2024-01-02\ng: 0x1f\nh: '007'\n1: one\nno: off\n",
+    "list:\n- - nested\n  - [flow, list]\n- {}\n- []\n- |\n  literal\n  text\n",
+    "",
+    "# only a comment\n",
+    "---\nexplicit: document\n...\n",
+    # Left to PyYAML's loader (anchors, tags, merge keys), read the same all the same:
+    "base: &b {x: 1}\nuse: *b\nmerged:\n  <<: *b\n  y: 2\n",
+    "tagged: !!str 123\nset: !!set {a, b}\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_SAMPLES)
+def test_the_fast_reader_reads_every_value_and_line_as_pyyaml_does(text, monkeypatch):
+    if "&b" not in text and "!!" not in text:
+        yamlsrc._read_plain(text)  # read by the fast reader itself, not handed on
+    fast = _shape(parse_yaml(text))
+    monkeypatch.setattr(yamlsrc, "CParser", None)  # PyYAML's own parser only
+    assert fast == _shape(parse_yaml(text))
+
+
+@pytest.mark.parametrize("broken", [
+    "staff:\n  - name: [unclosed\n    units: x\n",
+    "a: 1\na: 2\n",
+    "? [complex]\n: key\n",
+    "2024-01-01: a date as a key\n",
+    "one: doc\n---\ntwo: docs\n",
+    "a: b: c\n",
+])
+def test_errors_read_as_pyyamls_own(broken, monkeypatch):
     with pytest.raises(YamlSyntaxError) as either:
+        parse_yaml(broken)
+    monkeypatch.setattr(yamlsrc, "CParser", None)
+    with pytest.raises(YamlSyntaxError) as pure:
         parse_yaml(broken)
     assert str(either.value) == str(pure.value)
 
