@@ -14,6 +14,7 @@ from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
 from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from carematrix.gc_pause import without_automatic_gc
 from carematrix.org.plan import desired_state, plan
 from carematrix.policy.holder import PolicyHolder
 
@@ -83,8 +84,9 @@ class OrgSyncService:
             policy = self.policy.current
             report = SyncReport(policy.digest, dry_run)
             # Working out the org's rooms and members, and the plan, takes most of a second
-            # for 5,000 staff: done in a thread so the loop (MLLP ACKs, escalations) runs on.
-            desired = await asyncio.to_thread(desired_state, policy)
+            # for 5,000 staff: done in a thread so the loop (MLLP ACKs, escalations) runs on
+            # (carematrix.gc_pause says why collection waits meanwhile).
+            desired = await asyncio.to_thread(without_automatic_gc, desired_state, policy)
             async with aiohttp.ClientSession() as session:
                 matrix = OrgMatrix(session, self.homeserver_url, self.as_token, self.server_name, self.bot_user_id)
                 try:
@@ -93,7 +95,7 @@ class OrgSyncService:
                     report.errors.append(f"cannot read the homeserver's current state: {exc}")
                     self.last_report = report
                     return report
-                actions = await asyncio.to_thread(plan, desired, observed)
+                actions = await asyncio.to_thread(without_automatic_gc, plan, desired, observed)
                 report.actions = [a.describe() for a in actions]
                 if not dry_run:
                     # Remember first: an account created by a sync that then fails half-way

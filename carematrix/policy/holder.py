@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from carematrix.gc_pause import automatic_gc_paused
 from carematrix.policy.errors import PolicyError, PolicyInvalid
 from carematrix.policy.loader import load_policy, policy_fingerprint
 from carematrix.policy.model import Policy
@@ -48,7 +49,8 @@ async def run_here(fn: Callable[[], T]) -> T:
 def parse(directory: Path) -> Policy | PolicyInvalid:
     """The slow part, run off the loop: the whole policy, or why it is not valid."""
     try:
-        return load_policy(directory)
+        with automatic_gc_paused():
+            return load_policy(directory)
     except PolicyInvalid as exc:
         return exc
 

@@ -4,6 +4,7 @@ policy, the parse runs off the event loop, and only one reload runs at a time.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import threading
@@ -165,3 +166,26 @@ async def test_a_parse_that_fails_unexpectedly_is_tried_again_at_the_next_poll(p
     assert holder.current is old
     outcome = await holder.refresh(run_here)
     assert outcome.accepted and holder.current.room_classes["announcement"].reactions is False
+
+
+async def test_automatic_collection_pauses_while_parsing_and_is_left_as_the_process_had_it(policy_dir, monkeypatch):
+    holder = PolicyHolder(policy_dir)
+    during = []
+    real = holder_module.load_policy
+
+    def load(directory):
+        during.append(gc.isenabled())
+        return real(directory)
+
+    monkeypatch.setattr(holder_module, "load_policy", load)
+    assert gc.isenabled()
+    _set_reactions(policy_dir, "false")
+    await holder.refresh(asyncio.to_thread)
+    assert during == [False] and gc.isenabled()
+    gc.disable()  # as Synapse runs: it collects on its own schedule
+    try:
+        _set_reactions(policy_dir, "true")
+        await holder.refresh(asyncio.to_thread)
+        assert during == [False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
