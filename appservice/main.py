@@ -32,7 +32,7 @@ from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.dedupe import NoTransactionIds, RecentEvents
-from appservice.matrix_admin import OrgMatrix
+from appservice.homeserver import Homeserver
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
@@ -334,20 +334,19 @@ async def run(config: AppserviceConfig) -> None:
         state_store=PgASStateStore(db),
         ephemeral_events=True,
     )
+    # Every call to the homeserver goes through mautrix's client as the bot.
+    homeserver = Homeserver(lambda: appserv.intent, config.domain)
     org = OrgSyncService(
         db,
         holder,
-        config.homeserver_url,
-        config.as_token,
-        config.domain,
+        homeserver,
         appserv.bot_mxid,
         config.initial_password,
         AuditClient(config.homeserver_url, config.as_token),
     )
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession()  # for the hospital's other systems (FHIR, DICOMweb, EMR)
     oncall = OncallService(
-        OncallStore(db), holder,
-        OrgMatrix(session, config.homeserver_url, config.as_token, config.domain, appserv.bot_mxid),
+        OncallStore(db), holder, homeserver,
         appserv.bot_mxid, AuditClient(config.homeserver_url, config.as_token), Clock(),
     )
     clinical = ClinicalService(

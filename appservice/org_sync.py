@@ -9,11 +9,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
-from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
+from appservice.org_matrix import OrgMatrix
 from carematrix.gc_pause import without_automatic_gc
 from carematrix.org.plan import desired_state, plan
 from carematrix.policy.holder import PolicyHolder
@@ -45,18 +45,14 @@ class OrgSyncService:
         self,
         db: Database,
         policy: PolicyHolder,
-        homeserver_url: str,
-        as_token: str,
-        server_name: str,
+        homeserver: Homeserver,
         bot_user_id: str,
         initial_password: str | None,
         audit: AuditClient | None = None,
     ) -> None:
         self.db = db
         self.policy = policy
-        self.homeserver_url = homeserver_url
-        self.as_token = as_token
-        self.server_name = server_name
+        self.homeserver = homeserver
         self.bot_user_id = bot_user_id
         self.initial_password = initial_password
         self.audit = audit
@@ -87,22 +83,21 @@ class OrgSyncService:
             # for 5,000 staff: done in a thread so the loop (MLLP ACKs, escalations) runs on
             # (carematrix.gc_pause says why collection waits meanwhile).
             desired = await asyncio.to_thread(without_automatic_gc, desired_state, policy)
-            async with aiohttp.ClientSession() as session:
-                matrix = OrgMatrix(session, self.homeserver_url, self.as_token, self.server_name, self.bot_user_id)
-                try:
-                    observed = await matrix.observe(desired, await self.managed())
-                except MatrixCallFailed as exc:
-                    report.errors.append(f"cannot read the homeserver's current state: {exc}")
-                    self.last_report = report
-                    return report
-                actions = await asyncio.to_thread(without_automatic_gc, plan, desired, observed)
-                report.actions = [a.describe() for a in actions]
-                if not dry_run:
-                    # Remember first: an account created by a sync that then fails half-way
-                    # must still be recognised as ours next time.
-                    await self._remember(set(desired.accounts))
-                    report.errors = await matrix.apply(actions, self.initial_password)
-                    report.phase_seconds = matrix.phase_seconds
+            matrix = OrgMatrix(self.homeserver, self.bot_user_id)
+            try:
+                observed = await matrix.observe(desired, await self.managed())
+            except (MatrixCallFailed, HomeserverUnreachable) as exc:
+                report.errors.append(f"cannot read the homeserver's current state: {exc}")
+                self.last_report = report
+                return report
+            actions = await asyncio.to_thread(without_automatic_gc, plan, desired, observed)
+            report.actions = [a.describe() for a in actions]
+            if not dry_run:
+                # Remember first: an account created by a sync that then fails half-way
+                # must still be recognised as ours next time.
+                await self._remember(set(desired.accounts))
+                report.errors = await matrix.apply(actions, self.initial_password)
+                report.phase_seconds = matrix.phase_seconds
             report.seconds = time.monotonic() - started
             if not dry_run:
                 log.info(

@@ -164,7 +164,11 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
     """The same plan (accounts, spaces and rooms, joins, locks), applied by the same code with
     the same concurrency to a Synapse without our modules or appservice: what Synapse itself
     needs for that many events on this machine."""
-    from appservice.matrix_admin import OrgMatrix
+    from mautrix.api import HTTPAPI
+    from mautrix.client import ClientAPI
+
+    from appservice.homeserver import Homeserver
+    from appservice.org_matrix import OrgMatrix
     from carematrix.org.plan import Observed, desired_state, plan
     from carematrix.policy import load_policy
 
@@ -181,7 +185,9 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
         token = seeder.admin_token()
         actions = plan(desired_state(load_policy(policy_dir)), Observed())
         async with aiohttp.ClientSession() as session:
-            matrix = OrgMatrix(session, d.settings.homeserver_url, token, d.settings.server_name, d.admin_user_id)
+            api = HTTPAPI(d.settings.homeserver_url, token, client_session=session)
+            homeserver = Homeserver(lambda: ClientAPI(d.admin_user_id, api=api), d.settings.server_name)
+            matrix = OrgMatrix(homeserver, d.admin_user_id)
             t0 = time.perf_counter()
             errors = await matrix.apply(actions, None)
             seconds = time.perf_counter() - t0

@@ -42,7 +42,7 @@ from appservice.clinical.locate import Located, LocateFailed, PatientLocator
 from appservice.clinical.pdf_fonts import FontUnavailable
 from appservice.clinical.store import ClinicalStore
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
-from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from appservice.oncall.service import OncallService
 from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
@@ -85,12 +85,6 @@ class Opened:
     paged: list[str]  # role IDs
     ward_short: str  # which ward was found and how, or that none was
     unreached: list[str]  # a sentence per role or person who could not be brought in
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MatrixCallFailed):
-        return exc.reason
-    return f"the homeserver could not be reached ({type(exc).__name__})"
 
 
 class CaseStore:
@@ -136,7 +130,7 @@ class CaseStore:
 
 class CaseService:
     def __init__(
-        self, db: Database, clinical: ClinicalStore, holder: Any, matrix: OrgMatrix, oncall: OncallService,
+        self, db: Database, clinical: ClinicalStore, holder: Any, matrix: Homeserver, oncall: OncallService,
         audit: AuditClient, bot_user_id: str, *, fhir_server: str | None, dicomweb: str | None,
         emr_archive: str | None, archive_dir: Path | None, session: aiohttp.ClientSession,
         token: str | None = None,
@@ -357,15 +351,15 @@ class CaseService:
                         f"{case_id}-{role_id}", role_id, room_id, event_id, requester or self.bot,
                         priority="urgent", subject=subject, unreached=unreached,
                     )
-                except (MatrixCallFailed, aiohttp.ClientError, TimeoutError) as exc:
-                    passing = not isinstance(exc, MatrixCallFailed) or exc.transient
+                except (MatrixCallFailed, HomeserverUnreachable) as exc:
+                    passing = exc.transient
                     pause = next(pauses, None) if passing else None
                     log.warning("case %s: role %s not brought into %s%s: %s", case_id, role_id, room_id,
                                 "; trying again" if pause is not None else "", exc)
                     if pause is not None:
                         await asyncio.sleep(pause)
                         continue
-                    text = f"Could not bring {role_id} into this room: {_reason(exc)}. Nobody on duty for it is paged here."
+                    text = f"Could not bring {role_id} into this room: {exc.reason}. Nobody on duty for it is paged here."
                     unreached.append(text)
                     await self._send(room_id, {"msgtype": "m.notice", "body": text}, f"{case_id}-{role_id.replace('/', '-')}-unreached")
                     break
@@ -626,8 +620,8 @@ class CaseService:
             error = exc.body.get("error") if isinstance(exc.body, dict) else None
             detail = f"{exc.errcode or 'HTTP ' + str(exc.status)}{': ' + str(error) if error else ''}"
             raise ArchiveIncomplete(f"{what} could not be downloaded ({detail})") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ArchiveIncomplete(f"{what} could not be downloaded ({type(exc).__name__}: {exc})") from exc
+        except HomeserverUnreachable as exc:
+            raise ArchiveIncomplete(f"{what} could not be downloaded ({exc.reason})") from exc
         log.info("case %s: archived %s (%d bytes)", case_id, url, len(data))
         return Attachment(filename=filename, mimetype=str(info.get("mimetype") or "application/octet-stream"), data=data)
 

@@ -25,7 +25,7 @@ from appservice.audit_client import AuditClient
 from appservice.clinical.fhir_intake import MESSAGE_PREFIX
 from appservice.clinical.mllp_listener import MllpLimits, MllpListener
 from appservice.clinical.store import ClinicalStore, Inbound
-from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from appservice.homeserver import Homeserver, MatrixCallFailed
 from appservice.oncall.service import OncallService
 from bridges.fhir.events import extract_resource
 from bridges.fhir.outcome import FhirInvalid
@@ -50,7 +50,7 @@ SOURCE_FIELD = "org.carematrix.hl7"
 
 class ClinicalService:
     def __init__(
-        self, store: ClinicalStore, holder: PolicyHolder, matrix: OrgMatrix, oncall: OncallService,
+        self, store: ClinicalStore, holder: PolicyHolder, matrix: Homeserver, oncall: OncallService,
         audit: AuditClient, bot_user_id: str, his_token: str | None,
     ) -> None:
         self.store = store

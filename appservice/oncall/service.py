@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from appservice.audit_client import AuditClient
-from appservice.matrix_admin import MatrixCallFailed, OrgMatrix
+from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from appservice.oncall import quiet_hours
 from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
@@ -76,7 +76,7 @@ class OncallService:
         self,
         store: OncallStore,
         holder: PolicyHolder,
-        matrix: OrgMatrix,
+        matrix: Homeserver,
         bot_user_id: str,
         audit: AuditClient,
         clock: Clock,
@@ -605,8 +605,8 @@ class OncallService:
                     self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", str(exc))
                     continue
                 log.error("page %s: %s failed, not retried: %s", page_id, action.kind, exc)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", _unreachable(exc))
+            except HomeserverUnreachable as exc:
+                self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", exc.reason)
                 continue
             self._retry.pop(txn_id, None)
             await self.store.mark_sent(txn_id)
@@ -703,8 +703,8 @@ class OncallService:
                 return str(exc.body.get("error") if isinstance(exc.body, dict) else exc)
             error: Exception = exc
             reason = exc.reason
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            error, reason = exc, _unreachable(exc)
+        except HomeserverUnreachable as exc:
+            error, reason = exc, exc.reason
         log.warning("page %s: %s could not be invited to %s yet (%s)", page.page_id, staff, page.room_id, reason)
         text = f"Could not bring {self.name(staff)} into this room for {page.role} yet: {reason}. Trying again."
         self._collect_unreached(page, text)
@@ -953,23 +953,24 @@ class OncallService:
                 log.error("quiet hours for %s: %s", staff, exc)
 
     async def _set_quiet(self, user_id: str, off_duty: bool) -> None:
-        token = await self._token_for(user_id)
-        session, base = self.matrix.session, self.matrix.base
-        headers = {"Authorization": f"Bearer {token}"}
-        async with session.get(f"{base}/_matrix/client/v3/pushrules/global/", headers=headers) as resp:
-            current = (await resp.json()).get("override", []) if resp.status == 200 else []
+        user = self.matrix.with_token(user_id, await self._token_for(user_id))
+        rules = "/_matrix/client/v3/pushrules/global/override/"
+        try:
+            current = (await user.call("GET", "/_matrix/client/v3/pushrules/global/")).get("override", [])
+        except MatrixCallFailed:
+            current = []
         for op, rule_id, body, before in quiet_hours.needed_changes(current, off_duty, user_id=user_id):
-            url = f"{base}/_matrix/client/v3/pushrules/global/override/{quote(rule_id)}"
+            path = rules + quote(rule_id)
             if op == "put":
-                async with session.put(url, json=body, params={"before": before} if before else None, headers=headers) as resp:
-                    if resp.status >= 400:
-                        raise MatrixCallFailed("PUT", url, resp.status, await resp.json(content_type=None))
-            elif op == "delete":
-                async with session.delete(url, headers=headers):
-                    pass
-            elif op in ("enable", "disable"):
-                async with session.put(url + "/enabled", json={"enabled": op == "enable"}, headers=headers):
-                    pass
+                await user.call("PUT", path + (f"?before={quote(before)}" if before else ""), body)
+                continue
+            try:  # a rule already gone, or already as wanted, is no failure
+                if op == "delete":
+                    await user.call("DELETE", path)
+                elif op in ("enable", "disable"):
+                    await user.call("PUT", path + "/enabled", {"enabled": op == "enable"})
+            except MatrixCallFailed as exc:
+                log.debug("quiet hours for %s: %s", user_id, exc)
 
     async def _token_for(self, user_id: str) -> str:
         token = self._user_tokens.get(user_id)
@@ -1005,10 +1006,6 @@ def _first_line(text: str) -> str:
     """A quoted reply's fallback ("> <@a:b> …") is not what the sender wrote."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(">")]
     return (lines[0] if lines else "").strip()[:200]
-
-
-def _unreachable(exc: BaseException) -> str:
-    return f"the homeserver could not be reached ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
 
 
 def _zone(name: str) -> Any:

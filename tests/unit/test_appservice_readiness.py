@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from appservice.homeserver import MatrixCallFailed
 from appservice.main import HEALTH_PATH, Bot
-from appservice.matrix_admin import MatrixCallFailed
 from appservice.oncall.service import OncallService
 
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from appservice.matrix_admin import MatrixCallFailed
+from appservice.homeserver import MatrixCallFailed
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from carematrix.oncall.escalation import Action, Page

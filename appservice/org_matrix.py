@@ -1,17 +1,17 @@
-"""Org sync's Matrix side: observe the homeserver and apply a plan, over the client and
-admin HTTP APIs as the CareMatrix bot (a server admin)."""
+"""Org sync's Matrix side: observe the homeserver and carry out a plan, step by step, over
+the client and admin APIs as the CareMatrix bot (a server admin) — which call each planned
+action is, in what order and how many at once. The calls go through mautrix's client
+(appservice.homeserver)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
+from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from carematrix import identity
 from carematrix.org.plan import (
     POPULATING_JOIN_RULE,
@@ -46,77 +46,15 @@ def _round_robin_by_room(actions: list[Action]) -> list[Action]:
     return out
 
 
-class MatrixCallFailed(Exception):
-    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
-        self.errcode = body.get("errcode") if isinstance(body, dict) else None
-        super().__init__(f"{method} {path}: HTTP {status} {body}")
-
-    @property
-    def transient(self) -> bool:
-        """Server trouble and rate limits pass; a refusal (other 4xx) stays a refusal."""
-        return self.status >= 500 or self.status == 429
-
-    @property
-    def reason(self) -> str:
-        """"HTTP 403 M_FORBIDDEN: You don't have permission to invite users": the homeserver's
-        own words, fit to show to the people affected."""
-        detail = str((self.body.get("error") if isinstance(self.body, dict) else self.body) or "")[:200]
-        return f"HTTP {self.status}" + (f" {self.errcode}" if self.errcode else "") + (f": {detail}" if detail else "")
-
-
 class OrgMatrix:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, server_name: str, bot_user_id: str) -> None:
-        self.session = session
-        self.base = base_url.rstrip("/")
-        self.token = token
-        self.server = server_name
+    """One sync's view of the homeserver: the room IDs it found or made, by alias."""
+
+    def __init__(self, homeserver: Homeserver, bot_user_id: str) -> None:
+        self.hs = homeserver
         self.bot = bot_user_id
         self.room_ids: dict[str, str] = {}  # alias localpart -> room ID
         self.populating: set[str] = set()  # aliases of rooms still open for their initial members
         self.phase_seconds: dict[str, float] = {}  # how long each step of the last apply took
-
-    def uid(self, localpart: str) -> str:
-        return identity.user_id(localpart, self.server)
-
-    async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
-        """``as_user``: act as a user of the appservice's namespaces (appservice token only)."""
-        params = {"user_id": as_user} if as_user else None
-        async with self.session.request(
-            method, self.base + path, json=body, params=params,
-            headers={"Authorization": f"Bearer {self.token}"},
-        ) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise MatrixCallFailed(method, path, resp.status, data)
-            return data
-
-    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
-        """Put a file in the media repository as the bot; returns its mxc:// URI."""
-        path = "/_matrix/media/v3/upload"
-        async with self.session.post(
-            self.base + path, data=data, params={"filename": filename},
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": content_type},
-        ) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise MatrixCallFailed("POST", path, resp.status, body)
-            return str(body["content_uri"])
-
-    async def download(self, mxc: str) -> bytes:
-        """A file from the media repository as the bot (authenticated media)."""
-        server, media_id = mxc[len("mxc://"):].split("/", 1)
-        path = f"/_matrix/client/v1/media/download/{quote(server)}/{quote(media_id)}"
-        async with self.session.get(self.base + path, headers={"Authorization": f"Bearer {self.token}"}) as resp:
-            if resp.status >= 400:
-                text = await resp.text()
-                try:  # a Matrix error ({"errcode", "error"}) when the server says why
-                    body: Any = json.loads(text)
-                except ValueError:
-                    body = text
-                raise MatrixCallFailed("GET", path, resp.status, body)
-            return await resp.read()
 
     async def _gather(self, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
         gate = asyncio.Semaphore(CONCURRENCY)
@@ -133,10 +71,10 @@ class OrgMatrix:
         users: dict[str, ObservedUser] = {}
         token: str | None = "0"
         while token is not None:
-            page = await self.call("GET", f"/_synapse/admin/v2/users?from={token}&limit=1000&deactivated=true&guests=false")
+            page = await self.hs.call("GET", f"/_synapse/admin/v2/users?from={token}&limit=1000&deactivated=true&guests=false")
             for entry in page.get("users", []):
                 user_id = entry["name"]
-                local = identity.local_localpart(user_id, self.server)
+                local = identity.local_localpart(user_id, self.hs.server)
                 if local is None:
                     continue
                 users[local] = ObservedUser(entry.get("displayname"), bool(entry.get("deactivated")))
@@ -145,18 +83,18 @@ class OrgMatrix:
 
     async def _room_members(self, alias: str) -> tuple[str, set[str], str] | None:
         try:
-            room_id = (await self.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + alias + ':' + self.server)}"))["room_id"]
+            room_id = (await self.hs.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + alias + ':' + self.hs.server)}"))["room_id"]
         except MatrixCallFailed as exc:
             if exc.status == 404:
                 return None
             raise
-        joined = (await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members"))["joined"]
+        joined = (await self.hs.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/joined_members"))["joined"]
         members = {
             local
             for uid in joined
-            if not identity.is_system_account(uid, self.bot, self.server) and (local := identity.local_localpart(uid, self.server))
+            if not identity.is_system_account(uid, self.bot, self.hs.server) and (local := identity.local_localpart(uid, self.hs.server))
         }
-        join_rules = await self.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.join_rules")
+        join_rules = await self.hs.call("GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.join_rules")
         return room_id, members, str(join_rules.get("join_rule"))
 
     async def wait_for_policy(self, digest: str, timeout: float = 15.0) -> None:
@@ -165,7 +103,7 @@ class OrgMatrix:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                status = await self.call("GET", POLICY_STATUS_PATH)
+                status = await self.hs.call("GET", POLICY_STATUS_PATH)
             except MatrixCallFailed:
                 return  # no policy module (or an older one): nothing to wait for
             if status.get("digest") == digest or asyncio.get_running_loop().time() > deadline:
@@ -198,7 +136,7 @@ class OrgMatrix:
         parent_id = self.room_ids.get(room.parent_alias) if room.parent_alias else None
         if parent_id:
             initial_state.append(
-                {"type": "m.space.parent", "state_key": parent_id, "content": {"via": [self.server], "canonical": True}}
+                {"type": "m.space.parent", "state_key": parent_id, "content": {"via": [self.hs.server], "canonical": True}}
             )
         # From room version 12 a room's ID is the hash of its create event, and rooms the bot
         # creates side by side in one millisecond would otherwise have identical ones (Synapse
@@ -216,14 +154,14 @@ class OrgMatrix:
             "initial_state": initial_state,
             "power_level_content_override": {"events_default": 0, "state_default": 50, "invite": 50, "kick": 50, "ban": 50, "redact": 50},
         }
-        room_id = (await self.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
+        room_id = (await self.hs.call("POST", "/_matrix/client/v3/createRoom", body))["room_id"]
         self.room_ids[room.alias] = room_id
         self.populating.add(room.alias)
         if parent_id:
-            await self.call(
+            await self.hs.call(
                 "PUT",
                 f"/_matrix/client/v3/rooms/{quote(parent_id)}/state/m.space.child/{quote(room_id)}",
-                {"via": [self.server]},
+                {"via": [self.hs.server]},
             )
 
     def _request(self, a: Action, initial_password: str | None) -> tuple[str, str, dict[str, Any]]:
@@ -234,15 +172,15 @@ class OrgMatrix:
                 body["deactivated"] = False
                 if initial_password:
                     body["password"] = initial_password
-            return "PUT", f"/_synapse/admin/v2/users/{quote(self.uid(a.target))}", body
+            return "PUT", f"/_synapse/admin/v2/users/{quote(self.hs.uid(a.target))}", body
         if a.kind == "deactivate":
-            return "POST", f"/_synapse/admin/v1/deactivate/{quote(self.uid(a.target))}", {"erase": False}
+            return "POST", f"/_synapse/admin/v1/deactivate/{quote(self.hs.uid(a.target))}", {"erase": False}
         if a.kind == "join":
-            return "POST", f"/_synapse/admin/v1/join/{quote(self.room_ids[a.detail])}", {"user_id": self.uid(a.target)}
+            return "POST", f"/_synapse/admin/v1/join/{quote(self.room_ids[a.detail])}", {"user_id": self.hs.uid(a.target)}
         if a.kind == "kick":
             room = quote(self.room_ids[a.detail])
             reason = "No longer in this unit (org sync)"
-            return "POST", f"/_matrix/client/v3/rooms/{room}/kick", {"user_id": self.uid(a.target), "reason": reason}
+            return "POST", f"/_matrix/client/v3/rooms/{room}/kick", {"user_id": self.hs.uid(a.target), "reason": reason}
         if a.kind == "lock":
             path = f"/_matrix/client/v3/rooms/{quote(self.room_ids[a.target])}/state/m.room.join_rules/"
             return "PUT", path, {"join_rule": "invite"}
@@ -262,18 +200,18 @@ class OrgMatrix:
             # fork its history, and Synapse would resolve the room's whole state to merge them.
             for i in range(0, len(group), POPULATE_CHUNK):
                 chunk = group[i : i + POPULATE_CHUNK]
-                body = {"room_id": self.room_ids[chunk[0].detail], "user_ids": [self.uid(a.target) for a in chunk]}
+                body = {"room_id": self.room_ids[chunk[0].detail], "user_ids": [self.hs.uid(a.target) for a in chunk]}
                 try:
-                    result = await self.call("POST", POPULATE_PATH, body)
-                except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
+                    result = await self.hs.call("POST", POPULATE_PATH, body)
+                except (MatrixCallFailed, HomeserverUnreachable) as exc:
                     if not (isinstance(exc, MatrixCallFailed) and exc.errcode == "M_UNRECOGNIZED"):
                         log.warning("bulk join into #%s failed (%s); joining one by one", chunk[0].detail, exc)
                     left.extend(chunk)
                     continue
                 refused = result.get("refused") or {}
                 for a in chunk:
-                    if self.uid(a.target) in refused:
-                        errors.append(f"{a.describe()}: refused: {refused[self.uid(a.target)]}")
+                    if self.hs.uid(a.target) in refused:
+                        errors.append(f"{a.describe()}: refused: {refused[self.hs.uid(a.target)]}")
 
         # Biggest rooms first, so that they do not trail at the end.
         groups = sorted(by_room.values(), key=len, reverse=True)
@@ -287,12 +225,12 @@ class OrgMatrix:
         async def attempt(action: Action, job: Callable[[], Awaitable[Any]]) -> None:
             try:
                 await job()
-            except (TimeoutError, MatrixCallFailed, aiohttp.ClientError) as exc:
+            except (MatrixCallFailed, HomeserverUnreachable) as exc:
                 errors.append(f"{action.describe()}: {exc}")
 
         async def run_all(batch: list[Action]) -> None:
             await self._gather(
-                [lambda a=a: attempt(a, lambda: self.call(*self._request(a, initial_password))) for a in batch]
+                [lambda a=a: attempt(a, lambda: self.hs.call(*self._request(a, initial_password))) for a in batch]
             )
 
         def of_kind(*kinds: str) -> list[Action]:

@@ -1,0 +1,138 @@
+"""The appservice's calls to its homeserver that mautrix has no typed method for — Synapse's
+admin API, our modules' endpoints (``/_synapse/client/carematrix/…``), raw client-server
+calls — made with mautrix's HTTP client: the appservice's own session and token, acting as
+the bot or, with ``as_user``, as a user of its namespaces.
+
+What this adds to ``HTTPAPI.request`` is the contract its callers rely on: a failure names
+the endpoint and the homeserver's answer (:class:`MatrixCallFailed`, whether it may pass),
+and a homeserver that does not answer is one exception (:class:`HomeserverUnreachable`).
+
+No call is retried here: mautrix retries only 502-504 and lost connections, after 4, 8, 16 s,
+which would hold a page or an org sync behind one wedged request. The callers decide: the
+on-call outbox retries a passing failure with its own back-off, org sync reports the failure
+and plans the step again on its next run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from mautrix.api import HTTPAPI, Method
+from mautrix.appservice import AppServiceAPI
+from mautrix.client import ClientAPI
+from mautrix.errors import MatrixConnectionError, MatrixRequestError, MatrixUnknownRequestError
+
+
+class MatrixCallFailed(Exception):
+    """The homeserver answered with an error."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        self.errcode = body.get("errcode") if isinstance(body, dict) else None
+        super().__init__(f"{method} {path}: HTTP {status} {body}")
+
+    @property
+    def transient(self) -> bool:
+        """Server trouble and rate limits pass; a refusal (other 4xx) stays a refusal."""
+        return self.status >= 500 or self.status == 429
+
+    @property
+    def reason(self) -> str:
+        """"HTTP 403 M_FORBIDDEN: You don't have permission to invite users": the homeserver's
+        own words, fit to show to the people affected."""
+        detail = str((self.body.get("error") if isinstance(self.body, dict) else self.body) or "")[:200]
+        return f"HTTP {self.status}" + (f" {self.errcode}" if self.errcode else "") + (f": {detail}" if detail else "")
+
+
+class HomeserverUnreachable(MatrixConnectionError):
+    """No answer from the homeserver (connection refused or lost, timed out): it may pass."""
+
+    transient = True
+
+    def __init__(self, method: str, path: str, cause: BaseException) -> None:
+        detail = f"{type(cause).__name__}{': ' + str(cause) if str(cause) else ''}"
+        self.reason = f"the homeserver could not be reached ({detail})"
+        super().__init__(f"{method} {path}: {self.reason}")
+
+
+def _failed(method: str, path: str, exc: MatrixRequestError) -> MatrixCallFailed:
+    body: Any = {"errcode": exc.errcode, "error": exc.message} if exc.errcode else None
+    if isinstance(exc, MatrixUnknownRequestError):
+        try:  # the whole answer, with fields beside errcode and error
+            body = json.loads(exc.text)
+        except ValueError:
+            body = body or exc.text
+    return MatrixCallFailed(method, path, exc.http_status, body)
+
+
+class Homeserver:
+    """``client``: mautrix's client to call with — the appservice's bot intent, which exists
+    only once the appservice has started (hence a function), or any ``ClientAPI``."""
+
+    def __init__(self, client: Callable[[], ClientAPI], server_name: str) -> None:
+        self._client = client
+        self.server = server_name
+
+    @property
+    def client(self) -> ClientAPI:
+        return self._client()
+
+    def uid(self, localpart: str) -> str:
+        return f"@{localpart}:{self.server}"
+
+    def with_token(self, user_id: str, token: str) -> Homeserver:
+        """The same homeserver as a user with their own access token (their push rules),
+        over the same connection pool."""
+        api = self.client.api
+        own = HTTPAPI(api.base_url, token, client_session=api.session, log=api.log)
+        return Homeserver(lambda: ClientAPI(user_id, api=own), self.server)
+
+    async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
+        """``path`` with its query string, if any; ``as_user``: act as a user of the
+        appservice's namespaces (appservice token only)."""
+        api = self.client.api
+        query: dict[str, str] = {}
+        if "?" in path:
+            path, _, query_string = path.partition("?")
+            query = dict(parse_qsl(query_string, keep_blank_values=True))
+        if as_user is not None:
+            if isinstance(api, AppServiceAPI):
+                api = api.user(as_user)
+            else:
+                query["user_id"] = as_user
+        return await self._request(api, method, path, body, query=query)
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put a file in the media repository as the bot; returns its mxc:// URI."""
+        answer = await self._request(
+            self.client.api, "POST", "/_matrix/media/v3/upload", data,
+            headers={"Content-Type": content_type}, query={"filename": filename},
+        )
+        return str(answer["content_uri"])
+
+    async def download(self, mxc: str) -> bytes:
+        """A file from the media repository as the bot (authenticated media)."""
+        try:
+            return await self.client.download_media(mxc)  # type: ignore[arg-type]
+        except aiohttp.ClientResponseError as exc:
+            raise MatrixCallFailed("GET", f"download of {mxc}", exc.status, exc.message) from exc
+        except MatrixRequestError as exc:  # asking the homeserver which versions it speaks
+            raise _failed("GET", "/_matrix/client/versions", exc) from exc
+        except (MatrixConnectionError, aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnreachable("GET", f"download of {mxc}", exc) from exc
+
+    @staticmethod
+    async def _request(
+        api: HTTPAPI, method: str, path: str, content: Any, *,
+        headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
+    ) -> Any:
+        try:
+            return await api.request(Method(method), path, content, headers=headers, query_params=query)
+        except MatrixRequestError as exc:
+            raise _failed(method, path, exc) from exc
+        except (MatrixConnectionError, TimeoutError) as exc:
+            raise HomeserverUnreachable(method, path, exc) from exc
