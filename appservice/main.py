@@ -336,25 +336,26 @@ async def run(config: AppserviceConfig) -> None:
     )
     # Every call to the homeserver goes through mautrix's client as the bot.
     homeserver = Homeserver(lambda: appserv.intent, config.domain)
+    audit = AuditClient(homeserver)
     org = OrgSyncService(
         db,
         holder,
         homeserver,
         appserv.bot_mxid,
         config.initial_password,
-        AuditClient(config.homeserver_url, config.as_token),
+        audit,
     )
     session = aiohttp.ClientSession()  # for the hospital's other systems (FHIR, DICOMweb, EMR)
     oncall = OncallService(
         OncallStore(db), holder, homeserver,
-        appserv.bot_mxid, AuditClient(config.homeserver_url, config.as_token), Clock(),
+        appserv.bot_mxid, audit, Clock(),
     )
     clinical = ClinicalService(
-        ClinicalStore(db), holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
+        ClinicalStore(db), holder, oncall.matrix, oncall, audit,
         appserv.bot_mxid, config.his_token,
     )
     cases = CaseService(
-        db, clinical.store, holder, oncall.matrix, oncall, AuditClient(config.homeserver_url, config.as_token),
+        db, clinical.store, holder, oncall.matrix, oncall, audit,
         appserv.bot_mxid, fhir_server=config.fhir_server, dicomweb=config.dicomweb,
         emr_archive=config.emr_archive, archive_dir=config.case_archives, session=session,
         token=config.systems_token,
@@ -374,7 +375,7 @@ async def run(config: AppserviceConfig) -> None:
 
     clinical.locate_ward = locate_ward
     fhir = FhirIntake(
-        clinical.store, holder, config.fhir_tokens, AuditClient(config.homeserver_url, config.as_token),
+        clinical.store, holder, config.fhir_tokens, audit,
         clinical.wake, can_fetch=bool(config.fhir_server),
     )
     fhir.routes(appserv.app)
