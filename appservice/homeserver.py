@@ -7,10 +7,13 @@ What this adds to ``HTTPAPI.request`` is the contract its callers rely on: a fai
 the endpoint and the homeserver's answer (:class:`MatrixCallFailed`, whether it may pass),
 and a homeserver that does not answer is one exception (:class:`HomeserverUnreachable`).
 
-No call is retried here: mautrix retries only 502-504 and lost connections, after 4, 8, 16 s,
-which would hold a page or an org sync behind one wedged request. The callers decide: the
-on-call outbox retries a passing failure with its own back-off, org sync reports the failure
-and plans the step again on its next run."""
+No call is retried here (mautrix's retries are turned off per call): mautrix would retry
+only 502-504 and lost connections, after 4, 8, 16 s, holding a page or an org sync behind one
+wedged request; 429 it does not retry at all (the appservice is not rate-limited — its
+registration says ``rate_limited: false`` — nor is the admin API). The callers decide: the
+on-call outbox retries a passing failure with its own back-off, audit records are tried
+again within a bound, org sync reports the failure and plans the step again on its next
+run."""
 
 from __future__ import annotations
 
@@ -71,7 +74,8 @@ def _failed(method: str, path: str, exc: MatrixRequestError) -> MatrixCallFailed
 
 class Homeserver:
     """``client``: mautrix's client to call with — the appservice's bot intent, which exists
-    only once the appservice has started (hence a function), or any ``ClientAPI``."""
+    only once the appservice has started (hence a function), or any ``ClientAPI`` (the
+    benchmark's admin on a plain Synapse)."""
 
     def __init__(self, client: Callable[[], ClientAPI], server_name: str) -> None:
         self._client = client
@@ -131,7 +135,7 @@ class Homeserver:
         headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
     ) -> Any:
         try:
-            return await api.request(Method(method), path, content, headers=headers, query_params=query)
+            return await api.request(Method(method), path, content, headers=headers, query_params=query, retry_count=0)
         except MatrixRequestError as exc:
             raise _failed(method, path, exc) from exc
         except (MatrixConnectionError, TimeoutError) as exc:
