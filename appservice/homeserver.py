@@ -1,6 +1,6 @@
 """The appservice's calls to its homeserver that mautrix has no typed method for — Synapse's
 admin API, our modules' endpoints (``/_synapse/client/carematrix/…``), raw client-server
-calls — made with mautrix's HTTP client: the appservice's own session and token, acting as
+calls — made with mautrix's HTTP client on the appservice's own session and token, acting as
 the bot or, with ``as_user``, as a user of its namespaces.
 
 What this adds to ``HTTPAPI.request`` is the contract its callers rely on: a failure names
@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from mautrix.api import HTTPAPI, Method
-from mautrix.appservice import AppServiceAPI
 from mautrix.client import ClientAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MatrixUnknownRequestError
 
@@ -73,47 +72,51 @@ def _failed(method: str, path: str, exc: MatrixRequestError) -> MatrixCallFailed
 
 
 class Homeserver:
-    """``client``: mautrix's client to call with — the appservice's bot intent, which exists
-    only once the appservice has started (hence a function), or any ``ClientAPI`` (the
+    """``api``: mautrix's HTTP API whose session and token to use — the appservice's, which
+    exists only once the appservice has started (hence a function), or any other (the
     benchmark's admin on a plain Synapse)."""
 
-    def __init__(self, client: Callable[[], ClientAPI], server_name: str) -> None:
-        self._client = client
+    def __init__(self, api: Callable[[], HTTPAPI], server_name: str) -> None:
+        self._api = api
+        self._client: ClientAPI | None = None
         self.server = server_name
 
     @property
     def client(self) -> ClientAPI:
-        return self._client()
+        """A plain mautrix client on that session and token. Not the appservice's own API
+        object: that one adds ``user_id`` to every request, which the admin API reads as a
+        filter (``GET /_synapse/admin/v2/users?user_id=@bot…`` lists the bot alone). With
+        the appservice token and no ``user_id``, Synapse acts as the bot."""
+        if self._client is None:
+            api = self._api()
+            plain = HTTPAPI(api.base_url, api.token, client_session=api.session, log=api.log)
+            self._client = ClientAPI(api=plain)
+        return self._client
 
     def uid(self, localpart: str) -> str:
         return f"@{localpart}:{self.server}"
 
-    def with_token(self, user_id: str, token: str) -> Homeserver:
+    def with_token(self, token: str) -> Homeserver:
         """The same homeserver as a user with their own access token (their push rules),
         over the same connection pool."""
         api = self.client.api
-        own = HTTPAPI(api.base_url, token, client_session=api.session, log=api.log)
-        return Homeserver(lambda: ClientAPI(user_id, api=own), self.server)
+        return Homeserver(lambda: HTTPAPI(api.base_url, token, client_session=api.session, log=api.log), self.server)
 
     async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
         """``path`` with its query string, if any; ``as_user``: act as a user of the
         appservice's namespaces (appservice token only)."""
-        api = self.client.api
         query: dict[str, str] = {}
         if "?" in path:
             path, _, query_string = path.partition("?")
             query = dict(parse_qsl(query_string, keep_blank_values=True))
         if as_user is not None:
-            if isinstance(api, AppServiceAPI):
-                api = api.user(as_user)
-            else:
-                query["user_id"] = as_user
-        return await self._request(api, method, path, body, query=query)
+            query["user_id"] = as_user
+        return await self._request(method, path, body, query=query)
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str:
         """Put a file in the media repository as the bot; returns its mxc:// URI."""
         answer = await self._request(
-            self.client.api, "POST", "/_matrix/media/v3/upload", data,
+            "POST", "/_matrix/media/v3/upload", data,
             headers={"Content-Type": content_type}, query={"filename": filename},
         )
         return str(answer["content_uri"])
@@ -129,13 +132,12 @@ class Homeserver:
         except (MatrixConnectionError, aiohttp.ClientError, TimeoutError) as exc:
             raise HomeserverUnreachable("GET", f"download of {mxc}", exc) from exc
 
-    @staticmethod
     async def _request(
-        api: HTTPAPI, method: str, path: str, content: Any, *,
+        self, method: str, path: str, content: Any, *,
         headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
     ) -> Any:
         try:
-            return await api.request(Method(method), path, content, headers=headers, query_params=query, retry_count=0)
+            return await self.client.api.request(Method(method), path, content, headers=headers, query_params=query, retry_count=0)
         except MatrixRequestError as exc:
             raise _failed(method, path, exc) from exc
         except (MatrixConnectionError, TimeoutError) as exc:

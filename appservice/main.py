@@ -335,7 +335,7 @@ async def run(config: AppserviceConfig) -> None:
         ephemeral_events=True,
     )
     # Every call to the homeserver goes through mautrix's client as the bot.
-    homeserver = Homeserver(lambda: appserv.intent, config.domain)
+    homeserver = Homeserver(lambda: appserv.intent.api, config.domain)
     audit = AuditClient(homeserver)
     org = OrgSyncService(
         db,

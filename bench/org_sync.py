@@ -165,7 +165,6 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
     the same concurrency to a Synapse without our modules or appservice: what Synapse itself
     needs for that many events on this machine."""
     from mautrix.api import HTTPAPI
-    from mautrix.client import ClientAPI
 
     from appservice.homeserver import Homeserver
     from appservice.org_matrix import OrgMatrix
@@ -186,7 +185,7 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
         actions = plan(desired_state(load_policy(policy_dir)), Observed())
         async with aiohttp.ClientSession() as session:
             api = HTTPAPI(d.settings.homeserver_url, token, client_session=session)
-            homeserver = Homeserver(lambda: ClientAPI(d.admin_user_id, api=api), d.settings.server_name)
+            homeserver = Homeserver(lambda: api, d.settings.server_name)
             matrix = OrgMatrix(homeserver, d.admin_user_id)
             t0 = time.perf_counter()
             errors = await matrix.apply(actions, None)

@@ -953,7 +953,7 @@ class OncallService:
                 log.error("quiet hours for %s: %s", staff, exc)
 
     async def _set_quiet(self, user_id: str, off_duty: bool) -> None:
-        user = self.matrix.with_token(user_id, await self._token_for(user_id))
+        user = self.matrix.with_token(await self._token_for(user_id))
         rules = "/_matrix/client/v3/pushrules/global/override/"
         try:
             current = (await user.call("GET", "/_matrix/client/v3/pushrules/global/")).get("override", [])

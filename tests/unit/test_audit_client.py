@@ -25,7 +25,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def client(url: str, session: aiohttp.ClientSession) -> AuditClient:
     api = AppServiceAPI(url, "@carematrix:localhost", "t", client_session=session, log=logging.getLogger("mau"))  # type: ignore[arg-type]
-    return AuditClient(Homeserver(api.bot_intent, "localhost"))
+    return AuditClient(Homeserver(lambda: api, "localhost"))
 
 
 async def serve(handler) -> tuple[web.AppRunner, str]:  # type: ignore[no-untyped-def]
