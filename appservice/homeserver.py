@@ -27,6 +27,8 @@ from mautrix.api import HTTPAPI, Method
 from mautrix.client import ClientAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MatrixUnknownRequestError
 
+from carematrix import identity
+
 
 class MatrixCallFailed(Exception):
     """The homeserver answered with an error."""
@@ -94,7 +96,7 @@ class Homeserver:
         return self._client
 
     def uid(self, localpart: str) -> str:
-        return f"@{localpart}:{self.server}"
+        return identity.user_id(localpart, self.server)
 
     def with_token(self, token: str) -> Homeserver:
         """The same homeserver as a user with their own access token (their push rules),
