@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from bridges.hl7.mllp import MllpDecoder, frame
-from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.supervisor import Stack
 from tests.ports import free_port, free_port_pair
 

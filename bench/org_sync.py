@@ -16,7 +16,8 @@ import yaml
 from bench.roundtrip import _call, _login, _register
 from bench.stats import comparison, summary
 from carematrix import identity
-from carematrix_ops.deploy import Settings, prepare
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Settings
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
 from tests.paths import DEMO_POLICY_DIR

@@ -40,7 +40,8 @@ from bench.org_sync import synthetic_org
 from bench.stats import summary
 from carematrix.loop_lag import ENV as LAG_ENV
 from carematrix.loop_lag import max_late_ms, read_lag
-from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
 from tests.paths import DEMO_POLICY_DIR

@@ -15,7 +15,8 @@ import aiohttp
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
 from bench.watermark import photo_jpeg
-from carematrix_ops.deploy import Settings, prepare
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Settings
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
 from tests.ports import free_port_pair

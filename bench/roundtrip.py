@@ -18,7 +18,8 @@ import aiohttp
 
 from bench.stats import comparison, summary
 from carematrix.policy.rooms import ROOM_CLASS_EVENT
-from carematrix_ops.deploy import Deployment, Settings, prepare
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.seed import Seeder, shared_secret_registration
 from carematrix_ops.supervisor import Stack
 from tests.ports import free_port_pair

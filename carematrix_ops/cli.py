@@ -17,13 +17,11 @@ from carematrix import identity
 from carematrix.hsdb.migrations import SchemaVersionError
 from carematrix.policy import PolicyInvalid, load_policy
 from carematrix_ops import resources
-from carematrix_ops.deploy import (
-    DeployError,
-    Settings,
-    check_ports,
-    load_existing,
-    prepare,
-)
+from carematrix_ops.deploy.checks import check_ports
+from carematrix_ops.deploy.errors import DeployError
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.record import load_existing
+from carematrix_ops.deploy.settings import Settings
 from carematrix_ops.http import HttpError, request_json
 
 EXIT_OK = 0
@@ -242,7 +240,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _print_banner(deployment: object, result: object) -> None:
-    from carematrix_ops.deploy import Deployment
+    from carematrix_ops.deploy.settings import Deployment
     from carematrix_ops.seed import SeedResult
 
     assert isinstance(deployment, Deployment)
@@ -401,7 +399,7 @@ def cmd_org_import(args: argparse.Namespace) -> int:
 
 
 def _audit_db_target(deployment: object) -> str:
-    from carematrix_ops.deploy import Deployment
+    from carematrix_ops.deploy.settings import Deployment
 
     assert isinstance(deployment, Deployment)
     s = deployment.settings
@@ -486,7 +484,7 @@ def cmd_retention_report(args: argparse.Namespace) -> int:
 def _login_token(deployment: object, localpart: str) -> str:
     import getpass
 
-    from carematrix_ops.deploy import Deployment
+    from carematrix_ops.deploy.settings import Deployment
 
     assert isinstance(deployment, Deployment)
     password = os.environ.get("CAREMATRIX_PASSWORD") or getpass.getpass(f"password for {localpart}: ")

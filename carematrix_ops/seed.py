@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from carematrix import identity
-from carematrix_ops.deploy import ADMIN_LOCALPART, Deployment
+from carematrix_ops.deploy.settings import ADMIN_LOCALPART, Deployment
 from carematrix_ops.http import HttpError, request_json
 
 log = logging.getLogger(__name__)

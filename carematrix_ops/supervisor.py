@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carematrix_ops.deploy import Deployment, check_ports
+from carematrix_ops.deploy.checks import check_ports
+from carematrix_ops.deploy.settings import Deployment
 from carematrix_ops.http import HttpError, request_json
 
 log = logging.getLogger(__name__)

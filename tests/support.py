@@ -21,7 +21,9 @@ from typing import Any
 
 from nio import AsyncClient, LoginResponse
 
-from carematrix_ops.deploy import Deployment, Settings, appservice_pg_dbname, prepare
+from carematrix_ops.deploy.postgres import appservice_pg_dbname
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.pgadmin import database_url, drop_database, on_maintenance_db
 from carematrix_ops.seed import Seeder, SeedResult
 from carematrix_ops.supervisor import Stack

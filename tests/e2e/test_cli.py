@@ -255,7 +255,8 @@ def test_policy_check_rejects_a_directory_without_a_hospital(tmp_path: Path, con
 
 def test_deployment_files_never_hold_placeholders(tmp_path: Path):
     """Rendered configs are complete: every value came from settings or fresh secrets."""
-    from carematrix_ops.deploy import Settings, prepare
+    from carematrix_ops.deploy.prepare import prepare
+    from carematrix_ops.deploy.settings import Settings
 
     d = prepare(Settings(data_dir=tmp_path / "var", port=18500))
     for path in (d.paths.homeserver_config, d.paths.registration, d.paths.appservice_config):

@@ -12,7 +12,10 @@ import yaml
 
 from carematrix_ops.cli import build_parser, up_settings
 from carematrix_ops.demo import demo_patients, pacs
-from carematrix_ops.deploy import DeployError, Settings, check_ports, prepare
+from carematrix_ops.deploy.checks import check_ports
+from carematrix_ops.deploy.errors import DeployError
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Settings
 from carematrix_ops.supervisor import Stack
 from tests.ports import free_port_pair
 

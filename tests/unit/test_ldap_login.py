@@ -156,7 +156,9 @@ def test_module_config_needs_the_ldap_settings():
 
 
 def test_a_bad_ldap_config_stops_deployment_before_anything_is_written(tmp_path):
-    from carematrix_ops.deploy import DeployError, Settings, prepare
+    from carematrix_ops.deploy.errors import DeployError
+    from carematrix_ops.deploy.prepare import prepare
+    from carematrix_ops.deploy.settings import Settings
 
     with pytest.raises(DeployError, match="LDAP configuration .* 'uri' must start with ldap://"):
         prepare(Settings(data_dir=tmp_path / "var", ldap={**GOOD, "uri": "https://ldap"}))
@@ -167,7 +169,8 @@ def test_a_bad_ldap_config_stops_deployment_before_anything_is_written(tmp_path)
 def test_deployment_renders_the_module_and_password_config(tmp_path, local_passwords):
     import yaml
 
-    from carematrix_ops.deploy import Settings, prepare
+    from carematrix_ops.deploy.prepare import prepare
+    from carematrix_ops.deploy.settings import Settings
 
     deployment = prepare(
         Settings(data_dir=tmp_path / "var", hl7_port=0, ldap={**GOOD, "local_passwords": local_passwords})
@@ -187,7 +190,8 @@ def test_deployment_renders_the_module_and_password_config(tmp_path, local_passw
 def test_without_ldap_synapse_keeps_its_passwords(tmp_path):
     import yaml
 
-    from carematrix_ops.deploy import Settings, prepare
+    from carematrix_ops.deploy.prepare import prepare
+    from carematrix_ops.deploy.settings import Settings
 
     deployment = prepare(Settings(data_dir=tmp_path / "var", hl7_port=0))
     config = yaml.safe_load(deployment.paths.homeserver_config.read_text())
@@ -197,7 +201,7 @@ def test_without_ldap_synapse_keeps_its_passwords(tmp_path):
 
 def test_cli_reads_the_ldap_file_and_the_bind_password_from_the_environment(tmp_path, monkeypatch):
     from carematrix_ops.cli import _ldap_settings
-    from carematrix_ops.deploy import DeployError
+    from carematrix_ops.deploy.errors import DeployError
 
     path = tmp_path / "ldap.yaml"
     path.write_text("uri: ldaps://ldap.hospital.example\nbase_dn: dc=hospital,dc=example\nbind_dn: cn=matrix,dc=hospital,dc=example\n")

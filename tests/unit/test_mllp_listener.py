@@ -17,7 +17,7 @@ from bridges.hl7.message import Message
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
 from carematrix_ops.cli import build_parser, up_settings
-from carematrix_ops.deploy import prepare
+from carematrix_ops.deploy.prepare import prepare
 from tests.ports import free_port_pair
 from tests.support import eventually
 

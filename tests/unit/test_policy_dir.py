@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from carematrix_ops import cli, resources
-from carematrix_ops.deploy import DeployError, Settings, prepare
+from carematrix_ops.deploy.errors import DeployError
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Settings
 from tests.paths import DEMO_POLICY_DIR
 from tests.support import same_tree
 

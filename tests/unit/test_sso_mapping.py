@@ -13,7 +13,9 @@ from synapse.module_api.errors import ConfigError
 
 import synapse_modules.sso_mapping as sso_mapping
 from carematrix.policy import load_policy
-from carematrix_ops.deploy import DeployError, Settings, prepare
+from carematrix_ops.deploy.errors import DeployError
+from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.settings import Settings
 from synapse_modules.sso_mapping import CareMatrixSsoMapping, staff_for_claims, subject
 from tests.paths import DEMO_POLICY_DIR
 

@@ -1,0 +1,160 @@
+"""What the operator asked for (:class:`Settings`), where each file of a data dir lives
+(:class:`Paths`) and the two together with the secrets (:class:`Deployment`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carematrix import identity
+from carematrix_ops import resources
+
+BOT_LOCALPART = "carematrix"
+ADMIN_LOCALPART = "carematrix-admin"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    port: int = 8008
+    appservice_port: int = 0  # 0: port + 1
+    server_name: str = "localhost"
+    bind_address: str = "127.0.0.1"
+    database: str = "sqlite"
+    db_url: str | None = None
+    # None: the checkout's policies/, or in an installed package the data dir's policies/
+    # (resources.default_policy_dir); a Path once constructed.
+    policy_dir: Path | None = None
+    # Tests and benchmarks drive many messages per second from a handful of accounts.
+    relaxed_rate_limits: bool = False
+    # False renders a plain Synapse (no modules, no appservice): the benchmark baseline.
+    carematrix_enabled: bool = True
+    # Demo mode gives org-sync-created accounts the demo password.
+    demo: bool = True
+    # How often the audit chain's head is signed (a checkpoint detects truncation).
+    audit_checkpoint_seconds: float = 60.0
+    # False leaves the audit module out: only for measuring what the audit costs.
+    audit_enabled: bool = True
+    # "host:port" of a syslog collector (RFC 5424 over TCP) that receives every record.
+    audit_syslog: str | None = None
+    # How often the homeserver's retention purge jobs run (messages past their class's
+    # lifetime are deleted then); tests shorten it.
+    retention_purge_seconds: int = 3600
+    # Lets tests move the appservice's on-call clock; never in production.
+    test_clock: bool = False
+    # MLLP (HL7 v2 over TCP) port the appservice listens on for the HIS; 0 switches it off.
+    hl7_port: int = 2575
+    hl7_bind: str = "127.0.0.1"
+    # An HL7 message over this size gets AR naming the limit (the connection stays open); a
+    # frame started and not finished within the timeout is dead-lettered and its connection
+    # closed (docs/clinical.md). An idle connection between messages stays open.
+    hl7_max_message_bytes: int = 1 << 20
+    hl7_frame_timeout_seconds: float = 30.0
+    # The hospital systems the appservice reads from and writes to (None: not connected):
+    # the FHIR R4 server case summaries come from, the PACS's DICOMweb root, and the EMR
+    # FHIR endpoint closed cases are archived to.
+    fhir_server: str | None = None
+    dicomweb: str | None = None
+    emr_archive: str | None = None
+    # Bearer token the appservice presents to the FHIR server and the EMR archive (from
+    # $CAREMATRIX_SYSTEMS_TOKEN; never written to deployment.json).
+    systems_token: str | None = None
+    # Start the demo hospital's own systems (carematrix_ops.demo) and connect them: the demo EMR
+    # (FHIR server with the demo patients, also receiving case archives) and, if Orthanc is
+    # installed, the demo PACS with one CT. Only with demo, never next to real systems;
+    # prepare() fills fhir_server/dicomweb/emr_archive with their URLs.
+    demo_systems: bool = False
+    demo_emr_port: int = 0  # 0: appservice port + 1
+    demo_pacs_port: int = 0  # 0: appservice port + 2
+    # Sign-in with the hospital directory: the keys of carematrix.ldap_login.parse_ldap_config
+    # (docs/org.md); None leaves passwords to Synapse.
+    ldap: dict | None = None
+    # Sign-in with the hospital's single sign-on (OIDC): the keys of OIDC_KEYS (docs/org.md);
+    # None offers no SSO.
+    oidc: dict | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        if self.policy_dir is None:
+            self.policy_dir = resources.default_policy_dir(self.data_dir)
+        self.policy_dir = Path(self.policy_dir).resolve()
+        if not self.appservice_port:
+            self.appservice_port = self.port + 1
+        if not self.demo_emr_port:
+            self.demo_emr_port = self.appservice_port + 1
+        if not self.demo_pacs_port:
+            self.demo_pacs_port = self.appservice_port + 2
+
+    @property
+    def homeserver_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def appservice_url(self) -> str:
+        return f"http://127.0.0.1:{self.appservice_port}"
+
+    @property
+    def demo_emr_url(self) -> str:
+        """The demo EMR's FHIR base."""
+        return f"http://127.0.0.1:{self.demo_emr_port}/fhir"
+
+    @property
+    def demo_pacs_url(self) -> str:
+        """The demo PACS's REST API; its DICOMweb root is below it."""
+        return f"http://127.0.0.1:{self.demo_pacs_port}"
+
+    @property
+    def has_demo_pacs(self) -> bool:
+        """Whether this deployment has a demo PACS: asked, and Orthanc is installed."""
+        from carematrix_ops.demo import pacs
+
+        return self.demo_systems and self.carematrix_enabled and pacs.installed()
+
+
+@dataclass
+class Paths:
+    root: Path
+    synapse_dir: Path = field(init=False)
+    appservice_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.synapse_dir = self.root / "synapse"
+        self.appservice_dir = self.root / "appservice"
+
+    secrets = property(lambda self: self.root / "secrets.json")
+    deployment = property(lambda self: self.root / "deployment.json")
+    homeserver_config = property(lambda self: self.synapse_dir / "homeserver.yaml")
+    log_config = property(lambda self: self.synapse_dir / "log.yaml")
+    signing_key = property(lambda self: self.synapse_dir / "signing.key")
+    audit_signing_key = property(lambda self: self.synapse_dir / "audit_signing.key")
+    audit_verify_key = property(lambda self: self.root / "audit_verify.key")
+    audit_spool = property(lambda self: self.root / "audit-syslog-spool.db")
+    sqlite_db = property(lambda self: self.synapse_dir / "homeserver.db")
+    media = property(lambda self: self.synapse_dir / "media")
+    synapse_log = property(lambda self: self.synapse_dir / "homeserver.log")
+    registration = property(lambda self: self.appservice_dir / "registration.yaml")
+    appservice_config = property(lambda self: self.appservice_dir / "config.yaml")
+    appservice_db = property(lambda self: self.appservice_dir / "appservice.db")
+    appservice_log = property(lambda self: self.appservice_dir / "appservice.log")
+    logs = property(lambda self: self.root / "logs")
+    watermark_cache = property(lambda self: self.root / "watermark-cache")
+    case_archives = property(lambda self: self.root / "case-archives")
+    demo_pacs = property(lambda self: self.root / "demo-pacs")
+    demo_pacs_log = property(lambda self: self.logs / "demo-pacs.out")
+    demo_emr_log = property(lambda self: self.logs / "demo-emr.out")
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    paths: Paths
+    secrets: dict[str, str]
+
+    @property
+    def bot_user_id(self) -> str:
+        return identity.user_id(BOT_LOCALPART, self.settings.server_name)
+
+    @property
+    def admin_user_id(self) -> str:
+        return identity.user_id(ADMIN_LOCALPART, self.settings.server_name)
