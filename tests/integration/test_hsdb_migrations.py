@@ -30,6 +30,7 @@ from carematrix.hsdb.migrations import (
 )
 from carematrix_ops import cli
 from carematrix_ops.audit_db import AuditDb, connect
+from carematrix_ops.cli import common
 
 STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN}
 
@@ -195,14 +196,14 @@ def test_audit_verify_says_when_the_database_is_older_or_newer_than_the_code(db_
     with connect(db_url) as db:
         with db.transaction() as txn:  # the homeserver has not run this code yet
             txn.execute("CREATE TABLE carematrix_audit_head (id INTEGER PRIMARY KEY, seq BIGINT, hash TEXT)")
-        assert cli.main(verify_cmd) == cli.EXIT_FAILED
+        assert cli.main(verify_cmd) == common.EXIT_FAILED
         assert "no CareMatrix schema version yet" in capsys.readouterr().err
 
         upgrade(db.transaction, db.dialect)
-        assert cli.main(verify_cmd) == cli.EXIT_OK
+        assert cli.main(verify_cmd) == common.EXIT_OK
         assert "audit log OK: 0 records" in capsys.readouterr().out
 
         set_version(db, LATEST + 1)
-        assert cli.main(verify_cmd) == cli.EXIT_FAILED
+        assert cli.main(verify_cmd) == common.EXIT_FAILED
         err = capsys.readouterr().err
         assert f"error: the homeserver database is at CareMatrix schema version {LATEST + 1}, newer" in err

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from carematrix_ops.cli import build_parser, up_settings
+from carematrix_ops.cli import build_parser
+from carematrix_ops.cli.up_settings import up_settings
 from carematrix_ops.demo import demo_patients, pacs
 from carematrix_ops.deploy.checks import check_ports
 from carematrix_ops.deploy.errors import DeployError

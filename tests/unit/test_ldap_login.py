@@ -200,20 +200,20 @@ def test_without_ldap_synapse_keeps_its_passwords(tmp_path):
 
 
 def test_cli_reads_the_ldap_file_and_the_bind_password_from_the_environment(tmp_path, monkeypatch):
-    from carematrix_ops.cli import _ldap_settings
+    from carematrix_ops.cli.up_settings import ldap_settings
     from carematrix_ops.deploy.errors import DeployError
 
     path = tmp_path / "ldap.yaml"
     path.write_text("uri: ldaps://ldap.hospital.example\nbase_dn: dc=hospital,dc=example\nbind_dn: cn=matrix,dc=hospital,dc=example\n")
     monkeypatch.setenv("CAREMATRIX_LDAP_BIND_PASSWORD", "from-env")
-    assert _ldap_settings(path)["bind_password"] == "from-env"
+    assert ldap_settings(path)["bind_password"] == "from-env"
     path.write_text(path.read_text() + "bind_password: in-file\n")
     with pytest.raises(DeployError, match="both in .* and in CAREMATRIX_LDAP_BIND_PASSWORD"):
-        _ldap_settings(path)
+        ldap_settings(path)
     monkeypatch.delenv("CAREMATRIX_LDAP_BIND_PASSWORD")
-    assert _ldap_settings(path)["bind_password"] == "in-file"
+    assert ldap_settings(path)["bind_password"] == "in-file"
     path.write_text("- not a mapping\n")
     with pytest.raises(DeployError, match="must be a mapping"):
-        _ldap_settings(path)
+        ldap_settings(path)
     with pytest.raises(DeployError, match="cannot read --ldap-config"):
-        _ldap_settings(tmp_path / "missing.yaml")
+        ldap_settings(tmp_path / "missing.yaml")

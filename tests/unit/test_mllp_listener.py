@@ -16,7 +16,8 @@ from bridges.hl7.errors import Hl7Error
 from bridges.hl7.message import Message
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
-from carematrix_ops.cli import build_parser, up_settings
+from carematrix_ops.cli import build_parser
+from carematrix_ops.cli.up_settings import up_settings
 from carematrix_ops.deploy.prepare import prepare
 from tests.ports import free_port_pair
 from tests.support import eventually

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from carematrix_ops import cli, resources
+from carematrix_ops.cli import common
 from carematrix_ops.deploy.errors import DeployError
 from carematrix_ops.deploy.prepare import prepare
 from carematrix_ops.deploy.settings import Settings
@@ -82,9 +83,9 @@ def test_installed_commands_ask_for_a_data_dir_they_have_no_default_for(monkeypa
     monkeypatch.setattr(resources, "CHECKOUT", None)
     monkeypatch.delenv("CAREMATRIX_DATA_DIR", raising=False)
     monkeypatch.delenv("CAREMATRIX_POLICY_DIR", raising=False)
-    assert cli.main(["status"]) == cli.EXIT_USAGE
+    assert cli.main(["status"]) == common.EXIT_USAGE
     assert "no data dir: pass --data-dir DIR or set CAREMATRIX_DATA_DIR" in capsys.readouterr().err
-    assert cli.main(["policy", "check"]) == cli.EXIT_USAGE
+    assert cli.main(["policy", "check"]) == common.EXIT_USAGE
     assert "no policy directory: name it, or set CAREMATRIX_POLICY_DIR" in capsys.readouterr().err
 
 
@@ -94,5 +95,5 @@ def test_installed_policy_check_reads_the_data_dirs_policy(tmp_path, monkeypatch
     monkeypatch.setenv("CAREMATRIX_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("CAREMATRIX_POLICY_DIR", raising=False)
     resources.copy_demo_policy(tmp_path / "policies")
-    assert cli.main(["policy", "check"]) == cli.EXIT_OK
+    assert cli.main(["policy", "check"]) == common.EXIT_OK
     assert capsys.readouterr().out.startswith(f"OK: {tmp_path / 'policies'}: ")

@@ -142,19 +142,19 @@ def test_without_oidc_there_is_no_provider(tmp_path):
 
 
 def test_cli_reads_the_oidc_file_and_the_secret_from_the_environment(tmp_path, monkeypatch):
-    from carematrix_ops.cli import _oidc_settings
+    from carematrix_ops.cli.up_settings import oidc_settings
 
     path = tmp_path / "oidc.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "client_secret"}))
     monkeypatch.setenv("CAREMATRIX_OIDC_CLIENT_SECRET", "from-env")
-    assert _oidc_settings(path)["client_secret"] == "from-env"
+    assert oidc_settings(path)["client_secret"] == "from-env"
     path.write_text(yaml.safe_dump(GOOD))
     with pytest.raises(DeployError, match="both in .* and in CAREMATRIX_OIDC_CLIENT_SECRET"):
-        _oidc_settings(path)
+        oidc_settings(path)
     monkeypatch.delenv("CAREMATRIX_OIDC_CLIENT_SECRET")
-    assert _oidc_settings(path)["client_secret"] == "s3cret"
+    assert oidc_settings(path)["client_secret"] == "s3cret"
     path.write_text("- not a mapping\n")
     with pytest.raises(DeployError, match="must be a mapping"):
-        _oidc_settings(path)
+        oidc_settings(path)
     with pytest.raises(DeployError, match="cannot read --oidc-config"):
-        _oidc_settings(tmp_path / "missing.yaml")
+        oidc_settings(tmp_path / "missing.yaml")
