@@ -69,7 +69,7 @@ class Settings:
     # Sign-in with the hospital directory: the keys of carematrix.ldap_login.parse_ldap_config
     # (docs/org.md); None leaves passwords to Synapse.
     ldap: dict | None = None
-    # Sign-in with the hospital's single sign-on (OIDC): the keys of OIDC_KEYS (docs/org.md);
+    # Sign-in with the hospital's single sign-on (OIDC): the keys of sign_in.OIDC_KEYS (docs/org.md);
     # None offers no SSO.
     oidc: dict | None = None
     log_level: str = "INFO"
