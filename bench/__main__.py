@@ -125,6 +125,9 @@ def main() -> None:
                 print(format_comparison(result), f"  background HL7: {result['background_messages_per_s']} msg/s", sep="\n", flush=True)
                 for label, s in result["fallbacks"].items():
                     print(f"  fallback, {label}: n {s['n']}, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms", flush=True)
+                for label, s in result["stored_to_sync"].items():
+                    print(f"  stored by the homeserver -> /sync, {label}: p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms", flush=True)
+                print(critical_alert.format_steps(result["steps"]), flush=True)
                 _save(args.out, name, result)
             elif name == "exactlyonce":
                 from bench import clinical_durability

@@ -34,6 +34,7 @@ class Syncer:
     def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
         self.session, self.base, self.token = session, base, token
         self.since: str | None = None
+        self.matched: dict | None = None  # the event the last wait matched
 
     async def prime(self) -> None:
         self.since = (await _call(self.session, "GET", f"{self.base}/_matrix/client/v3/sync?timeout=0", self.token))["next_batch"]
@@ -48,7 +49,8 @@ class Syncer:
             for section in ("join", "invite"):
                 r = rooms.get(section, {}).get(room, {})
                 events = r.get("timeline", {}).get("events", []) + r.get("invite_state", {}).get("events", [])
-                if any(match(e) for e in events):
+                self.matched = next((e for e in events if match(e)), None)
+                if self.matched is not None:
                     return now
         raise TimeoutError(f"nothing matching in {room}")
 
@@ -62,7 +64,8 @@ class Syncer:
             for section in ("join", "invite"):
                 for r in data.get("rooms", {}).get(section, {}).values():
                     events = r.get("timeline", {}).get("events", []) + r.get("invite_state", {}).get("events", [])
-                    if any(match(e) for e in events):
+                    self.matched = next((e for e in events if match(e)), None)
+                    if self.matched is not None:
                         return now
         raise TimeoutError("nothing matching in any room")
 
