@@ -27,6 +27,7 @@ from mautrix.api import HTTPAPI, Method
 from mautrix.client import ClientAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MatrixUnknownRequestError
 
+from appservice.timing import call_step
 from carematrix import identity
 
 
@@ -149,7 +150,10 @@ class Homeserver:
         headers: dict[str, str] | None = None, query: dict[str, str] | None = None,
     ) -> Any:
         try:
-            return await self.client.api.request(Method(method), path, content, headers=headers, query_params=query, retry_count=0)
+            with call_step(method, path):
+                return await self.client.api.request(
+                    Method(method), path, content, headers=headers, query_params=query, retry_count=0,
+                )
         except MatrixRequestError as exc:
             raise _failed(method, path, exc) from exc
         except (MatrixConnectionError, TimeoutError) as exc:

@@ -37,6 +37,7 @@ from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
 from appservice.org_sync import OrgSyncService
+from appservice.timing import http_trace
 from bridges.fhir.outcome import Issue, operation_outcome
 from carematrix import identity
 from carematrix.commands import parse_command
@@ -345,7 +346,9 @@ async def run(config: AppserviceConfig) -> None:
         config.initial_password,
         audit,
     )
-    session = aiohttp.ClientSession()  # for the hospital's other systems (FHIR, DICOMweb, EMR)
+    # For the hospital's other systems (FHIR, DICOMweb, EMR); EMR lookups of a critical result
+    # are timed as its steps (appservice.timing).
+    session = aiohttp.ClientSession(trace_configs=[http_trace()])
     oncall = OncallService(
         OncallStore(db), holder, homeserver,
         appserv.bot_mxid, audit, Clock(),
@@ -428,6 +431,9 @@ async def run(config: AppserviceConfig) -> None:
         poller.cancel()
         for task in oncall_tasks:
             task.cancel()
+        # They unwind before the HTTP session closes under them (a send cut off by the
+        # closed session would be reported as a failure).
+        await asyncio.gather(*oncall_tasks, return_exceptions=True)
         if hl7_server is not None:
             hl7_server.close()
     finally:

@@ -14,7 +14,7 @@ from nio import AsyncClient
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
 from tests.oncall_support import notices
-from tests.support import RunningStack
+from tests.support import RunningStack, eventually
 
 
 def hl7(*segments: str, charset: str = "UNICODE UTF-8", control: str | None = None, facility: str = "HIS",
@@ -79,3 +79,37 @@ async def alert_state(stack: RunningStack, facility: str, control_id: str) -> tu
     headers = {"Authorization": f"Bearer {stack.deployment.secrets['his_token']}"}
     async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
         return resp.status, await resp.json()
+
+
+async def report_ready(stack: RunningStack, doctor: str, patient: str) -> None:
+    """The EMR pushes a finished report for a test ``doctor`` (staff number) ordered: the
+    service tells the doctor in its direct chat with them."""
+    report = {
+        "resourceType": "DiagnosticReport", "id": f"dr-{patient}", "status": "final",
+        "code": {"text": "Echocardiogram report"}, "subject": {"reference": f"Patient/{patient}", "display": "孙丽"},
+        "contained": [{"resourceType": "ServiceRequest", "id": "order", "status": "active", "intent": "order",
+                       "subject": {"reference": f"Patient/{patient}"},
+                       "requester": {"identifier": {"system": "urn:carematrix:staff", "value": doctor}}}],
+        "basedOn": [{"reference": "#order"}], "issued": datetime.now().astimezone().isoformat(),
+        "conclusion": "LVEF 55%",
+    }
+    url = f"{stack.deployment.settings.appservice_url}/_carematrix/fhir/DiagnosticReport"
+    headers = {"Authorization": f"Bearer {stack.deployment.secrets['fhir_token:EMR']}",
+               "Content-Type": "application/fhir+json"}
+    async with aiohttp.ClientSession() as http, http.post(url, json=report, headers=headers) as resp:
+        assert resp.status < 300, await resp.text()
+
+
+async def direct_chat_with_service(client: AsyncClient, patient: str) -> str:
+    """The doctor accepts the invites waiting for them and reads the report notice for
+    ``patient``: the room it is in (the service's direct chat with them)."""
+    async def told() -> str | None:
+        resp = await client.sync(timeout=1000)
+        for room_id in resp.rooms.invite:  # type: ignore[union-attr]
+            await client.join(room_id)
+        for room_id in client.rooms:
+            if any(b.startswith("Report ready") and patient in b for b in await bodies(client, room_id)):
+                return room_id
+        return None
+
+    return await eventually(told)

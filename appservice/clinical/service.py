@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from appservice.clinical.mllp_listener import MllpLimits, MllpListener
 from appservice.clinical.store import ClinicalStore, Inbound
 from appservice.homeserver import Homeserver, MatrixCallFailed
 from appservice.oncall.service import OncallService
+from appservice.timing import Steps, point, report, step, tracking
 from bridges.fhir.events import extract_resource
 from bridges.fhir.outcome import FhirInvalid
 from bridges.hl7.ack import ack
@@ -68,6 +70,11 @@ class ClinicalService:
         self.fetch_resource: Any = None  # async "Type/id" -> resource, when a FHIR server is connected
         # async patient ID -> (ward code, where it was found), from the hospital's EMR
         self.locate_ward: Any = None
+        # (facility, control ID) of a critical result -> when it arrived and was stored
+        # (perf_counter): its delivery's timing counts from its arrival.
+        self._arrivals: dict[tuple[str, str], tuple[float, float]] = {}
+        self._released: dict[int, asyncio.Event] = {}  # critical result being delivered -> the queue may move on
+        self._finishing: dict[int, asyncio.Task[None]] = {}  # released; its pages are still being sent
 
     def wake(self, urgent: bool = False) -> None:
         """New input is stored: deliver now rather than at the next poll."""
@@ -104,6 +111,7 @@ class ClinicalService:
         except Hl7Error as exc:
             return await self._reject(message, payload, peer, "AE", exc)
         urgent = isinstance(event, ResultEvent) and bool(event.critical_observations)
+        arrived = time.perf_counter()
         try:
             new = await self.store.accept(
                 message.sending_facility, message.control_id, message.message_type, payload, urgent,
@@ -112,12 +120,14 @@ class ClinicalService:
         except Exception as exc:  # the store is down: the sender must retry, nothing is lost
             log.exception("could not store HL7 %s", message.control_id)
             return ack(message, "AE", "message could not be stored; please resend", Hl7Error("207", str(exc)[:200], "MSH-10"))
+        if urgent and new:
+            self._arrivals[(message.sending_facility, message.control_id)] = (arrived, time.perf_counter())
+        self.wake(urgent and new)  # stored is enough to deliver; the record of its receipt follows
         await self.audit.record(
             actor=f"hl7:{message.sending_facility}", action="bridge.hl7.received", object=message.control_id,
             outcome="success", source=peer, process="appservice",
             details={"type": message.message_type, "duplicate": not new},
         )
-        self.wake(urgent and new)
         return ack(message, "AA")
 
     async def _reject(self, message: Message | None, payload: bytes, peer: str, code: str, error: Hl7Error) -> bytes:
@@ -134,7 +144,25 @@ class ClinicalService:
 
     async def deliver_loop(self) -> None:
         """Oldest first, but a critical result stored meanwhile is taken next: the current
-        batch is abandoned (its rest stays pending) and the queue re-read, urgent first."""
+        batch is abandoned (its rest stays pending) and the queue re-read, urgent first.
+
+        A critical result holds the queue only until its first person is told (the result in
+        the ward room, the page in a chat they are in) or its alert room is being made; its
+        pages are then sent beside the next critical result, so a burst of them does not wait
+        on each other's paging or on the homeserver making a room. Routine messages wait until every critical result being
+        finished is done, so they still find each page it opens (a transfer brings the new
+        ward into it)."""
+        try:
+            await self._deliver_forever()
+        finally:
+            # Stopping: what is still being sent is sent again after the restart (the items
+            # stay pending), without being shown twice.
+            finishing = list(self._finishing.values())
+            for task in finishing:
+                task.cancel()
+            await asyncio.gather(*finishing, return_exceptions=True)
+
+    async def _deliver_forever(self) -> None:
         backlog = False
         while True:
             if not backlog:
@@ -146,9 +174,16 @@ class ClinicalService:
             self._urgent.clear()
             try:
                 batch = await self.store.pending()
-                backlog = len(batch) > 0
+                backlog = False
                 for item in batch:
+                    if item.id in self._finishing:
+                        continue
+                    if not item.urgent and self._finishing:
+                        await self._settle()
+                        backlog = True  # re-read: the queue may have changed meanwhile
+                        break
                     await self._deliver(item)
+                    backlog = True
                     if self._urgent.is_set():
                         break
             except Exception:
@@ -156,7 +191,62 @@ class ClinicalService:
                 backlog = False
                 await asyncio.sleep(1)
 
+    async def _settle(self) -> None:
+        """Until every critical result being finished is done, or another one arrives."""
+        finished = asyncio.ensure_future(asyncio.wait(list(self._finishing.values())))
+        urgent = asyncio.ensure_future(self._urgent.wait())
+        try:
+            await asyncio.wait({finished, urgent}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+            urgent.cancel()
+
     async def _deliver(self, item: Inbound) -> None:
+        if not item.urgent:
+            await self._deliver_item(item)
+            return
+        arrival = self._arrivals.pop((item.facility, item.control_id), None)
+        released = self._released[item.id] = asyncio.Event()
+        with tracking(f"{item.facility}/{item.control_id}", arrival[0] if arrival else None) as steps:
+            if arrival:
+                steps.between("store", arrival[0], arrival[1])
+                steps.between("queued", arrival[1], time.perf_counter())
+            delivery = asyncio.create_task(self._deliver_urgent(item, steps))
+        first = asyncio.ensure_future(released.wait())
+        try:
+            await asyncio.wait({delivery, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            first.cancel()
+        if delivery.done():
+            delivery.result()  # a failure before the queue moved on is the loop's, as for any item
+        else:
+            self._finishing[item.id] = delivery
+
+    async def _deliver_urgent(self, item: Inbound, steps: Steps) -> None:
+        try:
+            await self._deliver_item(item)
+        except Exception:
+            if item.id not in self._finishing:
+                raise
+            # The rest (pages, the alert room) failed. The item is still pending: the loop
+            # delivers it again, and what was sent is not sent twice.
+            log.exception("critical result %s from %s: delivery failed part-way; retrying", item.control_id, item.facility)
+            await asyncio.sleep(1)
+        finally:
+            report(steps)
+            self._released.pop(item.id, None)
+            if self._finishing.pop(item.id, None) is not None:
+                self._wake.set()
+
+    def _release(self, item: Inbound, why: str = "first person told") -> None:
+        """The queue may move on: a person has the critical result in front of them (or all
+        that is left before they do is the homeserver's work)."""
+        released = self._released.get(item.id)
+        if released is not None and not released.is_set():
+            point(why)
+            released.set()
+
+    async def _deliver_item(self, item: Inbound) -> None:
         policy = self.policy
         if policy is None:
             return
@@ -165,10 +255,13 @@ class ClinicalService:
             await self.store.done(item.id, "ignored", "carries no event the hospital routes")
             return
         visit = getattr(event, "visit", None)
+        with step("patient record"):
+            known = await self.store.patient(event.patient.id) or {}  # read before an ADT updates it
         if item.urgent and not isinstance(event, AdtEvent) and not (visit and visit.ward):
-            # Only an urgent item can overtake a movement still queued; routine ones go in order.
-            await self._movements_first(item, event.patient.id)
-        known = await self.store.patient(event.patient.id) or {}  # read before an ADT updates it
+            # Only an urgent item overtakes movements still queued (routine ones go in order):
+            # it is routed where they place the patient; they follow in their turn.
+            with step("queued movements read"):
+                known = _placed(known, await self._movements_before(item, event.patient.id))
         kind, patient, message_ward, summary = await self._describe(event, known)
         rules = policy.rules_for(kind)
         if isinstance(event, AdtEvent):
@@ -244,27 +337,40 @@ class ClinicalService:
         clues = [WardClue(message_ward, "the message's own location"), WardClue(known.get("ward"), "the patient's last ADT")]
         ordering = self._staff_number(getattr(event, "ordering_provider", "") or "")
         found = route(policy, item.facility, rules, clues, ordering)
+        reachable: asyncio.Task[dict[str, str]] | None = None
+        if found.fallback:
+            # While the EMR is asked, find out whether whoever the fallback pages first can be
+            # told in a chat they are in: if the EMR knows no ward either, no time is lost.
+            reachable = asyncio.create_task(self._in_direct_chat(self._first_paged(found)))
         if found.ward is None and self.locate_ward is not None:
-            located = await self._locate(patient["id"])
+            with step("locate ward (ADT, EMR)"):
+                located = await self._locate(patient["id"])
             if located is not None:
                 found = route(policy, item.facility, rules, [*clues, WardClue(*located)], ordering)
+        if not found.fallback and reachable is not None:
+            reachable.cancel()
         if not found.deliverable:
             await self._undeliverable(item, kind, patient, summary, found.how)
             return False
         subject = summary.split("\n", 1)[0]
         condition = next((r.acknowledged_when for r in rules if r.page), "all")
         if found.ward is not None:
-            room_id = await self._ward_room(policy, found.ward)
+            with step("ward room"):
+                room_id = await self._ward_room(policy, found.ward)
             event_id = ""
             opened = 0
             for rule in rules:
                 if rule.post:
-                    event_id = await self._post(room_id, item, rule.priority, summary, patient)
+                    with step("post result"):
+                        event_id = await self._post(room_id, item, rule.priority, summary, patient)
+                    self._release(item)
                 for key in rule.page:
                     role_id = found.ward.roles.get(key)
                     if role_id is None:
                         continue
-                    await self._page(item, role_id, room_id, event_id, rule.priority, subject, patient, key)
+                    with step(f"page {key}"):
+                        await self._page(item, role_id, room_id, event_id, rule.priority, subject, patient, key)
+                    self._release(item)
                     opened += 1
                 if rule.page and not opened:
                     # The ward maps none of the roles the rule pages: the safety net answers.
@@ -273,36 +379,86 @@ class ClinicalService:
                         await self._page(item, net, room_id, event_id, rule.priority, subject, patient, "safety-net")
                         found = Route(found.ward, f"{found.how}; it has no {'/'.join(rule.page)} role — paged {net}")
         else:
-            room_id = await self._alert_room(item, patient, found.safety_net or "", found.lead)
             rule = next(r for r in rules if r.page)
-            text = f"{summary}\nRouting: {found.how}."
-            event_id = await self._post(room_id, item, rule.priority, text, patient)
+            net = found.safety_net or ""
             lead = f"staff:{found.lead}" if found.lead else None
-            await self._page(item, found.safety_net or "", room_id, event_id, rule.priority, subject, patient, "safety-net", lead)
+            # Whoever is paged first hears of it at once where they already are; the alert
+            # room (made next, with them invited) is where the page then lives.
+            with step("direct chats of the first paged"):
+                rooms = await (reachable or self._in_direct_chat(self._first_paged(found)))
+            if rooms:
+                with step("page told ahead"):
+                    told = await self.oncall.page_ahead(
+                        self._page_id(item, "safety-net"), net, rooms, priority=rule.priority, subject=subject,
+                        lead=lead, note=f"Routing: {found.how}. An alert room for this patient follows.",
+                    )
+                if told:
+                    self._release(item)
+            # The queue moves on while the homeserver makes the room: the invite in it is the
+            # first thing anyone not told ahead sees, and other results must not wait for it.
+            self._release(item, "queue released: alert room being made")
+            with step("alert room"):
+                room_id = await self._alert_room(item, patient, net, self._first_paged(found))
+            text = f"{summary}\nRouting: {found.how}."
+            with step("post result"):
+                event_id = await self._post(room_id, item, rule.priority, text, patient)
+            with step("page safety-net"):
+                await self._page(item, net, room_id, event_id, rule.priority, subject, patient, "safety-net", lead)
             log.warning("%s %s: %s", item.message_type, item.control_id, found.how)
-            await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
+            with step("tell integration room"):
+                await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
         await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
         return room_id
 
-    async def _movements_first(self, item: Inbound, patient_id: str) -> bool:
-        """Deliver this patient's admissions and transfers still queued behind the backlog
-        (a critical result is taken first): True if any was."""
-        delivered = False
+    def _first_paged(self, found: Route) -> tuple[str, ...]:
+        """Staff numbers a fallback route pages first: the ordering doctor, else the safety
+        net's holders on duty now."""
+        if not found.safety_net:
+            return ()
+        return self.oncall.first_paged(found.safety_net, f"staff:{found.lead}" if found.lead else None)
+
+    async def _in_direct_chat(self, staff: tuple[str, ...]) -> dict[str, str]:
+        """Of these staff, those who have joined their direct chat with the service: staff
+        number -> room. A room they were only invited to (or left) does not reach them. Only
+        a head start: on any failure they are reached in the alert room as ever."""
+        rooms = {}
+        for number in staff:
+            user_id = self.oncall.user_id(number)
+            try:
+                room_id = await self.store.direct_room(user_id)
+                if room_id is None:
+                    continue
+                member = await self.matrix.call(
+                    "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}"
+                )
+            except Exception as exc:  # noqa: BLE001 - the alert room reaches them anyway
+                log.info("direct chat with %s not usable for a page (%s)", user_id, exc)
+                continue
+            if member.get("membership") == "join":
+                rooms[number] = room_id
+        return rooms
+
+    async def _movements_before(self, item: Inbound, patient_id: str) -> list[AdtEvent]:
+        """This patient's admissions and transfers still queued behind the backlog, oldest first."""
+        events = []
         for earlier in await self.store.pending_movements_before(item.id, patient_id):
             try:
                 event = await self._event_of(earlier)
             except Exception:  # noqa: BLE001 - a broken queued message is the loop's business
                 continue
-            if event is not None and event.patient.id == patient_id:
-                await self._deliver(earlier)
-                delivered = True
-        return delivered
+            if isinstance(event, AdtEvent) and event.patient.id == patient_id:
+                events.append(event)
+        return events
+
+    @staticmethod
+    def _page_id(item: Inbound, key: str) -> str:
+        return f"hl7-{item.facility}-{item.control_id}-{key}"
 
     async def _page(
         self, item: Inbound, role_id: str, room_id: str, event_id: str, priority: str, subject: str,
         patient: dict[str, str], key: str, lead: str | None = None,
     ) -> None:
-        page_id = f"hl7-{item.facility}-{item.control_id}-{key}"
+        page_id = self._page_id(item, key)
         await self.oncall.page_for_system(
             page_id, role_id, room_id, event_id, self.bot, priority=priority, subject=subject, lead=lead,
         )
@@ -337,11 +493,11 @@ class ClinicalService:
             log.warning("patient %s: the EMR could not be asked for the current encounter (%s)", patient_id, exc)
             return None
 
-    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str, lead: str | None) -> str:
+    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str, first: tuple[str, ...]) -> str:
         """A room of its own for an alert with no ward: the people paged see this alert and
         nothing else (not a doctor's private chat, not another unit's room). The role account
-        and the first person to page are invited as the room is made: the invite is the first
-        thing the doctor's phone shows, a round trip sooner than the page."""
+        and the people paged first (staff numbers ``first``) are invited as the room is made:
+        for anyone not told ahead in a chat, the invite is the first thing their phone shows."""
         existing = await self.store.alert_room(item.id)
         if existing:
             return existing
@@ -350,7 +506,8 @@ class ClinicalService:
             "name": f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})",
             "topic": f"A critical result from {item.facility} for a patient with no ward on record.",
             "preset": "private_chat", "visibility": "private",
-            "invite": [u for u in (role_user, self.oncall.user_id(lead) if lead else None) if u],
+            # People first: Synapse sends the invites one after the other, last of all.
+            "invite": [u for u in (*(self.oncall.user_id(s) for s in first), role_user) if u],
             # The message's ID keeps two alert rooms created in the same millisecond from
             # hashing to one room ID (room version 12).
             "creation_content": {"m.federate": False, SOURCE_FIELD: {"facility": item.facility, "control_id": item.control_id}},
@@ -573,3 +730,13 @@ def _result(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _placed(known: dict[str, Any], movements: list[AdtEvent]) -> dict[str, Any]:
+    """The patient's record as it will be once the queued ``movements`` are delivered (the
+    way delivering an admission, transfer or discharge records it)."""
+    placed = dict(known)
+    for event in movements:
+        discharged = ADT_EVENTS.get(event.trigger) == "discharge"
+        placed.update(name=event.patient.name, ward=None if discharged else event.visit.ward, bed=event.visit.bed)
+    return placed

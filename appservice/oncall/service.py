@@ -30,6 +30,7 @@ from appservice.oncall import quiet_hours
 from appservice.oncall.clock import Clock
 from appservice.oncall.store import OncallStore
 from appservice.oncall.swap import swap
+from appservice.timing import point, step
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
 from carematrix import identity
 from carematrix.audit import actions as A
@@ -41,6 +42,7 @@ from carematrix.oncall.escalation import (
     on_ack,
     on_deadline,
     open_page,
+    page_text,
     plan,
 )
 from carematrix.oncall.model import Override
@@ -377,36 +379,104 @@ class OncallService:
         existing = await self.store.page(page_id)
         if existing is not None:
             return existing
-        await self.ensure_in_room(role, room_id)
+        with step("page: role account into the room"):
+            await self.ensure_in_room(role, room_id)
         await self.store.set_role_room(room_id, role.id, sender, False)
         if unreached is not None:
             self._unreached[page_id] = unreached
         try:
-            async with self._lock:
-                page, actions = open_page(
-                    page_id, role.id, sender, room_id, event_id, self.local_now(),
-                    plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS), self._resolve(role.id),
-                    priority=priority, subject=subject, lead=lead, role_name=role.name,
+            with step("page: opened (lock wait, commit)"):
+                async with self._lock:
+                    page, actions = open_page(
+                        page_id, role.id, sender, room_id, event_id, self.local_now(),
+                        plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS), self._resolve(role.id),
+                        priority=priority, subject=subject, lead=lead, role_name=role.name,
+                    )
+                    await self._commit(page, actions)
+            with step("page: audit record"):
+                await self.audit.record(
+                    actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
+                    process="appservice", details={"page": page_id, "paged": list(page.paged), "by": "hospital system"},
                 )
-                await self._commit(page, actions)
-            await self.audit.record(
-                actor=sender, action="appservice.page.opened", object=role.id, room=room_id, outcome="success",
-                process="appservice", details={"page": page_id, "paged": list(page.paged), "by": "hospital system"},
-            )
-            await self.flush()
+            with step("page: outbox flush"):
+                await self.flush()
         finally:
             self._unreached.pop(page_id, None)
         return page
 
     async def ensure_in_room(self, role: RoleAddress, room_id: str) -> None:
         """The bot (which created the hospital's standard rooms) invites the role account,
-        which joins; both steps are harmless if already done."""
+        which joins. Usually it is in already, which a read of its membership tells without
+        any write (an invite to a member is refused only after the homeserver checked it)."""
         role_user = self.matrix.uid(role.localpart)
-        try:
-            await self.matrix.call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": role_user})
-        except MatrixCallFailed as exc:
-            log.debug("invite of %s to %s: %s", role_user, room_id, exc)
+        membership = await self._membership(room_id, role_user, role_user)
+        if membership == "join":
+            return
+        if membership != "invite":
+            try:
+                await self.matrix.call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": role_user})
+            except MatrixCallFailed as exc:
+                log.debug("invite of %s to %s: %s", role_user, room_id, exc)
         await self.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=role_user)
+
+    async def _membership(self, room_id: str, user_id: str, as_user: str) -> str | None:
+        """``user_id``'s membership of the room as ``as_user`` sees it; None if it cannot be
+        read (not in the room, or the homeserver did not answer: the caller then acts)."""
+        try:
+            member = await self.matrix.call(
+                "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}",
+                as_user=as_user,
+            )
+        except (MatrixCallFailed, HomeserverUnreachable):
+            return None
+        return str(member.get("membership") or "") or None
+
+    def first_paged(self, role_id: str, lead: str | None = None) -> tuple[str, ...]:
+        """The staff numbers a page to ``role_id`` (with ``lead``) pages at once, as the
+        escalation would decide now: whom to bring into a room being made for the page."""
+        role = self.oncall.roles.get(role_id) if self.oncall else None
+        if role is None:
+            return ()
+        preview, _ = open_page(
+            "preview", role.id, self.bot, "", "", self.local_now(), plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS),
+            self._resolve(role.id), priority="critical", lead=lead,
+        )
+        return preview.paged
+
+    async def page_ahead(
+        self, page_id: str, role_id: str, rooms: dict[str, str], *, priority: str, subject: str,
+        lead: str | None = None, note: str = "",
+    ) -> list[str]:
+        """The page ``page_id`` (about to be opened for ``role_id``) told at once to the people
+        it pages first, each in a room they are already in (``rooms``: staff number -> room,
+        e.g. their direct chat with the service): one send reaches them while the page's own
+        room is still being made. Each notice is the page's own (its alert ID; a reply or
+        reaction to it acknowledges that page) and is sent as the service. The staff told."""
+        role = self.oncall.roles.get(role_id) if self.oncall else None
+        if role is None or await self.store.page(page_id) is not None:
+            return []  # no such role; or the page is open already (a redelivery): told then
+        preview, _ = open_page(
+            page_id, role.id, self.bot, "", "", self.local_now(), plan(role.escalation, lead, LEAD_TIMEOUT_SECONDS),
+            self._resolve(role.id), priority=priority, subject=subject, lead=lead, role_name=role.name,
+        )
+        told = []
+        for staff, room_id in rooms.items():
+            text = page_text(preview) + (f"\n{note}" if note else "")
+            before = datetime.now(UTC)
+            try:
+                event_id = await self._notice(
+                    room_id, self.bot, text, f"{page_id}-ahead-{staff}", mentions=[self.user_id(staff)],
+                    priority=priority, page=True, alert=preview.alert_id,
+                )
+            except (MatrixCallFailed, HomeserverUnreachable) as exc:
+                # The page itself still reaches them in its own room.
+                log.warning("page %s: could not tell %s ahead in %s: %s", page_id, staff, room_id, exc)
+                continue
+            point(f"page told ahead ({staff})")
+            if event_id:
+                await self.store.add_page_notice(event_id, page_id, room_id, before)
+            told.append(staff)
+        return told
 
     async def on_reaction(self, room_id: str, sender: str, target_event: str | None) -> None:
         """A reaction acknowledges the one page it was put on."""
@@ -496,15 +566,18 @@ class OncallService:
         await self.flush()
 
     async def _event_time(self, room_id: str, event_id: str, page: Page) -> datetime | None:
-        """When the receipted event was sent (the role account of a page is in the room)."""
+        """When the receipted event was sent. Read as the page's role account, which is in
+        the page's room and its direct chats; else as the service, whose direct chat with a
+        member of staff may have been told of the page ahead (page_ahead)."""
+        path = f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(event_id)}"
         try:
-            event = await self.matrix.call(
-                "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/event/{quote(event_id)}",
-                as_user=self.matrix.uid(role_localpart(page.role)),
-            )
+            event = await self.matrix.call("GET", path, as_user=self.matrix.uid(role_localpart(page.role)))
         except MatrixCallFailed as exc:
-            log.warning("read receipt in %s for %s: event not readable (%s)", room_id, event_id, exc)
-            return None
+            try:
+                event = await self.matrix.call("GET", path)
+            except MatrixCallFailed:
+                log.warning("read receipt in %s for %s: event not readable (%s)", room_id, event_id, exc)
+                return None
         return datetime.fromtimestamp(int(event.get("origin_server_ts", 0)) / 1000, UTC)
 
     def _escalation(self, page: Page) -> EscalationPolicy | None:
@@ -632,6 +705,7 @@ class OncallService:
                 page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True,
                 alert=page.alert_id,
             )
+            point(f"page notice sent ({', '.join(action.staff)})")
             if event_id:
                 await self.store.add_page_notice(event_id, page.page_id, page.room_id, before)
             for staff, why in unreachable.items():
@@ -689,7 +763,10 @@ class OncallService:
         in (or already were); the homeserver's reason when it refuses, and they are paged in a
         direct chat instead. A passing failure (HTTP 5xx or 429, no connection) is said in the
         room once, to whoever asked for the page, and raised: the outbox tries the whole send
-        again after a back-off."""
+        again after a back-off. Someone already in the room (or invited) is not invited
+        again: asking is a read, a refused invite is a write the homeserver rejects."""
+        if await self._membership(page.room_id, self.user_id(staff), role_user) in ("join", "invite"):
+            return None
         try:
             await self.matrix.call(
                 "POST", f"/_matrix/client/v3/rooms/{quote(page.room_id)}/invite",

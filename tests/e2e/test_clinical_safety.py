@@ -12,7 +12,16 @@ from datetime import timedelta
 import aiohttp
 from nio import AsyncClient, RoomSendResponse
 
-from tests.clinical_support import ack_code, alert_state, hl7, send_many, send_mllp, team
+from tests.clinical_support import (
+    ack_code,
+    alert_state,
+    direct_chat_with_service,
+    hl7,
+    report_ready,
+    send_many,
+    send_mllp,
+    team,
+)
 from tests.oncall_support import notices, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
@@ -109,6 +118,67 @@ async def test_critical_result_for_a_patient_with_no_ward_pages_the_ordering_doc
     finally:
         for c in (doctor, admin, duty):
             await c.close()
+
+
+async def test_a_critical_result_with_no_ward_reaches_the_ordering_doctor_at_once_in_their_direct_chat_with_the_service(
+    stack: RunningStack,
+):
+    """A doctor who has the service's direct chat (report notices come there) is paged there
+    first, with the page's own alert ID; the alert room still follows. A reaction on that
+    notice acknowledges exactly that page."""
+    await set_clock(stack, tomorrow_at(10, 0) + timedelta(days=7))
+    doctor = await stack.login("d1002")
+    try:
+        earlier = new_patient()
+        await report_ready(stack, "D1002", earlier)
+        direct = await direct_chat_with_service(doctor, earlier)
+
+        patient = new_patient()
+        control, oru = critical_oru(patient, "孤^单", orderer="D1002")  # no PV1, no ADT, not in the EMR
+        assert ack_code(await send_mllp(stack, oru)) == "AA"
+        page = (await eventually(lambda: page_notices(doctor, direct, patient)))[0]
+
+        async def routed() -> dict | None:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return s if s["pages"] and s["status"] == "delivered" else None
+
+        state = await eventually(routed)
+        assert "no ward known" in state["routing"] and "ordering doctor" in state["routing"]
+        alert = state["pages"][0]
+        assert alert["paged"] == ["王芳 Wang Fang (D1002)"]
+        body = page["content"]["body"]
+        assert "孤单" in body and "Potassium 7.2 mmol/L [HH]" in body and f"!ack {alert['alert_id']}" in body
+        assert page["content"]["m.mentions"]["user_ids"] == [stack.user_id("d1002")]
+        assert page["content"]["org.carematrix.priority"] == "critical"
+
+        async def invited_to_alert_room() -> bool:
+            await doctor.sync(timeout=1000)
+            return any(patient in (r.name or "") for r in doctor.invited_rooms.values())
+
+        assert await eventually(invited_to_alert_room)
+
+        # Reading it there marks the page seen (a critical page is not acknowledged by reading).
+        await doctor.room_read_markers(direct, page["event_id"], page["event_id"])
+
+        async def seen() -> dict | None:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return s if s["pages"][0]["seen_by"] else None
+
+        s = await eventually(seen)
+        assert s["pages"][0]["seen_by"][0]["by"] == "王芳 Wang Fang (D1002)" and not s["acknowledged"]
+
+        sent = await doctor.room_send(direct, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": page["event_id"], "key": "👍"}})
+        assert isinstance(sent, RoomSendResponse)
+
+        async def acknowledged() -> dict | None:
+            s = (await alert_state(stack, "LIS", control))[1]
+            return s if s["acknowledged"] else None
+
+        s = await eventually(acknowledged)
+        assert s["pages"][0]["acknowledged_by"] == "王芳 Wang Fang (D1002)"
+    finally:
+        await doctor.close()
 
 
 async def _matching(texts: object, needle: str) -> str | None:

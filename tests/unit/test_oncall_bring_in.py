@@ -39,6 +39,8 @@ class Homeserver:
         return f"@{localpart}:{self.server}"
 
     async def call(self, method: str, path: str, body: Any = None, as_user: str | None = None) -> Any:
+        if method == "GET" and "/state/m.room.member/" in path:  # nobody is in the room yet
+            raise MatrixCallFailed(method, path, 404, {"errcode": "M_NOT_FOUND", "error": "Event not found."})
         if path.endswith("/createRoom"):
             return {"room_id": "!dm:localhost"}
         if path.endswith("/invite"):
