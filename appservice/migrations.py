@@ -9,15 +9,17 @@ Upgrade 1 is the schema exactly as the stores created it before upgrades were nu
 as they ran it: each table if missing, then the columns added since the first release if
 missing, then the indexes. So it adopts a database made by that code (whichever of its
 releases) with every row in place, and makes a fresh one the same. Later upgrades are plain
-statements, applied once each, in a transaction. To add one, register the next function
-below and never edit a released one (docs/architecture.md, "Changing a table").
+statements, applied once each, in a transaction. To add one, add the next ``@numbered``
+function below and never edit a released one (docs/architecture.md, "Changing a table").
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mautrix.util.async_db import Connection, Database, Scheme, UpgradeTable
+from mautrix.util.async_db.upgrade import Upgrade
 
 from carematrix.hsdb.migrations import SchemaVersionError
 
@@ -28,6 +30,17 @@ upgrade_table = UpgradeTable(
     database_name="CareMatrix appservice database",
     log=logging.getLogger("carematrix.appservice.db"),
 )
+
+
+def numbered(description: str) -> Callable[[Upgrade], Upgrade]:
+    """Register the decorated function as the next upgrade (``upgrade_table.register``,
+    whose result mautrix types as either the upgrade or a decorator)."""
+
+    def register(fn: Upgrade) -> Upgrade:
+        upgrade_table.register(fn, description=description)
+        return fn
+
+    return register
 
 
 async def upgrade(db: Database) -> tuple[int, int]:
@@ -184,7 +197,7 @@ async def _add_missing_column(conn: Connection, scheme: Scheme, table: str, colu
         await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
-@upgrade_table.register(description="the tables as created before upgrades were numbered")
+@numbered("the tables as created before upgrades were numbered")
 async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     for statement in _ORG:
         await conn.execute(statement)

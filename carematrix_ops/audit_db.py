@@ -78,7 +78,7 @@ def connect(target: str | Path) -> AuditDb:
         return AuditDb(conn, "postgres")
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :]  # sqlite:////abs/path, sqlite:///relative
-    conn = sqlite3.connect(text, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    return AuditDb(conn, "sqlite")
+    lite = sqlite3.connect(text, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    lite.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    lite.execute("PRAGMA journal_mode = WAL")
+    return AuditDb(lite, "sqlite")

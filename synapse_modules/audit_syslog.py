@@ -121,7 +121,7 @@ def octet_frame(message: bytes) -> bytes:
 
 def read_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Split octet-counted frames off ``buffer``; returns (messages, unconsumed rest)."""
-    messages = []
+    messages: list[bytes] = []
     while True:
         space = buffer.find(b" ")
         if space <= 0:

@@ -50,6 +50,9 @@ def _load(name: str, path: str) -> PdfFont | None:
     if name not in pdfmetrics.getRegisteredFontNames():
         pdfmetrics.registerFont(font)
     registered = pdfmetrics.getFont(name)
+    if not isinstance(registered, TTFont):  # the name was taken by a font of another kind
+        log.info("font name %s is registered for another font; %s not used", name, path)
+        return None
     return PdfFont(name, path, frozenset(registered.face.charToGlyph))
 
 

@@ -85,8 +85,8 @@ class _TimeoutSession(requests.Session):
         super().__init__()
         self.timeout = timeout
 
-    def request(  # type: ignore[override]
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    def request(
+        self, method: str, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         if len(args) < 8:  # timeout is the ninth optional positional of Session.request
             kwargs.setdefault("timeout", self.timeout)

@@ -6,10 +6,12 @@ The tables are made by appservice.migrations."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Connection, Database
 
 from carematrix.oncall.escalation import Action, Page
 from carematrix.oncall.model import Override, Shift
@@ -27,11 +29,19 @@ class OncallStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """One connection inside one transaction. (mautrix annotates ``acquire`` and
+        ``transaction`` by what they yield, not as the context managers they are.)"""
+        async with cast(AbstractAsyncContextManager[Connection], self.db.acquire()) as conn:
+            async with cast(AbstractAsyncContextManager[None], conn.transaction()):
+                yield conn
+
     # -- roster -------------------------------------------------------------------------
 
     async def replace_feed(self, feed_id: str, shifts: list[Shift], digest: str, now: datetime) -> None:
         """A validated feed replaces that feed's previous shifts in one transaction."""
-        async with self.db.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute("DELETE FROM oncall_shift WHERE feed_id = $1", feed_id)
             for s in shifts:
                 await conn.execute(
@@ -127,7 +137,7 @@ class OncallStore:
 
     async def save_page(self, page: Page, actions: list[tuple[str, Action]]) -> None:
         """The page's new state and the sends it implies commit together (the outbox)."""
-        async with self.db.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(
                 "INSERT INTO oncall_page (page_id, role, sender, room_id, event_id, created_at, step, "
                 "step_deadline, paged, acked_by, acked_at, state, priority, subject, lead, role_name) "

@@ -95,9 +95,10 @@ def parse_notification(bundle: Any) -> Notification:
         raise FhirInvalid(issues, BAD_REQUEST)
     first = entries[0]
     status_resource = first.get("resource") if isinstance(first, dict) else None
+    if not isinstance(status_resource, dict):
+        status_resource = {}
     root = "Bundle.entry[0].resource"
-    status_type = (status_resource.get("resourceType") if isinstance(status_resource, dict)
-                   else None)
+    status_type = status_resource.get("resourceType")
     if status_type == "SubscriptionStatus":
         fields, raw_events = _read_subscription_status(status_resource, root, issues)
     elif status_type == "Parameters" and _is_backport(status_resource):

@@ -332,8 +332,10 @@ def _choice_names(cls: type[FHIRAbstractBase]) -> dict[str, tuple[str, ...]]:
     return {name: tuple(names) for name, names in choices.items()}
 
 
+# ``cls`` is a ``type``: fhirclient has no type hints, and a class of unknown type does not
+# count as hashable for the caches above.
 def _walk(
-    error: BaseException, cls: type[FHIRAbstractBase] | None, node: Any, path: str,
+    error: BaseException, cls: type | None, node: Any, path: str,
     prop: _Property | None, out: list[Issue],
 ) -> None:
     """Follow fhirclient's nested errors down the data, so each issue can quote the value

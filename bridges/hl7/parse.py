@@ -98,7 +98,7 @@ def _header(data: bytes) -> tuple[bytes, Delimiters]:
             f"{encoding.decode('latin-1')!r}",
             "MSH-2",
         )
-    component, repetition, escape, subcomponent = chars.decode("ascii")
+    component, repetition, escape, subcomponent = tuple(chars.decode("ascii"))
     return header, Delimiters(field.decode("ascii"), component, repetition, escape, subcomponent)
 
 

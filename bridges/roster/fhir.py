@@ -94,7 +94,9 @@ class _Chain:
 
     def _identifiers(self, identifiers: object) -> list[str]:
         system = self.config.staff_identifier_system
-        return [str(i["value"]) for i in identifiers or [] if isinstance(i, dict)
+        if not isinstance(identifiers, list):
+            return []
+        return [str(i["value"]) for i in identifiers if isinstance(i, dict)
                 and i.get("value") and (system is None or i.get("system") == system)]
 
     def role(self, entry: Entry) -> Holder | None:

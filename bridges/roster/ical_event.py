@@ -7,10 +7,10 @@ yields one error at its line instead of one per week.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from icalendar import Component, vBroken
+from icalendar import Component, vBroken, vDDDTypes
 
 from bridges.roster.config import FeedConfig
 from bridges.roster.ical_text import nominal_and_exact
@@ -87,6 +87,9 @@ def _check_end(event: Component, start: datetime, raw_duration: str | None,
             return None
         duration = nominal_and_exact(raw_duration or "")
         if duration is None:
+            if not isinstance(prop, vDDDTypes) or not isinstance(prop.dt, timedelta):
+                problems.append("DURATION is not a duration")
+                return None
             duration = (0, int(prop.dt.total_seconds()))
         end_utc = add_nominal_and_exact(local_start, *duration)
         local_end = end_utc.astimezone(local_start.tzinfo)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
 from signedjson.key import (
     decode_verify_key_bytes,
     encode_verify_key_base64,
@@ -34,6 +33,7 @@ from signedjson.key import (
     read_signing_keys,
     write_signing_keys,
 )
+from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import decode_base64, encode_base64
 
 from carematrix.audit.chain import canonical_json

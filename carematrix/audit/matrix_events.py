@@ -56,6 +56,7 @@ def record_for_event(
         media = content.get("url")
         if isinstance(media, str) and media.startswith("mxc://"):
             details["media"] = media[:255]  # ties a file to the room it was shared in
-        if is_edit and isinstance(relates.get("event_id"), str):
-            details["replaces"] = relates["event_id"]
+        replaces = relates.get("event_id") if is_edit and isinstance(relates, Mapping) else None
+        if isinstance(replaces, str):
+            details["replaces"] = replaces
     return AuditRecord(actor=sender, action=action, object=obj, room=room_id, process=process, details=details)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nacl.signing import VerifyKey
+from signedjson.types import VerifyKey
 
 from carematrix.audit.checkpoint import Checkpoint, list_checkpoints, signature_problem
 from carematrix.audit.walk import ChainWalker
@@ -77,9 +77,9 @@ def verify(
         if broken is not None:
             return _failed(walker, broken.seq, broken.problem, matched)
         seq = walker.last_seq
-        cp = by_seq.get(seq)
-        if cp is not None:
-            if cp.hash != walker.last_hash:
+        signed = by_seq.get(seq)
+        if signed is not None:
+            if signed.hash != walker.last_hash:
                 return _failed(
                     walker,
                     seq,

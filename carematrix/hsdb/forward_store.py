@@ -97,7 +97,8 @@ def _shingle_keys(shingles: list[str]) -> list[int] | None:
     if set(map(len, shingles)) != {_SHINGLE_LEN}:  # equal total, unequal parts
         return None
     raw = bytes.fromhex(joined.replace(SHINGLE_PREFIX, ""))
-    return np.frombuffer(raw, dtype=">i8").tolist()  # big-endian, signed like key()
+    keys: list[int] = np.frombuffer(raw, dtype=">i8").tolist()  # big-endian, signed like key()
+    return keys
 
 
 def _keys(fingerprints: Iterable[str], shingles: Iterable[str] = ()) -> dict[int, str]:

@@ -142,27 +142,27 @@ def open_image(
     if not _complete(data, fmt):
         raise MediaRejected("corrupt", CORRUPT)
     try:
-        im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
+        opened = Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt])
     except Image.DecompressionBombError as exc:
         raise MediaRejected("too_large", TOO_LARGE) from exc
     except _DECODE_ERRORS as exc:
         raise MediaRejected("corrupt", CORRUPT) from exc
     try:
-        width, height = im.size
+        width, height = opened.size
         _reject_bad_size(width, height, max_pixels)
-        orientation = _orientation(im)
+        orientation = _orientation(opened)
         swap = orientation >= 5
         full = (height, width) if swap else (width, height)
-        if fmt == "jpeg" and im.mode in ("RGB", "L"):
+        if fmt == "jpeg" and opened.mode in ("RGB", "L"):
             want = draft_for(full) if draft_for is not None else full
             want = (want[1], want[0]) if swap else want
             # Adobe "transform 0" files store RGB; libjpeg cannot hand those out as YCbCr.
-            stored_ycc = im.info.get("adobe_transform", 1) != 0
-            mode = "L" if gray else ("YCbCr" if im.mode == "RGB" and stored_ycc else None)
-            im.draft(mode, (max(1, want[0]), max(1, want[1])))
-        icc = im.info.get("icc_profile") or None
-        im.load()
-        im = _normalise_mode(im, gray)
+            stored_ycc = opened.info.get("adobe_transform", 1) != 0
+            mode = "L" if gray else ("YCbCr" if opened.mode == "RGB" and stored_ycc else None)
+            opened.draft(mode, (max(1, want[0]), max(1, want[1])))
+        icc = opened.info.get("icc_profile") or None
+        opened.load()
+        im = _normalise_mode(opened, gray)
         if orientation in _ORIENT:
             im = im.transpose(_ORIENT[orientation])
     except MediaRejected:

@@ -10,7 +10,8 @@ import numpy as np
 
 
 def _window_sums(integral: np.ndarray, h: int, w: int) -> np.ndarray:
-    return integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+    sums: np.ndarray = integral[h:, w:] - integral[:-h, w:] - integral[h:, :-w] + integral[:-h, :-w]
+    return sums
 
 
 class Matcher:

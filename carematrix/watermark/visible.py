@@ -94,11 +94,10 @@ def build_tile(text: str, font_size: int) -> TextTile:
     size = (right - left + 2 * pad, bottom - top + 2 * pad)
     origin = (pad - left, pad - top)
     shade, light = Image.new("L", size), Image.new("L", size)
-    common = {"font": font, "spacing": spacing, "align": "center", "fill": 255}
     ImageDraw.Draw(shade).multiline_text(
-        origin, text, stroke_width=stroke, stroke_fill=255, **common
+        origin, text, fill=255, font=font, spacing=spacing, align="center", stroke_width=stroke, stroke_fill=255
     )
-    ImageDraw.Draw(light).multiline_text(origin, text, **common)
+    ImageDraw.Draw(light).multiline_text(origin, text, fill=255, font=font, spacing=spacing, align="center")
     cos = math.cos(math.radians(ANGLE))
     period = (
         max(8, round((size[0] * 1.3) / cos)),

@@ -36,7 +36,7 @@ def print_banner(deployment: Deployment, result: object) -> None:
         lines.append(f"  Sign-in        : hospital SSO ({s.oidc.get('idp_name', 'Hospital sign-in')}, "
                      f"{s.oidc.get('issuer')})")
     if isinstance(result, SeedResult) and s.demo:
-        policy = load_policy(s.policy_dir)
+        policy = load_policy(s.policy_path)
         if directory_only:
             lines.append("  Staff logins (each with their own directory password):")
         else:

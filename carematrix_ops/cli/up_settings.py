@@ -122,7 +122,9 @@ def oidc_settings(path: Path | None) -> dict | None:
 def up_settings(args: argparse.Namespace) -> Settings:
     """The deployment ``carematrix up`` asks for: flags first, then the environment."""
     port = args.port or _env_int("CAREMATRIX_PORT", 8008)
-    systems = {
+    # None: the default (Settings), which on a new data dir may be the demo policy's copy.
+    policy_dir = args.policy_dir or os.environ.get("CAREMATRIX_POLICY_DIR")
+    systems: dict[str, str | None] = {
         "fhir_server": args.fhir_server or os.environ.get("CAREMATRIX_FHIR_SERVER"),
         "dicomweb": args.dicomweb or os.environ.get("CAREMATRIX_DICOMWEB"),
         "emr_archive": args.emr_archive or os.environ.get("CAREMATRIX_EMR_ARCHIVE"),
@@ -138,11 +140,13 @@ def up_settings(args: argparse.Namespace) -> Settings:
         bind_address=args.bind,
         database=args.database,
         db_url=args.db_url,
-        # None: the default (Settings), which on a new data dir may be the demo policy's copy.
-        policy_dir=args.policy_dir or os.environ.get("CAREMATRIX_POLICY_DIR") or None,
+        policy_dir=Path(policy_dir) if policy_dir else None,
         demo=not args.no_demo,
         audit_syslog=args.audit_syslog or os.environ.get("CAREMATRIX_AUDIT_SYSLOG"),
-        **systems,
+        fhir_server=systems["fhir_server"],
+        dicomweb=systems["dicomweb"],
+        emr_archive=systems["emr_archive"],
+        systems_token=systems["systems_token"],
         # A hospital system named on the command line (or in the environment) wins: the demo
         # EMR and PACS are never mixed with real ones.
         demo_systems=not args.no_demo and not args.no_demo_systems and not any(systems.values()),

@@ -39,7 +39,7 @@ def cmd_watermark_trace(args: argparse.Namespace) -> int:
         except OSError:
             return None
 
-    policy = load_policy(deployment.settings.policy_dir)
+    policy = load_policy(deployment.settings.policy_path)
 
     def name_of(user_id: str) -> str:
         staff = policy.staff_for_localpart(identity.localpart(user_id))

@@ -36,8 +36,7 @@ def ensure_policy_dir(settings: Settings) -> None:
     later: a data dir that lost its policy must not come back as the demo hospital, whose
     org sync would replace the staff.
     """
-    target = settings.policy_dir
-    assert target is not None  # Settings.__post_init__ resolved the default
+    target = settings.policy_path
     if target.is_dir():
         return
     own = settings.data_dir / "policies"

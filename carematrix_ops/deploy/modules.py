@@ -21,7 +21,7 @@ def synapse_module_configs(
     """The Synapse modules, audit first: the policy module records through its writer."""
     if not settings.carematrix_enabled:
         return []
-    audit = {
+    audit: dict[str, Any] = {
         "module": "synapse_modules.audit_module.CareMatrixAudit",
         "config": {
             "database": settings.database,

@@ -31,7 +31,7 @@ def prepare(settings: Settings) -> Deployment:
     oidc = oidc_provider(settings)
     ensure_policy_dir(settings)
     try:
-        policy = load_policy(settings.policy_dir)
+        policy = load_policy(settings.policy_path)
     except PolicyInvalid as exc:
         raise DeployError(
             f"the policy in {settings.policy_dir} is invalid; fix it (carematrix policy check):\n{exc}"

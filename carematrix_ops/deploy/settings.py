@@ -74,6 +74,12 @@ class Settings:
     oidc: dict | None = None
     log_level: str = "INFO"
 
+    @property
+    def policy_path(self) -> Path:
+        """The policy directory, resolved when the settings were made."""
+        assert self.policy_dir is not None
+        return self.policy_dir
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         if self.policy_dir is None:

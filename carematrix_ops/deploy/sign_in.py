@@ -41,7 +41,7 @@ OIDC_IDP_ID = "hospital"
 def _oidc_url(raw: dict, key: str, insecure_ok: bool) -> str:
     value = raw.get(key)
     url = urlparse(value) if isinstance(value, str) else None
-    if url is None or url.scheme not in ("https", "http") or not url.hostname:
+    if not isinstance(value, str) or url is None or url.scheme not in ("https", "http") or not url.hostname:
         raise DeployError(f"the OIDC configuration (--oidc-config) is invalid: '{key}' must be a URL, got {value!r}")
     if url.scheme == "http" and not insecure_ok:
         raise DeployError(
