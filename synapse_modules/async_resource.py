@@ -6,16 +6,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
-from synapse.module_api import ModuleApi
+from synapse.module_api import ModuleApi, SynapseRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 log = logging.getLogger(__name__)
 
 # (status, JSON body) or (status, (content type, text))
-Handler = Callable[[Request], Awaitable[tuple[int, Any]]]
+Handler = Callable[[SynapseRequest], Awaitable[tuple[int, Any]]]
+
+
+def body_of(request: Request) -> bytes:
+    """The request's body (none: empty)."""
+    return request.content.read() if request.content is not None else b""
 
 
 class AsyncJsonResource(Resource):
@@ -38,9 +43,13 @@ class AsyncJsonResource(Resource):
             request.setResponseCode(405)
             return b'{"errcode":"M_UNRECOGNIZED","error":"method not allowed"}'
 
+        # Synapse serves module resources with its own request class (what
+        # ModuleApi.get_user_by_req reads the access token from).
+        synapse_request = cast(SynapseRequest, request)
+
         async def respond() -> None:
             try:
-                code, body = await handler(request)
+                code, body = await handler(synapse_request)
             except Exception as exc:  # auth failures arrive as SynapseError
                 code = getattr(exc, "code", 500)
                 body = {"errcode": getattr(exc, "errcode", "M_UNKNOWN"), "error": getattr(exc, "msg", "internal error")}

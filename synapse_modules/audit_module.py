@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from synapse.module_api import EventBase, ModuleApi
+from synapse.module_api import EventBase, ModuleApi, SynapseRequest
 from synapse.module_api.errors import ConfigError
-from twisted.web.server import Request
 
 from carematrix import identity
 from carematrix.audit import actions as A
@@ -35,7 +34,7 @@ from carematrix.policy import PolicyInvalid
 from synapse_modules import access_log, hs_schema, policy_source
 from synapse_modules.adapter.auth import install_login_observer
 from synapse_modules.adapter.events import install_event_check
-from synapse_modules.async_resource import AsyncJsonResource
+from synapse_modules.async_resource import AsyncJsonResource, body_of
 from synapse_modules.audit_writer import AuditWriter
 
 log = logging.getLogger(__name__)
@@ -167,11 +166,11 @@ class CareMatrixAudit:
                 )
             )
             return
-        user = login_identity(submission, self._api.server_name)
+        claimed = login_identity(submission, self._api.server_name)
         code = getattr(error, "errcode", None) or type(error).__name__
         self.writer.record_soon(
             AuditRecord(
-                actor=user or "anonymous", action=A.AUTH_LOGIN_FAILED, object=user or "login",
+                actor=claimed or "anonymous", action=A.AUTH_LOGIN_FAILED, object=claimed or "login",
                 outcome=A.DENIED if getattr(error, "code", 0) in (401, 403) else A.FAILURE,
                 source=address, process=self.process,
                 details={"device": str(submission.get("device_id", "")), "type": str(submission.get("type", "")), "error": str(code)},
@@ -215,12 +214,12 @@ class CareMatrixAudit:
 
     # -- HTTP: records from the appservice, searches by auditors --------------------------
 
-    async def _submit_records(self, request: Request) -> tuple[int, Any]:
+    async def _submit_records(self, request: SynapseRequest) -> tuple[int, Any]:
         auth = request.getHeader("Authorization") or ""
         if auth != f"Bearer {self._config.appservice_token}":
             return 403, {"errcode": "M_FORBIDDEN", "error": "only the CareMatrix appservice may submit audit records"}
         try:
-            body = json.loads(request.content.read() or b"{}")
+            body = json.loads(body_of(request) or b"{}")
             items = body["records"]
             if not isinstance(items, list) or not items:
                 raise ValueError("'records' must be a non-empty list")
@@ -231,7 +230,7 @@ class CareMatrixAudit:
             await self.writer.record(record)
         return 200, {"recorded": len(records)}
 
-    async def _search(self, request: Request) -> tuple[int, Any]:
+    async def _search(self, request: SynapseRequest) -> tuple[int, Any]:
         requester = await self._api.get_user_by_req(request)
         user_id = requester.user.to_string()
         local = identity.local_localpart(user_id, self._api.server_name)

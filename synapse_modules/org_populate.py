@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from synapse.module_api import make_deferred_yieldable
+from synapse.module_api import SynapseRequest, make_deferred_yieldable
 from twisted.internet import defer
-from twisted.web.server import Request
 
 from carematrix import identity
 from carematrix.rules.membership import decide_membership
 from synapse_modules.adapter.joins import build_joins, store_joins
+from synapse_modules.async_resource import body_of
 from synapse_modules.audit_writer import current_writer, held_records
 
 if TYPE_CHECKING:
@@ -59,13 +59,13 @@ class OrgPopulate:
         self._api = policy.api
         self._rooms_busy: dict[str, defer.DeferredLock] = {}
 
-    async def handle(self, request: Request) -> tuple[int, Any]:
+    async def handle(self, request: SynapseRequest) -> tuple[int, Any]:
         api = self._api
         caller = (await api.get_user_by_req(request)).user.to_string()
         if caller != self._policy.bot_user_id and not await api.is_user_admin(caller):
             return _error(403, "M_FORBIDDEN", "Only org sync (the CareMatrix bot or a server admin) may add members in bulk.")
         try:
-            room_id, user_ids = parse_request(request.content.read())
+            room_id, user_ids = parse_request(body_of(request))
         except ValueError as exc:
             return _error(400, "M_BAD_JSON", str(exc))
         # One bulk join per room at a time (in this process), and the room read under the same

@@ -320,8 +320,8 @@ class ContentProtection:
         if cached is not None:
             try:
                 blob = cached.read_bytes()
-                content_type, _, data = blob.partition(b"\n")
-                return data, content_type.decode()
+                stored_type, _, data = blob.partition(b"\n")
+                return data, stored_type.decode()
             except OSError:
                 pass
         path = local_media_path(self._api, media_id)

@@ -78,7 +78,11 @@ async def store_joins(api: ModuleApi, batch: JoinBatch) -> list[int]:
     persisted = await UnpersistedEventContext.batch_persist_unpersisted_contexts(
         batch.events, batch.room_id, batch.start_state_group, state_store
     )
-    groups = [c.state_group for _, c in persisted]
+    groups: list[int] = []
+    for event, context in persisted:
+        if context.state_group is None:  # persisting gives every event its state group
+            raise RuntimeError(f"join {event.event_id} was stored without a state group")
+        groups.append(context.state_group)
     remember_state_groups(state_store, batch, groups)
     joiners = [e.sender for e, _ in batch.events]
     await hs.get_event_creation_handler().handle_new_client_event(
