@@ -18,7 +18,16 @@ from aiohttp import web
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.asyncpg import PgASStateStore
 from mautrix.errors import MForbidden
-from mautrix.types import Event, EventType, Membership, MessageEvent, StateEvent
+from mautrix.types import (
+    Event,
+    EventType,
+    Membership,
+    MemberStateEventContent,
+    MessageEvent,
+    MessageType,
+    StateEvent,
+    TextMessageEventContent,
+)
 from mautrix.util.async_db import Database
 
 from appservice import migrations
@@ -72,6 +81,7 @@ class Bot:
         self.started_at = time.time()
         self.last_rejected: ReloadOutcome | None = None
         self._applied_digest = policy.current.digest
+        self.clinical: ClinicalService | None = None
         self.cases: CaseService | None = None
         # Set once the tables exist and the loops run: until then the health endpoint says
         # "starting" and nothing reads a table that may not exist yet.
@@ -146,12 +156,15 @@ class Bot:
             await self.oncall.on_read(str(evt.room_id), user, str(event_id))
 
     async def _on_member(self, evt: StateEvent) -> None:
+        member = evt.content
+        if not isinstance(member, MemberStateEventContent):
+            return
         if await self.oncall.on_member(
-            str(evt.room_id), str(evt.sender), str(evt.state_key), str(evt.content.membership.value),
-            bool(evt.content.serialize().get("is_direct")),
+            str(evt.room_id), str(evt.sender), str(evt.state_key), str(member.membership.value),
+            bool(member.serialize().get("is_direct")),
         ):
             return
-        if evt.state_key != self.appserv.bot_mxid or evt.content.membership != Membership.INVITE:
+        if evt.state_key != self.appserv.bot_mxid or member.membership != Membership.INVITE:
             return
         # Only hospital accounts may pull the bot into rooms.
         if identity.server_name(evt.sender) != self.config.domain:
@@ -184,16 +197,17 @@ class Bot:
         elif command.name == "oncall":
             reply = await self._oncall_command(str(evt.sender), command.args)
         elif command.name in ("case", "decision", "images") and self.cases is not None:
-            reply = await self.cases.command(str(evt.room_id), str(evt.sender), command.name, command.args)
-            if reply is None:
+            answer = await self.cases.command(str(evt.room_id), str(evt.sender), command.name, command.args)
+            if answer is None:
                 return
+            reply = answer
         else:
             reply = reply_unknown(command.name)
         # Every message from the service carries its priority (docs/clinical.md); replies
         # to commands are routine.
-        await self.appserv.intent.send_message_event(
-            evt.room_id, EventType.ROOM_MESSAGE, {"msgtype": "m.notice", "body": reply, PRIORITY_FIELD: "routine"}
-        )
+        content = TextMessageEventContent(msgtype=MessageType.NOTICE, body=reply)
+        content[PRIORITY_FIELD] = "routine"
+        await self.appserv.intent.send_message_event(evt.room_id, EventType.ROOM_MESSAGE, content)
 
     async def _oncall_command(self, sender: str, args: tuple[str, ...]) -> str:
         """``!oncall [unit]`` lists who holds each role now and next; ``!oncall cover <role>
@@ -272,7 +286,7 @@ class Bot:
         }
         if self.last_rejected is not None:
             body["policy_rejected_edit"] = [str(e) for e in self.last_rejected.errors]
-        clinical = getattr(self, "clinical", None)
+        clinical = self.clinical
         if clinical is not None and ready:
             body["hl7"] = await clinical.store.counts()
             undelivered = await clinical.store.undelivered()
@@ -388,7 +402,8 @@ async def run(config: AppserviceConfig) -> None:
     holder.on_outcome = bot.on_policy_outcome
     appserv.matrix_event_handler(bot.on_event)
     appserv.transactions = NoTransactionIds()  # duplicates are recognised per event (appservice.dedupe)
-    appserv.query_alias = oncall.query_alias
+    # mautrix annotates the alias query as returning JSON, yet awaits it (and ours is async).
+    appserv.query_alias = oncall.query_alias  # type: ignore[assignment]
     appserv.app.router.add_get(ALERTS_PATH, clinical.alert_state)
     appserv.app.router.add_get(HEALTH_PATH, bot.health)
     appserv.app.middlewares.append(bot.readiness_gate)

@@ -6,6 +6,7 @@ action is, in what order and how many at once. The calls go through mautrix's cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,7 +116,7 @@ class OrgMatrix:
             await self.wait_for_policy(desired.policy_digest)
         observed = Observed(users=await self.list_users(), managed=set(managed))
         aliases = [r.alias for r in desired.rooms]
-        results = await self._gather([lambda a=a: self._room_members(a) for a in aliases])
+        results = await self._gather([functools.partial(self._room_members, a) for a in aliases])
         for alias, found in zip(aliases, results, strict=True):
             if found is not None:
                 self.room_ids[alias], observed.rooms[alias], observed.join_rules[alias] = found
@@ -215,7 +216,7 @@ class OrgMatrix:
 
         # Biggest rooms first, so that they do not trail at the end.
         groups = sorted(by_room.values(), key=len, reverse=True)
-        await self._gather([lambda g=g: populate(g) for g in groups])
+        await self._gather([functools.partial(populate, g) for g in groups])
         return left
 
     async def apply(self, actions: list[Action], initial_password: str | None) -> list[str]:
@@ -228,10 +229,11 @@ class OrgMatrix:
             except (MatrixCallFailed, HomeserverUnreachable) as exc:
                 errors.append(f"{action.describe()}: {exc}")
 
+        async def send(action: Action) -> None:
+            await attempt(action, lambda: self.hs.call(*self._request(action, initial_password)))
+
         async def run_all(batch: list[Action]) -> None:
-            await self._gather(
-                [lambda a=a: attempt(a, lambda: self.hs.call(*self._request(a, initial_password))) for a in batch]
-            )
+            await self._gather([functools.partial(send, a) for a in batch])
 
         def of_kind(*kinds: str) -> list[Action]:
             return [a for a in actions if a.kind in kinds]
@@ -247,6 +249,13 @@ class OrgMatrix:
             await run_all(of_kind("create_account", "reactivate", "update_name"))
             await run_all(of_kind("deactivate"))
 
+        async def create(action: Action) -> None:
+            room = action.room
+            if room is None:  # the plan gives every create_room action its room
+                errors.append(f"{action.describe()}: no room to create")
+                return
+            await attempt(action, lambda: self.create_room(room))
+
         async def rooms() -> None:
             # Parents first (a child needs its parent's room ID), siblings side by side.
             pending = of_kind("create_room")
@@ -255,7 +264,7 @@ class OrgMatrix:
                          or a.room.parent_alias not in {p.target for p in pending}]
                 ready = ready or pending  # never stall (a tree has no cycles; this is a guard)
                 pending = [a for a in pending if a not in ready]
-                await self._gather([lambda a=a: attempt(a, lambda: self.create_room(a.room)) for a in ready])
+                await self._gather([functools.partial(create, a) for a in ready])
 
         async def joins() -> None:
             wanted = [a for a in of_kind("join") if a.detail in self.room_ids]

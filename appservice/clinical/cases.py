@@ -608,7 +608,9 @@ class CaseService:
     ) -> Attachment:
         """The file's complete original bytes, or ArchiveIncomplete naming it and the reason."""
         filename = str(content.get("filename") or body or "file")
-        info = content.get("info") if isinstance(content.get("info"), dict) else {}
+        info = content.get("info")
+        if not isinstance(info, dict):
+            info = {}
         what = f'the file "{filename}" posted by {self._name_of(sender)} at {sent:%Y-%m-%d %H:%M}'
         url = content.get("url")
         if not isinstance(url, str) or not url.startswith("mxc://"):

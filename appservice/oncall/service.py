@@ -32,6 +32,7 @@ from appservice.oncall.store import OncallStore
 from appservice.oncall.swap import swap
 from appservice.timing import point, step
 from bridges.roster import FeedConfig, FeedInvalid, parse_feed
+from bridges.roster.config import DEFAULT_COLUMNS
 from carematrix import identity
 from carematrix.audit import actions as A
 from carematrix.oncall.escalation import (
@@ -216,7 +217,7 @@ class OncallService:
                     timezone=oncall.timezone, roles=feed.roles, staff=feed.staff,
                     known_staff=frozenset(p.staff_number for p in self.policy.staff),
                     known_roles=frozenset(oncall.roles), role_from=feed.role_from,  # type: ignore[arg-type]
-                    encoding=feed.encoding, **({"columns": feed.columns} if feed.columns else {}),
+                    encoding=feed.encoding, columns=feed.columns or DEFAULT_COLUMNS,
                 )
                 # In a thread: a large roster takes a good part of a second to parse, and every
                 # policy edit re-reads them all (MLLP ACKs and escalations must not wait).

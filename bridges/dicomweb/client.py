@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import collapse_rfc2231_value
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -77,7 +77,14 @@ class Instance:
     number: int | None
 
 
-def find_by_reference(text: str) -> dict[str, str]:
+class StudyReference(TypedDict, total=False):
+    """What a user typed, as the keyword of ``find_studies`` it names."""
+
+    accession: str
+    study_uid: str
+
+
+def find_by_reference(text: str) -> StudyReference:
     """Keyword arguments for ``find_studies`` from what a user typed after a command.
 
     Study Instance UIDs are dotted digit groups of at most 64 characters; anything else is

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
 from yaml.events import (
+    Event,
     MappingEndEvent,
     MappingStartEvent,
     ScalarEvent,
@@ -27,12 +27,10 @@ from yaml.events import (
     StreamEndEvent,
 )
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
-from yaml.resolver import Resolver
 
-try:
-    from yaml.cyaml import CParser
-except ImportError:  # PyYAML built without libyaml
-    CParser = None
+# PyYAML built with libyaml has its C parser (CSafeLoader: that parser with PyYAML's safe
+# resolver and scalar constructors).
+LIBYAML = hasattr(yaml, "CSafeLoader")
 
 
 class LineDict(dict[str, Any]):
@@ -98,21 +96,16 @@ class _NotPlain(Exception):
 _LEFT_TO_PYYAML = {"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"}
 
 
-if CParser is not None:
-
-    class _EventReader(CParser, SafeConstructor, Resolver):  # type: ignore[misc]
-        """libyaml's parser events; PyYAML's resolver and scalar constructors."""
-
-        def __init__(self, text: str) -> None:
-            CParser.__init__(self, text)
-            SafeConstructor.__init__(self)
-            Resolver.__init__(self)
+def _line(event: Event) -> int:
+    """The 1-based line an event starts on (libyaml's events always carry their marks)."""
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
 
 
 def _read_plain(text: str) -> Any:
     """The document as ``_LineLoader`` builds it, from parser events; raises ``_NotPlain``
     or a ``yaml.YAMLError`` for anything it does not read exactly alike."""
-    reader = _EventReader(text)
+    reader = yaml.CSafeLoader(text)
     try:
         reader.get_event()  # stream start
         if reader.check_event(StreamEndEvent):
@@ -137,22 +130,25 @@ def _read_value(reader: Any, event: Any) -> Any:
         construct = reader.yaml_constructors.get(tag)
         if construct is None or tag in _LEFT_TO_PYYAML:
             raise _NotPlain(tag)
-        return construct(reader, ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style))
+        # The node's marks are libyaml's (yaml._yaml.Mark), which PyYAML's nodes take too.
+        start: Any = event.start_mark
+        end: Any = event.end_mark
+        return construct(reader, ScalarNode(tag, event.value, start, end, event.style))
     if getattr(event, "tag", None) not in (None, "!"):
         raise _NotPlain("explicit tag")
     if isinstance(event, SequenceStartEvent):
         items = LineList()
-        items.line = event.start_mark.line + 1
+        items.line = _line(event)
         items.item_lines = []
         while not reader.check_event(SequenceEndEvent):
             item = reader.get_event()
-            items.item_lines.append(item.start_mark.line + 1)
+            items.item_lines.append(_line(item))
             items.append(_read_value(reader, item))
         reader.get_event()
         return items
     if isinstance(event, MappingStartEvent):
         mapping = LineDict()
-        mapping.line = event.start_mark.line + 1
+        mapping.line = _line(event)
         mapping.key_lines = {}
         while not reader.check_event(MappingEndEvent):
             key_event = reader.get_event()
@@ -164,7 +160,7 @@ def _read_value(reader: Any, event: Any) -> Any:
             key = str(key)
             if key in mapping:
                 raise _NotPlain("duplicate key")
-            mapping.key_lines[key] = key_event.start_mark.line + 1
+            mapping.key_lines[key] = _line(key_event)
             mapping[key] = _read_value(reader, reader.get_event())
         reader.get_event()
         return mapping
@@ -180,7 +176,7 @@ class YamlSyntaxError(Exception):
 
 def parse_yaml(text: str) -> Any:
     """Parse one YAML document; syntax errors become ``YamlSyntaxError`` with a line."""
-    if CParser is not None:
+    if LIBYAML:
         try:
             return _read_plain(text)
         except (_NotPlain, yaml.YAMLError):

@@ -56,15 +56,17 @@ SAMPLE_MIN_SHINGLES = 64  # from this many shingles on, a candidate is probed in
 SAMPLE_EVERY = 3  # the first phase probes every third shingle of each sequence
 
 
-def _position_index(
-    candidate: Fingerprints,
-) -> tuple[dict[str, list[int]], list[int], list[int], list[str]]:
+# shingle -> its position numbers; each position's text offset, sequence number, shingle.
+PositionIndex = tuple[dict[str, list[int]], list[int], list[int], list[str]]
+
+
+def _position_index(candidate: Fingerprints) -> PositionIndex:
     """Every position of ``candidate.sequences`` numbered in one series: shingle -> its
     position numbers, then each position's text offset, sequence number and shingle. Built
     once per candidate and kept on it (not a dataclass field: equality and repr ignore it),
     so that deciding on each of many origin events costs what that event shares, not the
     length of the candidate."""
-    cached = candidate.__dict__.get("_position_index")
+    cached: PositionIndex | None = candidate.__dict__.get("_position_index")
     if cached is not None:
         return cached
     index: dict[str, list[int]] = {}
@@ -95,7 +97,8 @@ def shingle_sample(candidate: Fingerprints) -> frozenset[str] | None:
     from it (:func:`shingle_neighbours`). Cached on the candidate like the position index.
     """
     if "_sample" in candidate.__dict__:
-        return candidate.__dict__["_sample"]
+        cached: frozenset[str] | None = candidate.__dict__["_sample"]
+        return cached
     sample: frozenset[str] | None = None
     if candidate.sequences and len(candidate.shingles) >= SAMPLE_MIN_SHINGLES:
         chosen = {s for sequence in candidate.sequences for _, s in sequence[::SAMPLE_EVERY]}

@@ -102,7 +102,8 @@ def _normalise_by_char(text: str) -> str:
     replacement = np.array([ord(m) if m else _DROPPED for m in mapping.values()], dtype=np.uint32)
     out = codes.copy()
     out[special] = replacement[np.searchsorted(distinct, codes[special])]
-    return out[out != _DROPPED].tobytes().decode("utf-32-le", "surrogatepass")
+    kept: np.ndarray = out[out != _DROPPED]
+    return kept.tobytes().decode("utf-32-le", "surrogatepass")
 
 
 def normalise_text(text: str) -> str:

@@ -44,7 +44,8 @@ def _fmix64(x: np.ndarray) -> np.ndarray:
     x = x * _FMIX_1
     x = x ^ (x >> _SHIFT_33)
     x = x * _FMIX_2
-    return x ^ (x >> _SHIFT_33)
+    mixed: np.ndarray = x ^ (x >> _SHIFT_33)
+    return mixed
 
 
 def _window_hashes(chars: np.ndarray, width: int) -> np.ndarray:

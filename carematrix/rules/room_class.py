@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from carematrix.policy.model import Policy
@@ -134,7 +135,7 @@ def _allowed_value(rc: RoomClass, key: str, value: object, allowed: tuple[str, .
     )
 
 
-def power_floor_violation(rc: RoomClass, content: dict[str, Any]) -> Verdict:
+def power_floor_violation(rc: RoomClass, content: Mapping[str, Any]) -> Verdict:
     for key, floor in rc.min_power_levels:
         level = content.get(key, POWER_LEVEL_DEFAULTS[key])
         if not isinstance(level, int) or isinstance(level, bool):
@@ -155,7 +156,7 @@ def decide_state_change(
     policy: Policy,
     room: RoomClassState,
     event_type: str,
-    content: dict[str, Any],
+    content: Mapping[str, Any],
     is_system: bool,
 ) -> Verdict:
     """Keep join rules, history visibility, power levels and protections within the class."""

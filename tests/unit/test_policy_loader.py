@@ -81,7 +81,7 @@ def test_the_fast_reader_reads_every_value_and_line_as_pyyaml_does(text, monkeyp
     if "&b" not in text and "!!" not in text:
         yamlsrc._read_plain(text)  # read by the fast reader itself, not handed on
     fast = _shape(parse_yaml(text))
-    monkeypatch.setattr(yamlsrc, "CParser", None)  # PyYAML's own parser only
+    monkeypatch.setattr(yamlsrc, "LIBYAML", False)  # PyYAML's own parser only
     assert fast == _shape(parse_yaml(text))
 
 
@@ -96,7 +96,7 @@ def test_the_fast_reader_reads_every_value_and_line_as_pyyaml_does(text, monkeyp
 def test_errors_read_as_pyyamls_own(broken, monkeypatch):
     with pytest.raises(YamlSyntaxError) as either:
         parse_yaml(broken)
-    monkeypatch.setattr(yamlsrc, "CParser", None)
+    monkeypatch.setattr(yamlsrc, "LIBYAML", False)
     with pytest.raises(YamlSyntaxError) as pure:
         parse_yaml(broken)
     assert str(either.value) == str(pure.value)
