@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 help:
 	@echo "make run    - set up (venv, install, config with fresh secrets) and run the demo hospital"
-	@echo "make test   - lint, unit and end-to-end tests on SQLite and PostgreSQL"
+	@echo "make test   - lint and type checks, unit and end-to-end tests on SQLite and PostgreSQL"
 	@echo "make bench  - benchmarks against plain Synapse, measured in the same run"
 	@echo "make status - health of a running stack"
 
@@ -30,6 +30,7 @@ services:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
