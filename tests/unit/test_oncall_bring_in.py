@@ -117,7 +117,7 @@ async def test_a_failing_homeserver_is_said_once_and_the_invite_retried(monkeypa
     homeserver = Homeserver(refused(502, "M_UNKNOWN", "Bad gateway"), refused(503, "M_UNKNOWN", "Unavailable"))
     oncall, outbox = service(homeserver)
     clock = [1000.0]
-    monkeypatch.setattr("appservice.oncall.service.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("appservice.oncall.outbox.time.monotonic", lambda: clock[0])
     await oncall.flush()
     assert said(homeserver) == ["Could not bring 王芳 Wang Fang (D1002) into this room for cardiology/attending "
                                 "yet: HTTP 502 M_UNKNOWN: Bad gateway. Trying again."]
