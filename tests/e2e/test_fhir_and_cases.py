@@ -100,7 +100,12 @@ async def test_critical_observation_pushed_over_fhir_pages_the_icu_once(stack: R
         (alert,) = await eventually(critical)
         assert "赵敏" in alert["content"]["body"] and "Potassium 6.9 mmol/L [HH]" in alert["content"]["body"]
         assert alert["content"]["org.carematrix.priority"] == "critical"
-        assert any(patient in b and b.startswith("Admission: 赵敏") for b in await bodies(nurse, icu))
+        # The critical result does not wait for the admission ahead of it to be posted (it is
+        # routed by the stored encounter); the admission follows.
+        async def admitted() -> bool:
+            return any(patient in b and b.startswith("Admission: 赵敏") for b in await bodies(nurse, icu))
+
+        assert await eventually(admitted)
 
         url = stack.deployment.settings.appservice_url + location
 
