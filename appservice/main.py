@@ -41,7 +41,7 @@ from appservice.clinical.store import ClinicalStore
 from appservice.commands import HELP, reply_ping, reply_unknown
 from appservice.config import AppserviceConfig, AppserviceConfigError
 from appservice.dedupe import NoTransactionIds, RecentEvents
-from appservice.homeserver import Homeserver
+from appservice.homeserver import Homeserver, HomeserverUnreachable
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from appservice.oncall.store import OncallStore
@@ -257,6 +257,9 @@ class Bot:
                     await self.oncall.ensure_role_accounts()
                 await self.oncall.refresh_feeds(self.config.policy_dir)
                 await self.oncall.hand_over()
+            except HomeserverUnreachable as exc:
+                # A homeserver restart: expected and passing, so one line without a traceback.
+                log.warning("on-call upkeep waits for the homeserver: %s; retrying", exc)
             except Exception:
                 log.exception("on-call upkeep failed; retrying")
 
@@ -271,6 +274,9 @@ class Bot:
                 if not await self.oncall.server_admin():
                     continue
                 await self.oncall.apply_quiet_hours()
+            except HomeserverUnreachable as exc:
+                # A homeserver restart: expected and passing, so one line without a traceback.
+                log.warning("quiet hours upkeep waits for the homeserver: %s; retrying", exc)
             except Exception:
                 log.exception("quiet hours upkeep failed; retrying")
             await asyncio.sleep(QUIET_HOURS_SECONDS)
