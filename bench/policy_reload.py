@@ -27,7 +27,9 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +39,11 @@ import yaml
 from bench.clinical_ingest import _adt
 from bench.mllp import Mllp
 from bench.org_sync import synthetic_org
-from bench.stats import summary
+from bench.stats import percentile, summary
 from carematrix.loop_lag import ENV as LAG_ENV
-from carematrix.loop_lag import max_late_ms, read_lag
+from carematrix.loop_lag import PERIOD_SECONDS, max_late_ms, read_lag
+from carematrix.policy import load_policy, yamlsrc
+from carematrix.policy.holder import Offload, PolicyHolder, run_here
 from carematrix_ops.deploy.prepare import prepare
 from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.seed import Seeder
@@ -54,8 +58,9 @@ IN_FORCE_MARGIN = 0.5  # the pollers see a new digest up to this late
 PHASES = (("quiet", "before the edit"), ("reload", "edit until in force"), ("org_sync", "the org sync after"))
 
 
-def bench_policy(directory: Path, staff: int, units: int) -> None:
-    """The demo policy with a synthetic wing of ``staff`` people over ``units`` units."""
+def bench_policy(directory: Path, staff: int, units: int) -> int:
+    """The demo policy with a synthetic wing of ``staff`` people over about ``units`` units;
+    returns how many units the wing has."""
     shutil.copytree(DEMO_POLICY_DIR, directory)
     tree, people = synthetic_org(staff, units, root="wing", root_name="Benchmark Wing")
     hospital = yaml.safe_load((directory / "hospital.yaml").read_text(encoding="utf-8"))
@@ -64,6 +69,11 @@ def bench_policy(directory: Path, staff: int, units: int) -> None:
     listed = yaml.safe_load((directory / "staff.yaml").read_text(encoding="utf-8"))
     listed["staff"] += people
     (directory / "staff.yaml").write_text(yaml.safe_dump(listed, allow_unicode=True), encoding="utf-8")
+
+    def count(unit: dict) -> int:
+        return 1 + sum(count(child) for child in unit.get("children", []))
+
+    return count(tree)
 
 
 def edit_title(directory: Path, title: str) -> None:
@@ -135,6 +145,69 @@ async def _until_in_force(seen: Observed, old: str) -> tuple[float, float, float
     return marks["synapse"], marks["appservice"], marks["org_sync"]
 
 
+async def _lateness_during(work: Callable[[], Awaitable[object]]) -> tuple[list[float], float]:
+    """How late a 5 ms timer fires on this loop while ``work`` runs; and how long it took."""
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+    done = False
+
+    async def tick() -> None:
+        while not done:
+            due = loop.time() + PERIOD_SECONDS
+            await asyncio.sleep(PERIOD_SECONDS)
+            late.append((loop.time() - due) * 1000)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(PERIOD_SECONDS * 4)
+    started = time.perf_counter()
+    await work()
+    took = time.perf_counter() - started
+    done = True
+    await ticker
+    return late, took
+
+
+async def in_process(policy_dir: Path, repeats: int = 5) -> dict:
+    """One process, no stack: an asyncio loop's timer while the policy is loaded as before
+    (PyYAML's own reader, on the loop), with today's reader on the loop, and as now (today's
+    reader, in a thread), beside the same timer left alone for as long, taking turns so
+    machine noise hits them alike."""
+    holder = PolicyHolder(policy_dir)
+    staff = policy_dir / "staff.yaml"
+    before = "before: PyYAML's reader, on the loop"
+    samples: dict[str, list[float]] = {"idle": [], before: [], "on the loop": [], "in a thread": []}
+    took: dict[str, list[float]] = {before: [], "on the loop": [], "in a thread": []}
+
+    async def as_before() -> None:
+        fast, yamlsrc.CParser = yamlsrc.CParser, None
+        try:
+            load_policy(policy_dir)
+        finally:
+            yamlsrc.CParser = fast
+
+    async def reload(offload: Offload) -> None:
+        st = staff.stat()
+        os.utime(staff, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # same content, parsed again
+        if (await holder.refresh(offload)) is None:
+            raise RuntimeError("the reload did not run")
+
+    for _ in range(repeats):
+        late, seconds = await _lateness_during(as_before)
+        samples[before] += late
+        took[before].append(seconds)
+        for label, offload in (("on the loop", run_here), ("in a thread", asyncio.to_thread)):
+            late, seconds = await _lateness_during(lambda o=offload: reload(o))
+            samples[label] += late
+            took[label].append(seconds)
+        late, _ = await _lateness_during(lambda: asyncio.sleep(statistics.fmean(took["in a thread"])))
+        samples["idle"] += late
+    return {
+        label: {"ticks": len(late), "max_late_ms": round(max(late), 1), "p99_late_ms": round(percentile(late, 99), 1)}
+        | ({"reload_s": round(statistics.median(took[label]), 2)} if label in took else {})
+        for label, late in samples.items()
+    }
+
+
 def _window(lag: dict[str, list], seen: Observed, start: float, end: float) -> dict:
     acks = [ms for due, ms in seen.acks if start <= due <= end]
     return {
@@ -200,7 +273,8 @@ async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 
     """``baseline``: a checkout of other code (e.g. ``git worktree add DIR COMMIT``) run on the
     same data in the same run, passes alternating (baseline first, then this code first)."""
     policy_dir = work / "policy"
-    bench_policy(policy_dir, staff, units)
+    unit_count = bench_policy(policy_dir, staff, units)
+    alone = await in_process(policy_dir)
     d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
                          hl7_port=free_port(), policy_dir=policy_dir, demo=False))
     stack = _start(d, work / "lag" / "seed", None)
@@ -234,8 +308,9 @@ async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 
                     "org_sync": _window(lag, seen, edited_at + max(marks[0], marks[1]) + IN_FORCE_MARGIN, end),
                 })
     return {
-        "benchmark": f"policy reload, demo policy + {staff:,} staff over {units} units, MLLP ADT at {rate:g}/s, SQLite",
+        "benchmark": f"policy reload, demo policy + {staff:,} staff in {unit_count} more units, MLLP ADT at {rate:g}/s, SQLite",
         "seeded_s": round(seeded_s, 1),
+        "in_process": alone,
         "code": {label: str(code) if code else "this checkout" for label, code in codes},
         "results": {label: _summarise(rounds_out) for label, rounds_out in collected.items()},
     }
@@ -263,7 +338,10 @@ def _summarise(rounds: list[dict]) -> dict:
 
 
 def format_result(result: dict) -> str:
-    lines = [result["benchmark"], f"  (seeded in {result['seeded_s']} s)"]
+    lines = [result["benchmark"], f"  (seeded in {result['seeded_s']} s)", "  in one process, a 5 ms timer on an asyncio loop:"]
+    for label, r in result["in_process"].items():
+        took = f", reload {r['reload_s']} s" if "reload_s" in r else ""
+        lines.append(f"    {label:<40} late max {r['max_late_ms']} ms, p99 {r['p99_late_ms']} ms ({r['ticks']} ticks{took})")
     for label, res in result["results"].items():
         lines.append(f"  {label} ({result['code'][label]}), {res['rounds']} edits")
         lines.append(f"    {'':<22}{'Synapse stall':>15}{'appservice stall':>18}{'ACK p50':>10}{'ACK p99':>10}{'ACK max':>10}")
