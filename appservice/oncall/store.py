@@ -40,14 +40,16 @@ class OncallStore:
     # -- roster -------------------------------------------------------------------------
 
     async def replace_feed(self, feed_id: str, shifts: list[Shift], digest: str, now: datetime) -> None:
-        """A validated feed replaces that feed's previous shifts in one transaction."""
+        """A validated feed replaces that feed's previous shifts in one transaction, written in
+        one batch: the connection is shared with the HL7 intake, whose ACKs wait meanwhile
+        (every policy edit re-reads every feed)."""
         async with self._transaction() as conn:
             await conn.execute("DELETE FROM oncall_shift WHERE feed_id = $1", feed_id)
-            for s in shifts:
-                await conn.execute(
+            if shifts:
+                await conn.executemany(
                     "INSERT INTO oncall_shift (feed_id, role, staff_number, start_ts, end_ts, source) "
                     "VALUES ($1, $2, $3, $4, $5, $6)",
-                    feed_id, s.role, s.staff_number, _ms(s.start), _ms(s.end), s.source,
+                    [(feed_id, s.role, s.staff_number, _ms(s.start), _ms(s.end), s.source) for s in shifts],
                 )
             await self._feed_row(conn, feed_id, digest, now, None)
 
