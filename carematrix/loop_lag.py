@@ -82,6 +82,8 @@ def read_lag(path: Path) -> list[LagWindow]:
 
 
 def max_late_ms(windows: list[LagWindow], start: float, end: float) -> float | None:
-    """The latest tick among the windows overlapping [start, end]; None if none overlap."""
-    found = [w.max_late_ms for w in windows if w.end >= start and w.start <= end]
+    """The latest tick that fired within [start, end]; None if none did. A window's line is
+    written by the tick that closes it, which after a long stall is the late tick itself, so
+    a window counts where it ends (a stall that began just before ``start`` counts in full)."""
+    found = [w.max_late_ms for w in windows if start <= w.end <= end]
     return max(found) if found else None
