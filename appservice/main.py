@@ -444,6 +444,7 @@ async def run(config: AppserviceConfig) -> None:
             asyncio.create_task(bot.oncall_upkeep_loop()),
             asyncio.create_task(bot.quiet_hours_loop()),
             asyncio.create_task(clinical.deliver_loop()),
+            asyncio.create_task(clinical.keep_spare_alert_room()),
         ]
         appserv.ready = True
         bot.ready.set()

@@ -210,3 +210,11 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     await _clinical_added(conn, scheme)
     for statement in _CASES:
         await conn.execute(statement)
+
+
+# -- upgrade 2 -------------------------------------------------------------------------------
+
+
+@numbered("an alert room made ahead for the next critical result with no ward")
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute("CREATE TABLE clinical_spare_alert_room (room_id TEXT PRIMARY KEY, made_at BIGINT NOT NULL)")

@@ -26,7 +26,7 @@ from appservice.audit_client import AuditClient
 from appservice.clinical.fhir_intake import MESSAGE_PREFIX
 from appservice.clinical.mllp_listener import MllpLimits, MllpListener
 from appservice.clinical.store import ClinicalStore, Inbound
-from appservice.homeserver import Homeserver, MatrixCallFailed
+from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from appservice.oncall.service import OncallService
 from appservice.timing import Steps, point, report, step, tracking
 from bridges.fhir.events import extract_resource
@@ -75,6 +75,7 @@ class ClinicalService:
         self._arrivals: dict[tuple[str, str], tuple[float, float]] = {}
         self._released: dict[int, asyncio.Event] = {}  # critical result being delivered -> the queue may move on
         self._finishing: dict[int, asyncio.Task[None]] = {}  # released; its pages are still being sent
+        self._spare_lock = asyncio.Lock()
 
     def wake(self, urgent: bool = False) -> None:
         """New input is stored: deliver now rather than at the next poll."""
@@ -386,6 +387,7 @@ class ClinicalService:
             # room (made next, with them invited) is where the page then lives.
             with step("direct chats of the first paged"):
                 rooms = await (reachable or self._in_direct_chat(self._first_paged(found)))
+            told: list[str] = []
             if rooms:
                 with step("page told ahead"):
                     told = await self.oncall.page_ahead(
@@ -394,11 +396,13 @@ class ClinicalService:
                     )
                 if told:
                     self._release(item)
-            # The queue moves on while the homeserver makes the room: the invite in it is the
-            # first thing anyone not told ahead sees, and other results must not wait for it.
-            self._release(item, "queue released: alert room being made")
+            # Nobody told ahead: the invite into the alert room is the first thing they see,
+            # so it comes from a room made ahead if there is one.
             with step("alert room"):
-                room_id = await self._alert_room(item, patient, net, self._first_paged(found))
+                room_id = await self._alert_room(item, patient, net, self._first_paged(found), made_ahead=not told)
+            self._release(item)
+            with step("alert room settled"):
+                await self._settle_alert_room(room_id, item, net)
             text = f"{summary}\nRouting: {found.how}."
             with step("post result"):
                 event_id = await self._post(room_id, item, rule.priority, text, patient)
@@ -407,6 +411,8 @@ class ClinicalService:
             log.warning("%s %s: %s", item.message_type, item.control_id, found.how)
             with step("tell integration room"):
                 await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
+            with step("next alert room made ahead"):
+                await self.keep_spare_alert_room()
         await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
         return room_id
 
@@ -493,36 +499,84 @@ class ClinicalService:
             log.warning("patient %s: the EMR could not be asked for the current encounter (%s)", patient_id, exc)
             return None
 
-    async def _alert_room(self, item: Inbound, patient: dict[str, str], net_role: str, first: tuple[str, ...]) -> str:
+    async def _alert_room(
+        self, item: Inbound, patient: dict[str, str], net_role: str, first: tuple[str, ...], *, made_ahead: bool,
+    ) -> str:
         """A room of its own for an alert with no ward: the people paged see this alert and
-        nothing else (not a doctor's private chat, not another unit's room). The role account
-        and the people paged first (staff numbers ``first``) are invited as the room is made:
-        for anyone not told ahead in a chat, the invite is the first thing their phone shows."""
-        existing = await self.store.alert_room(item.id)
-        if existing:
-            return existing
+        nothing else (not a doctor's private chat, not another unit's room). The people paged
+        first (staff numbers ``first``) are invited at once: for anyone not told ahead in a
+        chat, the invite is the first thing their phone shows. With ``made_ahead``, a room made
+        ahead is taken if there is one (naming it and inviting them are two requests, making a
+        room a dozen events); else the room is made now, the role account invited with them."""
+        room_id = await self.store.alert_room(item.id)
+        if room_id is None and made_ahead:
+            room_id = await self.store.take_spare_alert_room(item.id)
+        if room_id is not None:
+            # Ours already (a redelivery, or the room made ahead): named and its people
+            # invited, which changes nothing where it was done before.
+            await self.matrix.call(
+                "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.name", {"name": _alert_room_name(patient)}
+            )
+            for staff in first:
+                user_id = self.oncall.user_id(staff)
+                try:
+                    await self.matrix.call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": user_id})
+                except MatrixCallFailed as exc:  # their page brings them in, or pages them directly
+                    log.info("alert room %s: %s not invited yet (%s)", room_id, user_id, exc.reason)
+            return room_id
+        # The queue moves on while the homeserver makes the room: other results must not wait
+        # for its dozen events.
+        self._release(item, "queue released: alert room being made")
         role_user = self.matrix.uid(role_localpart(net_role)) if net_role else None
         created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
-            "name": f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})",
-            "topic": f"A critical result from {item.facility} for a patient with no ward on record.",
-            "preset": "private_chat", "visibility": "private",
+            **_alert_room_content(_alert_room_name(patient), _alert_room_topic(item), role_user),
             # People first: Synapse sends the invites one after the other, last of all.
             "invite": [u for u in (*(self.oncall.user_id(s) for s in first), role_user) if u],
             # The message's ID keeps two alert rooms created in the same millisecond from
             # hashing to one room ID (room version 12).
             "creation_content": {"m.federate": False, SOURCE_FIELD: {"facility": item.facility, "control_id": item.control_id}},
-            "initial_state": [
-                {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "consult"}},
-                {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
-            ],
-            "power_level_content_override": {
-                "users": {role_user: 50} if role_user else {}, "events_default": 0, "state_default": 50,
-                "invite": 50, "kick": 50, "ban": 50, "redact": 50,
-            },
         })
         room_id = str(created["room_id"])
         await self.store.set_alert_room(item.id, room_id)
         return room_id
+
+    async def _settle_alert_room(self, room_id: str, item: Inbound, net_role: str) -> None:
+        """What a room made ahead cannot know until it is used: the safety-net role account
+        may invite (it brings in whoever the page escalates to), and the topic names the
+        source. Read first, so a room made for the alert is left as it is."""
+        base = f"/_matrix/client/v3/rooms/{quote(room_id)}/state"
+        role_user = self.matrix.uid(role_localpart(net_role)) if net_role else None
+        levels = await self.matrix.call("GET", f"{base}/m.room.power_levels")
+        if role_user and role_user not in (levels.get("users") or {}):
+            levels["users"] = {**(levels.get("users") or {}), role_user: 50}
+            await self.matrix.call("PUT", f"{base}/m.room.power_levels", levels)
+        topic = _alert_room_topic(item)
+        try:
+            current = (await self.matrix.call("GET", f"{base}/m.room.topic")).get("topic")
+        except MatrixCallFailed:
+            current = None
+        if current != topic:
+            await self.matrix.call("PUT", f"{base}/m.room.topic", {"topic": topic})
+
+    async def keep_spare_alert_room(self) -> None:
+        """One alert room made ahead, for the next critical result with no ward whose people
+        cannot be told in a chat they are in: it reaches them sooner. Made at start and after
+        one is used, never while a result waits on it; a failure leaves the next alert to make
+        its own room, as without it."""
+        policy = self.policy
+        if policy is None or not policy.safety_net:
+            return
+        async with self._spare_lock:
+            try:
+                if await self.store.spare_alert_rooms() > 0:
+                    return
+                created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
+                    **_alert_room_content("危急值 Critical result", "Made ahead for the next critical result with no ward on record.", None),
+                    "creation_content": {"m.federate": False, SOURCE_FIELD: {"made_ahead": uuid.uuid4().hex}},
+                })
+                await self.store.add_spare_alert_room(str(created["room_id"]))
+            except (MatrixCallFailed, HomeserverUnreachable) as exc:
+                log.warning("no alert room made ahead (%s); the next one is made when needed", exc)
 
     async def _undeliverable(self, item: Inbound, kind: str, patient: dict[str, str], summary: str, why: str) -> None:
         """Accepted but nobody could be told: on record, in the log and in the integration room."""
@@ -740,3 +794,26 @@ def _placed(known: dict[str, Any], movements: list[AdtEvent]) -> dict[str, Any]:
         discharged = ADT_EVENTS.get(event.trigger) == "discharge"
         placed.update(name=event.patient.name, ward=None if discharged else event.visit.ward, bed=event.visit.bed)
     return placed
+
+
+def _alert_room_name(patient: dict[str, str]) -> str:
+    return f"危急值 Critical result · {patient.get('name') or patient.get('id')} ({patient.get('id')})"
+
+
+def _alert_room_topic(item: Inbound) -> str:
+    return f"A critical result from {item.facility} for a patient with no ward on record."
+
+
+def _alert_room_content(name: str, topic: str, role_user: str | None) -> dict[str, Any]:
+    """An alert room as createRoom makes it: a consult-class room only invited people see."""
+    return {
+        "name": name, "topic": topic, "preset": "private_chat", "visibility": "private",
+        "initial_state": [
+            {"type": ROOM_CLASS_EVENT, "state_key": "", "content": {"class": "consult"}},
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "shared"}},
+        ],
+        "power_level_content_override": {
+            "users": {role_user: 50} if role_user else {}, "events_default": 0, "state_default": 50,
+            "invite": 50, "kick": 50, "ban": 50, "redact": 50,
+        },
+    }

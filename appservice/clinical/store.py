@@ -6,10 +6,11 @@ their ward. The tables are made by appservice.migrations."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from mautrix.util.async_db import Database
+from mautrix.util.async_db import Connection, Database
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,31 @@ class ClinicalStore:
             "INSERT INTO clinical_alert_room (inbox_id, room_id) VALUES ($1, $2) ON CONFLICT (inbox_id) DO NOTHING",
             inbox_id, room_id,
         )
+
+    async def add_spare_alert_room(self, room_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO clinical_spare_alert_room (room_id, made_at) VALUES ($1, $2)", room_id, int(time.time() * 1000)
+        )
+
+    async def spare_alert_rooms(self) -> int:
+        return int(await self.db.fetchval("SELECT COUNT(*) FROM clinical_spare_alert_room") or 0)
+
+    async def take_spare_alert_room(self, inbox_id: int) -> str | None:
+        """The oldest spare alert room becomes this message's (None if there is none). Taken
+        by a single delete, so two alerts taking one at once never get the same room."""
+        # (mautrix annotates ``acquire`` and ``transaction`` by what they yield.)
+        async with cast(AbstractAsyncContextManager[Connection], self.db.acquire()) as conn, \
+                cast(AbstractAsyncContextManager[None], conn.transaction()):
+            room_id = await conn.fetchval(
+                "DELETE FROM clinical_spare_alert_room WHERE room_id = "
+                "(SELECT room_id FROM clinical_spare_alert_room ORDER BY made_at LIMIT 1) RETURNING room_id"
+            )
+            if room_id is not None:
+                await conn.execute(
+                    "INSERT INTO clinical_alert_room (inbox_id, room_id) VALUES ($1, $2) ON CONFLICT (inbox_id) DO NOTHING",
+                    inbox_id, room_id,
+                )
+        return str(room_id) if room_id is not None else None
 
     async def alert_pages(self, facility: str, control_id: str) -> list[tuple[str, str]]:
         rows = await self.db.fetch(
