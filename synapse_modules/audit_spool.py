@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from carematrix.hsdb.audit_store import StoredRecord, read_range
+from carematrix.hsdb.migrations import upgrade
+from synapse_modules.audit_spool_migrations import SPOOL_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,23 @@ class Spool:
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS spool ("
-            "id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, message BLOB NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-        )
+        try:
+            upgrade(self._transaction, "sqlite", SPOOL_MIGRATIONS, database="audit spool")
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction on the spool file (for its schema upgrade)."""
+        cursor = self._db.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
 
     @property
     def high_seq(self) -> int:

@@ -258,7 +258,12 @@ def prepare(txn: Any, dialect: str) -> None:
     )
 
 
-def migrate(txn: Any, dialect: str, migrations: Sequence[Migration] = MIGRATIONS) -> tuple[int, int]:
+def migrate(
+    txn: Any,
+    dialect: str,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    database: str = "homeserver database",
+) -> tuple[int, int]:
     """Transaction 2 of an upgrade, and its first statement: apply every migration the
     database lacks, in order. Returns (version before, version after); raises
     :class:`SchemaVersionError` for a database newer than ``migrations``, leaving it as is."""
@@ -273,7 +278,7 @@ def migrate(txn: Any, dialect: str, migrations: Sequence[Migration] = MIGRATIONS
     found = _read_version(txn)
     latest = len(migrations)
     if found > latest:
-        raise SchemaVersionError(found, latest)
+        raise SchemaVersionError(found, latest, database)
     if found == latest:
         return found, found
     if found == 0:
@@ -292,13 +297,14 @@ def upgrade(
     transaction: Callable[[], AbstractContextManager[Any]],
     dialect: str,
     migrations: Sequence[Migration] = MIGRATIONS,
+    database: str = "homeserver database",
 ) -> tuple[int, int]:
     """Both transactions on a connection of our own: ``transaction()`` yields a cursor in a
     fresh transaction and commits it (``AuditDb.transaction``)."""
     with transaction() as txn:
         prepare(txn, dialect)
     with transaction() as txn:
-        return migrate(txn, dialect, migrations)
+        return migrate(txn, dialect, migrations, database)
 
 
 def current_version(txn: Any, dialect: str) -> int:
