@@ -30,7 +30,6 @@ from carematrix.audit.checkpoint import (
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
-from carematrix.policy import PolicyInvalid
 from synapse_modules import access_log, hs_schema, policy_source
 from synapse_modules.adapter.auth import install_login_observer
 from synapse_modules.adapter.events import install_event_check
@@ -81,10 +80,7 @@ class AuditModuleConfig:
             raise ValueError("'syslog' takes host, port (TCP, RFC 6587 framing) and spool (a file path)")
         if syslog and not (isinstance(syslog.get("host"), str) and isinstance(syslog.get("spool"), str)):
             raise ValueError("'syslog' needs host and spool")
-        try:
-            policy_source.policy_holder(config["policy_dir"])  # the process's one load
-        except PolicyInvalid as exc:
-            raise ValueError(f"the policy in {config['policy_dir']} is invalid:\n{exc}") from exc
+        policy_source.load_at_config(config["policy_dir"])
         return cls(
             database=database,
             policy_dir=Path(config["policy_dir"]),

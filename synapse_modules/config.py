@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carematrix.policy import PolicyInvalid
-from synapse_modules.policy_source import policy_holder
+from synapse_modules.policy_source import load_at_config
 
 USER_ID_RE = re.compile(r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.:\[\]-]+$")
 
@@ -62,12 +61,8 @@ class PolicyModuleConfig:
         burn = config.get("burn_interval_seconds", 1.0)
         if not isinstance(burn, int | float) or isinstance(burn, bool) or not 0.1 <= burn <= 600:
             raise ValueError(f"'burn_interval_seconds' must be a number between 0.1 and 600, got {burn!r}")
-        path = Path(policy_dir)
-        try:
-            policy_holder(path)  # loaded here once for the whole process (policy_source)
-        except PolicyInvalid as exc:
-            raise ValueError(f"the policy in {path} is invalid:\n{exc}") from exc
+        load_at_config(policy_dir)
         return cls(
-            path, bot, float(interval), key.encode() if key else None,
+            Path(policy_dir), bot, float(interval), key.encode() if key else None,
             Path(cache) if cache else None, float(burn),
         )

@@ -34,7 +34,6 @@ from carematrix.ldap_login import (
     parse_ldap_config,
     staff_number_for_login,
 )
-from carematrix.policy import PolicyInvalid
 from carematrix.policy.org import staff_localpart
 from synapse_modules import policy_source
 from synapse_modules.config import checked_keys_and_policy_dir
@@ -61,10 +60,7 @@ class LdapAuthConfig:
     def from_config(cls, config: dict[str, Any]) -> LdapAuthConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
         policy_dir = checked_keys_and_policy_dir(config, {"policy_dir", "ldap", "admin_user_id", "admin_password_sha256"})
-        try:
-            policy_source.policy_holder(policy_dir)  # the process's one load
-        except PolicyInvalid as exc:
-            raise ValueError(f"the policy in {policy_dir} is invalid:\n{exc}") from exc
+        policy_source.load_at_config(policy_dir)
         if "ldap" not in config:
             raise ValueError("'ldap' is required: the directory settings (docs/org.md)")
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from synapse.module_api import ModuleApi
 
+from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder
 
 _holders: dict[Path, PolicyHolder] = {}
@@ -35,6 +36,15 @@ def policy_holder(policy_dir: Path | str) -> PolicyHolder:
     if holder is None:
         holder = _holders[key] = PolicyHolder(policy_dir)
     return holder
+
+
+def load_at_config(policy_dir: Path | str) -> None:
+    """The process's one load, from a module's ``parse_config``: a broken policy is a
+    ``ValueError`` naming file and line, which the module turns into Synapse's config error."""
+    try:
+        policy_holder(policy_dir)
+    except PolicyInvalid as exc:
+        raise ValueError(f"the policy in {policy_dir} is invalid:\n{exc}") from exc
 
 
 def polled(policy_dir: Path | str) -> bool:

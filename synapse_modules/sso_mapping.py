@@ -26,7 +26,6 @@ from typing import Any
 
 from synapse.module_api.errors import ConfigError
 
-from carematrix.policy import PolicyInvalid
 from carematrix.policy.holder import run_here
 from carematrix.policy.model import Policy
 from carematrix.policy.org import Staff, staff_localpart
@@ -55,10 +54,7 @@ class SsoMappingConfig:
             raise ValueError(
                 f"'staff_number_claim' must be the name of the IdP claim holding the staff number, got {claim!r}"
             )
-        try:
-            policy_source.policy_holder(policy_dir)  # the process's one load
-        except PolicyInvalid as exc:
-            raise ValueError(f"the policy in {policy_dir} is invalid:\n{exc}") from exc
+        policy_source.load_at_config(policy_dir)
         return cls(Path(policy_dir), claim.strip())
 
 
