@@ -54,7 +54,7 @@ class Spool:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction on the spool file (for its schema upgrade)."""
+        """One write transaction on the spool file (its schema upgrade, each ``put``)."""
         cursor = self._db.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -79,29 +79,21 @@ class Spool:
         that are not log records (checkpoints).
         """
         added = 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT value FROM state WHERE key = 'high_seq'").fetchone()
-                high = int(row[0]) if row else 0
-                for seq, message in items:
-                    if seq is not None:
-                        if seq <= high:
-                            continue
-                        high = seq
-                    self._db.execute(
-                        "INSERT INTO spool (seq, message) VALUES (?, ?)", (seq, message)
-                    )
-                    added += 1
-                self._db.execute(
-                    "INSERT INTO state (key, value) VALUES ('high_seq', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (high,),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction() as cur:
+            row = cur.execute("SELECT value FROM state WHERE key = 'high_seq'").fetchone()
+            high = int(row[0]) if row else 0
+            for seq, message in items:
+                if seq is not None:
+                    if seq <= high:
+                        continue
+                    high = seq
+                cur.execute("INSERT INTO spool (seq, message) VALUES (?, ?)", (seq, message))
+                added += 1
+            cur.execute(
+                "INSERT INTO state (key, value) VALUES ('high_seq', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (high,),
+            )
         return added
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
