@@ -35,7 +35,6 @@ from synapse_modules import hs_schema
 from synapse_modules.adapter import tables
 from synapse_modules.adapter.auth import requester_user_id
 from synapse_modules.adapter.events import censor_event
-from synapse_modules.adapter.homeserver import dialect_of
 from synapse_modules.adapter.media import (
     delete_local_media,
     local_media_path,
@@ -84,9 +83,9 @@ class ContentProtection:
         self._key = watermark_key
         self._cache_dir = cache_dir
         self._refuse = refuse
-        self._dialect = dialect_of(api)
         self._schema = hs_schema.gate(api)
         self._schema.start()
+        self._dialect = self._schema.dialect
 
     # -- database ---------------------------------------------------------------------
 
