@@ -138,10 +138,6 @@ class Section:
     checker: Checker
     line: int
 
-    def mapping(self, what: str) -> LineDict | None:
-        """The section as a mapping; None (after reporting) if it is something else."""
-        return self.checker.mapping(self.value, self.line, what)
-
 
 @dataclass
 class Sections:
@@ -154,6 +150,14 @@ class Sections:
 
     def get(self, key: str) -> Section | None:
         return self.found.get(key)
+
+    def mapping_section(self, key: str) -> tuple[LineDict, Checker] | None:
+        """A section that must be a mapping; None (after reporting) if absent or not a mapping."""
+        section = self.get(key)
+        if section is None:
+            return None
+        data = section.checker.mapping(section.value, section.line, f"'{key}'")
+        return None if data is None else (data, section.checker)
 
     def list_section(self, key: str, what: str) -> tuple[LineList, Checker] | None:
         """A section that must be a list; None (after reporting) if absent or not a list."""

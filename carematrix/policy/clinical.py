@@ -93,13 +93,10 @@ class ClinicalPolicy:
 def parse_clinical(sections: Sections, org: Org, oncall: OncallPolicy | None) -> ClinicalPolicy | None:
     """The ``clinical:`` section checked against the units and the on-call role addresses, or
     None if the hospital has none (or it is not a mapping, which is reported)."""
-    section = sections.get("clinical")
-    if section is None:
+    found = sections.mapping_section("clinical")
+    if found is None:
         return None
-    data = section.mapping("'clinical'")
-    if data is None:
-        return None
-    chk = section.checker
+    data, chk = found
     units = org.units
     oncall_roles = set(oncall.roles) if oncall else set()
     chk.keys(

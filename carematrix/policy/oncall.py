@@ -80,13 +80,10 @@ class OncallPolicy:
 def parse_oncall(sections: Sections, org: Org) -> OncallPolicy | None:
     """The ``oncall:`` section checked against the organisation, or None if the hospital has
     none (or it is not a mapping, which is reported)."""
-    section = sections.get("oncall")
-    if section is None:
+    found = sections.mapping_section("oncall")
+    if found is None:
         return None
-    data = section.mapping("'oncall'")
-    if data is None:
-        return None
-    chk = section.checker
+    data, chk = found
     staff = org.staff_numbers
     chk.keys(
         data,

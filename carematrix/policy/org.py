@@ -70,14 +70,12 @@ def parse_org(sections: Sections) -> Org:
 
 
 def _hospital(sections: Sections) -> tuple[str, str]:
-    section = sections.get("hospital")
-    if section is None:
+    if sections.get("hospital") is None:
         sections.missing("hospital")
+    found = sections.mapping_section("hospital")
+    if found is None:
         return "", DEFAULT_DISPLAY_NAME_FORMAT
-    data = section.mapping("'hospital'")
-    if data is None:
-        return "", DEFAULT_DISPLAY_NAME_FORMAT
-    chk = section.checker
+    data, chk = found
     chk.keys(data, ("name", "display_name_format"), "'hospital'")
     name = chk.text(data, "name", "'hospital'") or ""
     fmt = chk.text(data, "display_name_format", "'hospital'", required=False) or DEFAULT_DISPLAY_NAME_FORMAT
@@ -86,13 +84,10 @@ def _hospital(sections: Sections) -> tuple[str, str]:
 
 
 def _roles(sections: Sections) -> dict[str, str]:
-    section = sections.get("roles")
-    if section is None:
+    found = sections.mapping_section("roles")
+    if found is None:
         return {}
-    data = section.mapping("'roles'")
-    if data is None:
-        return {}
-    chk = section.checker
+    data, chk = found
     roles = {}
     for role_id, spec in data.items():
         rline = data.line_of(role_id)

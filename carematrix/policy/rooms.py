@@ -224,14 +224,11 @@ def parse_rooms(sections: Sections, org: Org) -> Rooms:
 
 
 def _room_classes(sections: Sections, roles: dict[str, str], staff_numbers: set[str]) -> dict[str, RoomClass]:
-    section = sections.get("room_classes")
     classes: dict[str, RoomClass] = {}
-    if section is None:
+    found = sections.mapping_section("room_classes")
+    if found is None:
         return classes
-    data = section.mapping("'room_classes'")
-    if data is None:
-        return classes
-    chk = section.checker
+    data, chk = found
     for class_id, spec in data.items():
         cline = data.line_of(class_id)
         what = f"room class '{class_id}'"
@@ -420,13 +417,10 @@ def _max_members(chk: Checker, data: LineDict, what: str) -> int | None:
 
 
 def _room_defaults(sections: Sections, classes: dict[str, RoomClass]) -> tuple[str | None, str | None]:
-    section = sections.get("room_defaults")
-    if section is None:
+    found = sections.mapping_section("room_defaults")
+    if found is None:
         return None, None
-    data = section.mapping("'room_defaults'")
-    if data is None:
-        return None, None
-    chk = section.checker
+    data, chk = found
     chk.keys(data, ("room", "direct"), "'room_defaults'")
     out = []
     for key in ("room", "direct"):
