@@ -70,6 +70,15 @@ class Checker:
             return None
         return value.strip()
 
+    def choice(self, data: LineDict, key: str, allowed: tuple[str, ...], subject: str, default: str, invalid: str) -> str:
+        """One of ``allowed`` (``default`` if the key is absent); ``invalid`` (after reporting) if
+        it is something else, so the caller can fall back to the safer of the choices."""
+        value = data.get(key, default)
+        if value not in allowed:
+            self.error(data.line_of(key), f"{subject} must be one of: {', '.join(allowed)}")
+            return invalid
+        return str(value)
+
     def text_list(self, data: LineDict, key: str, what: str) -> list[tuple[str, int]]:
         """A list of strings (a single string is accepted as a one-item list)."""
         if key not in data:

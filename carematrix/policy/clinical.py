@@ -152,19 +152,13 @@ def parse_clinical(sections: Sections, org: Org, oncall: OncallPolicy | None) ->
         for key in page:
             if key not in known:
                 chk.error(body.line_of("page"), f"'page' names '{key}', which no ward maps to a role (known: {', '.join(sorted(known)) or 'none'})")
-        priority = body.get("priority", "routine")
-        if priority not in PRIORITIES:
-            chk.error(body.line_of("priority"), f"'priority' of a clinical rule must be one of: {', '.join(PRIORITIES)}")
-            priority = "critical"
+        priority = chk.choice(body, "priority", PRIORITIES, "'priority' of a clinical rule", "routine", "critical")
         notify = [n for n, _ in chk.text_list(body, "notify", "a clinical rule")]
         for target in notify:
             if target not in NOTIFY_TARGETS:
                 chk.error(body.line_of("notify"), f"'notify' names '{target}' (known: {', '.join(NOTIFY_TARGETS)})")
-        acked_when = body.get("acknowledged_when", "all")
-        if acked_when not in ACK_CONDITIONS:
-            chk.error(body.line_of("acknowledged_when"), f"'acknowledged_when' of a clinical rule must be one of: {', '.join(ACK_CONDITIONS)}")
-            acked_when = "all"
-        rules.append(Rule(str(event), post, tuple(page), str(priority), tuple(notify), str(acked_when)))
+        acked_when = chk.choice(body, "acknowledged_when", ACK_CONDITIONS, "'acknowledged_when' of a clinical rule", "all", "all")
+        rules.append(Rule(str(event), post, tuple(page), priority, tuple(notify), acked_when))
     ward_room = str(data.get("ward_room", "{unit}-team"))
     links = None
     if "deep_links" in data:

@@ -98,10 +98,7 @@ def parse_oncall(sections: Sections, org: Org) -> OncallPolicy | None:
     pools = _pools(chk, data, staff)
     roles = _roles(chk, data, org.units, staff, pools)
     feeds = _feeds(chk, data, roles, staff)
-    quiet = data.get("quiet_hours", "opt_in")
-    if quiet not in QUIET_MODES:
-        chk.error(data.line_of("quiet_hours"), f"'oncall.quiet_hours' must be one of: {', '.join(QUIET_MODES)}")
-        quiet = "opt_in"
+    quiet = chk.choice(data, "quiet_hours", QUIET_MODES, "'oncall.quiet_hours'", "opt_in", "opt_in")
     overrides_by = []
     for role, rline in chk.text_list(data, "overrides_by", "'oncall'"):
         if role not in org.roles:
@@ -199,19 +196,13 @@ def _roles(
                 timeout = chk.duration(step, "timeout", f"step {i + 1} of {what}", minimum=1) if "timeout" in step else None
                 if "timeout" not in step:
                     chk.error(sline, f"step {i + 1} of {what} needs a 'timeout' (e.g. 5m)")
-                priority = step.get("priority", "urgent")
-                if priority not in PRIORITIES:
-                    chk.error(step.line_of("priority"), f"'priority' of step {i + 1} of {what} must be one of: {', '.join(PRIORITIES)}")
-                    priority = "critical"
+                priority = chk.choice(step, "priority", PRIORITIES, f"'priority' of step {i + 1} of {what}", "urgent", "critical")
                 if target and timeout:
                     steps.append(Step(target, timeout, priority))
         fallback = body.get("fallback")
         if fallback is not None:
             fallback = _target(chk, body.line_of("fallback"), fallback, f"'fallback' of {what}", role_ids, staff, pools)
-        handover = body.get("handover", "release")
-        if handover not in HANDOVER_MODES:
-            chk.error(body.line_of("handover"), f"'handover' of {what} must be one of: {', '.join(HANDOVER_MODES)}")
-            handover = "release"
+        handover = chk.choice(body, "handover", HANDOVER_MODES, f"'handover' of {what}", "release", "release")
         if steps:
             roles[role_id] = RoleAddress(
                 id=role_id, unit=unit, name=name, handover=handover,

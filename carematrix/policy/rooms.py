@@ -248,10 +248,8 @@ def _room_classes(sections: Sections, roles: dict[str, str], staff_numbers: set[
         if not isinstance(reactions, bool):
             chk.error(spec_map.line_of("reactions"), f"'reactions' of {what} must be true or false")
             reactions = False
-        scope = spec_map.get("scope", "hospital")
-        if scope not in SCOPES:
-            chk.error(spec_map.line_of("scope"), f"'scope' of {what} must be one of: {', '.join(SCOPES)}")
-            scope = "unit"  # the narrower one: fail closed
+        # Invalid: the narrower scope (fail closed).
+        scope = chk.choice(spec_map, "scope", SCOPES, f"'scope' of {what}", "hospital", "unit")
         defaults = RoomClass("x", "", None, None)
         join_rules = _choices(chk, spec_map, "join_rules", what, JOIN_RULES) or defaults.join_rules
         history = _choices(chk, spec_map, "history_visibility", what, HISTORY_VISIBILITIES) or defaults.history_visibility
@@ -310,21 +308,9 @@ def _protection(chk: Checker, data: LineDict, what: str) -> Protection:
             chk.error(spec.line_of(key), f"'protection.{key}' of {what} must be true or false")
             value = True  # fail closed
         flags[key] = value
-    other_files = spec.get("other_files", "audited")
-    if other_files not in OTHER_FILES:
-        chk.error(
-            spec.line_of("other_files"),
-            f"'protection.other_files' of {what} must be one of: {', '.join(OTHER_FILES)}",
-        )
-        other_files = "block"
-    encryption = spec.get("encryption", "server")
-    if encryption not in ENCRYPTION_STANCES:
-        chk.error(
-            spec.line_of("encryption"),
-            f"'protection.encryption' of {what} must be one of: {', '.join(ENCRYPTION_STANCES)}",
-        )
-        encryption = "server"
-    elif encryption != "server" and (flags["watermark"] or flags["no_forward"]):
+    other_files = chk.choice(spec, "other_files", OTHER_FILES, f"'protection.other_files' of {what}", "audited", "block")
+    encryption = chk.choice(spec, "encryption", ENCRYPTION_STANCES, f"'protection.encryption' of {what}", "server", "server")
+    if encryption != "server" and (flags["watermark"] or flags["no_forward"]):
         needs = " and ".join(k for k in ("watermark", "no_forward") if flags[k])
         chk.error(
             spec.line_of("encryption"),
