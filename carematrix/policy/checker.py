@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,14 @@ class Checker:
         not a mapping."""
         data = self.mapping(value, line, what)
         return [] if data is None else [(key, item, data.line_of(key)) for key, item in data.items()]
+
+    def items(self, value: LineList, what: str) -> Iterator[LineDict]:
+        """Each item of a list that must hold mappings; an item that is not one is reported
+        and skipped."""
+        for i, item in enumerate(value):
+            data = self.mapping(item, value.line_of(i), what)
+            if data is not None:
+                yield data
 
     def keys(self, data: LineDict, allowed: Iterable[str], what: str) -> None:
         allowed = tuple(allowed)

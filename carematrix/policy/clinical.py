@@ -133,10 +133,7 @@ def parse_clinical(sections: Sections, org: Org, oncall: OncallPolicy | None) ->
     if not isinstance(items, LineList):
         chk.error(data.line_of("rules") if "rules" in data else data.line, "'clinical.rules' must be a list of rules")
         items = LineList()
-    for i, item in enumerate(items):
-        body = chk.mapping(item, items.line_of(i), "a clinical rule")
-        if body is None:
-            continue
+    for body in chk.items(items, "a clinical rule"):
         # "when", not "on": YAML reads a bare "on" as true.
         chk.keys(body, ("when", "post", "page", "priority", "notify", "acknowledged_when"), "a clinical rule")
         event = body.get("when")

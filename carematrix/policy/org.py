@@ -112,10 +112,7 @@ def _units(sections: Sections) -> dict[str, Unit]:
     value, chk = found
 
     def walk(items: LineList, parent: str | None) -> None:
-        for i, item in enumerate(items):
-            data = chk.mapping(item, items.line_of(i), "a unit")
-            if data is None:
-                continue
+        for data in chk.items(items, "a unit"):
             chk.keys(data, ("id", "name", "children"), "a unit")
             unit_id = chk.text(data, "id", "a unit")
             name = chk.text(data, "name", f"unit '{unit_id}'")
@@ -146,10 +143,7 @@ def _staff(sections: Sections, roles: dict[str, str], units: dict[str, Unit]) ->
         return staff
     value, chk = found
     seen: dict[str, int] = {}
-    for i, item in enumerate(value):
-        data = chk.mapping(item, value.line_of(i), "a staff member")
-        if data is None:
-            continue
+    for data in chk.items(value, "a staff member"):
         allowed = ("staff_number", "name", "units", "position", "title", "roles")
         chk.keys(data, allowed, "a staff member")
         raw_number = data.get("staff_number")

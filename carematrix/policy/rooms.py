@@ -425,10 +425,7 @@ def _standard_rooms(sections: Sections, classes: dict[str, RoomClass], units: di
         return rooms
     value, chk = found
     aliases: dict[str, int] = {}
-    for i, item in enumerate(value):
-        data = chk.mapping(item, value.line_of(i), "a standard room")
-        if data is None:
-            continue
+    for data in chk.items(value, "a standard room"):
         chk.keys(data, ("id", "class", "units", "name", "alias", "topic"), "a standard room")
         room_id = chk.text(data, "id", "a standard room")
         what = f"standard room '{room_id}'"
