@@ -374,11 +374,11 @@ async def run(config: AppserviceConfig) -> None:
         appserv.bot_mxid, audit, Clock(),
     )
     clinical = ClinicalService(
-        ClinicalStore(db), holder, oncall.matrix, oncall, audit,
+        ClinicalStore(db), holder, homeserver, oncall, audit,
         appserv.bot_mxid, config.his_token,
     )
     cases = CaseService(
-        db, clinical.store, holder, oncall.matrix, oncall, audit,
+        db, clinical.store, holder, homeserver, oncall, audit,
         appserv.bot_mxid, fhir_server=config.fhir_server, dicomweb=config.dicomweb,
         emr_archive=config.emr_archive, archive_dir=config.case_archives, session=session,
         token=config.systems_token,

@@ -40,7 +40,7 @@ from carematrix import identity
 from carematrix.oncall.escalation import Page
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import Policy
-from carematrix.policy.oncall import OncallPolicy, RoleAddress
+from carematrix.policy.oncall import OncallPolicy
 from carematrix.policy.org import Staff
 
 
@@ -72,22 +72,6 @@ class OncallService:
         return self.ctx.store
 
     @property
-    def holder(self) -> PolicyHolder:
-        return self.ctx.holder
-
-    @property
-    def matrix(self) -> Homeserver:
-        return self.ctx.matrix
-
-    @property
-    def bot(self) -> str:
-        return self.ctx.bot
-
-    @property
-    def audit(self) -> AuditClient:
-        return self.ctx.audit
-
-    @property
     def clock(self) -> Clock:
         return self.ctx.clock
 
@@ -106,9 +90,6 @@ class OncallService:
     @property
     def roles_named(self) -> bool:
         return self.accounts.roles_named
-
-    def role_of_user(self, user_id: str) -> RoleAddress | None:
-        return self.ctx.role_of_user(user_id)
 
     def user_id(self, staff_number: str) -> str:
         return self.ctx.user_id(staff_number)
@@ -131,11 +112,8 @@ class OncallService:
     # -- start-up and upkeep ------------------------------------------------------------
 
     async def setup(self) -> None:
-        await self.reload_roster()
-        await self.ensure_role_accounts()
-
-    async def reload_roster(self) -> None:
         await self.ctx.reload_roster()
+        await self.ensure_role_accounts()
 
     async def ensure_role_accounts(self) -> None:
         await self.accounts.ensure_role_accounts()
@@ -169,7 +147,7 @@ class OncallService:
     async def on_message(self, room_id: str, sender: str, event_id: str, content: dict | None = None) -> None:
         """A reply to a page acknowledges that page; then, in a room with a role account, the
         message may page the role. The service's own accounts page nobody."""
-        if identity.is_system_account(sender, self.bot, self.matrix.server):
+        if identity.is_system_account(sender, self.ctx.bot, self.ctx.matrix.server):
             return
         await self.acks.on_reply(room_id, sender, content or {})
         await self.pages.on_message(room_id, sender, event_id, content or {})
@@ -191,9 +169,6 @@ class OncallService:
             page_id, role_id, room_id, event_id, sender, priority=priority, subject=subject, lead=lead,
             unreached=unreached,
         )
-
-    async def ensure_in_room(self, role: RoleAddress, room_id: str) -> None:
-        await self.accounts.ensure_in_room(role, room_id)
 
     def first_paged(self, role_id: str, lead: str | None = None) -> tuple[str, ...]:
         return self.pages.first_paged(role_id, lead)
