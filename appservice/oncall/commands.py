@@ -25,8 +25,7 @@ class RosterCommands:
 
     def local_today(self, hour: int, minute: int) -> datetime:
         """HH:MM today in the hospital's time zone (tomorrow if that has passed)."""
-        ctx = self.ctx
-        now = ctx.clock.now().astimezone(zone(ctx.oncall.timezone if ctx.oncall else "UTC"))
+        now = self.ctx.local_now()
         at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
         return at if at > now else at + timedelta(days=1)
 

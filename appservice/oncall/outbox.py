@@ -105,8 +105,7 @@ class Outbox:
             for staff, why in unreachable.items():
                 await self._page_directly(page, staff, why, text, action.priority, role_user, txn_id)
         elif action.kind == "acked":
-            told = ([page.sender] if page.sender.startswith("@") and page.sender != ctx.bot else [])
-            told += [ctx.user_id(s) for s in action.staff]
+            told = self._asker(page) + [ctx.user_id(s) for s in action.staff]
             await ctx.notice(page.room_id, role_user, message, txn_id, mentions=told, priority=action.priority)
         elif action.kind in ("tell_sender", "stop"):
             await ctx.notice(page.room_id, role_user, message, txn_id, mentions=[page.sender], priority=action.priority)
