@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import cast
 
-from mautrix.util.async_db import Connection, Database
+from mautrix.util.async_db import Database
 
 from appservice.audit_client import AuditClient
+from appservice.db import transaction
 from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from appservice.org_matrix import OrgMatrix
 from carematrix.gc_pause import without_automatic_gc
@@ -71,14 +70,12 @@ class OrgSyncService:
         if not localparts:
             return
         now = int(time.time() * 1000)
-        # (mautrix annotates ``acquire`` and ``transaction`` by what they yield.)
-        async with cast(AbstractAsyncContextManager[Connection], self.db.acquire()) as conn:
-            async with cast(AbstractAsyncContextManager[None], conn.transaction()):
-                await conn.executemany(
-                    "INSERT INTO carematrix_org_account (localpart, first_synced_at) VALUES ($1, $2) "
-                    "ON CONFLICT (localpart) DO NOTHING",
-                    [(localpart, now) for localpart in sorted(localparts)],
-                )
+        async with transaction(self.db) as conn:
+            await conn.executemany(
+                "INSERT INTO carematrix_org_account (localpart, first_synced_at) VALUES ($1, $2) "
+                "ON CONFLICT (localpart) DO NOTHING",
+                [(localpart, now) for localpart in sorted(localparts)],
+            )
 
     async def run(self, dry_run: bool = False) -> SyncReport:
         """One whole sync against the policy in force (already validated as a whole)."""

@@ -6,11 +6,12 @@ their ward. The tables are made by appservice.migrations."""
 from __future__ import annotations
 
 import time
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from mautrix.util.async_db import Connection, Database
+from mautrix.util.async_db import Database
+
+from appservice.db import transaction
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,7 @@ class ClinicalStore:
     async def take_spare_alert_room(self, inbox_id: int) -> str | None:
         """The oldest spare alert room becomes this message's (None if there is none). Taken
         by a single delete, so two alerts taking one at once never get the same room."""
-        # (mautrix annotates ``acquire`` and ``transaction`` by what they yield.)
-        async with cast(AbstractAsyncContextManager[Connection], self.db.acquire()) as conn, \
-                cast(AbstractAsyncContextManager[None], conn.transaction()):
+        async with transaction(self.db) as conn:
             room_id = await conn.fetchval(
                 "DELETE FROM clinical_spare_alert_room WHERE room_id = "
                 "(SELECT room_id FROM clinical_spare_alert_room ORDER BY made_at LIMIT 1) RETURNING room_id"

@@ -6,13 +6,12 @@ The tables are made by appservice.migrations."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from mautrix.util.async_db import Connection, Database
+from mautrix.util.async_db import Database
 
+from appservice.db import transaction
 from carematrix.oncall.escalation import Action, Page
 from carematrix.oncall.model import Override, Shift
 
@@ -29,21 +28,13 @@ class OncallStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """One connection inside one transaction. (mautrix annotates ``acquire`` and
-        ``transaction`` by what they yield, not as the context managers they are.)"""
-        async with cast(AbstractAsyncContextManager[Connection], self.db.acquire()) as conn:
-            async with cast(AbstractAsyncContextManager[None], conn.transaction()):
-                yield conn
-
     # -- roster -------------------------------------------------------------------------
 
     async def replace_feed(self, feed_id: str, shifts: list[Shift], digest: str, now: datetime) -> None:
         """A validated feed replaces that feed's previous shifts in one transaction, written in
         one batch: the connection is shared with the HL7 intake, whose ACKs wait meanwhile
         (every policy edit re-reads every feed)."""
-        async with self._transaction() as conn:
+        async with transaction(self.db) as conn:
             await conn.execute("DELETE FROM oncall_shift WHERE feed_id = $1", feed_id)
             if shifts:
                 await conn.executemany(
@@ -139,7 +130,7 @@ class OncallStore:
 
     async def save_page(self, page: Page, actions: list[tuple[str, Action]]) -> None:
         """The page's new state and the sends it implies commit together (the outbox)."""
-        async with self._transaction() as conn:
+        async with transaction(self.db) as conn:
             await conn.execute(
                 "INSERT INTO oncall_page (page_id, role, sender, room_id, event_id, created_at, step, "
                 "step_deadline, paged, acked_by, acked_at, state, priority, subject, lead, role_name) "
