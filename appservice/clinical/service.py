@@ -338,11 +338,13 @@ class ClinicalService:
         clues = [WardClue(message_ward, "the message's own location"), WardClue(known.get("ward"), "the patient's last ADT")]
         ordering = self._staff_number(getattr(event, "ordering_provider", "") or "")
         found = route(policy, item.facility, rules, clues, ordering)
+        first: tuple[str, ...] = ()
         reachable: asyncio.Task[dict[str, str]] | None = None
         if found.fallback:
             # While the EMR is asked, find out whether whoever the fallback pages first can be
             # told in a chat they are in: if the EMR knows no ward either, no time is lost.
-            reachable = asyncio.create_task(self._in_direct_chat(self._first_paged(found)))
+            first = self._first_paged(found)
+            reachable = asyncio.create_task(self._in_direct_chat(first))
         if found.ward is None and self.locate_ward is not None:
             with step("locate ward (ADT, EMR)"):
                 located = await self._locate(patient["id"])
@@ -385,8 +387,11 @@ class ClinicalService:
             lead = f"staff:{found.lead}" if found.lead else None
             # Whoever is paged first hears of it at once where they already are; the alert
             # room (made next, with them invited) is where the page then lives.
+            # No ward after the EMR was asked: there was none before either, so the fallback
+            # (and the direct-chat read) started then.
+            assert reachable is not None
             with step("direct chats of the first paged"):
-                rooms = await (reachable or self._in_direct_chat(self._first_paged(found)))
+                rooms = await reachable
             told: list[str] = []
             if rooms:
                 with step("page told ahead"):
@@ -399,7 +404,7 @@ class ClinicalService:
             # Nobody told ahead: the invite into the alert room is the first thing they see,
             # so it comes from a room made ahead if there is one.
             with step("alert room"):
-                room_id = await self._alert_room(item, patient, net, self._first_paged(found), made_ahead=not told)
+                room_id = await self._alert_room(item, patient, net, first, made_ahead=not told)
             self._release(item)
             with step("alert room settled"):
                 await self._settle_alert_room(room_id, item, net)
