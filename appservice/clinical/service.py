@@ -405,9 +405,6 @@ class ClinicalService:
             # so it comes from a room made ahead if there is one.
             with step("alert room"):
                 room_id = await self._alert_room(item, patient, net, first, made_ahead=not told)
-            self._release(item)
-            with step("alert room settled"):
-                await self._settle_alert_room(room_id, item, net)
             text = f"{summary}\nRouting: {found.how}."
             with step("post result"):
                 event_id = await self._post(room_id, item, rule.priority, text, patient)
@@ -512,7 +509,8 @@ class ClinicalService:
         first (staff numbers ``first``) are invited at once: for anyone not told ahead in a
         chat, the invite is the first thing their phone shows. With ``made_ahead``, a room made
         ahead is taken if there is one (naming it and inviting them are two requests, making a
-        room a dozen events); else the room is made now, the role account invited with them."""
+        room a dozen events); else the room is made now, the role account invited with them.
+        Either way the queue moves on before the rest of the room is settled."""
         room_id = await self.store.alert_room(item.id)
         if room_id is None and made_ahead:
             room_id = await self.store.take_spare_alert_room(item.id)
@@ -528,6 +526,9 @@ class ClinicalService:
                     await self.matrix.call("POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite", {"user_id": user_id})
                 except MatrixCallFailed as exc:  # their page brings them in, or pages them directly
                     log.info("alert room %s: %s not invited yet (%s)", room_id, user_id, exc.reason)
+            self._release(item)
+            with step("alert room settled"):
+                await self._settle_alert_room(room_id, item, net_role)
             return room_id
         # The queue moves on while the homeserver makes the room: other results must not wait
         # for its dozen events.
@@ -548,7 +549,8 @@ class ClinicalService:
     async def _settle_alert_room(self, room_id: str, item: Inbound, net_role: str) -> None:
         """What a room made ahead cannot know until it is used: the safety-net role account
         may invite (it brings in whoever the page escalates to), and the topic names the
-        source. Read first, so a room made for the alert is left as it is."""
+        source. Read first, so a room settled before (a redelivery) is left as it is; a room
+        made for the alert has both from its creation and is not settled at all."""
         base = f"/_matrix/client/v3/rooms/{quote(room_id)}/state"
         role_user = self.matrix.uid(role_localpart(net_role)) if net_role else None
         levels = await self.matrix.call("GET", f"{base}/m.room.power_levels")
