@@ -434,15 +434,10 @@ class ClinicalService:
             user_id = self.oncall.user_id(number)
             try:
                 room_id = await self.store.direct_room(user_id)
-                if room_id is None:
-                    continue
-                member = await self.matrix.call(
-                    "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}"
-                )
             except Exception as exc:  # noqa: BLE001 - the alert room reaches them anyway
                 log.info("direct chat with %s not usable for a page (%s)", user_id, exc)
                 continue
-            if member.get("membership") == "join":
+            if room_id is not None and await self.oncall.ctx.membership(room_id, user_id) == "join":
                 rooms[number] = room_id
         return rooms
 

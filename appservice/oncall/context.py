@@ -107,9 +107,10 @@ class OncallContext:
 
     # -- Matrix -------------------------------------------------------------------------
 
-    async def membership(self, room_id: str, user_id: str, as_user: str) -> str | None:
-        """``user_id``'s membership of the room as ``as_user`` sees it; None if it cannot be
-        read (not in the room, or the homeserver did not answer: the caller then acts)."""
+    async def membership(self, room_id: str, user_id: str, as_user: str | None = None) -> str | None:
+        """``user_id``'s membership of the room as ``as_user`` (else the service) sees it; None
+        if it cannot be read (not in the room, or the homeserver did not answer: the caller
+        then acts)."""
         try:
             member = await self.matrix.call(
                 "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}",
