@@ -413,9 +413,12 @@ class ClinicalService:
             log.warning("%s %s: %s", item.message_type, item.control_id, found.how)
             with step("tell integration room"):
                 await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
+        await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
+        if found.ward is None:
+            # Not part of this delivery: it is on record as delivered first (a failure here
+            # must not deliver it again).
             with step("next alert room made ahead"):
                 await self.keep_spare_alert_room()
-        await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
         return room_id
 
     def _first_paged(self, found: Route) -> tuple[str, ...]:
