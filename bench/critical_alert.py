@@ -43,8 +43,8 @@ from bench.oncall_e2e import Syncer, _clock
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
 from carematrix_ops.demo import DEMO_DATA, DEMO_PATIENT
-from carematrix_ops.deploy.secrets import FHIR_TOKEN_PREFIX
 from carematrix_ops.seed import Seeder
+from tests.clinical_support import report_ready
 from tests.ports import free_port
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -175,25 +175,6 @@ def _start_emr(port: int) -> subprocess.Popen:
     raise RuntimeError("the demo EMR did not start")
 
 
-async def _report_ready(s: aiohttp.ClientSession, d: Any, doctor: str) -> None:
-    """A report for a test ``doctor`` ordered, pushed by the EMR: the service tells the
-    doctor in its direct chat with them (made for it)."""
-    patient = f"RP{uuid.uuid4().hex[:6].upper()}"
-    report = {
-        "resourceType": "DiagnosticReport", "id": f"dr-{patient}", "status": "final",
-        "code": {"text": "Echocardiogram report"}, "subject": {"reference": f"Patient/{patient}", "display": "孙丽"},
-        "contained": [{"resourceType": "ServiceRequest", "id": "order", "status": "active", "intent": "order",
-                       "subject": {"reference": f"Patient/{patient}"},
-                       "requester": {"identifier": {"system": "urn:carematrix:staff", "value": doctor}}}],
-        "basedOn": [{"reference": "#order"}], "issued": datetime.now(TZ).isoformat(), "conclusion": "LVEF 55%",
-    }
-    async with s.post(f"{d.settings.appservice_url}/_carematrix/fhir/DiagnosticReport", json=report, headers={
-        "Authorization": f"Bearer {d.secrets[FHIR_TOKEN_PREFIX + 'EMR']}", "Content-Type": "application/fhir+json",
-    }) as resp:
-        if resp.status >= 300:
-            raise RuntimeError(f"report push: HTTP {resp.status} {await resp.text()}")
-
-
 async def _join_direct_chat(s: aiohttp.ClientSession, base: str, token: str, timeout: float = 60) -> str:
     """Accept the service's direct chat, as the doctor does when the report notice arrives."""
     since = (await _call(s, "GET", f"{base}/_matrix/client/v3/sync?timeout=0", token))["next_batch"]
@@ -251,7 +232,8 @@ async def measure(work: Path, rounds: int = 40, rate: float = 50.0, spacing: flo
             await _call(s, "POST", f"{base}/_matrix/client/v3/join/{direct}", nurse, {})
             joining = asyncio.create_task(_join_direct_chat(s, base, orderer))
             await asyncio.sleep(0.5)
-            await _report_ready(s, d, "D1001")
+            # A report for a test he ordered: the service tells him in its direct chat with him.
+            await report_ready(d, "D1001", f"RP{uuid.uuid4().hex[:6].upper()}")
             await joining
             syncer = Syncer(s, base, nurse)
             await syncer.prime()

@@ -13,6 +13,8 @@ from nio import AsyncClient
 
 from bridges.hl7.mllp import MllpDecoder, frame
 from bridges.hl7.parse import parse
+from carematrix_ops.deploy.secrets import FHIR_TOKEN_PREFIX
+from carematrix_ops.deploy.settings import Deployment
 from tests.oncall_support import notices
 from tests.support import RunningStack, eventually
 
@@ -81,9 +83,9 @@ async def alert_state(stack: RunningStack, facility: str, control_id: str) -> tu
         return resp.status, await resp.json()
 
 
-async def report_ready(stack: RunningStack, doctor: str, patient: str) -> None:
+async def report_ready(deployment: Deployment, doctor: str, patient: str) -> None:
     """The EMR pushes a finished report for a test ``doctor`` (staff number) ordered: the
-    service tells the doctor in its direct chat with them."""
+    service tells the doctor in its direct chat with them (made for it if there is none)."""
     report = {
         "resourceType": "DiagnosticReport", "id": f"dr-{patient}", "status": "final",
         "code": {"text": "Echocardiogram report"}, "subject": {"reference": f"Patient/{patient}", "display": "孙丽"},
@@ -93,8 +95,8 @@ async def report_ready(stack: RunningStack, doctor: str, patient: str) -> None:
         "basedOn": [{"reference": "#order"}], "issued": datetime.now().astimezone().isoformat(),
         "conclusion": "LVEF 55%",
     }
-    url = f"{stack.deployment.settings.appservice_url}/_carematrix/fhir/DiagnosticReport"
-    headers = {"Authorization": f"Bearer {stack.deployment.secrets['fhir_token:EMR']}",
+    url = f"{deployment.settings.appservice_url}/_carematrix/fhir/DiagnosticReport"
+    headers = {"Authorization": f"Bearer {deployment.secrets[FHIR_TOKEN_PREFIX + 'EMR']}",
                "Content-Type": "application/fhir+json"}
     async with aiohttp.ClientSession() as http, http.post(url, json=report, headers=headers) as resp:
         assert resp.status < 300, await resp.text()

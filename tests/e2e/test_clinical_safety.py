@@ -130,7 +130,7 @@ async def test_a_critical_result_with_no_ward_reaches_the_ordering_doctor_at_onc
     doctor = await stack.login("d1002")
     try:
         earlier = new_patient()
-        await report_ready(stack, "D1002", earlier)
+        await report_ready(stack.deployment, "D1002", earlier)
         direct = await direct_chat_with_service(doctor, earlier)
 
         patient = new_patient()
