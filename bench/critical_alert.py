@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from bench.mllp import Mllp, start_hl7_stack
+from bench.mllp import Mllp, send_paced, start_hl7_stack
 from bench.oncall_e2e import Syncer, _clock
 from bench.roundtrip import _call, _login
 from bench.stats import comparison, summary
@@ -188,21 +188,6 @@ async def _join_direct_chat(s: aiohttp.ClientSession, base: str, token: str, tim
     raise TimeoutError("no direct chat from the service")
 
 
-async def _flow(port: int, rate: float, stop: asyncio.Event, sent: list[int]) -> None:
-    """``rate`` messages per second, paced against the clock (a slow ACK is caught up)."""
-    async with Mllp(port) as conn:
-        start = time.perf_counter()
-        i = 0
-        while not stop.is_set():
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await conn.send(_background(i))
-            i += 1
-            sent[0] = i
-
-
 async def measure(work: Path, rounds: int = 40, rate: float = 50.0, spacing: float = 1.5) -> dict:
     """``spacing``: seconds from one critical result to the next (a result waits longer if the
     one before has not reached its clinician yet). Far more often than a hospital sees them;
@@ -243,9 +228,9 @@ async def measure(work: Path, rounds: int = 40, rate: float = 50.0, spacing: flo
             await doctor_sync.prime()
             new_doctor_sync = Syncer(s, base, new_orderer)
             await new_doctor_sync.prime()
-            stop, sent = asyncio.Event(), [0]
+            stop = asyncio.Event()
             # The measured messages (about one per second) are part of the 50/s.
-            flow = asyncio.create_task(_flow(port, rate - 1.0, stop, sent))
+            flow = asyncio.create_task(send_paced(port, rate - 1.0, stop, _background))
             await asyncio.sleep(5)  # the load is flowing before the first measurement
             paths = ("critical alert", "ward from ADT", "ward from EMR", "no ward, doctor in direct chat",
                      "no ward, doctor without one")
@@ -301,12 +286,12 @@ async def measure(work: Path, rounds: int = 40, rate: float = 50.0, spacing: flo
                                    new_doctor_sync, _about(patient), None)
             elapsed = time.perf_counter() - t_start
             stop.set()
-            await flow
+            sent = await flow
         result = comparison(
             f"critical HL7 result -> on-duty nurse's /sync, under {rate:.0f} HL7 msg/s",
             summary(took["direct message"]), summary(took["critical alert"]), ("direct message", "critical alert"),
         )
-        result["background_messages_per_s"] = round(sent[0] / (elapsed + 5), 1)
+        result["background_messages_per_s"] = round(sent / (elapsed + 5), 1)
         result["fallbacks"] = {
             "ward from the patient's queued ADT (no PV1): ICU nurse": summary(took["ward from ADT"]),
             "ward from the EMR's encounter (no PV1, no ADT): 5A nurse": summary(took["ward from EMR"]),

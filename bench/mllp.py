@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,23 @@ class Mllp:
                 raise ConnectionError("the listener closed the connection without an ACK")
             if self.decoder.feed(data):
                 return
+
+
+async def send_paced(port: int, rate: float, stop: asyncio.Event, message: Callable[[int], bytes],
+                     acks: list[tuple[float, float]] | None = None) -> int:
+    """``message(0)``, ``message(1)``, … at ``rate`` per second on one connection until ``stop``,
+    paced against the clock: after a slow ACK the ones that fell due meanwhile go at once.
+    ``acks`` gets (wall time the message was due, ms from then to its ACK), so a message held
+    up behind a slow one counts its wait too. Returns how many were sent."""
+    async with Mllp(port) as conn:
+        start, wall = time.perf_counter(), time.time()
+        i = 0
+        while not stop.is_set():
+            due = start + i / rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            await conn.send(message(i))
+            if acks is not None:
+                acks.append((wall + (due - start), (time.perf_counter() - due) * 1000))
+            i += 1
+        return i

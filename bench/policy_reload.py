@@ -37,7 +37,7 @@ import aiohttp
 import yaml
 
 from bench.clinical_ingest import _adt
-from bench.mllp import Mllp
+from bench.mllp import send_paced
 from bench.org_sync import synthetic_org
 from bench.stats import percentile, summary
 from carematrix.loop_lag import ENV as LAG_ENV
@@ -112,19 +112,6 @@ async def _poll(session: aiohttp.ClientSession, d: Deployment, seen: Observed, s
         except (aiohttp.ClientError, OSError, KeyError, ValueError):
             pass
         await asyncio.sleep(POLL_SECONDS)
-
-
-async def _send_steadily(port: int, rate: float, seen: Observed, stop: asyncio.Event) -> None:
-    async with Mllp(port) as conn:
-        start, wall = time.perf_counter(), time.time()
-        i = 0
-        while not stop.is_set():
-            due = start + i / rate
-            if due > time.perf_counter():
-                await asyncio.sleep(due - time.perf_counter())
-            await conn.send(_adt(900_000 + i))
-            seen.acks.append((wall + (due - start), (time.perf_counter() - due) * 1000))
-            i += 1
 
 
 async def _until_in_force(seen: Observed, old: str) -> tuple[float, float, float]:
@@ -247,7 +234,8 @@ async def _rounds(d: Deployment, first: int, rounds: int, rate: float, quiet: fl
             for r in range(first, first + rounds):
                 # A fresh sender each round: a backlog never carries over from one to the next.
                 sending = asyncio.Event()
-                sender = asyncio.create_task(_send_steadily(d.settings.hl7_port, rate, seen, sending))
+                sender = asyncio.create_task(send_paced(d.settings.hl7_port, rate, sending, lambda i: _adt(900_000 + i),
+                                                     seen.acks))
                 try:
                     await asyncio.sleep(quiet)
                     old = seen.synapse
