@@ -1,12 +1,15 @@
 """The in-process homeservers of the Synapse adapter's guard tests (tests/synapse_inprocess.py):
-one on SQLite, one on PostgreSQL, each started on first use and kept for the session."""
+one on SQLite, one on PostgreSQL, each started on first use and kept for the session; and an
+HTTP session for the appservice clients talking to a stand-in homeserver
+(tests/homeserver_stand_in.py)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 
 from tests.synapse_inprocess import Homeserver, start_homeserver, stop_reactor
@@ -44,3 +47,9 @@ def homeserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     finally:
         hs.stop()
         on_maintenance_db(TEST_SERVER_URL, drop_database, dbname)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s

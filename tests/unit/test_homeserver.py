@@ -5,41 +5,15 @@ the appservice's namespaces are acted as with the appservice token."""
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from mautrix.appservice import AppServiceAPI
 
-from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
-
-BOT = "@carematrix:localhost"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def serve(routes: list[web.RouteDef]) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-def as_appservice(url: str, session: aiohttp.ClientSession) -> Homeserver:
-    api = AppServiceAPI(url, bot_mxid=BOT, token="as-token", client_session=session, log=logging.getLogger("mau"))  # type: ignore[arg-type]
-    return Homeserver(lambda: api, "localhost")
+from appservice.homeserver import HomeserverUnreachable, MatrixCallFailed
+from tests.homeserver_stand_in import as_appservice, serve
 
 
 async def test_calls_act_as_the_bot_or_as_a_namespace_user_and_keep_query_strings(session: aiohttp.ClientSession):
