@@ -15,11 +15,15 @@ from carematrix_ops.supervisor import Stack
 from tests.ports import free_port, free_port_pair
 
 
+def hl7_deployment(work: Path, **settings: Any) -> Deployment:
+    """A prepared CareMatrix deployment (SQLite) on free ports, the MLLP listener's too."""
+    return prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
+                            hl7_port=free_port(), **settings))
+
+
 def start_hl7_stack(work: Path, **settings: Any) -> tuple[Deployment, Stack]:
-    """A started CareMatrix stack (SQLite) with the MLLP listener on a free port; the caller
-    seeds it and stops it."""
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
-                         hl7_port=free_port(), **settings))
+    """``hl7_deployment``, started; the caller seeds it and stops it."""
+    d = hl7_deployment(work, **settings)
     stack = Stack(d)
     stack.start()
     return d, stack

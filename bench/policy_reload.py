@@ -37,19 +37,17 @@ import aiohttp
 import yaml
 
 from bench.clinical_ingest import _adt
-from bench.mllp import send_paced
+from bench.mllp import hl7_deployment, send_paced
 from bench.org_sync import synthetic_org
 from bench.stats import percentile, summary
 from carematrix.loop_lag import ENV as LAG_ENV
 from carematrix.loop_lag import PERIOD_SECONDS, max_late_ms, read_lag
 from carematrix.policy import load_policy, yamlsrc
 from carematrix.policy.holder import Offload, PolicyHolder, run_here
-from carematrix_ops.deploy.prepare import prepare
-from carematrix_ops.deploy.settings import Deployment, Settings
+from carematrix_ops.deploy.settings import Deployment
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
 from tests.paths import DEMO_POLICY_DIR
-from tests.ports import free_port, free_port_pair
 
 EDITED = "S00001"  # whose title each round's edit changes
 POLL_SECONDS = 0.2
@@ -263,8 +261,7 @@ async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 
     policy_dir = work / "policy"
     unit_count = bench_policy(policy_dir, staff, units)
     alone = await in_process(policy_dir)
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
-                         hl7_port=free_port(), policy_dir=policy_dir, demo=False))
+    d = hl7_deployment(work, policy_dir=policy_dir, demo=False)
     stack = _start(d, work / "lag" / "seed", None)
     try:
         t0 = time.monotonic()
