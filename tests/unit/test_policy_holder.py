@@ -8,12 +8,15 @@ import gc
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import carematrix.policy.holder as holder_module
 from carematrix.policy.holder import PolicyHolder, run_here
+from carematrix.policy.loader import load_policy
+from carematrix.policy.model import Policy
 from tests.paths import DEMO_POLICY_DIR
 
 
@@ -34,6 +37,18 @@ def _set_reactions(directory: Path, value: str) -> None:
 def policy_dir(tmp_path: Path) -> Path:
     shutil.copytree(DEMO_POLICY_DIR, tmp_path / "p")
     return tmp_path / "p"
+
+
+def _at_each_parse(monkeypatch: pytest.MonkeyPatch, probe: Callable[[], object]) -> list[object]:
+    """What ``probe()`` gives in each later reload's parse, as it starts (in the parsing thread)."""
+    seen: list[object] = []
+
+    def load(directory: Path) -> Policy:
+        seen.append(probe())
+        return load_policy(directory)
+
+    monkeypatch.setattr(holder_module, "load_policy", load)
+    return seen
 
 
 class HeldReload:
@@ -86,14 +101,7 @@ async def test_deleted_policy_file_keeps_the_last_good_policy(policy_dir):
 
 async def test_the_policy_is_parsed_in_the_thread_the_process_hands_it_to(policy_dir, monkeypatch):
     holder = PolicyHolder(policy_dir)
-    parsed_on = []
-    real = holder_module.load_policy
-
-    def load(directory):
-        parsed_on.append(threading.get_ident())
-        return real(directory)
-
-    monkeypatch.setattr(holder_module, "load_policy", load)
+    parsed_on = _at_each_parse(monkeypatch, threading.get_ident)
     _set_reactions(policy_dir, "false")
     assert (await holder.refresh(asyncio.to_thread)).accepted
     assert parsed_on and threading.get_ident() not in parsed_on
@@ -170,14 +178,7 @@ async def test_a_parse_that_fails_unexpectedly_is_tried_again_at_the_next_poll(p
 
 async def test_automatic_collection_pauses_while_parsing_and_is_left_as_the_process_had_it(policy_dir, monkeypatch):
     holder = PolicyHolder(policy_dir)
-    during = []
-    real = holder_module.load_policy
-
-    def load(directory):
-        during.append(gc.isenabled())
-        return real(directory)
-
-    monkeypatch.setattr(holder_module, "load_policy", load)
+    during = _at_each_parse(monkeypatch, gc.isenabled)
     assert gc.isenabled()
     _set_reactions(policy_dir, "false")
     await holder.refresh(asyncio.to_thread)
