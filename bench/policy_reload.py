@@ -164,11 +164,11 @@ async def in_process(policy_dir: Path, repeats: int = 5) -> dict:
     took: dict[str, list[float]] = {before: [], "on the loop": [], "in a thread": []}
 
     async def as_before() -> None:
-        fast, yamlsrc.CParser = yamlsrc.CParser, None
+        fast, yamlsrc.LIBYAML = yamlsrc.LIBYAML, False
         try:
             load_policy(policy_dir)
         finally:
-            yamlsrc.CParser = fast
+            yamlsrc.LIBYAML = fast
 
     async def reload(offload: Offload) -> None:
         st = staff.stat()
