@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 from nio import AsyncClient, LoginResponse
 
+from carematrix_ops.deploy.checks import check_port_free
+from carematrix_ops.deploy.errors import DeployError
 from carematrix_ops.deploy.postgres import appservice_pg_dbname
 from carematrix_ops.deploy.prepare import prepare
 from carematrix_ops.deploy.settings import Deployment, Settings
@@ -252,14 +253,13 @@ class UpProcess:
 
 
 def port_is_free(port: int) -> bool:
-    """Nobody listens on it (SO_REUSEADDR, as servers bind, ignores TIME_WAIT leftovers)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    """Nobody listens on it: `carematrix up` would find it free (its own check, which ignores
+    TIME_WAIT leftovers as servers do)."""
+    try:
+        check_port_free("127.0.0.1", port, "test", "")
+    except DeployError:
+        return False
+    return True
 
 
 def search(stack: RunningStack, *filters: str, login: str = "a0002") -> list[dict]:
