@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlparse
 
 import aiohttp
 import pytest
@@ -29,7 +28,13 @@ def homeserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         yield hs
         hs.stop()
         return
-    from carematrix_ops.pgadmin import create_database, drop_database, on_maintenance_db
+    from carematrix_ops.deploy.postgres import parse_db_url
+    from carematrix_ops.pgadmin import (
+        create_database,
+        database_url,
+        drop_database,
+        on_maintenance_db,
+    )
     from tests.ports import TEST_SERVER_URL
 
     dbname = f"adapter_guard_{secrets.token_hex(4)}"
@@ -37,11 +42,7 @@ def homeserver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         on_maintenance_db(TEST_SERVER_URL, create_database, dbname)
     except Exception as exc:  # psycopg2.OperationalError: no server to test against
         pytest.skip(f"no PostgreSQL server at {TEST_SERVER_URL}: {exc}")
-    url = urlparse(TEST_SERVER_URL)
-    dsn = {"user": url.username or "postgres", "host": url.hostname or "127.0.0.1", "port": url.port or 5432, "dbname": dbname}
-    if url.password:
-        dsn["password"] = url.password
-    hs = start_homeserver(root, "postgres", dsn)
+    hs = start_homeserver(root, "postgres", parse_db_url(database_url(TEST_SERVER_URL, dbname)))
     try:
         yield hs
     finally:
