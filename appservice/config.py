@@ -20,6 +20,21 @@ class AppserviceConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class VoiceConfig:
+    """Transcription of voice messages (docs/voice.md): worker processes, their threads,
+    how many messages may wait, and the model (the packaged base model unless ``model_dir``
+    names a bigger one, pinned by ``model_sha256``)."""
+
+    enabled: bool = True
+    workers: int = 1
+    threads: int = 2
+    queue: int = 20
+    cache_dir: Path | None = None  # where the packaged model is joined (default: beside the database)
+    model_dir: Path | None = None
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class AppserviceConfig:
     homeserver_url: str
     domain: str
@@ -47,6 +62,10 @@ class AppserviceConfig:
     emr_archive: str | None = None
     systems_token: str | None = None  # bearer token for the FHIR server and the EMR archive
     case_archives: Path | None = None
+    # Device ID -> SHA-256 of its generated token (devices with 'token: generated' in the
+    # policy; the tokens themselves stay in the data dir's secrets).
+    device_token_hashes: dict[str, str] = field(default_factory=dict)
+    voice: VoiceConfig = field(default_factory=lambda: VoiceConfig())
 
     @property
     def bot_user_id(self) -> str:
@@ -115,6 +134,8 @@ class AppserviceConfig:
             **_hl7(raw.get("hl7")),
             **_fhir(raw.get("fhir")),
             **_systems(raw.get("systems")),
+            **_devices(raw.get("devices")),
+            voice=_voice(raw.get("voice")),
         )
 
 
@@ -171,3 +192,42 @@ def _systems(section: Any) -> dict[str, Any]:
     archives = section.get("case_archives")
     out["case_archives"] = Path(archives) if isinstance(archives, str) else None
     return out
+
+
+def _devices(section: Any) -> dict[str, Any]:
+    if section is None:
+        return {}
+    hashes = section.get("token_hashes") if isinstance(section, dict) else None
+    if not isinstance(hashes, dict) or not all(
+        isinstance(v, str) and len(v) == 64 for v in hashes.values()
+    ):
+        raise ValueError("'devices.token_hashes' must map each device ID to the SHA-256 (hex) of its token")
+    return {"device_token_hashes": {str(k): v for k, v in hashes.items()}}
+def _voice(section: Any) -> VoiceConfig:
+    if section is None:
+        return VoiceConfig()
+    if not isinstance(section, dict):
+        raise ValueError("'voice' must be a mapping")
+
+    def count(key: str, default: int, top: int) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ValueError(f"'voice.{key}' must be a whole number from 1 to {top}, got {value!r}")
+        return value
+
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ValueError("'voice.enabled' must be true or false")
+    sha = section.get("model_sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
+        raise ValueError("'voice.model_sha256' must be the 64 hex digits of model.bin's SHA-256, or null")
+    paths = {}
+    for key in ("cache_dir", "model_dir"):
+        value = section.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"'voice.{key}' must be a directory path, or null")
+        paths[key] = Path(value) if value else None
+    return VoiceConfig(
+        enabled=enabled, workers=count("workers", 1, 16), threads=count("threads", 2, 64),
+        queue=count("queue", 20, 1000), model_sha256=sha, **paths,
+    )

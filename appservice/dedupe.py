@@ -4,7 +4,9 @@ mautrix drops a transaction whose ID it has seen before. Synapse on SQLite numbe
 appservice transactions from the highest one still stored, and deletes them once delivered:
 after a homeserver restart the numbers start again low, and mautrix silently dropped every
 event (pages, commands, acknowledgements) until the numbers passed the old ones. So every
-transaction is read, and an event already handled is skipped by its event ID.
+transaction is read, and an event already handled is skipped by its event ID: here for the
+life of the process; across a restart, for the events the service acts on, by the event
+inbox (appservice.inbox), which keeps their IDs in the database once they are handled.
 """
 
 from __future__ import annotations

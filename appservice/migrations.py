@@ -218,3 +218,75 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
 @numbered("an alert room made ahead for the next critical result with no ward")
 async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE TABLE clinical_spare_alert_room (room_id TEXT PRIMARY KEY, made_at BIGINT NOT NULL)")
+
+
+# -- upgrade 3 -------------------------------------------------------------------------------
+
+
+@numbered("nurse-call device calls and the pages each opened")
+async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute(
+        "CREATE TABLE device_call (call_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL, "
+        "first_press BIGINT NOT NULL, last_press BIGINT NOT NULL, presses INTEGER NOT NULL, "
+        "room_id TEXT, event_id TEXT)"
+    )
+    await conn.execute("CREATE INDEX device_call_latest ON device_call (device_id, first_press)")
+    await conn.execute(
+        "CREATE TABLE device_call_page (call_id TEXT NOT NULL, page_id TEXT NOT NULL, role TEXT NOT NULL, "
+        "PRIMARY KEY (call_id, page_id))"
+    )
+
+
+# -- upgrade 4 -------------------------------------------------------------------------------
+
+
+@numbered("the two-person room each pair of staff calls each other in; device calls in the order made")
+async def upgrade_v4(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute(
+        "CREATE TABLE call_room (user_a TEXT NOT NULL, user_b TEXT NOT NULL, room_id TEXT NOT NULL, "
+        "PRIMARY KEY (user_a, user_b))"
+    )
+    # A device's latest call by when it was made (system time), not by the on-call clock,
+    # which drills move back and forth. Calls made before this step keep their press time.
+    await conn.execute("ALTER TABLE device_call ADD COLUMN made_at BIGINT NOT NULL DEFAULT 0")
+    await conn.execute("UPDATE device_call SET made_at = first_press")
+    await conn.execute("CREATE INDEX device_call_made ON device_call (device_id, made_at)")
+
+
+# -- upgrade 5 -------------------------------------------------------------------------------
+
+
+@numbered("voice messages accepted and not yet answered: kept across restarts")
+async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
+    # One row per voice message, written before the homeserver's transaction is answered.
+    # ``content`` is the message's content as delivered (file URL and info; no words),
+    # emptied once answered; ``attempts`` counts recognitions started that never returned (a
+    # worker, or the appservice, died on it); ``problem`` is a notice decided but not yet sent.
+    await conn.execute(
+        "CREATE TABLE voice_job (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, sender TEXT NOT NULL, "
+        "content TEXT NOT NULL, received_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+        "problem TEXT, done_at BIGINT)"
+    )
+    await conn.execute("CREATE INDEX voice_job_pending ON voice_job (done_at, received_at)")
+
+
+# -- upgrade 6 -------------------------------------------------------------------------------
+
+
+@numbered("the event inbox: pages, acknowledgements and commands kept until handled; critical pages sent first")
+async def upgrade_v6(conn: Connection, scheme: Scheme) -> None:
+    # One row per delivered event the service acts on (appservice.inbox), written before the
+    # homeserver's transaction is answered; ``id`` is the order of arrival. ``event`` is the
+    # event as delivered, emptied once handled; ``resumes`` counts the starts that took it up
+    # again. Done rows are kept a week by ID only, so a redelivery is recognised.
+    await conn.execute(_clinical(
+        "CREATE TABLE event_inbox (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, room_id TEXT NOT NULL, "
+        "sender TEXT NOT NULL, kind TEXT NOT NULL, event TEXT NOT NULL, received_at BIGINT NOT NULL, "
+        "resumes INTEGER NOT NULL DEFAULT 0, done_at BIGINT)",
+        scheme,
+    ))
+    await conn.execute("CREATE INDEX event_inbox_pending ON event_inbox (done_at, id)")
+    # Whether a reply or reaction is on the message that opened a page is asked before the
+    # homeserver is answered; and the outbox reads its unsent sends on every flush.
+    await conn.execute("CREATE INDEX oncall_page_event ON oncall_page (event_id)")
+    await conn.execute("CREATE INDEX oncall_outbox_unsent ON oncall_outbox (sent, txn_id)")

@@ -27,6 +27,7 @@ from carematrix.policy.rooms import ROOM_CLASS_EVENT
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
+USERS_PAGE = 200  # accounts per admin-API page (list_users says why)
 POLICY_STATUS_PATH = "/_synapse/client/carematrix/policy"  # synapse_modules.policy_module
 POPULATE_PATH = "/_synapse/client/carematrix/org/joins"  # synapse_modules.org_populate
 POPULATE_CHUNK = 1000  # members per bulk-join request
@@ -69,10 +70,15 @@ class OrgMatrix:
     # -- observe -------------------------------------------------------------------------
 
     async def list_users(self) -> dict[str, ObservedUser]:
+        """Every account, in pages of ``USERS_PAGE``: Synapse builds a page in one go on its
+        reactor (and this loop decodes it in one go), so the page size bounds the stall each
+        side has while org sync reads 5,000 accounts after a policy edit."""
         users: dict[str, ObservedUser] = {}
         token: str | None = "0"
         while token is not None:
-            page = await self.hs.call("GET", f"/_synapse/admin/v2/users?from={token}&limit=1000&deactivated=true&guests=false")
+            page = await self.hs.call(
+                "GET", f"/_synapse/admin/v2/users?from={token}&limit={USERS_PAGE}&deactivated=true&guests=false"
+            )
             for entry in page.get("users", []):
                 user_id = entry["name"]
                 local = identity.local_localpart(user_id, self.hs.server)

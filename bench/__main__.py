@@ -8,7 +8,14 @@ no-forward lookup with 1,000,000 stored fingerprints, SQLite and PostgreSQL), on
 resolution with 10,000 roster entries), paging (a message to an on-duty role until the doctor
 sees it, against a direct message; escalation lag after a deadline), hl7 (parse + ACK),
 ingest (HL7 over MLLP stored and acknowledged, 1 and 4 connections), reload (event-loop stalls
-and MLLP ACKs while a 5,000-staff policy edit is reloaded).
+and MLLP ACKs while a 5,000-staff policy edit is reloaded), workers (one Synapse process vs the
+worker deployment on PostgreSQL: round trip, concurrent senders, a critical HL7 result until the
+nurse's /sync, org sync), perceptual (no-forward for
+images that look the same: recall per copy kind, false positives, lookup with 100,000
+protected images on SQLite and PostgreSQL), voice (a 15 s Mandarin voice message until its
+transcript is in the sender's /sync, five at once; real-time factor, CER/WER and peak memory
+of the recogniser), dirsearch (user-directory search with 5,000 staff named in
+Chinese), msgsearch (message search of Chinese and English words).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from tests.paths import REPO_ROOT
 
 BENCHMARKS = (
     "roundtrip", "access", "orgsync", "audit", "watermark", "media", "noforward", "oncall", "paging",
-    "hl7", "ingest", "alert", "exactlyonce", "reload",
+    "hl7", "ingest", "alert", "exactlyonce", "reload", "workers", "perceptual", "voice", "dirsearch", "msgsearch", "device_call",
 )
 
 
@@ -59,6 +66,30 @@ def main() -> None:
     parser.add_argument("--reload-rounds", type=int, default=3, help="policy edits measured per pass (reload)")
     parser.add_argument("--reload-baseline", type=Path, help="a checkout of older code run alongside, same data (reload)")
     parser.add_argument("--reload-passes", type=int, default=1, help="passes, alternating with the baseline (reload)")
+    parser.add_argument("--reload-keep", type=Path,
+                        help="a directory that keeps the seeded stack between runs: the 5,000 accounts are made "
+                             "once, later runs start on them (reload)")
+    parser.add_argument("--senders", type=int, default=200, help="concurrent senders (workers)")
+    parser.add_argument("--per-sender", type=int, default=5, help="messages each concurrent sender sends (workers)")
+    parser.add_argument("--workers-part", action="append", choices=("roundtrip", "concurrent", "alerts", "orgsync"),
+                        help="run only these parts of the workers benchmark (repeatable; default all)")
+    parser.add_argument("--alert-rounds", type=int, default=40, help="critical results per deployment (workers)")
+    parser.add_argument("--orgsync-staff", type=int, default=1000, help="staff in the synced hospital (workers)")
+    parser.add_argument("--orgsync-units", type=int, default=50, help="units in the synced hospital (workers)")
+    parser.add_argument("--orgsync-on", action="append", choices=("monolith", "workers"),
+                        help="sync on this deployment only (repeatable; default both, one after the other) (workers)")
+    parser.add_argument("--voice-rounds", type=int, default=10, help="voice messages sent one at a time (voice)")
+    parser.add_argument("--search-staff", type=int, default=5000, help="staff in the directory (dirsearch)")
+    parser.add_argument("--search-messages", type=int, default=100_000, help="messages sent before searching (msgsearch)")
+    parser.add_argument("--search-fill-minutes", type=float, default=60, help="stop sending messages after this long (msgsearch)")
+    parser.add_argument("--search-rounds", type=int, default=20, help="times each term is searched per server (dirsearch, msgsearch)")
+    parser.add_argument("--search-db", choices=["sqlite", "postgres"], action="append", help="database(s) (dirsearch, msgsearch; default both)")
+    parser.add_argument("--search-width", type=int, default=32, help="requests in flight while filling (dirsearch, msgsearch)")
+    parser.add_argument("--search-rooms", type=int, default=16, help="rooms per server the messages go to (msgsearch)")
+    parser.add_argument("--search-keep", type=Path,
+                        help="a directory that keeps both servers, their databases and what was filled between runs: "
+                             "a later run goes on filling where the last stopped (dirsearch, msgsearch; one directory "
+                             "per benchmark, a subdirectory per database)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench")
     args = parser.parse_args()
     chosen = args.only or list(BENCHMARKS)
@@ -106,6 +137,12 @@ def main() -> None:
                 print(format_comparison(result["latency"]), flush=True)
                 print(f"escalation lag after the deadline: n {lag['n']} p50 {lag['p50_ms']:.0f} ms p99 {lag['p99_ms']:.0f} ms", flush=True)
                 _save(args.out, name, result)
+            elif name == "device_call":
+                from bench import device_call
+
+                result = asyncio.run(device_call.measure(work))
+                print(format_comparison(result), flush=True)
+                _save(args.out, name, result)
             elif name == "hl7":
                 from bench import hl7
 
@@ -139,11 +176,55 @@ def main() -> None:
                 from bench import policy_reload
 
                 result = asyncio.run(policy_reload.measure(
-                    work, args.reload_staff, rounds=args.reload_rounds, baseline=args.reload_baseline,
-                    passes=args.reload_passes,
+                    args.reload_keep or work, args.reload_staff, rounds=args.reload_rounds,
+                    baseline=args.reload_baseline, passes=args.reload_passes,
                 ))
                 print(policy_reload.format_result(result), flush=True)
                 _save(args.out, name, result)
+            elif name == "workers":
+                from bench import workers
+
+                result = asyncio.run(workers.measure(
+                    work, args.messages, args.warmup, args.batch, args.senders, args.per_sender,
+                    parts=tuple(args.workers_part or workers.PARTS), alert_rounds=args.alert_rounds,
+                    orgsync_staff=args.orgsync_staff, orgsync_units=args.orgsync_units,
+                    orgsync_on=tuple(args.orgsync_on or ("monolith", "workers")),
+                ))
+                for key in ("roundtrip",):
+                    if key in result:
+                        print(format_comparison(result[key]), flush=True)
+                if "alerts" in result:
+                    print(format_comparison(result["alerts"]["critical"]), flush=True)
+                    print(format_comparison(result["alerts"]["direct"]), flush=True)
+                if "concurrent" in result:
+                    print(workers.format_concurrent(result["concurrent"]), flush=True)
+                if "orgsync" in result:
+                    print(workers.format_orgsync(result["orgsync"]), flush=True)
+                _save(args.out, name, result)
+            elif name == "perceptual":
+                from bench import perceptual
+
+                sys.argv = [sys.argv[0]]
+                perceptual.main()
+            elif name == "voice":
+                from bench import voice
+
+                result = voice.measure(work, args.voice_rounds)
+                print(voice.format_result(result), flush=True)
+                _save(args.out, name, result)
+            elif name in ("dirsearch", "msgsearch"):
+                from bench import search
+
+                results = []
+                for database in args.search_db or ["sqlite", "postgres"]:
+                    result = asyncio.run(search.measure(
+                        (args.search_keep or work) / database, name, args.search_staff, args.search_messages,
+                        args.search_rounds, database, width=args.search_width, rooms=args.search_rooms,
+                        budget_s=args.search_fill_minutes * 60, keep=args.search_keep is not None,
+                    ))
+                    print(search.format_result(result), flush=True)
+                    results.append(result)
+                _save(args.out, name, results)
             elif name == "noforward":
                 from bench import no_forward
 

@@ -18,7 +18,7 @@ from tests.ports import free_port, free_port_pair
 def hl7_deployment(work: Path, **settings: Any) -> Deployment:
     """A prepared CareMatrix deployment (SQLite) on free ports, the MLLP listener's too."""
     return prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True,
-                            hl7_port=free_port(), **settings))
+                            hl7_port=free_port(), turn_port=0, **settings))
 
 
 def start_hl7_stack(work: Path, **settings: Any) -> tuple[Deployment, Stack]:

@@ -80,7 +80,7 @@ def _mentions(user: str) -> Any:
 
 
 async def measure(work: Path, rounds: int = 30, escalations: int = 8) -> dict:
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, test_clock=True))
+    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0, test_clock=True))
     stack = Stack(d)
     stack.start()
     try:

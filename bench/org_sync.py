@@ -22,6 +22,7 @@ from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
 from tests.paths import DEMO_POLICY_DIR
 from tests.ports import free_port_pair
+from tests.support import rooms_and_events_by_instance
 
 
 def synthetic_org(staff: int, units: int, root: str = "hosp", root_name: str = "Benchmark Hospital",
@@ -85,11 +86,11 @@ async def _join_cost(session: aiohttp.ClientSession, base: str, inviter: str, jo
 async def access_check_cost(work: Path, joins: int) -> dict:
     """invite+join into an invite-only room: plain Synapse vs a CareMatrix unit room, where
     both the invite and the join pass the org-scope check."""
-    plain = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, carematrix_enabled=False))
+    plain = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0, carematrix_enabled=False))
     policy_dir = work / "access-policy"
     policy_dir.mkdir()
     synthetic_policy(policy_dir, staff=joins + 1, units=3)
-    ours = prepare(Settings(data_dir=work / "ours", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, policy_dir=policy_dir))
+    ours = prepare(Settings(data_dir=work / "ours", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0, policy_dir=policy_dir))
     stacks = [Stack(plain), Stack(ours)]
     try:
         for s in stacks:
@@ -118,13 +119,18 @@ async def access_check_cost(work: Path, joins: int) -> dict:
     return comparison(f"invite + join into an invite-only room, {joins} joins each, SQLite", summary(p_samples), summary(o_samples))
 
 
-async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_url: str | None, floor: bool = True) -> dict:
+async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_url: str | None, floor: bool = True,
+                        workers: bool = False) -> dict:
+    """``workers``: on the worker deployment (PostgreSQL); the result also says how many
+    rooms and events each event persister wrote."""
     policy_dir = work / f"policy-{database}"
-    policy_dir.mkdir()
+    policy_dir.mkdir(parents=True, exist_ok=True)
     synthetic_policy(policy_dir, staff, units)
     d = prepare(
-        Settings(data_dir=work / f"org-{database}", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0,
-                 policy_dir=policy_dir, database=database, db_url=db_url, demo=False)
+        # The worker deployment's UNIX sockets live in its data dir: keep its path short.
+        Settings(data_dir=work / ("wk" if workers else f"org-{database}"), port=free_port_pair(),
+                 relaxed_rate_limits=True, hl7_port=0, turn_port=0, policy_dir=policy_dir, database=database,
+                 db_url=db_url, demo=False, workers=workers)
     )
     stack = Stack(d)
     try:
@@ -137,12 +143,15 @@ async def sync_at_scale(work: Path, staff: int, units: int, database: str, db_ur
         t1 = time.perf_counter()
         second = seeder.org_sync()
         t2 = time.perf_counter()
+        persisters = rooms_and_events_by_instance(db_url) if database == "postgres" and db_url else {}
     finally:
         stack.stop()
     if not floor:
-        return {"from_scratch_s": round(t1 - t0, 1), "from_scratch_phases_s": first.get("phase_seconds", {}),
-                "from_scratch_errors": first["errors"][:5], "resync_unchanged_s": round(t2 - t1, 2),
-                "resync_actions": len(second["actions"])}
+        return {"from_scratch_s": round(t1 - t0, 1), "from_scratch_actions": len(first["actions"]),
+                "from_scratch_phases_s": first.get("phase_seconds", {}),
+                "from_scratch_errors": first["errors"][:5], "from_scratch_error_count": len(first["errors"]),
+                "resync_unchanged_s": round(t2 - t1, 2), "resync_actions": len(second["actions"]),
+                "rooms_and_events_by_instance": persisters}
     floor = await _plain_synapse_floor(work, policy_dir, database, db_url)
     return {
         "plain_synapse_same_plan_s": floor["seconds"],
@@ -175,7 +184,7 @@ async def _plain_synapse_floor(work: Path, policy_dir: Path, database: str, db_u
     if db_url:
         db_url = db_url.rsplit("/", 1)[0] + "/" + db_url.rsplit("/", 1)[1] + "_plain"
     d = prepare(Settings(data_dir=work / f"plain-{database}", port=free_port_pair(), relaxed_rate_limits=True,
-                         hl7_port=0, policy_dir=policy_dir, database=database, db_url=db_url,
+                         hl7_port=0, turn_port=0, policy_dir=policy_dir, database=database, db_url=db_url,
                          carematrix_enabled=False, demo=False))
     stack = Stack(d)
     try:

@@ -15,15 +15,23 @@ sync the appservice then runs (it reads every account and room back from Synapse
 With ``--baseline DIR`` (a checkout of older code) the stack is restarted on the same data
 with that code and with this checkout in turn, so both are measured in one run.
 
+Making the 5,000 accounts takes minutes, most of a run; a work directory that already holds
+a seeded stack of the same size (``--reload-keep DIR`` of ``python -m bench``; ``seeded.json``
+says so) is started again on its data, and each run's edits carry the run's own mark so they
+change the policy whatever earlier runs left in it.
+
 Stalls come from each process's loop-lag timer (``carematrix.loop_lag``, switched on by
 ``CAREMATRIX_LOOP_LAG_DIR``): the latest a 5 ms timer fired in the phase. ACK latency is
 timed from when a message was due to be sent (so a message held up behind a stalled one
-counts its wait too).
+counts its wait too). Each stall over 15 ms is also traced (``<process>.stalls``: what the
+loop was running, which garbage collections ran inside it); the result lists the longest
+ones of each phase with their cause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -42,8 +50,8 @@ from bench.org_sync import synthetic_org
 from bench.stats import percentile, summary
 from carematrix.loop_lag import ENV as LAG_ENV
 from carematrix.loop_lag import PERIOD_SECONDS, max_late_ms, read_lag
-from carematrix.policy import load_policy, yamlsrc
-from carematrix.policy.holder import Offload, PolicyHolder, run_here
+from carematrix.policy import PolicyInvalid, load_policy, yamlsrc
+from carematrix.policy.holder import Offload, PolicyHolder, parse, run_here
 from carematrix_ops.deploy.settings import Deployment
 from carematrix_ops.seed import Seeder
 from carematrix_ops.supervisor import Stack
@@ -153,22 +161,28 @@ async def _lateness_during(work: Callable[[], Awaitable[object]]) -> tuple[list[
 
 
 async def in_process(policy_dir: Path, repeats: int = 5) -> dict:
-    """One process, no stack: an asyncio loop's timer while the policy is loaded as before
-    (PyYAML's own reader, on the loop), with today's reader on the loop, and as now (today's
-    reader, in a thread), beside the same timer left alone for as long, taking turns so
-    machine noise hits them alike."""
+    """One process, no stack: an asyncio loop's timer while the policy is loaded as at first
+    (PyYAML's own reader, on the loop), with today's reader on the loop, in a thread (the
+    previous way), and as now (parsed in a child process, rebuilt in a thread), beside the
+    same timer left alone for as long, taking turns so machine noise hits them alike."""
     holder = PolicyHolder(policy_dir)
     staff = policy_dir / "staff.yaml"
-    before = "before: PyYAML's reader, on the loop"
-    samples: dict[str, list[float]] = {"idle": [], before: [], "on the loop": [], "in a thread": []}
-    took: dict[str, list[float]] = {before: [], "on the loop": [], "in a thread": []}
+    before = "first: PyYAML's reader, on the loop"
+    thread = "before: in a thread"
+    now = "now: in a child process"
+    samples: dict[str, list[float]] = {"idle": [], before: [], "on the loop": [], thread: [], now: []}
+    took: dict[str, list[float]] = {before: [], "on the loop": [], thread: [], now: []}
 
-    async def as_before() -> None:
+    async def as_first() -> None:
         fast, yamlsrc.LIBYAML = yamlsrc.LIBYAML, False
         try:
             load_policy(policy_dir)
         finally:
             yamlsrc.LIBYAML = fast
+
+    async def in_a_thread() -> None:
+        if isinstance(await asyncio.to_thread(parse, policy_dir), PolicyInvalid):
+            raise RuntimeError("the policy did not parse")
 
     async def reload(offload: Offload) -> None:
         st = staff.stat()
@@ -176,15 +190,16 @@ async def in_process(policy_dir: Path, repeats: int = 5) -> dict:
         if (await holder.refresh(offload)) is None:
             raise RuntimeError("the reload did not run")
 
+    ways: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        (before, as_first), ("on the loop", lambda: reload(run_here)), (thread, in_a_thread),
+        (now, lambda: reload(asyncio.to_thread)),
+    ]
     for _ in range(repeats):
-        late, seconds = await _lateness_during(as_before)
-        samples[before] += late
-        took[before].append(seconds)
-        for label, offload in (("on the loop", run_here), ("in a thread", asyncio.to_thread)):
-            late, seconds = await _lateness_during(lambda o=offload: reload(o))
+        for label, work in ways:
+            late, seconds = await _lateness_during(work)
             samples[label] += late
             took[label].append(seconds)
-        late, _ = await _lateness_during(lambda: asyncio.sleep(statistics.fmean(took["in a thread"])))
+        late, _ = await _lateness_during(lambda: asyncio.sleep(statistics.fmean(took[now])))
         samples["idle"] += late
     return {
         label: {"ticks": len(late), "max_late_ms": round(max(late), 1), "p99_late_ms": round(percentile(late, 99), 1)}
@@ -222,7 +237,7 @@ def _start(d: Deployment, lag_dir: Path, code: Path | None) -> Stack:
 
 
 async def _rounds(d: Deployment, first: int, rounds: int, rate: float, quiet: float, margin: float,
-                  settle: float) -> tuple[Observed, list]:
+                  settle: float, run_mark: str) -> tuple[Observed, list]:
     seen, stop = Observed(), asyncio.Event()
     windows = []
     async with aiohttp.ClientSession() as session:
@@ -238,7 +253,7 @@ async def _rounds(d: Deployment, first: int, rounds: int, rate: float, quiet: fl
                     await asyncio.sleep(quiet)
                     old = seen.synapse
                     edited_at = time.time()
-                    edit_title(d.settings.policy_dir, f"Nurse, edit {r + 1}")
+                    edit_title(d.settings.policy_dir, f"Nurse, edit {r + 1} of run {run_mark}")
                     marks = await _until_in_force(seen, old)
                     await asyncio.sleep(margin)
                     windows.append((edited_at - quiet, edited_at, time.time(), marks))
@@ -253,14 +268,18 @@ async def _rounds(d: Deployment, first: int, rounds: int, rate: float, quiet: fl
     return seen, windows
 
 
-async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 3, rate: float = 20.0,
-                  baseline: Path | None = None, passes: int = 1, quiet: float = 8.0, margin: float = 2.0,
-                  settle: float = 20.0) -> dict:
-    """``baseline``: a checkout of other code (e.g. ``git worktree add DIR COMMIT``) run on the
-    same data in the same run, passes alternating (baseline first, then this code first)."""
+def _seeded(work: Path, staff: int, units: int) -> tuple[Deployment, int, float]:
+    """The deployment in ``work`` with the policy and every account made: made now, or by an
+    earlier run of the same size (``seeded.json``). Returns it, the wing's unit count and how
+    long seeding took (in whichever run did it)."""
     policy_dir = work / "policy"
+    marker = work / "seeded.json"
+    if marker.exists():
+        made = json.loads(marker.read_text(encoding="utf-8"))
+        if (made["staff"], made["units"]) == (staff, units):
+            return hl7_deployment(work, policy_dir=policy_dir, demo=False), made["unit_count"], made["seeded_s"]
+        raise RuntimeError(f"{work} was seeded with {made['staff']} staff / {made['units']} units; use another directory")
     unit_count = bench_policy(policy_dir, staff, units)
-    alone = await in_process(policy_dir)
     d = hl7_deployment(work, policy_dir=policy_dir, demo=False)
     stack = _start(d, work / "lag" / "seed", None)
     try:
@@ -269,6 +288,70 @@ async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 
         seeded_s = time.monotonic() - t0
     finally:
         stack.stop()
+    marker.write_text(json.dumps({"staff": staff, "units": units, "unit_count": unit_count,
+                                  "seeded_s": round(seeded_s, 1)}), encoding="utf-8")
+    return d, unit_count, seeded_s
+
+
+def read_stalls(path: Path) -> list[dict]:
+    """The traced stalls of one process (``carematrix.loop_lag.StallTracer``)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stall_cause(stall: dict) -> str:
+    """What a traced stall waited for (``carematrix.loop_lag.StallTracer``), the largest part
+    of it: garbage collection; work on the loop; no CPU free (the loop's thread was ready but
+    the machine's other programs had the cores); the interpreter lock (other threads of the
+    process ran); or a blocked system call (the loop neither ran nor waited for a CPU: a write
+    held up by the disk, say)."""
+    wall = stall["stall_ms"]
+    if stall["collections"] and sum(c["ms"] for c in stall["collections"]) >= wall / 2:
+        return "garbage collection"
+    loop = stall.get("loop_cpu_ms", 0.0)
+    no_cpu = stall.get("loop_no_cpu_ms", 0.0)
+    others = max(0.0, min(stall.get("process_cpu_ms", 0.0) - loop, wall - loop - no_cpu))
+    blocked = max(0.0, wall - loop - no_cpu - others)
+    parts = {"work on the loop": loop, "no CPU free": no_cpu, "lock held by another thread": others,
+             "blocked in a system call": blocked}
+    return max(parts, key=lambda k: parts[k])
+
+
+def _traced(stalls: list[dict], start: float, end: float, top: int = 3) -> list[dict]:
+    """The ``top`` longest traced stalls that ended within [start, end], with their cause:
+    the stack seen most often (innermost frames) and the collections inside."""
+    ended = [s for s in stalls if start <= s["at"] + s["stall_ms"] / 1000 <= end]
+    out = []
+    for s in sorted(ended, key=lambda s: -s["stall_ms"])[:top]:
+        stack = s["stacks"][0][0] if s["stacks"] else "(not sampled)"
+        out.append({"stall_ms": s["stall_ms"], "cause": stall_cause(s), "loop_cpu_ms": s.get("loop_cpu_ms"),
+                    "loop_no_cpu_ms": s.get("loop_no_cpu_ms"), "process_cpu_ms": s.get("process_cpu_ms"),
+                    "stack": " < ".join(stack.split(" < ")[:4]),
+                    "gc_ms": [(c["generation"], c["ms"]) for c in s["collections"]]})
+    return out
+
+
+def _by_cause(stalls: list[dict], start: float, end: float) -> dict[str, float]:
+    """The longest traced stall of each cause that ended within [start, end]."""
+    out: dict[str, float] = {}
+    for s in stalls:
+        if start <= s["at"] + s["stall_ms"] / 1000 <= end:
+            cause = stall_cause(s)
+            out[cause] = max(out.get(cause, 0.0), s["stall_ms"])
+    return out
+
+
+async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 3, rate: float = 20.0,
+                  baseline: Path | None = None, passes: int = 1, quiet: float = 8.0, margin: float = 2.0,
+                  settle: float = 20.0) -> dict:
+    """``baseline``: a checkout of other code (e.g. ``git worktree add DIR COMMIT``) run on the
+    same data in the same run, passes alternating (baseline first, then this code first)."""
+    work.mkdir(parents=True, exist_ok=True)
+    d, unit_count, seeded_s = _seeded(work, staff, units)
+    shutil.rmtree(work / "lag" / "runs", ignore_errors=True)  # an earlier run's figures
+    alone = await in_process(work / "policy")
+    run_mark = time.strftime("%H%M%S")
     codes: list[tuple[str, Path | None]] = [("this checkout", None)]
     if baseline is not None:
         codes.insert(0, ("baseline", baseline))
@@ -276,16 +359,25 @@ async def measure(work: Path, staff: int = 5000, units: int = 20, rounds: int = 
     edits = 0
     for p in range(passes):
         for label, code in codes if p % 2 == 0 else codes[::-1]:
-            lag_dir = work / "lag" / f"{p}-{label.replace(' ', '-')}"
+            lag_dir = work / "lag" / "runs" / f"{p}-{label.replace(' ', '-')}"
             stack = _start(d, lag_dir, code)
             try:
-                seen, windows = await _rounds(d, edits, rounds, rate, quiet, margin, settle)
+                seen, windows = await _rounds(d, edits, rounds, rate, quiet, margin, settle, run_mark)
             finally:
                 stack.stop()
             edits += rounds
             lag = {"synapse": read_lag(lag_dir / "synapse-main.lag"), "appservice": read_lag(lag_dir / "appservice.lag")}
+            stalls = {"synapse": read_stalls(lag_dir / "synapse-main.stalls"),
+                      "appservice": read_stalls(lag_dir / "appservice.stalls")}
             for quiet_start, edited_at, end, marks in windows:
+                in_force = edited_at + max(marks[0], marks[1]) + IN_FORCE_MARGIN
                 collected[label].append({
+                    "by_cause": {f"{kind}_{process}": _by_cause(found, start, stop) for process, found in stalls.items()
+                                 for kind, start, stop in (("quiet", quiet_start, edited_at),
+                                                           ("reload", edited_at, in_force), ("org_sync", in_force, end))},
+                    "traced": {f"{kind}_{process}": _traced(found, start, stop) for process, found in stalls.items()
+                               for kind, start, stop in (("quiet", quiet_start, edited_at),
+                                                         ("reload", edited_at, in_force), ("org_sync", in_force, end))},
                     "in_force_s": {"synapse": round(marks[0], 2), "appservice": round(marks[1], 2),
                                    "org_sync_done": round(marks[2], 2)},
                     "quiet": _window(lag, seen, quiet_start, edited_at),
@@ -314,9 +406,16 @@ def _summarise(rounds: list[dict]) -> dict:
             "appservice_max_stall_ms": worst(kind, "appservice_max_stall_ms"),
             "ack": summary(acks) | {"max_ms": round(max(acks), 3)} if acks else None,
         }
+        for process in ("synapse", "appservice"):
+            causes: dict[str, float] = {}
+            for r in rounds:
+                for cause, ms in r["by_cause"][f"{kind}_{process}"].items():
+                    causes[cause] = max(causes.get(cause, 0.0), ms)
+            out[kind][f"{process}_by_cause"] = dict(sorted(causes.items(), key=lambda c: -c[1]))
     out["per_round"] = [
         {"in_force_s": r["in_force_s"]}
         | {f"{kind}_{k}": r[kind][k] for kind, _ in PHASES for k in ("synapse_max_stall_ms", "appservice_max_stall_ms")}
+        | {"traced": r["traced"]}
         for r in rounds
     ]
     return out
@@ -337,6 +436,11 @@ def format_result(result: dict) -> str:
                 f"    {name:<22}{k['synapse_max_stall_ms'] or 0:>12.1f} ms{k['appservice_max_stall_ms'] or 0:>15.1f} ms"
                 f"{ack['p50_ms']:>7.1f} ms{ack['p99_ms']:>7.1f} ms{ack['max_ms']:>7.1f} ms (n {ack.get('n', 0)})"
             )
+            for process in ("synapse", "appservice"):
+                causes = k.get(f"{process}_by_cause") or {}
+                if causes:
+                    lines.append(f"      longest {process} stall by cause: "
+                                 + ", ".join(f"{cause} {ms:.0f} ms" for cause, ms in causes.items()))
         for i, r in enumerate(res["per_round"], 1):
             f = r["in_force_s"]
             lines.append(
@@ -346,6 +450,12 @@ def format_result(result: dict) -> str:
                 f"{r['reload_appservice_max_stall_ms']}; org sync {r['org_sync_synapse_max_stall_ms']}, "
                 f"{r['org_sync_appservice_max_stall_ms']} ms"
             )
+            for where, found in r["traced"].items():
+                for t in found:
+                    if t["stall_ms"] >= 20:
+                        lines.append(f"      {where}: {t['stall_ms']} ms, {t['cause']} (loop ran {t['loop_cpu_ms']} ms, "
+                                     f"waited for a CPU {t['loop_no_cpu_ms']} ms, process ran {t['process_cpu_ms']} ms): "
+                                     f"{t['stack']}; collections {t['gc_ms']}")
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ async def _download_ms(session: aiohttp.ClientSession, base: str, token: str, ur
 
 
 async def measure(work: Path, repeats: int = 30) -> dict:
-    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0))
+    d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0))
     stack = Stack(d)
     stack.start()
     try:

@@ -134,9 +134,9 @@ async def one_round_trip(session: aiohttp.ClientSession, ep: Endpoint, rx: Recei
 async def measure(work: Path, messages: int, warmup: int, batch: int) -> list[dict]:
     """Three servers in one run: plain Synapse, CareMatrix without its audit module, and
     the full CareMatrix stack; returns the two comparisons the issues ask for."""
-    plain_d = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, carematrix_enabled=False))
-    noaudit_d = prepare(Settings(data_dir=work / "noaudit", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, audit_enabled=False))
-    cm_d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0))
+    plain_d = prepare(Settings(data_dir=work / "plain", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0, carematrix_enabled=False))
+    noaudit_d = prepare(Settings(data_dir=work / "noaudit", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0, audit_enabled=False))
+    cm_d = prepare(Settings(data_dir=work / "carematrix", port=free_port_pair(), relaxed_rate_limits=True, hl7_port=0, turn_port=0))
     stacks = [Stack(plain_d), Stack(noaudit_d), Stack(cm_d)]
     try:
         for s in stacks:

@@ -5,9 +5,14 @@ clinical text (docs/protection.md)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 PREFIX = "!"
+# What a Chinese input method types for "!": staff do not switch their keyboard to English to
+# ask the bot something. Such a message is a command only when a command the bot knows follows
+# (a chat line opening "！！" or "！紧急" stays chat).
+FULL_WIDTH_PREFIX = "\uff01"
 
 # Every command the bot answers, with the most arguments it takes. ``None``: the arguments
 # are the sender's own words (``!decision <text>``), so the message is content like any other.
@@ -19,6 +24,7 @@ COMMANDS: dict[str, int | None] = {
     "case": 10,  # open <patient id> [unit ...] | close
     "images": 1,  # <accession number or study UID>
     "ack": 1,  # <alert id>
+    "call": 1,  # <role or person>
     "decision": None,
 }
 
@@ -35,12 +41,25 @@ class Command:
 
 
 def parse_command(body: str) -> Command | None:
-    """``!name arg ...`` → Command; anything else (ordinary chat) → None."""
+    """``!name arg ...`` → Command; anything else (ordinary chat) → None.
+
+    Full-width forms a Chinese input method produces (``！ｏｎｃａｌｌ　ｉｃｕ``, ``!ack ３F9A1C``)
+    read as their ASCII forms (NFKC), except in free-text arguments (``!decision``), which
+    stay the sender's own words."""
     text = body.strip()
-    if not text.startswith(PREFIX) or len(text) == 1:
+    full_width = text.startswith(FULL_WIDTH_PREFIX)
+    if not (full_width or text.startswith(PREFIX)) or len(text) == 1:
         return None
-    name, *args = text[1:].split()
-    return Command(name.lower(), tuple(args))
+    words = text[1:].split()
+    if not words:
+        return None
+    name = unicodedata.normalize("NFKC", words[0]).lower()
+    if full_width and name not in COMMANDS:
+        return None
+    args = tuple(words[1:]) if COMMANDS.get(name, 0) is None else tuple(
+        unicodedata.normalize("NFKC", word) for word in words[1:]
+    )
+    return Command(name, args)
 
 
 def structured_command(body: str) -> Command | None:

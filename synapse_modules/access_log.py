@@ -1,7 +1,10 @@
-"""Audit records from Synapse's request log: admin API use, media downloads and thumbnails
-(logins are recorded by the login observer, synapse_modules/adapter/auth.py). Synapse offers
-modules no hook for these requests, so a logging handler reads the request log line Synapse
-writes when a request finishes (its fields: synapse_modules/adapter/access_log.py).
+"""Audit records of admin API use, from Synapse's request log. Synapse offers modules no hook
+for these requests, so a logging handler reads the request log line Synapse writes when a
+request finishes (its fields: synapse_modules/adapter/access_log.py).
+
+Only admin API use is recorded here. Downloads, thumbnails and uploads are recorded by the
+code that sees them answered (synapse_modules/media_audit.py, the media gate), once each
+with the answer the client got; logins by the login observer (synapse_modules/adapter/auth.py).
 """
 
 from __future__ import annotations
@@ -9,16 +12,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from urllib.parse import unquote
 
 from carematrix.audit import actions as A
+from carematrix.audit.access import ANONYMOUS
 from carematrix.audit.record import AuditRecord
 from synapse_modules.adapter.access_log import ACCESS_LOGGER, UnknownRequestLine, finished_request
 
 log = logging.getLogger(__name__)
 
-_MEDIA = re.compile(r"^/_matrix/(?:client/v1|media/v3|media/r0)/(?:media/)?(download|thumbnail)/([^/?]+)/([^/?]+)")
-_UPLOAD = re.compile(r"^/_matrix/(?:media/v3|media/r0|client/v1/media)/upload")
 _ADMIN = re.compile(r"^/_synapse/admin/")
 
 
@@ -26,32 +27,17 @@ def classify(ip: str, requester: str | None, code: str, method: str, uri: str, p
     """The audit record for one finished request, or None if it is not one we record.
     ``requester`` is None for an anonymous request; an admin acting as another user is
     logged as "admin|user" and recorded as the admin."""
-    actor = requester.split("|", 1)[0] if requester else "anonymous"
+    path = uri.split("?", 1)[0]
+    if not _ADMIN.match(path):
+        return None
+    actor = requester.split("|", 1)[0] if requester else ANONYMOUS
     outcome = A.SUCCESS if code.startswith(("2", "3")) else A.FAILURE
     if code in ("401", "403"):
         outcome = A.DENIED
-    path = uri.split("?", 1)[0]
-    media = _MEDIA.match(path)
-    if media and method == "GET":
-        kind, server, media_id = media.groups()
-        action = A.MEDIA_DOWNLOAD if kind == "download" else A.MEDIA_THUMBNAIL
-        return AuditRecord(
-            actor=actor, action=action, object=f"mxc://{unquote(server)}/{unquote(media_id)}",
-            outcome=outcome, source=ip, process=process, details={"status": code},
-        )
-    if _UPLOAD.match(path) and method in ("POST", "PUT"):
-        # The new mxc URI is not in the request log; the message that shares the file
-        # records it (details.media), tying upload, room and sender together.
-        return AuditRecord(
-            actor=actor, action=A.MEDIA_UPLOAD, object=path[:200], outcome=outcome,
-            source=ip, process=process, details={"status": code},
-        )
-    if _ADMIN.match(path):
-        return AuditRecord(
-            actor=actor, action=A.ADMIN_API, object=f"{method} {path[:200]}", outcome=outcome,
-            source=ip, process=process, details={"status": code},
-        )
-    return None
+    return AuditRecord(
+        actor=actor, action=A.ADMIN_API, object=f"{method} {path[:200]}", outcome=outcome,
+        source=ip, process=process, details={"status": code},
+    )
 
 
 class AccessLogAuditHandler(logging.Handler):
@@ -74,7 +60,7 @@ class AccessLogAuditHandler(logging.Handler):
                 self._warned = True
                 log.warning(
                     "Synapse's request log line is not the one CareMatrix reads (%s): admin API "
-                    "use and media downloads are NOT being recorded in the audit trail", exc,
+                    "use is NOT being recorded in the audit trail", exc,
                 )
         except Exception:  # a logging handler must never break request handling
             self.handleError(record)

@@ -2,8 +2,8 @@
 
 Load it before the policy module in homeserver.yaml: the policy module records message
 sends and policy denials through the writer this module creates. This module records
-logins, logouts, room creation and membership itself, reads the request log for failed
-logins, admin API use and media downloads, accepts records from the appservice, answers
+logins, logouts, room creation, membership and uploads itself, reads the request log for
+admin API use, accepts records from the appservice, answers
 auditors' searches, and signs checkpoints of the chain.
 """
 
@@ -30,7 +30,7 @@ from carematrix.audit.checkpoint import (
 from carematrix.audit.matrix_events import record_for_event
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
-from synapse_modules import access_log, hs_schema, policy_source
+from synapse_modules import access_log, hs_schema, media_audit, policy_source
 from synapse_modules.adapter.auth import install_login_observer
 from synapse_modules.adapter.events import install_event_check
 from synapse_modules.async_resource import AsyncJsonResource, body_of
@@ -114,6 +114,7 @@ class CareMatrixAudit:
         api.register_web_resource(RECORDS_PATH, AsyncJsonResource(api, "carematrix_audit_http", post=self._submit_records))
         api.register_web_resource(SEARCH_PATH, AsyncJsonResource(api, "carematrix_audit_http", get=self._search))
         access_log.install(self.writer.record_soon, self.process)
+        media_audit.record_uploads(self.writer)
         if api.should_run_background_tasks():
             api.looping_background_call(
                 self._checkpoint, config.checkpoint_interval_seconds * 1000, desc="carematrix_audit_checkpoint"
@@ -238,7 +239,8 @@ class CareMatrixAudit:
                 AuditRecord(actor=user_id, action=A.AUDIT_QUERY, object="audit", outcome=A.DENIED,
                             process=self.process, rule="audit.auditor_only", details={"filters": json.dumps(args)[:500]})
             )
-            return 403, {"errcode": "M_FORBIDDEN", "error": "Only staff with the 'auditor' role may search the audit trail. [rule audit.auditor_only]"}
+            return 403, {"errcode": "M_FORBIDDEN", "error": "只有具有 'auditor' 角色的员工可以检索审计记录。"
+                         " Only staff with the 'auditor' role may search the audit trail. [rule audit.auditor_only]"}
         try:
             if fmt not in FORMATS:
                 raise AuditQueryInvalid(f"format must be one of {', '.join(FORMATS)}")

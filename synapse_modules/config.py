@@ -38,13 +38,16 @@ class PolicyModuleConfig:
     watermark_key: bytes | None = None
     watermark_cache_dir: Path | None = None
     burn_interval_seconds: float = 1.0
+    # Where uploads are stored (homeserver.yaml's media_store_path): a worker that serves no
+    # media reads a message's image from there for the no-forward check.
+    media_store_path: Path | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PolicyModuleConfig:
         """Raises ValueError naming the bad key; the caller turns it into ConfigError."""
         policy_dir = checked_keys_and_policy_dir(config, {
             "policy_dir", "bot_user_id", "reload_interval_seconds", "watermark_key",
-            "watermark_cache_dir", "burn_interval_seconds",
+            "watermark_cache_dir", "burn_interval_seconds", "media_store_path",
         })
         bot = config.get("bot_user_id")
         if not isinstance(bot, str) or not USER_ID_RE.match(bot):
@@ -61,8 +64,11 @@ class PolicyModuleConfig:
         burn = config.get("burn_interval_seconds", 1.0)
         if not isinstance(burn, int | float) or isinstance(burn, bool) or not 0.1 <= burn <= 600:
             raise ValueError(f"'burn_interval_seconds' must be a number between 0.1 and 600, got {burn!r}")
+        media = config.get("media_store_path")
+        if media is not None and (not isinstance(media, str) or not media):
+            raise ValueError("'media_store_path' must be a directory path")
         load_at_config(policy_dir)
         return cls(
             Path(policy_dir), bot, float(interval), key.encode() if key else None,
-            Path(cache) if cache else None, float(burn),
+            Path(cache) if cache else None, float(burn), Path(media) if media else None,
         )

@@ -31,14 +31,24 @@ from carematrix.policy.rooms import ROOM_CLASS_EVENT, RoomClassState
 from carematrix.rules import Verdict
 from carematrix.rules.creation import decide_create
 from carematrix.rules.directory import decide_publish
-from carematrix.rules.display_name import decide_display_name
+from carematrix.rules.display_name import decide_display_name, decide_profile_name
 from carematrix.rules.membership import decide_membership
 from carematrix.rules.protection import decide_priority
+from carematrix.rules.push import gateway_notification
 from carematrix.rules.room_class import decide_class_change, decide_post, decide_state_change
-from synapse_modules import loop_lag, policy_source
+from synapse_modules import hs_schema, loop_lag, policy_source
 from synapse_modules.adapter.errors import refusal_with_reason
 from synapse_modules.adapter.events import install_event_check
+from synapse_modules.adapter.homeserver import events_position
+from synapse_modules.adapter.listeners import deepen_listen_backlog
 from synapse_modules.adapter.media import install_media_gate
+from synapse_modules.adapter.profile import install_display_name_guard
+from synapse_modules.adapter.push import install_push_filter
+from synapse_modules.adapter.search import (
+    install_cjk_search,
+    reindex_if_needed,
+    runs_background_tasks,
+)
 from synapse_modules.async_resource import AsyncJsonResource
 from synapse_modules.audit_writer import current_writer
 from synapse_modules.config import PolicyModuleConfig
@@ -50,7 +60,8 @@ log = logging.getLogger(__name__)
 FAILED_CLOSED = Verdict(
     False,
     "internal.error",
-    "The hospital policy could not be checked, so this action was refused for safety. "
+    "无法核对医院策略，为安全起见此操作已被拒绝。请重试或联系信息科。"
+    " The hospital policy could not be checked, so this action was refused for safety. "
     "Please try again or contact IT.",
 )
 
@@ -63,7 +74,10 @@ CLASS_CHANGE_SETTLE_SECONDS = 10.0
 
 
 def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """An unexpected error in a check must refuse the action, never let it through."""
+    """An unexpected error in a check must refuse the action, never let it through. The
+    person gets :data:`FAILED_CLOSED` (Chinese first, rule ``internal.error``); the log's
+    ERROR line names the check and the error itself on its first line, so whoever reads the
+    log sees why without reading the traceback below it."""
 
     def wrap(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(func)
@@ -72,13 +86,23 @@ def _fail_closed(refusal: Callable[[], T]) -> Callable[[Callable[..., Awaitable[
                 return await func(*args, **kwargs)
             except SynapseError:
                 raise
-            except Exception:
-                log.exception("CareMatrix policy check %s failed; refusing", func.__name__)
+            except Exception as exc:
+                log.exception(
+                    "CareMatrix policy check %s failed (%s); refused with rule %s",
+                    func.__name__, _what_failed(exc), FAILED_CLOSED.rule,
+                )
                 return refusal()
 
         return guarded
 
     return wrap
+
+
+def _what_failed(exc: BaseException) -> str:
+    """The error's type and the first line of its message (a database error's message
+    runs on over several lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _raise_refusal() -> None:
@@ -109,20 +133,33 @@ class CareMatrixPolicy:
         # notifying clients of every event, which would slow every message down.
         api.register_third_party_rules_callbacks(on_create_room=self.on_create_room)
         install_event_check("carematrix_real_names", self.keep_real_name)
+        install_display_name_guard(self.guard_display_name)
+        # Behind the worker deployment's proxy, a burst of requests must wait to be accepted,
+        # not be refused with a 502 (synapse_modules/adapter/listeners.py).
+        deepen_listen_backlog()
+        # Names, units and messages found by their Chinese words (docs/search.md): index and
+        # query cut Chinese text alike; rows indexed by an older release are re-indexed once.
+        install_cjk_search()
+        if runs_background_tasks(api):
+            api.run_as_background_process(
+                "carematrix_search_reindex", reindex_if_needed, api, hs_schema.gate(api).ready
+            )
         self._class_cache: OrderedDict[str, tuple[RoomClassState, float]] = OrderedDict()
         self._class_changing: dict[str, float] = {}
-        self._last_rejected: ReloadOutcome | None = None
         api.register_web_resource(POLICY_STATUS_PATH, PolicyStatusResource(self))
         api.register_web_resource(
             POPULATE_PATH, AsyncJsonResource(api, "carematrix_org_populate", post=OrgPopulate(self).handle)
         )
         self._protection = ContentProtection(
             api, self._holder, self.is_system, config.watermark_key, config.watermark_cache_dir,
-            self.refuse,
+            media_store=str(config.media_store_path) if config.media_store_path else None,
         )
         # Every media download of this process passes the gate (protected files only are
         # handled by it; everything else goes to Synapse untouched).
         install_media_gate(self._protection)
+        # No room name, sender name or text on a push notification, whatever format the
+        # phone registered its pusher with (carematrix/rules/push.py).
+        install_push_filter(gateway_notification)
         # Burns run on the one instance that runs background tasks (the main process unless
         # configured otherwise); their state is in the database.
         api.looping_background_call(
@@ -141,16 +178,20 @@ class CareMatrixPolicy:
 
     def status(self) -> dict[str, Any]:
         """What this worker enforces, for ``carematrix status`` (no policy content)."""
-        rejected = self._last_rejected
+        last = self._holder.last_outcome
+        rejected = last if last is not None and not last.accepted else None
         return {
             "digest": self._holder.current.digest,
             "worker": self._api.worker_name or "main",
             "last_edit_rejected": rejected is not None,
             "rejected_error_count": len(rejected.errors) if rejected else 0,
+            # The worker deployment: which process runs background work (burns, audit
+            # checkpoints, retention) and how far it has seen the event stream.
+            "background_tasks": self._api.should_run_background_tasks(),
+            "events_position": events_position(self._api),
         }
 
     def _on_reload(self, outcome: ReloadOutcome) -> None:
-        self._last_rejected = None if outcome.accepted else outcome
         writer = current_writer()
         if writer is not None:
             writer.record_soon(
@@ -257,6 +298,14 @@ class CareMatrixPolicy:
             return True
         message = await self.refuse(verdict, event.sender, event.room_id, "per-room display name")
         raise SynapseError(403, message, Codes.FORBIDDEN)
+
+    async def guard_display_name(self, user_id: str, name: Any) -> Verdict:
+        """A person changing their own global display name (synapse_modules/adapter/
+        profile.py): held to the real-name rule, a refusal on record with the rule."""
+        verdict = decide_profile_name(self._holder.current, self.staff(user_id), name)
+        if not verdict.allowed:
+            await self.refuse(verdict, user_id, None, "display name")
+        return verdict
 
     @_fail_closed(FAILED_CLOSED.message)
     async def check_event_for_spam(self, event: EventBase) -> Any:

@@ -6,9 +6,11 @@ a broken policy stops Synapse with a config error naming file and line — and e
 after it (audit, policy, LDAP and SSO sign-in) gets the same holder: one load at start and
 one parse per edit in each process, not one per module.
 
-Edits are picked up by a background poll whose parse runs on Synapse's thread pool
+Edits are picked up by a background poll whose work runs on Synapse's thread pool
 (``ModuleApi.defer_to_thread``, which gives the thread a child of the poll's logging
-context), never on the reactor: a 5,000-staff policy takes over a second to parse.
+context), never on the reactor: that thread has a child process parse the edit and only
+takes in the result (``carematrix.policy.parse_process``), since a 5,000-staff parse in the
+thread itself would hold the interpreter lock against the reactor.
 """
 
 from __future__ import annotations

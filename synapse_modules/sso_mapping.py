@@ -30,7 +30,7 @@ from carematrix.policy.holder import run_here
 from carematrix.policy.model import Policy
 from carematrix.policy.org import Staff, staff_localpart
 from synapse_modules import policy_source
-from synapse_modules.adapter.sso import MappingException
+from synapse_modules.adapter.sso import MappingException, keep_logging_context_in_userinfo_fetch
 from synapse_modules.config import checked_keys_and_policy_dir
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class CareMatrixSsoMapping:
         self._config = config
         self._holder = policy_source.policy_holder(config.policy_dir)
         self._checked_at = time.monotonic()
+        # Synapse's own userinfo fetch loses the request's logging context (adapter place 29).
+        keep_logging_context_in_userinfo_fetch()
         log.info(
             "Hospital SSO sign-in: staff number from the '%s' claim, staff list in %s",
             config.staff_number_claim, config.policy_dir,

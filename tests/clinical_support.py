@@ -110,7 +110,7 @@ async def direct_chat_with_service(client: AsyncClient, patient: str) -> str:
         for room_id in resp.rooms.invite:  # type: ignore[union-attr]
             await client.join(room_id)
         for room_id in client.rooms:
-            if any(b.startswith("Report ready") and patient in b for b in await bodies(client, room_id)):
+            if any(b.startswith("报告已出 Report ready") and patient in b for b in await bodies(client, room_id)):
                 return room_id
         return None
 

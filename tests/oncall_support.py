@@ -27,6 +27,22 @@ async def set_clock(stack: RunningStack, at: datetime) -> None:
         assert resp.status == 200, await resp.text()
 
 
+async def holds(stack: RunningStack, **settings: bool) -> dict[str, Any]:
+    """Set (or, without settings, read) the appservice's test holds (appservice.holds)."""
+    url = stack.deployment.settings.appservice_url + "/_carematrix/test/holds"
+    headers = {"Authorization": f"Bearer {stack.deployment.secrets['as_token']}"}
+    async with aiohttp.ClientSession() as http, (
+        http.post(url, json=settings, headers=headers) if settings else http.get(url, headers=headers)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def held(stack: RunningStack, gate: str, event_id: str) -> bool:
+    """Whether ``event_id`` waits at one of the holds' gates."""
+    return event_id in ((await holds(stack)).get(gate) or [])
+
+
 async def members(client: AsyncClient, room: str) -> dict[str, str]:
     state = await client.room_get_state(room)
     return {e["state_key"]: e["content"].get("membership") for e in state.events if e["type"] == "m.room.member"}

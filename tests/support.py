@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,10 +33,25 @@ from tests.paths import DEMO_POLICY_DIR
 from tests.ports import TEST_SERVER_URL, free_port, free_port_pair
 
 WAIT_SECONDS = 30.0  # how long a test waits for something to arrive before failing
+# Every test stack's appservice joins the packaged speech model here, once for the whole run
+# (verified by its checksum at each start), not 145 MB into each stack's data dir.
+VOICE_MODEL_CACHE = Path(tempfile.gettempdir()) / "carematrix-test-voice-models"
 
 
 def drop_pg_databases(dbname: str) -> None:
     on_maintenance_db(TEST_SERVER_URL, drop_database, dbname, appservice_pg_dbname(dbname))
+
+
+def rooms_and_events_by_instance(db_url: str, rooms: list[str] | None = None) -> dict[str, list[int]]:
+    """Which Synapse process persisted what, read from Synapse's events table (PostgreSQL):
+    [rooms, events] by instance name (of ``rooms``, default all)."""
+    from carematrix_ops.audit_db import connect
+
+    where = "WHERE room_id = ANY(%s)" if rooms is not None else ""
+    with connect(db_url) as db, db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT instance_name, count(DISTINCT room_id), count(*) FROM events {where} GROUP BY instance_name",
+                    (rooms,) if rooms is not None else ())
+        return {str(name or "master"): [int(r), int(e)] for name, r, e in txn.fetchall()}
 
 
 # A problem in a log: Python logging's ERROR/CRITICAL (our format and Synapse's), a
@@ -125,29 +141,32 @@ class RunningStack:
 
 
 def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningStack:
+    """A stack on ``backend``: "sqlite", "postgres" or "workers" (PostgreSQL, Synapse as a
+    main process and workers behind the reverse proxy, its own Redis)."""
     policy_dir = base / "policies"
     shutil.copytree(DEMO_POLICY_DIR, policy_dir)
     pg_dbname = None
     db_url = None
-    if backend == "postgres":
+    if backend in ("postgres", "workers"):
         pg_dbname = f"carematrix_test_{secrets.token_hex(4)}"
         db_url = database_url(TEST_SERVER_URL, pg_dbname)
     settings = Settings(
         data_dir=base / "var",
         port=free_port_pair(),
-        database=backend,
+        database="postgres" if backend == "workers" else backend,
         db_url=db_url,
+        workers=backend == "workers",
         policy_dir=policy_dir,
         relaxed_rate_limits=True,
         audit_checkpoint_seconds=2,
         # A half MLLP frame is closed after 3 s (30 in production) so the timeout test is short;
         # every other test sends whole frames.
-        **{"retention_purge_seconds": 5, "test_clock": True, "hl7_port": free_port(),
-           "hl7_frame_timeout_seconds": 3, **settings_overrides},
+        **{"retention_purge_seconds": 5, "test_clock": True, "hl7_port": free_port(), "turn_port": free_port(),
+           "hl7_frame_timeout_seconds": 3, "voice_model_cache": str(VOICE_MODEL_CACHE), **settings_overrides},
     )
     deployment = prepare(settings)
     stack = Stack(deployment)
-    pg_logs_before = log_sizes(pg_server_logs()) if backend == "postgres" else {}
+    pg_logs_before = log_sizes(pg_server_logs()) if settings.database == "postgres" else {}
     stack.start()
     try:
         seed = Seeder(deployment).run()
@@ -230,7 +249,7 @@ class UpProcess:
             cwd=cwd,
             # A free MLLP port too: other stacks on this machine may hold the default 2575.
             env={**(os.environ if env is None else env), "CAREMATRIX_PORT": str(port),
-                 "CAREMATRIX_HL7_PORT": str(free_port())},
+                 "CAREMATRIX_HL7_PORT": str(free_port()), "CAREMATRIX_TURN_PORT": str(free_port())},
         )
         self.lines: list[str] = []
 

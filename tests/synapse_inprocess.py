@@ -178,11 +178,16 @@ class AdapterHooks:
     def __init__(self, config: dict[str, Any], api: Any) -> None:
         from synapse_modules.adapter.auth import install_login_observer
         from synapse_modules.adapter.events import install_event_check
-        from synapse_modules.adapter.media import install_media_gate
+        from synapse_modules.adapter.media import install_media_gate, install_upload_observer
+        from synapse_modules.adapter.profile import install_display_name_guard
+        from synapse_modules.adapter.search import install_cjk_search
 
         install_media_gate(PassThroughGate())
+        install_cjk_search()
         install_login_observer(ignore_login)
         install_event_check("guard", allow_event)
+        install_upload_observer(ignore_upload)
+        install_display_name_guard(allow_name)
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +205,16 @@ async def ignore_login(request: Any, submission: dict, result: dict | None, erro
 
 async def allow_event(event: Any) -> bool:
     return True
+
+
+async def ignore_upload(request: Any, stored: Any) -> None:
+    return None
+
+
+async def allow_name(user_id: str, name: Any) -> Any:
+    from carematrix.rules import ALLOW
+
+    return ALLOW
 
 
 class ProbeMapping:

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -41,14 +41,22 @@ from appservice.clinical.archive import Attachment, CaseInfo, CaseMessage, build
 from appservice.clinical.locate import Located, LocateFailed, PatientLocator
 from appservice.clinical.pdf_fonts import FontUnavailable
 from appservice.clinical.store import ClinicalStore
-from appservice.clinical.summary import SummaryUnavailable, fetch_summary, format_summary
+from appservice.clinical.summary import (
+    PatientNotFound,
+    SummaryUnavailable,
+    fetch_summary,
+    format_summary,
+)
 from appservice.homeserver import Homeserver, HomeserverUnreachable, MatrixCallFailed
 from appservice.oncall.service import OncallService
 from bridges.dicom.render import DicomRenderError, render
 from bridges.dicomweb.client import DicomWebClient, DicomWebError, find_by_reference
+from carematrix.audit import actions as A
 from carematrix.policy.clinical import ClinicalPolicy
 from carematrix.policy.oncall import role_localpart
 from carematrix.policy.rooms import ROOM_CLASS_EVENT
+from carematrix.rules import Verdict
+from carematrix.rules.cases import decide_close_case, decide_open_case
 from carematrix.rules.protection import PRIORITY_FIELD
 
 log = logging.getLogger("carematrix.appservice.cases")
@@ -181,8 +189,12 @@ class CaseService:
             return str(exc)
         except Exception:
             log.exception("!%s %s in %s failed", name, " ".join(args), room_id)
-            return f"Sorry, !{name} failed on our side; it has been logged for IT. Please try again."
+            return (
+                f"抱歉，!{name} 在系统端出错，已记录并通知信息科。请重试。"
+                f" Sorry, !{name} failed on our side; it has been logged for IT. Please try again."
+            )
         return (
+            "用法：!case open <患者编号> [科室 ...] · !case close · !decision <内容> · !images <检查号或 Study UID> "
             "Usage: !case open <patient id> [unit ...] · !case close · !decision <text> · "
             "!images <accession number or study UID>"
         )
@@ -190,21 +202,25 @@ class CaseService:
     async def open_case(self, sender: str, patient_id: str, units: tuple[str, ...], from_room: str) -> str:
         policy = self.policy
         if policy is None:
-            raise CaseError("Case rooms need the clinical policy.")
-        person = self.oncall.person(sender)
-        if person is None or person.position not in policy.cases.open_positions:
-            raise CaseError(
-                "Only " + ", ".join(sorted(policy.cases.open_positions)) + " staff may open a patient case."
-            )
+            raise CaseError("会诊房间需要临床策略（clinical policy）。 Case rooms need the clinical policy.")
+        verdict = decide_open_case(self.oncall.person(sender), policy.cases.open_positions)
+        if not verdict.allowed:
+            await self._refuse(sender, verdict, f"case open {patient_id}", from_room, patient_id)
         org = self.oncall.policy
         unknown = [u for u in units if u not in org.units]
         if unknown:
-            raise CaseError(f"Unknown unit(s): {', '.join(unknown)}. Name units by their ID (e.g. cardiology, icu).")
-        opened = await self._create(sender, patient_id, units, None, None)
-        lines = [f"Case room for {opened.name} ({patient_id}) opened: https://matrix.to/#/{opened.room_id}."]
+            raise CaseError(
+                f"未知科室：{', '.join(unknown)}。请用科室编号（如 cardiology、icu）。"
+                f" Unknown unit(s): {', '.join(unknown)}. Name units by their ID (e.g. cardiology, icu)."
+            )
+        opened = await self._create(sender, patient_id, units, None, None, typed=True)
+        lines = [
+            f"已为 {opened.name}（{patient_id}）开立会诊房间。"
+            f" Case room for {opened.name} ({patient_id}) opened: https://matrix.to/#/{opened.room_id}."
+        ]
         lines.append(opened.ward_short)
         if opened.paged:
-            lines.append(f"Paged: {', '.join(opened.paged)}.")
+            lines.append(f"已呼叫 Paged: {', '.join(opened.paged)}.")
         lines.extend(opened.unreached)
         return " ".join(lines)
 
@@ -217,11 +233,23 @@ class CaseService:
 
     async def _create(
         self, requester: str | None, patient_id: str, units: tuple[str, ...], origin: str | None, order: str | None,
+        *, typed: bool = False,
     ) -> Opened:
+        """``typed``: a person gave the patient ID; one neither the EMR nor the ADT feed knows
+        is refused, not given a room (that would be filed in the EMR under a patient the
+        hospital does not have). An EMR that cannot be asked does not refuse: the room opens
+        and says its summary is missing."""
         policy = self.policy
         assert policy is not None
-        summary_text, summary_html, name = await self._summary(patient_id)
+        summary_text, summary_html, name, not_found = await self._summary(patient_id)
         known = await self.clinical.patient(patient_id) or {}
+        if typed and not_found and not known:
+            raise CaseError(
+                f"电子病历和住院登记中都没有患者编号 '{patient_id}'，未开立会诊房间。"
+                "请用腕带或 HIS 上的患者编号或病历号（不是姓名），例如 !case open P20261101。"
+                f" Neither the EMR nor admissions know a patient '{patient_id}'; no case room was opened."
+                " Give the patient ID or MRN from the wristband or the HIS (not the name), e.g. !case open P20261101."
+            )
         name = name or known.get("name") or patient_id
         case_id = f"case-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:8]}"
         link = policy.link("patient", patient_id=patient_id)
@@ -233,7 +261,7 @@ class CaseService:
             powers[requester] = CASE_MEMBER_POWER
         created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
             "name": policy.cases.room_name.format(patient_name=name, patient_id=patient_id),
-            "topic": f"Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
+            "topic": f"患者会诊 Patient case {case_id} · {name} ({patient_id})" + (f" · {link}" if link else ""),
             "preset": "private_chat", "visibility": "private", "invite": [requester] if requester else [],
             # The case ID keeps two cases opened in the same millisecond from hashing to one
             # room ID (room version 12).
@@ -252,7 +280,9 @@ class CaseService:
         await self.store.add(case_id, patient_id, name, room_id, requester or self.bot, summary_text, origin)
         if order:
             who = self._name_of(requester) if requester else "the HIS"
-            await self._send(room_id, {"msgtype": "m.notice", "body": f"Opened from the HIS consult order {order} by {who}."},
+            who_zh = self._name_of(requester) if requester else "HIS"
+            body = f"由 {who_zh} 的 HIS 会诊医嘱 {order} 开立。 Opened from the HIS consult order {order} by {who}."
+            await self._send(room_id, {"msgtype": "m.notice", "body": body},
                              f"{case_id}-order")
         pinned = await self._send(room_id, {
             "msgtype": "m.notice", "body": summary_text, "format": "org.matrix.custom.html",
@@ -274,6 +304,16 @@ class CaseService:
                      "unreached": len(unreached)},
         )
         return Opened(room_id, name, paged, ward_short, unreached)
+
+    async def _refuse(self, sender: str, verdict: Verdict, action: str, room_id: str, patient: str | None) -> NoReturn:
+        """A refused case command is on record with its rule, like every refusal; the reply
+        names the rule."""
+        log.info("policy denial rule=%s user=%s action=%s", verdict.rule, sender, action)
+        await self.audit.record(
+            actor=sender, action=A.POLICY_DENIED, object=action, outcome=A.DENIED, rule=verdict.rule,
+            room=room_id, patient=patient, process="appservice",
+        )
+        raise CaseError(verdict.message())
 
     async def _locate(self, patient_id: str) -> tuple[Located | None, LocateFailed | None]:
         """The patient's ward; a FHIR server that fails for a passing reason is asked again
@@ -306,10 +346,11 @@ class CaseService:
         ward = policy.wards.get(located.ward) if policy and located else None
         if located is not None and ward is not None:
             detail = located.how + (f" {located.source.removeprefix('FHIR ')}" if located.source != "ADT" else "")
-            short = f"Ward {located.ward} ({located.how})."
+            short = f"病区 {located.ward}。 Ward {located.ward} ({located.how})."
             team = [r for r in ward.roles.values() if r in roles]
             pages = f"its on-duty roles are paged here: {', '.join(team)}." if team else "the policy names no on-duty roles for it."
-            return f"Ward {located.ward} ({detail}): {pages}", short
+            pages_zh = f"已在此呼叫其值班角色：{', '.join(team)}。" if team else "策略未为其设值班角色。"
+            return f"病区 {located.ward}：{pages_zh} Ward {located.ward} ({detail}): {pages}", short
         if failed is not None:
             why = f"ADT has not placed the patient and the EMR could not be asked ({failed})"
         else:
@@ -317,23 +358,31 @@ class CaseService:
                    "of this hospital's clinical policy")
         then = ("" if units else " To bring a team in, invite its on-duty role account (e.g. "
                 "\"Cardiology – attending on duty\") and mention it in a message.")
-        text = f"No ward found for {patient_id}: {why}, so no ward team is paged.{then}"
-        return text, f"No ward found for {patient_id}: no ward team paged (see the case room)."
+        then_zh = "" if units else "如需某团队加入，请邀请其值班角色账号（如“心内科 · 主班医生 (值班)”）并在消息中提及。"
+        text = (
+            f"未找到 {patient_id} 所在病区，因此未呼叫病区团队。{then_zh}"
+            f" No ward found for {patient_id}: {why}, so no ward team is paged.{then}"
+        )
+        return text, (
+            f"未找到 {patient_id} 所在病区：未呼叫病区团队（详见会诊房间）。"
+            f" No ward found for {patient_id}: no ward team paged (see the case room)."
+        )
 
-    async def _summary(self, patient_id: str) -> tuple[str, str, str]:
-        """(plain, html, patient name) — an unavailable summary is said plainly, not hidden."""
+    async def _summary(self, patient_id: str) -> tuple[str, str, str, bool]:
+        """(plain, html, patient name, whether the FHIR server said it has no such patient) —
+        an unavailable summary is said plainly, not hidden."""
         if not self.fhir_server:
-            text = f"No patient summary: no FHIR server is connected. Patient {patient_id}."
-            return text, text, ""
+            text = f"无患者摘要：未连接 FHIR 服务器。患者 {patient_id}。 No patient summary: no FHIR server is connected. Patient {patient_id}."
+            return text, text, "", False
         policy = self.policy
         link = policy.link("patient", patient_id=patient_id) if policy else None
         try:
             summary = await asyncio.to_thread(fetch_summary, self.fhir_server, patient_id, self.auth or None)
         except SummaryUnavailable as exc:
-            text = f"No patient summary for {patient_id}: {exc}"
-            return text, text, ""
+            text = f"无法获取 {patient_id} 的患者摘要。 No patient summary for {patient_id}: {exc}"
+            return text, text, "", isinstance(exc, PatientNotFound)
         plain, html = format_summary(summary, link)
-        return plain, html, summary.name
+        return plain, html, summary.name, False
 
     async def _page_roles(
         self, case_id: str, room_id: str, roles: list[str], event_id: str, requester: str | None, subject: str,
@@ -359,7 +408,10 @@ class CaseService:
                     if pause is not None:
                         await asyncio.sleep(pause)
                         continue
-                    text = f"Could not bring {role_id} into this room: {exc.reason}. Nobody on duty for it is paged here."
+                    text = (
+                        f"无法将 {role_id} 拉入此房间，此处未呼叫其值班人员。"
+                        f" Could not bring {role_id} into this room: {exc.reason}. Nobody on duty for it is paged here."
+                    )
                     unreached.append(text)
                     await self._send(room_id, {"msgtype": "m.notice", "body": text}, f"{case_id}-{role_id.replace('/', '-')}-unreached")
                     break
@@ -371,10 +423,10 @@ class CaseService:
     async def decide(self, room_id: str, sender: str, text: str) -> str | None:
         case = await self._open_case_in(room_id)
         if not text.strip():
-            raise CaseError("Usage: !decision <what was decided>")
+            raise CaseError("用法：!decision <决定内容> Usage: !decision <what was decided>")
         who = self.oncall.name(self.oncall.staff_of(sender) or sender)
         await self._send(room_id, {
-            "msgtype": "m.notice", "body": f"Decision ({who}): {text.strip()}",
+            "msgtype": "m.notice", "body": f"决定 Decision ({who}): {text.strip()}",
             DECISION_FIELD: {"by": sender, "text": text.strip()}, CASE_FIELD: {"case_id": case["case_id"], "kind": "decision"},
         }, None)
         return None
@@ -382,9 +434,12 @@ class CaseService:
     async def _open_case_in(self, room_id: str) -> dict[str, Any]:
         case = await self.store.by_room(room_id)
         if case is None:
-            raise CaseError("This is not a patient case room (open one with !case open <patient id>).")
+            raise CaseError(
+                "这不是患者会诊房间（用 !case open <患者编号> 开立）。"
+                " This is not a patient case room (open one with !case open <patient id>)."
+            )
         if case["state"] != "open":
-            raise CaseError(f"Case {case['case_id']} is closed.")
+            raise CaseError(f"会诊 {case['case_id']} 已结束。 Case {case['case_id']} is closed.")
         return case
 
     # -- PACS --------------------------------------------------------------------------
@@ -392,18 +447,19 @@ class CaseService:
     async def post_images(self, room_id: str, sender: str, reference: str) -> str:
         case = await self._open_case_in(room_id)
         if not self.dicomweb:
-            raise CaseError("No PACS is connected (DICOMweb).")
+            raise CaseError("未连接 PACS（DICOMweb）。 No PACS is connected (DICOMweb).")
         async with DicomWebClient(self.dicomweb, session=self.session) as pacs:
             try:
                 studies = await pacs.find_studies(**find_by_reference(reference))
             except DicomWebError as exc:
-                raise CaseError(f"The PACS did not answer: {exc}") from exc
+                raise CaseError(f"PACS 无应答。 The PACS did not answer: {exc}") from exc
             if not studies:
-                raise CaseError(f"No study {reference} in the PACS.")
+                raise CaseError(f"PACS 中没有检查 {reference}。 No study {reference} in the PACS.")
             study = studies[0]
             if study.patient_id and study.patient_id != case["patient_id"]:
                 raise CaseError(
-                    f"Study {reference} belongs to patient {study.patient_id}, not to this case's patient {case['patient_id']}."
+                    f"检查 {reference} 属于患者 {study.patient_id}，不是本会诊的患者 {case['patient_id']}。"
+                    f" Study {reference} belongs to patient {study.patient_id}, not to this case's patient {case['patient_id']}."
                 )
             images = await self._key_images(pacs, study.study_uid)
         count = await self._post_study(room_id, case, study.study_uid, f"cmd-{uuid.uuid4().hex[:8]}", images)
@@ -411,7 +467,10 @@ class CaseService:
             actor=sender, action="appservice.case.images", object=study.study_uid, room=room_id,
             patient=case["patient_id"], outcome="success", process="appservice", details={"images": count},
         )
-        return f"{count} key image(s) of {study.description or 'the study'} posted."
+        return (
+            f"已发布 {study.description or '该检查'} 的 {count} 张关键图像。"
+            f" {count} key image(s) of {study.description or 'the study'} posted."
+        )
 
     async def on_study(self, patient_id: str, study_uid: str, key: str) -> None:
         """An ImagingStudy notification: key images go to the patient's open case rooms
@@ -429,7 +488,7 @@ class CaseService:
         try:
             return await pacs.key_images(study_uid, limit=limit)
         except DicomWebError as exc:
-            raise CaseError(f"The PACS did not answer: {exc}") from exc
+            raise CaseError(f"PACS 无应答。 The PACS did not answer: {exc}") from exc
 
     async def _post_study(
         self, room_id: str, case: dict[str, Any], study_uid: str, key: str, images: list[Any]
@@ -441,7 +500,7 @@ class CaseService:
             try:
                 image = await asyncio.to_thread(render, data, "PNG", 1024)
             except DicomRenderError as exc:
-                await self._send(room_id, {"msgtype": "m.notice", "body": f"Image {instance.sop_uid} cannot be shown: {exc}"}, None)
+                await self._send(room_id, {"msgtype": "m.notice", "body": f"图像 {instance.sop_uid} 无法显示。 Image {instance.sop_uid} cannot be shown: {exc}"}, None)
                 continue
             name = f"{series.modality or 'image'}-{series.number or 0}-{instance.number or 0}.png"
             mxc = await self.matrix.upload(image.data, image.mimetype, name)
@@ -457,7 +516,7 @@ class CaseService:
             await self._send(room_id, content, txn)
             posted += 1
         if link and posted:
-            await self._send(room_id, {"msgtype": "m.notice", "body": f"Open the full study in the PACS viewer: {link}"},
+            await self._send(room_id, {"msgtype": "m.notice", "body": f"在 PACS 阅片器中打开完整检查 Open the full study in the PACS viewer: {link}"},
                              "lnk-" + hashlib.sha256(f"{case['case_id']}|{study_uid}|{key}".encode()).hexdigest()[:24])
         return posted
 
@@ -466,15 +525,14 @@ class CaseService:
     async def close_case(self, room_id: str, sender: str) -> str | None:
         case = await self.store.by_room(room_id)
         if case is None:
-            raise CaseError("This is not a patient case room.")
+            raise CaseError("这不是患者会诊房间。 This is not a patient case room.")
         if case["state"] == "closed":
-            raise CaseError(f"Case {case['case_id']} is already closed.")
-        person = self.oncall.person(sender)
+            raise CaseError(f"会诊 {case['case_id']} 已经结束。 Case {case['case_id']} is already closed.")
         policy = self.policy
-        if sender != case["opened_by"] and (
-            person is None or policy is None or person.position not in policy.cases.open_positions
-        ):
-            raise CaseError("Only the doctor who opened the case or staff who may open cases can close it.")
+        open_positions = policy.cases.open_positions if policy is not None else frozenset()
+        verdict = decide_close_case(sender, case["opened_by"], self.oncall.person(sender), open_positions)
+        if not verdict.allowed:
+            await self._refuse(sender, verdict, f"case close {case['case_id']}", room_id, case["patient_id"])
         async with self._lock:
             if case["state"] == "open":
                 await self.store.set_state(case["case_id"], "closing", closed_by=sender, closed_at=int(time.time() * 1000))
@@ -510,9 +568,12 @@ class CaseService:
             CASE_FIELD: {"case_id": info.case_id, "kind": "archive"},
         }, f"{info.case_id}-archive-pdf")
         where = f" and sent to the EMR ({emr})" if emr else ""
+        where_zh = "并已发送至电子病历" if emr else ""
         await self._send(room_id, {
             "msgtype": "m.notice",
-            "body": f"Case {info.case_id} closed by {info.closed_by}: {len(messages)} messages archived as a FHIR "
+            "body": f"会诊 {info.case_id} 已由 {info.closed_by} 结束：{len(messages)} 条消息已归档为 FHIR Bundle 和 PDF"
+                    f"{where_zh}。本房间现为只读。 "
+                    f"Case {info.case_id} closed by {info.closed_by}: {len(messages)} messages archived as a FHIR "
                     f"Bundle and a PDF{where}. This room is now read-only.",
             CASE_FIELD: {"case_id": info.case_id, "kind": "closed", "bundle_entries": len(bundle.get("entry", []))},
         }, f"{info.case_id}-closed")
@@ -533,7 +594,9 @@ class CaseService:
         log.warning("case %s not closed: %s", case["case_id"], reason)
         await self._send(case["room_id"], {
             "msgtype": "m.notice",
-            "body": f"{self._name_of(requester)}: case {case['case_id']} was NOT closed — {reason}. Nothing was "
+            "body": f"{self._name_of(requester)}：会诊 {case['case_id']} 未能结束，未向电子病历提交任何内容，会诊仍保持开放。"
+                    "问题解决后（或从房间移除该文件后）请再次发送 !case close。 "
+                    f"{self._name_of(requester)}: case {case['case_id']} was NOT closed — {reason}. Nothing was "
                     "filed in the EMR and the case stays open. Send !case close again once this is resolved "
                     "(or after removing the file from the room).",
             "m.mentions": {"user_ids": [requester]},

@@ -397,7 +397,8 @@ class ClinicalService:
                 with step("page told ahead"):
                     told = await self.oncall.page_ahead(
                         self._page_id(item, "safety-net"), net, rooms, priority=rule.priority, subject=subject,
-                        lead=lead, note=f"Routing: {found.how}. An alert room for this patient follows.",
+                        lead=lead,
+                        note=f"随后将为该患者建立告警房间。 Routing: {found.how}. An alert room for this patient follows.",
                     )
                 if told:
                     self._release(item)
@@ -405,14 +406,16 @@ class ClinicalService:
             # so it comes from a room made ahead if there is one.
             with step("alert room"):
                 room_id = await self._alert_room(item, patient, net, first, made_ahead=not told)
-            text = f"{summary}\nRouting: {found.how}."
+            text = f"{summary}\n路由 Routing: {found.how}."
             with step("post result"):
                 event_id = await self._post(room_id, item, rule.priority, text, patient)
             with step("page safety-net"):
                 await self._page(item, net, room_id, event_id, rule.priority, subject, patient, "safety-net", lead)
             log.warning("%s %s: %s", item.message_type, item.control_id, found.how)
             with step("tell integration room"):
-                await self._tell_integration(f"{subject}\nNo ward: {found.how}. Alert room: https://matrix.to/#/{room_id}")
+                await self._tell_integration(
+                    f"{subject}\n无病区 No ward: {found.how}. 告警房间 Alert room: https://matrix.to/#/{room_id}"
+                )
         await self.store.done(item.id, "delivered", json.dumps({"kind": kind, "routing": found.how, "acknowledged_when": condition}))
         if found.ward is None:
             # Not part of this delivery: it is on record as delivered first (a failure here
@@ -482,7 +485,7 @@ class ClinicalService:
             if page is None or page.state != "open" or page.room_id == room_id or (facility, control_id) in followed:
                 continue
             followed.add((facility, control_id))  # one alert, however many of its pages are open
-            text = f"Open alert follows the patient to {ward.code}: {page.subject}"
+            text = f"未结束的告警随患者转至 {ward.code}。 Open alert follows the patient to {ward.code}: {page.subject}"
             origin = Inbound(item.id, facility, control_id, b"")
             event_id = await self._post(room_id, origin, page.priority, text, patient, txn_suffix=f"follow-{item.id}")
             for key, role_id in ward.roles.items():
@@ -576,7 +579,11 @@ class ClinicalService:
                 if await self.store.spare_alert_rooms() > 0:
                     return
                 created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
-                    **_alert_room_content("危急值 Critical result", "Made ahead for the next critical result with no ward on record.", None),
+                    **_alert_room_content(
+                        "危急值 Critical result",
+                        "为下一个无病区记录的危急值预先建立。 Made ahead for the next critical result with no ward on record.",
+                        None,
+                    ),
                     "creation_content": {"m.federate": False, SOURCE_FIELD: {"made_ahead": uuid.uuid4().hex}},
                 })
                 await self.store.add_spare_alert_room(str(created["room_id"]))
@@ -593,7 +600,8 @@ class ClinicalService:
             details={"event": kind, "source": item.facility, "reason": why[:200]},
         )
         await self._tell_integration(
-            f"UNDELIVERED {kind} from {item.facility} (message {item.control_id}): {summary.split(chr(10), 1)[0]}\n"
+            f"未送达 UNDELIVERED {kind} from {item.facility} (message {item.control_id}): {summary.split(chr(10), 1)[0]}\n"
+            "无人收到此消息；请电话转达，并修正病区映射或 ADT 数据源。 "
             f"Why: {why}. Nobody was told; route it by phone and fix the ward mapping or ADT feed."
         )
 
@@ -643,10 +651,10 @@ class ClinicalService:
             where = f"{ward} bed {bed}" if bed else ward
             left = event.prior_ward or known.get("ward") or "an unknown ward"
             text = {
-                "admission": f"Admission: {event.patient.name} ({event.patient.id}) to {where}",
-                "transfer": f"Transfer: {event.patient.name} ({event.patient.id}) from {left} to {where}",
-                "discharge": f"Discharge: {event.patient.name} ({event.patient.id}) from {where}",
-            }.get(kind, f"Update: {event.patient.name} ({event.patient.id}), {where}")
+                "admission": f"入院 Admission: {event.patient.name} ({event.patient.id}) to {where}",
+                "transfer": f"转科 Transfer: {event.patient.name} ({event.patient.id}) from {left} to {where}",
+                "discharge": f"出院 Discharge: {event.patient.name} ({event.patient.id}) from {where}",
+            }.get(kind, f"更新 Update: {event.patient.name} ({event.patient.id}), {where}")
             return kind, patient, event.visit.ward, text + self._link("patient", patient_id=event.patient.id)
         if not patient["name"]:
             patient["name"] = known.get("name") or event.patient.id
@@ -665,18 +673,18 @@ class ClinicalService:
                 for o in shown
             )
             kind = "critical_result" if critical else "result"
-            head = "CRITICAL RESULT" if critical else "Result"
+            head = "危急值 CRITICAL RESULT" if critical else "检验结果 Result"
             return kind, patient, own_ward, f"{head}: {name} ({event.patient.id}){where} — {event.test}: {values}" + link
         if isinstance(event, ReportEvent):
             conclusion = f": {event.conclusion}" if event.conclusion else ""
-            return "report", patient, own_ward, f"Report ready: {event.title} for {name} ({event.patient.id}){conclusion}" + link
+            return "report", patient, own_ward, f"报告已出 Report ready: {event.title} for {name} ({event.patient.id}){conclusion}" + link
         if isinstance(event, ImagingEvent):
             what = " ".join(x for x in (" ".join(event.modalities), event.description) if x) or "study"
             accession = f", accession {event.accession}" if event.accession else ""
             study = self._link("study", study_uid=event.study_uid, accession=event.accession, patient_id=event.patient.id)
-            return "imaging", patient, own_ward, f"Images available: {what} for {name}{where}{accession}" + (study or link)
+            return "imaging", patient, own_ward, f"影像可查看 Images available: {what} for {name}{where}{accession}" + (study or link)
         assert isinstance(event, OrderEvent)
-        return "order", patient, own_ward, f"Order {event.order_control}: {event.test} for {name}{where}"
+        return "order", patient, own_ward, f"医嘱 Order {event.order_control}: {event.test} for {name}{where}"
 
     def _link(self, kind: str, **values: str) -> str:
         url = self.policy.link(kind, **values) if self.policy else None
@@ -707,7 +715,7 @@ class ClinicalService:
             return room_id
         created = await self.matrix.call("POST", "/_matrix/client/v3/createRoom", {
             "preset": "trusted_private_chat", "is_direct": True, "invite": [user_id],
-            "name": "CareMatrix", "topic": "Reports and notices from the hospital systems",
+            "name": "CareMatrix", "topic": "医院系统的报告和通知 Reports and notices from the hospital systems",
         })
         room_id = str(created["room_id"])
         await self.store.set_direct_room(user_id, room_id)
@@ -806,7 +814,10 @@ def _alert_room_name(patient: dict[str, str]) -> str:
 
 
 def _alert_room_topic(item: Inbound) -> str:
-    return f"A critical result from {item.facility} for a patient with no ward on record."
+    return (
+        f"来自 {item.facility} 的危急值，患者无病区记录。"
+        f" A critical result from {item.facility} for a patient with no ward on record."
+    )
 
 
 def _alert_room_content(name: str, topic: str, role_user: str | None) -> dict[str, Any]:

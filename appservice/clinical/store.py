@@ -114,6 +114,16 @@ class ClinicalStore:
         )
         return [(r["facility"], r["control_id"], r["page_id"], r["role"]) for r in rows]
 
+    async def alert_of_page(self, page_id: str) -> dict[str, Any] | None:
+        """The clinical message a page was opened for (facility, control ID, patient and the
+        patient's name and ward as last known), or None for a page staff sent themselves."""
+        row = await self.db.fetchrow(
+            "SELECT a.facility, a.control_id, a.patient_id, p.name, p.ward, p.bed FROM clinical_alert a "
+            "LEFT JOIN clinical_patient p ON p.patient_id = a.patient_id WHERE a.page_id = $1",
+            page_id,
+        )
+        return dict(row) if row else None
+
     async def inbox_item(self, facility: str, control_id: str) -> dict[str, Any] | None:
         row = await self.db.fetchrow(
             "SELECT id, message_type, received_at, state, result FROM hl7_inbox WHERE facility = $1 AND control_id = $2",

@@ -54,13 +54,31 @@ _ENCOUNTER_CLASSES = {
     "SS": "short stay",
     "PRENC": "pre-admission",
 }
-NO_ALLERGIES_TEXT = "No allergies recorded — not a confirmed 'no known allergies'"
+NO_ALLERGIES_TEXT = "未记录过敏史，并非确认“无已知过敏” No allergies recorded — not a confirmed 'no known allergies'"
+
+# Headings and labels of the summary as staff read them: Chinese first, the English beside it.
+WORDS = {
+    "Demographics": "基本信息 Demographics",
+    "Name": "姓名 Name",
+    "Patient ID": "患者编号 Patient ID",
+    "Gender": "性别 Gender",
+    "Born": "出生日期 Born",
+    "Encounters": "就诊记录 Encounters",
+    "Active problems": "活动性问题 Active problems",
+    "Allergies": "过敏史 Allergies",
+    "Recent labs": "近期检验 Recent labs",
+}
 
 R = TypeVar("R", bound=FHIRAbstractResource)
 
 
 class SummaryUnavailable(Exception):
     """The summary could not be fetched; the message is fit to show in the room."""
+
+
+class PatientNotFound(SummaryUnavailable):
+    """The FHIR server answered, and has no patient with that ID or MRN: not a passing
+    failure but, when a person typed the ID, a slip (a name, a digit short) to tell them of."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,7 @@ def _find_patient(srv: FHIRServer, patient_id: str) -> Patient:
                 raise
     found = {p.id: p for p in _search(srv, Patient, {"identifier": patient_id})}
     if not found:
-        raise SummaryUnavailable(f"no patient with ID or MRN {patient_id} on the FHIR server")
+        raise PatientNotFound(f"no patient with ID or MRN {patient_id} on the FHIR server")
     if len(found) > 1:
         # Prefer a match on the medical record number over, say, an insurance number that
         # happens to have the same value; refuse if that still leaves a choice.
@@ -392,18 +410,18 @@ def format_summary(summary: PatientSummary, patient_link: str | None = None) -> 
     the plain body and on screens read in a hurry.
     """
     esc = html.escape
-    title = f"Patient summary: {summary.name} ({summary.patient_id})"
+    title = f"患者摘要 Patient summary: {summary.name} ({summary.patient_id})"
     demographics = [
         ("Name", summary.name),
         ("Patient ID", summary.patient_id),
         ("Gender", summary.gender),
-        ("Born", summary.birth_date or "unknown"),
+        ("Born", summary.birth_date or "不详 unknown"),
     ]
     empty = {
-        "Encounters": "No encounters recorded",
-        "Active problems": "No active problems recorded",
+        "Encounters": "无就诊记录 No encounters recorded",
+        "Active problems": "无活动性问题记录 No active problems recorded",
         "Allergies": NO_ALLERGIES_TEXT,
-        "Recent labs": "No recent lab results",
+        "Recent labs": "无近期检验结果 No recent lab results",
     }
     sections = [
         ("Encounters", summary.encounters),
@@ -412,36 +430,36 @@ def format_summary(summary: PatientSummary, patient_link: str | None = None) -> 
         ("Recent labs", summary.labs),
     ]
 
-    text = [title, "", "Demographics"]
-    text += [f"  {label}: {value}" for label, value in demographics]
+    text = [title, "", WORDS["Demographics"]]
+    text += [f"  {WORDS[label]}: {value}" for label, value in demographics]
     for heading, items in sections:
-        text += ["", heading]
+        text += ["", WORDS[heading]]
         if not items:
             text.append(f"  {empty[heading]}")
         for item in items:
             mark = ""
             if heading == "Recent labs":
-                mark = {"critical": "  !! CRITICAL", "abnormal": "  ! abnormal"}.get(
+                mark = {"critical": "  !! 危急 CRITICAL", "abnormal": "  ! 异常 abnormal"}.get(
                     lab_severity(item), ""
                 )
             elif heading == "Allergies" and "criticality high" in item:
-                mark = "  !! HIGH RISK"
+                mark = "  !! 高风险 HIGH RISK"
             text.append(f"  - {item}{mark}")
 
     if patient_link is not None:
         link = _safe_link(patient_link)
-        text += ["", f"Full record: {link}"]
+        text += ["", f"完整病历 Full record: {link}"]
         html_title = (
-            f'<h4>Patient summary: <a href="{esc(link)}">{esc(summary.name)}</a>'
+            f'<h4>患者摘要 Patient summary: <a href="{esc(link)}">{esc(summary.name)}</a>'
             f" ({esc(summary.patient_id)})</h4>"
         )
     else:
         html_title = f"<h4>{esc(title)}</h4>"
 
-    parts = [html_title, "<p><strong>Demographics</strong></p>"]
-    parts.append(_html_list(f"{esc(label)}: {esc(value)}" for label, value in demographics))
+    parts = [html_title, f"<p><strong>{WORDS['Demographics']}</strong></p>"]
+    parts.append(_html_list(f"{esc(WORDS[label])}: {esc(value)}" for label, value in demographics))
     for heading, items in sections:
-        parts.append(f"<p><strong>{esc(heading)}</strong></p>")
+        parts.append(f"<p><strong>{esc(WORDS[heading])}</strong></p>")
         if not items:
             parts.append(f"<p><em>{esc(empty[heading])}</em></p>")
             continue
@@ -450,14 +468,14 @@ def format_summary(summary: PatientSummary, patient_link: str | None = None) -> 
             cell = esc(item)
             severity = lab_severity(item) if heading == "Recent labs" else ""
             if severity == "critical":
-                cell = (f'<strong><span data-mx-color="#b00020">{cell} — CRITICAL</span>'
+                cell = (f'<strong><span data-mx-color="#b00020">{cell} — 危急 CRITICAL</span>'
                         "</strong>")
             elif severity == "abnormal":
-                cell = f'<span data-mx-color="#b35c00">{cell} — abnormal</span>'
+                cell = f'<span data-mx-color="#b35c00">{cell} — 异常 abnormal</span>'
             elif heading == "Allergies" and "criticality high" in item:
                 cell = f'<strong><span data-mx-color="#b00020">{cell}</span></strong>'
             rendered.append(cell)
         parts.append(_html_list(rendered))
     if patient_link is not None:
-        parts.append(f'<p><a href="{esc(patient_link)}">Full record</a></p>')
+        parts.append(f'<p><a href="{esc(patient_link)}">完整病历 Full record</a></p>')
     return "\n".join(text), "".join(parts)

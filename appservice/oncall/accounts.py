@@ -5,6 +5,7 @@ alias resolves to the role's desk room."""
 from __future__ import annotations
 
 import logging
+import uuid
 from urllib.parse import quote
 
 from appservice.homeserver import MatrixCallFailed
@@ -76,7 +77,8 @@ class RoleAccounts:
             "POST", "/_matrix/client/v3/createRoom",
             {
                 "room_alias_name": localpart, "preset": "public_chat", "name": role.name,
-                "topic": f"Messages here page whoever is {role.name} now. For a private conversation, message the role directly.",
+                "topic": f"在此发消息会呼叫当前的 {role.name}；私下沟通请直接给该角色发消息。"
+                f" Messages here page whoever is {role.name} now. For a private conversation, message the role directly.",
             },
             as_user=role_user,
         )
@@ -86,8 +88,13 @@ class RoleAccounts:
         # empty for mautrix, which answers 404 for a falsy result.
         return {"room_id": created["room_id"]}
 
-    async def on_member(self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False) -> bool:
-        """A role account invited somewhere joins and explains itself. True if handled."""
+    async def on_member(
+        self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False,
+        event_id: str | None = None,
+    ) -> bool:
+        """A role account invited somewhere joins and explains itself (once per invite: the
+        notice's transaction ID is made from the invite, which a restart may handle again).
+        True if handled."""
         ctx = self.ctx
         role = ctx.role_of_user(state_key)
         if role is None or membership != "invite":
@@ -99,9 +106,14 @@ class RoleAccounts:
         await ctx.matrix.call("POST", f"/_matrix/client/v3/join/{quote(room_id)}", {}, as_user=state_key)
         holders = ctx.roster.on_duty(role.id, ctx.clock.now())
         who = ", ".join(ctx.name(s) for s in holders) or "nobody (a roster gap: your message will go to the fallback)"
+        who_zh = ", ".join(ctx.name(s) for s in holders) or "无人（排班空缺：您的消息将发给后备人员）"
         how = "Write your message here" if direct else f"Mention {role.name} in a message"
+        how_zh = "在此发消息" if direct else f"在消息中提及 {role.name}"
         await ctx.notice(
-            room_id, state_key, f"This is {role.name}. On duty now: {who}. {how}: it pages whoever is on duty.", None
+            room_id, state_key,
+            f"这里是 {role.name}。当前值班：{who_zh}。{how_zh}即可呼叫当前值班人员。"
+            f" This is {role.name}. On duty now: {who}. {how}: it pages whoever is on duty.",
+            f"intro-{uuid.uuid5(uuid.NAMESPACE_URL, event_id).hex}" if event_id else None,
         )
         return True
 

@@ -6,9 +6,11 @@ zone), and every notice the service posts goes out through ``notice``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +52,41 @@ class OncallContext:
         # Page state changes one at a time: opening, escalating and acknowledging all read a
         # page and write it back with its outbox.
         self.page_lock = asyncio.Lock()
+        # Page notices being sent, per room. A doctor's client shows a notice (and the doctor
+        # may react to it) before the send returns its event ID and the notice is recorded
+        # as the page's; an acknowledgement of an unknown event waits for these to land.
+        self._notices_in_flight: dict[str, int] = {}
+        self._notice_landed = asyncio.Condition()
+
+    # -- page notices in flight ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def sending_page_notice(self, room_id: str) -> AsyncIterator[None]:
+        """Around sending a page notice and recording it as the page's."""
+        self._notices_in_flight[room_id] = self._notices_in_flight.get(room_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._notices_in_flight[room_id] - 1
+            if left:
+                self._notices_in_flight[room_id] = left
+            else:
+                del self._notices_in_flight[room_id]
+            async with self._notice_landed:
+                self._notice_landed.notify_all()
+
+    def page_notice_in_flight(self, room_id: str) -> bool:
+        return room_id in self._notices_in_flight
+
+    async def page_notices_landed(self, room_id: str, timeout: float) -> bool:
+        """Waits until no page notice is being sent in ``room_id``; False on timeout."""
+        async with self._notice_landed:
+            try:
+                await asyncio.wait_for(
+                    self._notice_landed.wait_for(lambda: room_id not in self._notices_in_flight), timeout)
+            except TimeoutError:
+                return False
+        return True
 
     # -- policy and roster --------------------------------------------------------------
 
@@ -92,8 +129,10 @@ class OncallContext:
         return f"{person.name} ({staff_number})"
 
     def words(self, text: str) -> str:
-        """Staff numbers in the state machine's messages become names people recognise."""
-        return re.sub(r"\b[A-Za-z0-9][A-Za-z0-9._-]*\b", lambda m: self.name(m.group(0)), text)
+        """Staff numbers in the state machine's messages become names people recognise. One
+        already written beside its name, ``刘洋 Liu Yang (N3001)`` as a page's subject names its
+        sender, is left as it is (else the page read ``刘洋 Liu Yang (刘洋 Liu Yang (N3001))``)."""
+        return re.sub(r"(?<!\()\b[A-Za-z0-9][A-Za-z0-9._-]*\b(?!\))", lambda m: self.name(m.group(0)), text)
 
     def display(self, user_id: str) -> str:
         person = self.person(user_id)

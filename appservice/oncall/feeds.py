@@ -23,6 +23,13 @@ log = logging.getLogger("carematrix.appservice.oncall")
 
 ROSTER_PAST = timedelta(days=2)
 ROSTER_AHEAD = timedelta(days=35)
+# A recurring feed is expanded for [now - ROSTER_PAST, now + ROSTER_AHEAD]. An unchanged file
+# is otherwise never parsed again, so the shifts in force would run out after ROSTER_AHEAD of
+# uptime (pages to a "roster gap"): once less than this is left ahead, or the clock is moved
+# back before the window, the feed is expanded again for the clock's new position.
+ROSTER_KEEP_AHEAD = timedelta(days=28)
+# How often a feed that cannot be re-expanded (unreadable, broken) is tried again for that.
+STALE_RETRY_SECONDS = 30.0
 
 
 class RosterFeeds:
@@ -31,6 +38,14 @@ class RosterFeeds:
         self.errors: dict[str, str] = {}  # feed -> why its last read was rejected
         self._checked: dict[str, float] = {}
         self._stamps: dict[str, tuple[int, int] | None] = {}
+        self._windows: dict[str, tuple[datetime, datetime]] = {}  # feed -> window in force
+        self._failed_at: dict[str, float] = {}  # feed -> when its last read was rejected
+
+    def _window_stale(self, feed_id: str, now: datetime) -> bool:
+        window = self._windows.get(feed_id)
+        if window is None:
+            return True
+        return now - ROSTER_PAST < window[0] or now + ROSTER_KEEP_AHEAD > window[1]
 
     async def refresh(self, policy_dir: Path, force: bool = False) -> None:
         ctx = self.ctx
@@ -43,7 +58,9 @@ class RosterFeeds:
             last = self._checked.get(feed.id, 0.0)
             stamp = _file_stamp(policy_dir, feed.path)
             edited = stamp is not None and stamp != self._stamps.get(feed.id)
-            if not force and not edited and time.monotonic() - last < feed.refresh_seconds:
+            stale = (self._window_stale(feed.id, now)
+                     and time.monotonic() - self._failed_at.get(feed.id, -STALE_RETRY_SECONDS) >= STALE_RETRY_SECONDS)
+            if not force and not edited and not stale and time.monotonic() - last < feed.refresh_seconds:
                 continue
             self._stamps[feed.id] = stamp
             self._checked[feed.id] = time.monotonic()
@@ -51,7 +68,7 @@ class RosterFeeds:
             try:
                 data = await _read_feed(policy_dir, feed.path, feed.url)
                 digest = hashlib.sha256(data).hexdigest()
-                if not force and digest == await ctx.store.feed_digest(feed.id):
+                if not force and not stale and digest == await ctx.store.feed_digest(feed.id):
                     # Back to the content in force (e.g. a broken edit was reverted).
                     self.errors.pop(feed.id, None)
                     continue
@@ -63,17 +80,20 @@ class RosterFeeds:
                 )
                 # In a thread: a large roster takes a good part of a second to parse, and every
                 # policy edit re-reads them all (MLLP ACKs and escalations must not wait).
-                shifts = await asyncio.to_thread(
-                    parse_feed, feed.kind, data, source, config, (now - ROSTER_PAST, now + ROSTER_AHEAD)
-                )
+                window = (now - ROSTER_PAST, now + ROSTER_AHEAD)
+                shifts = await asyncio.to_thread(parse_feed, feed.kind, data, source, config, window)
             except (TimeoutError, OSError, aiohttp.ClientError, FeedInvalid, ValueError) as exc:
                 message = str(exc) if isinstance(exc, FeedInvalid | ValueError) else f"{source}: cannot read the feed ({exc})"
+                self._failed_at[feed.id] = time.monotonic()
                 await self._problem(feed.id, message, now)
                 continue
             await ctx.store.replace_feed(feed.id, shifts, digest, now)
+            self._windows[feed.id] = window
+            self._failed_at.pop(feed.id, None)
             self.errors.pop(feed.id, None)
             changed = True
-            log.info("roster feed %s: %d shifts in force", feed.id, len(shifts))
+            log.info("roster feed %s: %d shifts in force from %s to %s", feed.id, len(shifts),
+                     window[0].isoformat(timespec="minutes"), window[1].isoformat(timespec="minutes"))
             await ctx.audit.record(
                 actor=ctx.bot, action="appservice.roster.loaded", object=feed.id, outcome="success",
                 process="appservice", details={"shifts": len(shifts), "digest": digest[:16]},
@@ -97,7 +117,7 @@ class RosterFeeds:
         if room:
             try:
                 room_id = (await ctx.matrix.call("GET", f"/_matrix/client/v3/directory/room/{quote('#' + room + ':' + ctx.matrix.server)}"))["room_id"]
-                await ctx.notice(room_id, ctx.bot, f"Roster feed '{feed_id}' was rejected; the previous roster stays in force.\n{message}", None)
+                await ctx.notice(room_id, ctx.bot, f"排班数据源 '{feed_id}' 被拒收，原排班继续有效。 Roster feed '{feed_id}' was rejected; the previous roster stays in force.\n{message}", None)
             except MatrixCallFailed as exc:
                 log.error("could not tell the admin room about feed %s: %s", feed_id, exc)
 

@@ -39,14 +39,18 @@ class ShiftHandover:
                     try:
                         await ctx.matrix.call(
                             "POST", f"/_matrix/client/v3/rooms/{quote(room_id)}/invite",
-                            {"user_id": ctx.user_id(staff), "reason": "Shift change"}, as_user=role_user,
+                            {"user_id": ctx.user_id(staff), "reason": "交接班 Shift change"}, as_user=role_user,
                         )
                     except MatrixCallFailed as exc:
                         log.info("hand-over invite of %s to %s: %s", staff, room_id, exc)
+                released = outgoing and role.handover == "release"
                 text = (
-                    f"Shift change: {', '.join(ctx.name(s) for s in incoming) or 'nobody'} now holds {role.name}"
+                    f"交接班：{', '.join(ctx.name(s) for s in incoming) or '无人'} 现担任 {role.name}"
+                    + (f"，接替 {', '.join(ctx.name(s) for s in outgoing)}" if outgoing else "")
+                    + ("；交班人员不再在此对话中接收呼叫。 " if released else "。 ")
+                    + f"Shift change: {', '.join(ctx.name(s) for s in incoming) or 'nobody'} now holds {role.name}"
                     + (f", taking over from {', '.join(ctx.name(s) for s in outgoing)}" if outgoing else "")
-                    + ("; they are released from this conversation." if outgoing and role.handover == "release" else ".")
+                    + ("; they are released from this conversation." if released else ".")
                 )
                 try:
                     await ctx.notice(room_id, role_user, text, None, mentions=[ctx.user_id(s) for s in incoming + outgoing])

@@ -1,7 +1,15 @@
 """The page outbox: a page's state and the Matrix sends its transition implies are committed
-together, then sent in order. Sending a page brings the paged people into its room (or pages
-them in a direct chat with the role when they cannot join); a send that failed for a reason
-that may pass is tried again after a back-off, so a restart or an outage loses no page."""
+together, then sent — the most urgent page first (critical, then urgent, then routine; within
+a page in the order decided: carematrix.oncall.send_order). Sending a page brings the paged
+people into its room (or pages them in a direct chat with the role when they cannot join); a
+send that failed for a reason that may pass is tried again after a back-off, so a restart or
+an outage loses no page.
+
+A page committed while a flush is under way with less urgent sends makes that flush start
+again from the top after the send in hand, so a critical result never waits behind a backlog
+of routine pages. When the homeserver is away (no connection, or a gateway's 502/503/504) the
+whole outbox waits out the back-off instead of trying every other send in turn: when it is
+back, the most urgent send goes first, not whichever send's own back-off ran out first."""
 
 from __future__ import annotations
 
@@ -12,10 +20,12 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from appservice.holds import Holds
 from appservice.homeserver import HomeserverUnreachable, MatrixCallFailed
 from appservice.oncall.context import OncallContext
 from appservice.timing import point
 from carematrix.oncall.escalation import Action, Page
+from carematrix.oncall.send_order import rank, send_order
 from carematrix.policy.oncall import role_localpart
 
 log = logging.getLogger("carematrix.appservice.oncall")
@@ -23,6 +33,9 @@ log = logging.getLogger("carematrix.appservice.oncall")
 # An outbox send that failed for a reason that may pass (HTTP 5xx or 429, the homeserver not
 # reachable) is tried again after 1, 2, 4 ... seconds, at most this long apart.
 RETRY_MAX_SECONDS = 60
+# Answers that say the homeserver itself is away (a reverse proxy in front of it), not that
+# this one send failed: like no connection at all, the whole outbox waits.
+AWAY_STATUSES = frozenset({502, 503, 504})
 
 
 class Outbox:
@@ -31,12 +44,23 @@ class Outbox:
         self._flush_lock = asyncio.Lock()
         self._retry: dict[str, tuple[int, float]] = {}  # outbox txn -> (failures, monotonic time of the next try)
         self._unreached: dict[str, list[str]] = {}  # page being opened -> who could not be brought in, and why
+        # The homeserver is away: nothing is sent before this (monotonic time).
+        self._away_until = 0.0
+        self._last_stamp = 0
+        # The most urgent rank committed since the flush under way read the outbox (None: none).
+        self._committed: int | None = None
+        self.holds: Holds | None = None  # drills and tests only: {"outbox": true} holds every send
 
     async def commit(self, page: Page, actions: list[Action]) -> None:
-        stamp = int(time.time() * 1000)
+        # Outbox IDs sort in the order committed, two commits in one millisecond too: pages of
+        # the same priority are sent first come, first served.
+        stamp = self._last_stamp = max(int(time.time() * 1000), self._last_stamp + 1)
         await self.ctx.store.save_page(
             page, [(f"{stamp:013d}-{i:03d}-{uuid.uuid4().hex[:8]}", a) for i, a in enumerate(actions)]
         )
+        if actions:
+            urgency = max(rank(page.priority), *(rank(a.priority) for a in actions))
+            self._committed = urgency if self._committed is None else max(self._committed, urgency)
 
     def collect_unreached(self, page_id: str, into: list[str]) -> None:
         """While ``page_id`` is being opened, a sentence for each person who could not be
@@ -47,16 +71,34 @@ class Outbox:
         self._unreached.pop(page_id, None)
 
     async def flush(self) -> None:
-        """Send the outbox in order; each send carries its outbox ID as transaction ID, so a
-        send retried after a crash is not delivered twice. A send that failed for a passing
-        reason waits its back-off and is tried again; a refusal is not. One flush at a time:
-        two at once (the tick and a message) performed the same page twice."""
+        """Send the outbox, most urgent page first; each send carries its outbox ID as
+        transaction ID, so a send retried after a crash is not delivered twice. A send that
+        failed for a passing reason waits its back-off and is tried again; a refusal is not.
+        One flush at a time: two at once (the tick and a message) performed the same page
+        twice."""
         async with self._flush_lock:
             await self._flush()
 
     async def _flush(self) -> None:
+        while not await self._flush_once():
+            pass
+
+    async def _flush_once(self) -> bool:
+        """One pass over the outbox as it is now, in send order. False when a more urgent
+        page was committed during the pass: the caller starts again from the top."""
         store = self.ctx.store
-        for txn_id, page_id, action in await store.unsent():
+        if self.holds is not None and self.holds.outbox.closed:
+            for queued in await store.unsent():
+                page = await store.page(queued.page_id)
+                self.holds.outbox.note(page.event_id if page is not None else queued.page_id)
+            return True
+        if time.monotonic() < self._away_until:
+            return True
+        self._committed = None
+        for urgency, queued in send_order(await store.unsent()):
+            if self._committed is not None and self._committed > urgency:
+                return False
+            txn_id, page_id, action = queued.key, queued.page_id, queued.item
             failures, not_before = self._retry.get(txn_id, (0, 0.0))
             if time.monotonic() < not_before:
                 continue
@@ -68,18 +110,28 @@ class Outbox:
                 await self._perform(page, action, txn_id, failures)
             except MatrixCallFailed as exc:
                 if exc.transient:
-                    self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", str(exc))
+                    self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", str(exc),
+                                      away=exc.status in AWAY_STATUSES)
+                    if exc.status in AWAY_STATUSES:
+                        return True
                     continue
                 log.error("page %s: %s failed, not retried: %s", page_id, action.kind, exc)
             except HomeserverUnreachable as exc:
-                self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", exc.reason)
-                continue
+                self._retry_later(txn_id, failures, f"page {page_id}: {action.kind}", exc.reason, away=True)
+                return True
             self._retry.pop(txn_id, None)
             await store.mark_sent(txn_id)
+        return True
 
-    def _retry_later(self, txn_id: str, failures: int, what: str, reason: str) -> None:
+    def _retry_later(self, txn_id: str, failures: int, what: str, reason: str, *, away: bool = False) -> None:
         delay = min(2**failures, RETRY_MAX_SECONDS)
         self._retry[txn_id] = (failures + 1, time.monotonic() + delay)
+        if away:
+            # Every other send would fail the same way: the whole outbox waits.
+            self._away_until = self._retry[txn_id][1]
+            log.warning("%s failed (%s); the outbox waits %d s for the homeserver, then sends the most urgent "
+                        "page first", what, reason, delay)
+            return
         log.warning("%s failed (%s); trying again in %d s", what, reason, delay)
 
     async def _perform(self, page: Page, action: Action, txn_id: str, failures: int = 0) -> None:
@@ -93,18 +145,19 @@ class Outbox:
                 if why is not None:
                     unreachable[staff] = why
             mentions = [ctx.user_id(s) for s in action.staff]
-            text = (message or f"Page for {page.role}") + "\nPaged: " + ", ".join(ctx.name(s) for s in action.staff)
-            before = datetime.now(UTC)  # at or before the server's timestamp of the notice
-            event_id = await ctx.notice(
-                page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True,
-                alert=page.alert_id,
-            )
-            point(f"page notice sent ({', '.join(action.staff)})")
-            if event_id:
-                await ctx.store.add_page_notice(event_id, page.page_id, page.room_id, before)
+            text = (message or f"呼叫 Page for {page.role}") + "\n已呼叫 Paged: " + ", ".join(ctx.name(s) for s in action.staff)
+            async with ctx.sending_page_notice(page.room_id):
+                before = datetime.now(UTC)  # at or before the server's timestamp of the notice
+                event_id = await ctx.notice(
+                    page.room_id, role_user, text, txn_id, mentions=mentions, priority=action.priority, page=True,
+                    alert=page.alert_id,
+                )
+                point(f"page notice sent ({', '.join(action.staff)})")
+                if event_id:
+                    await ctx.store.add_page_notice(event_id, page.page_id, page.room_id, before)
             for staff, why in unreachable.items():
                 await self._page_directly(page, staff, why, text, action.priority, role_user, txn_id)
-        elif action.kind == "acked":
+        elif action.kind in ("acked", "handed_over"):
             told = self._asker(page) + [ctx.user_id(s) for s in action.staff]
             await ctx.notice(page.room_id, role_user, message, txn_id, mentions=told, priority=action.priority)
         elif action.kind in ("tell_sender", "stop"):
@@ -126,17 +179,24 @@ class Outbox:
         log.warning("page %s: %s could not be brought into %s (%s); paging in a direct chat", page.page_id, staff, page.room_id, why)
         try:
             room_id = await self._role_dm(page.role, role_user, staff)
-            before = datetime.now(UTC)
-            event_id = await ctx.notice(
-                room_id, role_user, text, f"{txn_id}-dm-{staff}", mentions=[ctx.user_id(staff)], priority=priority,
-                page=True, alert=page.alert_id,
+            async with ctx.sending_page_notice(room_id):
+                before = datetime.now(UTC)
+                event_id = await ctx.notice(
+                    room_id, role_user, text, f"{txn_id}-dm-{staff}", mentions=[ctx.user_id(staff)], priority=priority,
+                    page=True, alert=page.alert_id,
+                )
+                if event_id:
+                    await ctx.store.add_page_notice(event_id, page.page_id, room_id, before)
+            note = (
+                f"{ctx.name(staff)} 无法加入此房间，已改为在与 {page.role_name or page.role} 的私聊中呼叫。 "
+                f"{ctx.name(staff)} cannot join this room ({why}); paged in a direct chat with {page.role_name or page.role} instead."
             )
-            if event_id:
-                await ctx.store.add_page_notice(event_id, page.page_id, room_id, before)
-            note = f"{ctx.name(staff)} cannot join this room ({why}); paged in a direct chat with {page.role_name or page.role} instead."
         except MatrixCallFailed as exc:
             log.error("page %s: %s could not be paged at all: %s", page.page_id, staff, exc)
-            note = f"{ctx.name(staff)} could NOT be paged: cannot join this room ({why}) and no direct chat could be opened. Call them."
+            note = (
+                f"{ctx.name(staff)} 未能被呼叫：无法加入此房间，也无法开启私聊。请打电话联系。 "
+                f"{ctx.name(staff)} could NOT be paged: cannot join this room ({why}) and no direct chat could be opened. Call them."
+            )
         self._note_unreached(page, note)
         await ctx.notice(page.room_id, role_user, note, f"{txn_id}-note-{staff}", mentions=self._asker(page), priority="urgent")
 
@@ -166,7 +226,7 @@ class Outbox:
         try:
             await ctx.matrix.call(
                 "POST", f"/_matrix/client/v3/rooms/{quote(page.room_id)}/invite",
-                {"user_id": ctx.user_id(staff), "reason": f"Paged for {page.role}"}, as_user=role_user,
+                {"user_id": ctx.user_id(staff), "reason": f"值班呼叫 Paged for {page.role}"}, as_user=role_user,
             )
             return None
         except MatrixCallFailed as exc:
@@ -179,7 +239,10 @@ class Outbox:
         except HomeserverUnreachable as exc:
             error, reason = exc, exc.reason
         log.warning("page %s: %s could not be invited to %s yet (%s)", page.page_id, staff, page.room_id, reason)
-        text = f"Could not bring {ctx.name(staff)} into this room for {page.role} yet: {reason}. Trying again."
+        text = (
+            f"暂时无法将 {ctx.name(staff)} 拉入此房间（{page.role}），正在重试。 "
+            f"Could not bring {ctx.name(staff)} into this room for {page.role} yet: {reason}. Trying again."
+        )
         self._note_unreached(page, text)
         if failures == 0:
             try:

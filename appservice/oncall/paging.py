@@ -17,6 +17,7 @@ from appservice.oncall.accounts import RoleAccounts
 from appservice.oncall.context import OncallContext, first_line
 from appservice.oncall.outbox import Outbox
 from appservice.timing import point, step
+from carematrix.intake import addresses_role
 from carematrix.oncall.escalation import (
     EscalationPolicy,
     Page,
@@ -28,10 +29,17 @@ from carematrix.oncall.escalation import (
 )
 from carematrix.oncall.targets import resolver
 from carematrix.rules.protection import PRIORITY_FIELD
+from carematrix.voice.messages import page_subject, voice_message
 
 log = logging.getLogger("carematrix.appservice.oncall")
 
 LEAD_TIMEOUT_SECONDS = 300  # a page's lead (e.g. the ordering doctor) before the role's chain
+
+
+def message_page_id(event_id: str, role_id: str) -> str:
+    """The ID of the page a member's message opens for a role: the same every time that
+    message is handled."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"page:{event_id}:{role_id}").hex
 
 
 def escalation_for(ctx: OncallContext, page: Page) -> EscalationPolicy | None:
@@ -50,15 +58,28 @@ class Pager:
         ctx = self.ctx
         return resolver(ctx.roster, role_id, ctx.oncall.pools if ctx.oncall else {})
 
+    async def addressed(self, room_id: str, content: dict) -> bool:
+        """Whether a message in this room would page one of its roles (what the event inbox
+        writes down before the homeserver is answered)."""
+        oncall = self.ctx.oncall
+        for role_id, direct in await self.ctx.store.role_rooms(room_id):
+            role = oncall.roles.get(role_id) if oncall else None
+            if role is not None and addresses_role(content, direct, self.ctx.matrix.uid(role.localpart), role.name):
+                return True
+        return False
+
     async def on_message(self, room_id: str, sender: str, event_id: str, content: dict) -> None:
         """In a direct chat with a role every message pages it; in a group room only a
-        message that mentions the role does."""
+        message that mentions the role does. The page's ID is made from the message and the
+        role: a message handled again after a crash finds its page and opens no second one."""
         ctx = self.ctx
         roles = await ctx.store.role_rooms(room_id)
         if not roles:
             return
-        mentioned = set(content.get("m.mentions", {}).get("user_ids", []) or [])
         body = str(content.get("body", ""))
+        voice = voice_message(content)
+        # Push-to-talk: a voice message pages like text; its words follow as the transcript.
+        about = page_subject(voice.duration_ms) if voice is not None else first_line(body)
         opened: list[Page] = []
         async with ctx.page_lock:
             open_pages = await ctx.store.open_pages_in(room_id)
@@ -69,15 +90,17 @@ class Pager:
                 role = oncall.roles.get(role_id) if oncall else None
                 if role is None or role_id in busy or (staff is not None and any(staff in p.paged for p in open_pages)):
                     continue
-                uid = ctx.matrix.uid(role.localpart)
-                if not (direct or uid in mentioned or uid in body or role.name in body):
+                if not addresses_role(content, direct, ctx.matrix.uid(role.localpart), role.name):
                     continue
+                page_id = message_page_id(event_id, role.id)
+                if await ctx.store.page(page_id) is not None:
+                    continue  # opened when this message was handled before a crash
                 priority = str(content.get(PRIORITY_FIELD) or "urgent")
                 page, actions = open_page(
-                    uuid.uuid4().hex, role.id, sender, room_id, event_id, ctx.local_now(),
+                    page_id, role.id, sender, room_id, event_id, ctx.local_now(),
                     role.escalation, self._resolve(role.id),
                     priority=priority if priority in ("routine", "urgent", "critical") else "urgent",
-                    subject=f"{ctx.display(sender)}: {first_line(body)}", role_name=role.name,
+                    subject=f"{ctx.display(sender)}: {about}", role_name=role.name,
                 )
                 await self.outbox.commit(page, actions)
                 opened.append(page)

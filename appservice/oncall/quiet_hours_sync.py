@@ -29,12 +29,14 @@ class QuietHoursSync:
         """``!quiet on|off``: the person's own choice, over the hospital default."""
         staff = self.ctx.staff_of(requester)
         if staff is None:
-            return "Quiet hours are for staff on the roster."
+            return "免打扰时段仅适用于排班表上的员工。 Quiet hours are for staff on the roster."
         await self.ctx.store.set_quiet_pref(staff, on)
         await self.apply()
         return (
-            "Quiet hours on: off duty, only critical alerts and pages addressed to you will ring."
-            if on else "Quiet hours off: your notifications follow your own settings at all times."
+            "免打扰已开启：下班期间只有危急警报和发给您的呼叫会响铃。"
+            " Quiet hours on: off duty, only critical alerts and pages addressed to you will ring."
+            if on else "免打扰已关闭：您的通知始终按您自己的设置提醒。"
+            " Quiet hours off: your notifications follow your own settings at all times."
         )
 
     async def apply(self) -> None:
@@ -65,7 +67,7 @@ class QuietHoursSync:
                 log.error("quiet hours for %s: %s", staff, exc)
 
     async def _set_quiet(self, user_id: str, off_duty: bool) -> None:
-        user = self.ctx.matrix.with_token(await self._token_for(user_id))
+        user = self.ctx.matrix.with_token(await self.token_for(user_id))
         rules = "/_matrix/client/v3/pushrules/global/override/"
         try:
             current = (await user.call("GET", "/_matrix/client/v3/pushrules/global/")).get("override", [])
@@ -84,7 +86,7 @@ class QuietHoursSync:
             except MatrixCallFailed as exc:
                 log.debug("quiet hours for %s: %s", user_id, exc)
 
-    async def _token_for(self, user_id: str) -> str:
+    async def token_for(self, user_id: str) -> str:
         token = self._user_tokens.get(user_id)
         if token is None:
             try:

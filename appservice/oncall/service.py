@@ -37,6 +37,7 @@ from appservice.oncall.paging import Pager
 from appservice.oncall.quiet_hours_sync import QuietHoursSync
 from appservice.oncall.store import OncallStore
 from carematrix import identity
+from carematrix.intake import MESSAGE, Interest
 from carematrix.oncall.escalation import Page
 from carematrix.policy.holder import PolicyHolder
 from carematrix.policy.model import Policy
@@ -141,8 +142,11 @@ class OncallService:
     async def query_alias(self, alias: str) -> dict | None:
         return await self.accounts.query_alias(alias)
 
-    async def on_member(self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False) -> bool:
-        return await self.accounts.on_member(room_id, sender, state_key, membership, direct)
+    async def on_member(
+        self, room_id: str, sender: str, state_key: str, membership: str, direct: bool = False,
+        event_id: str | None = None,
+    ) -> bool:
+        return await self.accounts.on_member(room_id, sender, state_key, membership, direct, event_id)
 
     async def on_message(self, room_id: str, sender: str, event_id: str, content: dict | None = None) -> None:
         """A reply to a page acknowledges that page; then, in a room with a role account, the
@@ -151,6 +155,13 @@ class OncallService:
             return
         await self.acks.on_reply(room_id, sender, content or {})
         await self.pages.on_message(room_id, sender, event_id, content or {})
+
+    async def acts_on(self, event: Interest) -> bool:
+        """Whether a member's message or reaction, delivered and not yet answered, is one the
+        service acts on: it pages a role of its room, or replies or reacts to a page."""
+        if event.target and await self.acks.may_acknowledge(event.room_id, event.target):
+            return True
+        return event.kind == MESSAGE and await self.pages.addressed(event.room_id, dict(event.content))
 
     async def on_reaction(self, room_id: str, sender: str, target_event: str | None) -> None:
         await self.acks.on_reaction(room_id, sender, target_event)
@@ -197,6 +208,11 @@ class OncallService:
 
     async def swap_shifts(self, requester: str, role_id: str, other: str) -> str:
         return await self.commands.swap_shifts(requester, role_id, other)
+
+    async def as_user(self, user_id: str) -> Homeserver:
+        """The homeserver as a member of staff (an admin-API login, kept): for what only they
+        can do — their push rules, a direct chat of theirs."""
+        return self.ctx.matrix.with_token(await self.quiet.token_for(user_id))
 
     async def set_quiet(self, requester: str, on: bool) -> str:
         return await self.quiet.set_quiet(requester, on)

@@ -14,6 +14,7 @@ from mautrix.util.async_db import Database
 from appservice.db import transaction
 from carematrix.oncall.escalation import Action, Page
 from carematrix.oncall.model import Override, Shift
+from carematrix.oncall.send_order import Queued
 
 
 def _ms(at: datetime) -> int:
@@ -137,7 +138,7 @@ class OncallStore:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
                 "ON CONFLICT (page_id) DO UPDATE SET step = excluded.step, "
                 "step_deadline = excluded.step_deadline, paged = excluded.paged, acked_by = excluded.acked_by, "
-                "acked_at = excluded.acked_at, state = excluded.state",
+                "acked_at = excluded.acked_at, state = excluded.state, lead = excluded.lead",
                 page.page_id, page.role, page.sender, page.room_id, page.event_id, _ms(page.created_at),
                 page.step, _ms(page.step_deadline) if page.step_deadline else None, json.dumps(list(page.paged)),
                 page.acked_by, _ms(page.acked_at) if page.acked_at else None, page.state,
@@ -153,6 +154,23 @@ class OncallStore:
     async def pages(self, state: str | None = "open") -> list[Page]:
         query = "SELECT * FROM oncall_page" + (" WHERE state = $1" if state else "")
         rows = await (self.db.fetch(query, state) if state else self.db.fetch(query))
+        return [_page(r) for r in rows]
+
+    async def closed_since(self, since: datetime, limit: int = 50) -> list[Page]:
+        """Pages opened since ``since`` that are no longer open, newest first (the console
+        shows what was acknowledged or ran out lately beside what is open)."""
+        rows = await self.db.fetch(
+            "SELECT * FROM oncall_page WHERE state <> 'open' AND created_at >= $1 ORDER BY created_at DESC LIMIT $2",
+            _ms(since), limit,
+        )
+        return [_page(r) for r in rows]
+
+    async def pages_between(self, since: datetime, until: datetime) -> list[Page]:
+        """Pages opened in [since, until), oldest first (the console's alarm-fatigue report)."""
+        rows = await self.db.fetch(
+            "SELECT * FROM oncall_page WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
+            _ms(since), _ms(until),
+        )
         return [_page(r) for r in rows]
 
     async def page(self, page_id: str) -> Page | None:
@@ -234,9 +252,24 @@ class OncallStore:
         )
         return [(r["staff_number"], _dt(r["seen_at"])) for r in rows]  # type: ignore[misc]
 
-    async def unsent(self) -> list[tuple[str, str, Action]]:
-        rows = await self.db.fetch("SELECT txn_id, page_id, action FROM oncall_outbox WHERE sent = 0 ORDER BY txn_id")
-        return [(r["txn_id"], r["page_id"], _action(json.loads(r["action"]))) for r in rows]
+    async def unsent(self) -> list[Queued[Action]]:
+        """The sends still waiting, in the order decided, each with its page's own priority
+        (carematrix.oncall.send_order puts them in the order to send)."""
+        rows = await self.db.fetch(
+            "SELECT o.txn_id, o.page_id, o.action, p.priority FROM oncall_outbox o "
+            "LEFT JOIN oncall_page p ON p.page_id = o.page_id WHERE o.sent = 0 ORDER BY o.txn_id"
+        )
+        queued = []
+        for r in rows:
+            action = _action(json.loads(r["action"]))
+            queued.append(Queued(r["txn_id"], r["page_id"], r["priority"] or action.priority, action.priority, action))
+        return queued
+
+    async def actions(self, page_id: str) -> list[Action]:
+        """Everything a page's transitions decided, sent or not, in the order decided (the
+        outbox keeps sent rows): what escalation.roster_gaps reads."""
+        rows = await self.db.fetch("SELECT action FROM oncall_outbox WHERE page_id = $1 ORDER BY txn_id", page_id)
+        return [_action(json.loads(r["action"])) for r in rows]
 
     async def mark_sent(self, txn_id: str) -> None:
         await self.db.execute("UPDATE oncall_outbox SET sent = 1 WHERE txn_id = $1", txn_id)

@@ -69,7 +69,7 @@ ACTIONS: frozenset[str] = frozenset(
 )
 
 # Namespaces whose actions are named by the component that owns them.
-OPEN_PREFIXES: tuple[str, ...] = ("appservice.", "bridge.")
+OPEN_PREFIXES: tuple[str, ...] = ("appservice.", "bridge.", "console.")
 
 # Lower-case dotted words; at most 32 characters because the action is the syslog MSGID
 # (RFC 5424 limits MSGID to 32 printable ASCII characters).

@@ -84,6 +84,18 @@ def _lock_head(txn: Any, dialect: str) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
+def lock_for_append(txn: Any, dialect: str) -> None:
+    """Take the chain's append lock as a transaction's first statement.
+
+    A transaction that reads other tables and then appends (the no-forward check writing the
+    message's record in the same round trip) would otherwise hold a snapshot older than the
+    head it locks: under concurrent senders on PostgreSQL every such append then fails with
+    a serialization error, Synapse's five retries run out and the message is refused with
+    ``internal.error``. Locked first, it waits its turn instead."""
+    check_dialect(dialect)
+    _lock_head(txn, dialect)
+
+
 def head(txn: Any, dialect: str) -> tuple[int, str]:
     """The last (seq, hash) appended, without locking; (0, GENESIS_HASH) when empty."""
     check_dialect(dialect)

@@ -80,6 +80,12 @@ def mark_burned(txn: Any, dialect: str, event_id: str, burned_at: int, outcome: 
     )
 
 
+def burned(txn: Any, dialect: str, event_id: str) -> bool:
+    """Has ``event_id`` burned already?"""
+    txn.execute(sql(f"SELECT 1 FROM {BURN} WHERE event_id = ? AND burned_at IS NOT NULL", dialect), (event_id,))
+    return txn.fetchone() is not None
+
+
 def burn_time(burn: PendingBurn, read_at: int | None) -> int:
     """When to purge: at the deadline, or ``grace`` after everyone read it if that is sooner."""
     if read_at is None:

@@ -212,8 +212,76 @@ def _baseline(txn: Any, dialect: str) -> None:
         txn.execute(statement)
 
 
+# -- migration 2: perceptual features of protected images (docs/protection.md) ---------------
+
+
+def _protected_images(txn: Any, dialect: str) -> None:
+    int_key = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGINT PRIMARY KEY"
+    blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+    txn.execute(
+        f"""CREATE TABLE carematrix_protected_image (
+            id {int_key},
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            media_id TEXT NOT NULL,
+            features {blob} NOT NULL,
+            ts BIGINT NOT NULL
+        )"""
+    )
+    # The lookup index: its primary key is the index, so on SQLite the table is stored as
+    # that B-tree alone (WITHOUT ROWID), half the size of a rowid table plus an index.
+    txn.execute(
+        """CREATE TABLE carematrix_protected_image_bucket (
+            bucket BIGINT NOT NULL,
+            image BIGINT NOT NULL,
+            PRIMARY KEY (bucket, image)
+        )"""
+        + (" WITHOUT ROWID" if dialect == "sqlite" else "")
+    )
+
+
+# -- migration 3: the index form of Chinese text in Synapse's search indexes (docs/search.md)
+
+
+def _add_search_form(txn: Any, dialect: str) -> None:
+    # Which form of Chinese text Synapse's full-text indexes were last rebuilt in
+    # (carematrix/hsdb/search_form_store.py); no row: rows written before CareMatrix indexed
+    # Chinese, re-indexed at the next start.
+    txn.execute(
+        """CREATE TABLE carematrix_search_form (
+            index_name TEXT PRIMARY KEY,
+            form TEXT NOT NULL,
+            rows_reindexed BIGINT NOT NULL,
+            reindexed_at BIGINT NOT NULL
+        )"""
+    )
+
+
+# -- migration 4: operations-console sessions (docs/console.md) ---------------------------
+
+
+def _console_sessions(txn: Any, dialect: str) -> None:
+    # Keyed by the SHA-256 of the cookie (carematrix/hsdb/console_session_store.py): the
+    # cookie value itself is never stored.
+    txn.execute(
+        """CREATE TABLE carematrix_console_session (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            is_admin INTEGER NOT NULL,
+            started_at BIGINT NOT NULL,
+            last_used_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )"""
+    )
+    txn.execute("CREATE INDEX carematrix_console_session_user ON carematrix_console_session (user_id, started_at)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables as created before migrations were numbered", _baseline),
+    Migration(2, "perceptual features of images posted in no-forward rooms", _protected_images),
+    Migration(3, "the index form of Chinese text in Synapse's search indexes", _add_search_form),
+    Migration(4, "operations-console sessions", _console_sessions),
 )
 
 LATEST = MIGRATIONS[-1].version

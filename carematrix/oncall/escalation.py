@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from carematrix.oncall.targets import Resolve, describe, parse_target
+from carematrix.oncall.targets import Resolve, describe, describe_zh, parse_target
 
 PRIORITIES = ("routine", "urgent", "critical")
 ACK_METHODS = frozenset({"reply", "reaction", "read"})
@@ -119,9 +119,10 @@ def plan(policy: EscalationPolicy, lead: str | None, lead_timeout_seconds: int) 
 class Action:
     """What the caller must do. ``page``: bring ``staff`` in / notify them. ``tell_sender``:
     a notice to the page's sender. ``acked``: one notice to the sender and to ``staff``, the
-    others who were paged, whose alert is over. ``gap``: a roster gap to report/audit."""
+    others who were paged, whose alert is over. ``handed_over``: one notice to the sender and to
+    ``staff``, those paged before a hand-over. ``gap``: a roster gap to report/audit."""
 
-    kind: str  # "page" | "tell_sender" | "acked" | "gap" ("stop" in outboxes of older releases)
+    kind: str  # "page" | "tell_sender" | "acked" | "handed_over" | "gap" ("stop" in outboxes of older releases)
     staff: tuple[str, ...] = ()
     step: int = 0
     priority: str = "urgent"
@@ -141,10 +142,24 @@ def _minutes(seconds: int) -> str:
     return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
 
 
+def _minutes_zh(seconds: int) -> str:
+    return f"{seconds // 60} 分钟" if seconds % 60 == 0 else f"{seconds} 秒"
+
+
 def _nobody(role: str, i: int, target: str) -> str:
     if target == "oncall":
         return f"Nobody is on duty for {role}"
     return f"Nobody is reachable as {describe(target)} (step {i + 1} for {role})"
+
+
+def _nobody_zh(role: str, i: int, target: str) -> str:
+    if target == "oncall":
+        return f"当前无人值班：{role}"
+    return f"无法联系{describe_zh(target)}（{role} 的第 {i + 1} 步）"
+
+
+# How a page was acknowledged, in the Chinese half of the notice.
+HOW_ZH = {"reply": "回复", "reaction": "表情回应", "read": "已读", "command": "!ack 指令"}
 
 
 def _fire(
@@ -156,20 +171,24 @@ def _fire(
     for i in range(first, len(policy.steps)):
         step = policy.steps[i]
         # said once, before the first thing this call tells the sender, when a deadline fired
-        waited = ""
+        waited = waited_zh = ""
         if i == first > 0:
             waited = f"No acknowledgement within {_minutes(policy.steps[i - 1].timeout_seconds)}. "
+            waited_zh = f"{_minutes_zh(policy.steps[i - 1].timeout_seconds)}内无人确认。"
         staff = tuple(dict.fromkeys(resolve(step.target, now)))
         if staff:
             note = (
                 f"Paging {describe(step.target)} for {page.role} (step {i + 1}): {_names(staff)}."
             )
-            tell = Action("tell_sender", staff, i, "routine", waited + note)
+            note_zh = f"正在呼叫 {page.role} 的{describe_zh(step.target)}（第 {i + 1} 步）：{_names(staff)}。"
+            tell = Action("tell_sender", staff, i, "routine", f"{waited_zh}{note_zh} {waited}{note}")
         else:
             nobody = _nobody(page.role, i, step.target)
+            nobody_zh = _nobody_zh(page.role, i, step.target)
             when = now.strftime("%Y-%m-%d %H:%M %Z").strip()
             actions.append(Action("gap", (), i, step.priority, f"Roster gap at {when}: {nobody}."))
             fallback = describe(policy.fallback) if policy.fallback else ""
+            fallback_zh = describe_zh(policy.fallback) if policy.fallback else ""
             staff = tuple(dict.fromkeys(resolve(policy.fallback, now))) if policy.fallback else ()
             if not staff:
                 why = (
@@ -177,12 +196,16 @@ def _fire(
                     if fallback
                     else "there is no fallback"
                 )
+                why_zh = f"后备（{fallback_zh}）也无人" if fallback else "且未设后备"
                 rest = f" Trying step {i + 2}." if i + 1 < len(policy.steps) else ""
+                rest_zh = f"正在尝试第 {i + 2} 步。" if i + 1 < len(policy.steps) else ""
+                message_zh = f"{waited_zh}{nobody_zh}，{why_zh}：此步无人可联系。{rest_zh}"
                 message = f"{waited}{nobody}, and {why}: nobody could be reached at this step."
-                actions.append(Action("tell_sender", (), i, "critical", message + rest))
+                actions.append(Action("tell_sender", (), i, "critical", f"{message_zh} {message}{rest}"))
                 continue
+            message_zh = f"{waited_zh}{nobody_zh}；正在呼叫后备（{fallback_zh}）：{_names(staff)}。"
             message = f"{waited}{nobody}; paging the fallback ({fallback}): {_names(staff)}."
-            tell = Action("tell_sender", staff, i, "critical", message)
+            tell = Action("tell_sender", staff, i, "critical", f"{message_zh} {message}")
         actions.append(Action("page", staff, i, _stronger(step.priority, page.priority), page_text(page)))
         actions.append(tell)
         paged = tuple(dict.fromkeys((*page.paged, *staff)))
@@ -194,12 +217,15 @@ def _fire(
         return new, actions
     if page.paged:
         message = (
+            f"所有升级步骤均无人确认（{page.role}，已呼叫：{_names(page.paged)}）。"
+            "升级已结束：请用其他方式联系（电话、总机）。 "
             f"No acknowledgement for {page.role} after every escalation step "
             f"(paged: {_names(page.paged)}). Escalation has ended: reach them another way "
             "(phone, switchboard)."
         )
     else:
         message = (
+            f"无人可联系（{page.role}）：没有任何升级步骤或后备能联系到人。请使用电话或总机。 "
             f"Nobody could be reached for {page.role}: no escalation step and no fallback "
             "reaches anyone. Use the phone or the switchboard."
         )
@@ -213,12 +239,15 @@ def _stronger(a: str, b: str) -> str:
 
 
 def page_text(page: Page) -> str:
-    """The page as the person paged reads it: what, about whom, and how to acknowledge it."""
-    head = "CRITICAL PAGE" if page.priority == "critical" else "Page"
+    """The page as the person paged reads it: what, about whom, and how to acknowledge it.
+    Chinese first: the head is labelled like the product's other headings (危急呼叫 CRITICAL
+    PAGE), the subject said once."""
+    head = "危急呼叫 CRITICAL PAGE" if page.priority == "critical" else "呼叫 Page"
     about = f": {page.subject}" if page.subject else ""
     return (
         f"{head} [{page.alert_id}] for {page.role_name or page.role}{about}\n"
-        f"Acknowledge this page: reply to it, react to it, or send !ack {page.alert_id}"
+        f"确认此呼叫：回复或回应本消息，或发送 !ack {page.alert_id}"
+        f" Acknowledge this page: reply to it, react to it, or send !ack {page.alert_id}"
     )
 
 
@@ -273,6 +302,7 @@ def on_ack(
     if page.state == ACKED or staff_number not in page.paged or not acknowledges(how, page, policy):
         return page, []
     late = " (after escalation had ended)" if page.state == EXHAUSTED else ""
+    late_zh = "（升级已结束之后）" if page.state == EXHAUSTED else ""
     when = now.strftime("%H:%M %Z").strip()
     acked = replace(page, state=ACKED, acked_by=staff_number, acked_at=now, step_deadline=None)
     others = tuple(s for s in page.paged if s != staff_number)
@@ -283,10 +313,58 @@ def on_ack(
             others,
             page.step,
             "routine",
+            f"呼叫 [{page.alert_id}]（{page.role_name or page.role}）已由 {staff_number} 于 {when} "
+            f"以{HOW_ZH.get(how, how)}确认{late_zh}。 "
             f"{staff_number} acknowledged page [{page.alert_id}] to {page.role_name or page.role}{about} "
             f"by {how} at {when}{late}.",
         ),
     ]
+
+
+def hand_over(
+    page: Page, to_staff: str, by_staff: str, now: datetime, timeout_seconds: int
+) -> tuple[Page, list[Action]]:
+    """A charge nurse hands an open page to ``to_staff`` (from the console): they are paged
+    with the page's text and priority, and the page's escalation runs from them — they
+    become its lead (see :func:`plan`), so if they do not acknowledge within
+    ``timeout_seconds`` the role's own chain runs again from its first step. Everyone paged
+    so far stays paged (the record of who was interrupted; any of them may still
+    acknowledge). The sender and the room are told who took over and who handed it over.
+    Only an open page can be handed over (page unchanged, no actions otherwise).
+    Staff numbers in the messages are written as names by the caller."""
+    _aware(now)
+    if page.state != OPEN or timeout_seconds <= 0:
+        return page, []
+    before = tuple(s for s in page.paged if s != to_staff)
+    new = replace(
+        page, lead=f"staff:{to_staff}", step=0, paged=tuple(dict.fromkeys((*page.paged, to_staff))),
+        step_deadline=now.astimezone(UTC) + timedelta(seconds=timeout_seconds), state=OPEN,
+    )
+    about = f" ({page.subject.splitlines()[0][:120]})" if page.subject else ""
+    was = f"，原呼叫 previously paged: {_names(before)}" if before else ""
+    told = (
+        f"呼叫 [{page.alert_id}] 已转交 Page handed over{about}: {to_staff} 接手 takes over, "
+        f"转交人 handed over by {by_staff}{was}. "
+        f"{_minutes(timeout_seconds)} 内未确认将继续升级 Escalation continues if not acknowledged within "
+        f"{_minutes(timeout_seconds)}."
+    )
+    return new, [
+        Action("page", (to_staff,), 0, page.priority, handover_text(page, by_staff, before)),
+        Action("handed_over", before, 0, "routine", told),
+    ]
+
+
+def handover_text(page: Page, by_staff: str, before: tuple[str, ...]) -> str:
+    """The page as the person it was handed to reads it: Chinese first, English beside."""
+    head = "危急呼叫 CRITICAL PAGE" if page.priority == "critical" else "呼叫 Page"
+    about = f": {page.subject}" if page.subject else ""
+    was = f" · 原呼叫 previously paged: {_names(before)}" if before else ""
+    return (
+        f"{head} [{page.alert_id}] 转交给您 handed over to you — {page.role_name or page.role}{about}\n"
+        f"转交人 Handed over by: {by_staff}{was}\n"
+        f"确认：回复或回应本消息，或发送 !ack {page.alert_id} "
+        f"Acknowledge: reply to or react to this message, or send !ack {page.alert_id}"
+    )
 
 
 def acknowledges(how: str, page: Page, policy: EscalationPolicy) -> bool:
@@ -304,3 +382,27 @@ def due(pages: Iterable[Page], now: datetime) -> list[Page]:
     _aware(now)
     ready = [p for p in pages if p.state == OPEN and p.step_deadline and p.step_deadline <= now]
     return sorted(ready, key=lambda p: p.step_deadline or now)
+
+
+@dataclass(frozen=True)
+class RosterGap:
+    """A step of a page that found nobody on duty, and whom the policy's fallback paged in its
+    place (nobody: the fallback was empty too)."""
+
+    step: int
+    fallback_paged: tuple[str, ...]
+
+
+def roster_gaps(actions: Iterable[Action]) -> list[RosterGap]:
+    """The roster gaps a page met, read from the actions its transitions produced (in order,
+    as the outbox keeps them): ``_fire`` puts the fallback's ``page`` right after the step's
+    ``gap``; a step whose fallback was empty too pages nobody (the next step is tried)."""
+    listed = list(actions)
+    gaps = []
+    for i, action in enumerate(listed):
+        if action.kind != "gap":
+            continue
+        after = listed[i + 1] if i + 1 < len(listed) else None
+        fallback = after.staff if after is not None and after.kind == "page" and after.step == action.step else ()
+        gaps.append(RosterGap(action.step, fallback))
+    return gaps

@@ -47,6 +47,18 @@ def describe(target: str) -> str:
     }[kind]
 
 
+def describe_zh(target: str) -> str:
+    """:func:`describe` in Chinese, for the half of a notice staff read first."""
+    kind, argument = parse_target(target)
+    return {
+        "oncall": "当班人员",
+        "role": f"{argument} 的当班人员",
+        "backup": f"二线 {argument}",
+        "staff": f"员工 {argument}",
+        "pool": f"后备人员组 {argument}",
+    }[kind]
+
+
 def resolver(roster: Roster, role: str, pools: Mapping[str, Sequence[str]]) -> Resolve:
     """The ``resolve`` for pages to ``role``: roles through the roster at the given instant,
     pools and named staff as written. An unknown pool resolves to nobody, which the state

@@ -89,7 +89,7 @@ def desired_state(policy: Policy) -> Desired:
             DesiredRoom(
                 alias=space_alias(unit.id),
                 name=unit.name,
-                topic=f"{unit.name} — space of the unit's rooms",
+                topic=f"{unit.name} — 本科室的房间 space of the unit's rooms",
                 room=RoomClassState(SPACE_CLASS, unit.id),
                 is_space=True,
                 parent_alias=space_alias(unit.parent) if unit.parent else None,

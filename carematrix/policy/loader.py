@@ -5,7 +5,7 @@ admin all of them at once. A directory either loads completely or not at all: ca
 the last good policy when this raises.
 
 This module only reads the files and finds each top-level section; the sections are built and
-checked by their own modules (``org``, ``rooms``, ``oncall``, ``clinical``), in that order,
+checked by their own modules (``org``, ``rooms``, ``oncall``, ``clinical``, ``devices``, ``voice``), in that order,
 because each later one refers to what the earlier ones define.
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from carematrix.policy import clinical, oncall, org, rooms
+from carematrix.policy import clinical, devices, oncall, org, rooms, voice
 from carematrix.policy.checker import Checker, Section, Sections
 from carematrix.policy.errors import PolicyError, PolicyInvalid
 from carematrix.policy.model import Policy
 from carematrix.policy.yamlsrc import YamlSyntaxError, parse_yaml
 
-SECTIONS = org.SECTIONS + rooms.SECTIONS + oncall.SECTIONS + clinical.SECTIONS
+SECTIONS = org.SECTIONS + rooms.SECTIONS + oncall.SECTIONS + clinical.SECTIONS + devices.SECTIONS + voice.SECTIONS
 POLICY_SUFFIXES = (".yaml", ".yml")
 
 
@@ -76,6 +76,8 @@ def _build(sections: Sections, digest: str) -> Policy:
     rooms_part = rooms.parse_rooms(sections, org_part)
     oncall_part = oncall.parse_oncall(sections, org_part)
     clinical_part = clinical.parse_clinical(sections, org_part, oncall_part)
+    devices_part = devices.parse_devices(sections, org_part, oncall_part, clinical_part)
+    voice_part = voice.parse_voice(sections, org_part)
     if sections.errors:
         raise PolicyInvalid(sections.errors)
     return Policy(
@@ -92,6 +94,8 @@ def _build(sections: Sections, digest: str) -> Policy:
         burn_defaults=rooms_part.burn_defaults,
         oncall=oncall_part,
         clinical=clinical_part,
+        devices=devices_part,
+        voice=voice_part,
     )
 
 

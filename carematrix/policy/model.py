@@ -3,7 +3,7 @@
 Everything that decides (Synapse callbacks, the appservice) reads this model and nothing
 else, so a rule means the same thing in every process. The sections' own classes live beside
 their builders: ``org`` (hospital, roles, units, staff), ``rooms`` (room classes, defaults,
-standard rooms, burn-after-read), ``oncall`` and ``clinical``.
+standard rooms, burn-after-read), ``oncall``, ``clinical``, ``devices`` and ``voice``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from carematrix.policy.clinical import ClinicalPolicy
+from carematrix.policy.devices import DevicePolicy
 from carematrix.policy.oncall import OncallPolicy
 from carematrix.policy.org import DEFAULT_DISPLAY_NAME_FORMAT, Staff, Unit
 from carematrix.policy.rooms import DEFAULT_BURN, BurnPolicy, RoomClass, StandardRoom
+from carematrix.policy.voice import DEFAULT_VOICE, VoicePolicy
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Policy:
     oncall: OncallPolicy | None = None
     # The ``clinical:`` section (HIS routing), if the hospital has one.
     clinical: ClinicalPolicy | None = None
+    # The ``devices:`` section (nurse-call buttons, badges, bedside terminals), if any.
+    devices: DevicePolicy | None = None
+    # The ``voice:`` section (transcription of voice messages); defaults when absent.
+    voice: VoicePolicy = DEFAULT_VOICE
     _by_localpart: dict[str, Staff] = field(default_factory=dict, repr=False, compare=False)
     _subtrees: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 

@@ -102,18 +102,25 @@ class Protection:
         """Short words for the room topic, so Element users see what applies."""
         out = []
         if self.no_forward:
-            out.append("no forwarding")
+            out.append("禁止转发 no forwarding")
         if self.watermark:
-            out.append("watermarked images")
+            out.append("图片水印 watermarked images")
         if self.no_screenshot:
-            out.append("no screenshots")
+            out.append("禁止截图 no screenshots")
         if self.burn:
-            out.append("burn after read")
+            out.append("阅后即焚 burn after read")
         if self.retention_seconds:
-            out.append(f"kept {format_duration(self.retention_seconds)}")
+            out.append(f"保留{format_duration_zh(self.retention_seconds)} kept {format_duration(self.retention_seconds)}")
         if self.encryption == "required":
-            out.append("end-to-end encrypted")
+            out.append("端到端加密 end-to-end encrypted")
         return out
+
+
+def format_duration_zh(seconds: int) -> str:
+    for unit, size in (("天", 86400), ("小时", 3600), ("分钟", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}秒"
 
 
 def format_duration(seconds: int) -> str:

@@ -208,9 +208,19 @@ def _plain_segments(body: str) -> list[str]:
     return [body, "\n".join(outside), *("\n".join(q) for q in quotes)]
 
 
+# A voice message's body is the client's fixed label ("Voice message" in Element), never what
+# was said: as text it would be one fingerprint shared by every voice message, and the first
+# one in a ward room would make all others elsewhere look like forwards. The recording itself
+# is protected by its file (URI and bytes), its words by the transcript (carematrix.voice).
+_VOICE_FLAG = "org.matrix.msc3245.voice"
+
+
 def text_sources(content: Any) -> Iterator[tuple[str, bool]]:
-    """(text, is_html) for each text source of the content and of its ``m.new_content``."""
+    """(text, is_html) for each text source of the content and of its ``m.new_content``
+    (none from a voice message's label)."""
     for part in (content, _get(content, "m.new_content")):
+        if _get(part, "msgtype") == "m.audio" and _get(part, _VOICE_FLAG) is not None:
+            continue
         for key in ("body", "filename"):
             value = _get(part, key)
             if isinstance(value, str) and value:

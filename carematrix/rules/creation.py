@@ -56,7 +56,12 @@ def decide_create(
         if is_system or not policy.room_classes:
             return CreationDecision(ALLOW, room)
         return CreationDecision(
-            Verdict(False, "room_class.required", "Every room needs a class, and this hospital sets no default."),
+            Verdict(
+                False,
+                "room_class.required",
+                "每个房间都必须有类别，而本医院未设默认类别。"
+                " Every room needs a class, and this hospital sets no default.",
+            ),
             room,
         )
     verdict = decide_class_change(policy, None, room.class_id, creator, is_system, room.unit)
@@ -75,7 +80,8 @@ def decide_create(
             Verdict(
                 False,
                 f"room_class.{rc.id}.join_rules",
-                f"A {rc.label} cannot be created with join rule '{join_rule}' (allowed: {', '.join(rc.join_rules)}).",
+                f"此类房间（{rc.label}）不能以加入规则 '{join_rule}' 创建（允许：{', '.join(rc.join_rules)}）。"
+                f" A {rc.label} cannot be created with join rule '{join_rule}' (allowed: {', '.join(rc.join_rules)}).",
             ),
             room,
         )
@@ -86,7 +92,9 @@ def decide_create(
             Verdict(
                 False,
                 f"room_class.{rc.id}.history_visibility",
-                f"A {rc.label} cannot be created with history visibility '{visibility}' "
+                f"此类房间（{rc.label}）不能以历史消息可见范围 '{visibility}' 创建"
+                f"（允许：{', '.join(rc.history_visibility)}）。"
+                f" A {rc.label} cannot be created with history visibility '{visibility}' "
                 f"(allowed: {', '.join(rc.history_visibility)}).",
             ),
             room,

@@ -9,11 +9,14 @@ from carematrix.rules.verdict import ALLOW, Verdict
 
 RULE = "room.directory"
 
-NOT_PUBLISHED = Verdict(False, RULE, "Rooms cannot be published in this hospital's room directory.")
+NOT_PUBLISHED = Verdict(
+    False, RULE, "本医院的房间目录不能发布房间。 Rooms cannot be published in this hospital's room directory."
+)
 CREATE_PRIVATE = Verdict(
     False,
     RULE,
-    "Rooms cannot be published in this hospital's room directory; create it as a private room "
+    "本医院的房间目录不能发布房间；请创建私密房间并邀请同事。"
+    " Rooms cannot be published in this hospital's room directory; create it as a private room "
     "and invite colleagues.",
 )
 

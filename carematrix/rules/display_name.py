@@ -16,7 +16,8 @@ from carematrix.rules.verdict import ALLOW, Verdict
 REAL_NAMES = Verdict(
     False,
     "identity.real_name",
-    "Staff appear under their real name from the staff list; per-room nicknames are not allowed.",
+    "员工以员工名单中的真实姓名出现，不允许在房间内使用昵称。"
+    " Staff appear under their real name from the staff list; per-room nicknames are not allowed.",
 )
 
 
@@ -37,3 +38,23 @@ def decide_display_name(
     if profile_name is not None and name == profile_name:
         return ALLOW
     return REAL_NAMES
+
+
+PROFILE_REAL_NAME = Verdict(
+    False,
+    "identity.real_name",
+    "根据实名制规定，显示名是员工名单中的真实姓名，由医院同步，本人不能修改。"
+    " Under the real-name policy your display name is your real name from the staff list, "
+    "kept by the hospital; you cannot change it.",
+)
+
+
+def decide_profile_name(policy: Policy, staff: Staff | None, name: object) -> Verdict:
+    """May ``staff`` set their own (global) display name to ``name``?
+
+    Org sync sets every staff member's name from the staff list; the person may not. Setting
+    it to the real name it already is passes (a client repeating it changes nothing).
+    Accounts outside the staff list are not bound by the real-name rule."""
+    if staff is None or name == policy.display_name(staff):
+        return ALLOW
+    return PROFILE_REAL_NAME

@@ -31,22 +31,23 @@ class Posting(Protocol):
 OTHER_SERVER = Verdict(
     False,
     "protection.media_federation",
-    "Files shared in protected rooms never leave for another server.",
+    "受保护房间中共享的文件不会发往其他服务器。 Files shared in protected rooms never leave for another server.",
 )
 SIGN_IN = Verdict(
     False,
     "protection.media_signed_in",
-    "Protected clinical files are only served to signed-in members (authenticated media API).",
+    "受保护的临床文件只提供给已登录的成员（需认证的媒体接口）。"
+    " Protected clinical files are only served to signed-in members (authenticated media API).",
 )
 MEMBERS_ONLY = Verdict(
     False,
     "protection.media_members",
-    "This file was shared in a protected room; only its members can open it.",
+    "此文件共享于受保护房间，只有该房间的成员可以打开。 This file was shared in a protected room; only its members can open it.",
 )
 FILES_BLOCKED = Verdict(
     False,
     "protection.other_files",
-    "Files other than images cannot be downloaded from this room (hospital policy).",
+    "根据医院规定，此房间中除图片外的文件不能下载。 Files other than images cannot be downloaded from this room (hospital policy).",
 )
 ARCHIVE = Verdict(
     True,

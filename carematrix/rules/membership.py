@@ -31,7 +31,8 @@ def decide_membership(
         return Verdict(
             False,
             f"room_class.{rc.id}.max_members",
-            f"A {rc.label} is limited to {rc.max_members} people; start a discussion room instead.",
+            f"此类房间（{rc.label}）最多 {rc.max_members} 人；请改建讨论组。"
+            f" A {rc.label} is limited to {rc.max_members} people; start a discussion room instead.",
         )
     if rc.scope == "unit":
         unit = policy.units.get(room.unit or "")
@@ -39,15 +40,19 @@ def decide_membership(
             return Verdict(
                 False,
                 f"room_class.{rc.id}.scope",
-                f"This {rc.label} names no valid unit, so nobody can be added until an "
+                f"此房间（{rc.label}）未指明有效的科室，管理员修正之前不能添加任何人。"
+                f" This {rc.label} names no valid unit, so nobody can be added until an "
                 "administrator fixes it.",
             )
         if not policy.in_unit(target, unit.id):
             who = target.name if target is not None else "This account"
+            who_zh = target.name if target is not None else "此账号"
             verb = "may join this room" if action == "join" else "may be invited to this room"
+            verb_zh = "加入" if action == "join" else "被邀请加入"
             return Verdict(
                 False,
                 f"room_class.{rc.id}.scope",
-                f"Only {unit.name} staff {verb} ({rc.label}); {who} is not {unit.name} staff.",
+                f"只有{unit.name} 的员工可以{verb_zh}此房间（{rc.label}）；{who_zh} 不是{unit.name} 的员工。"
+                f" Only {unit.name} staff {verb} ({rc.label}); {who} is not {unit.name} staff.",
             )
     return ALLOW

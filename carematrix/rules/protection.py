@@ -18,9 +18,14 @@ MEGOLM = "m.megolm.v1.aes-sha2"
 NO_FORWARD = Verdict(
     False,
     "protection.no_forward",
-    "Forwarding clinical content out of this room is disabled by hospital policy.",
+    "根据医院规定，此房间的临床内容不能转发到其他地方。"
+    " Forwarding clinical content out of this room is disabled by hospital policy.",
 )
 
+
+#: A transcript of a voice message (carematrix.voice.messages): the service posts it, but the
+#: words are the sender's, so it is protected like the voice message it transcribes.
+TRANSCRIPT_FIELD = "org.carematrix.transcript"
 
 SERVICE_MESSAGE = Verdict(
     True,
@@ -48,9 +53,13 @@ def not_protected_content(event_type: str, content: Mapping[str, Any], is_system
     Only a structured command qualifies (carematrix.commands): a command the bot knows, with
     identifier-like arguments, as a plain text message with nothing beside it. ``!decision``
     (free text), unknown ``!words`` and anything longer stay protected, so a leading "!" is
-    never a way to carry clinical text out of a room."""
+    never a way to carry clinical text out of a room.
+
+    One message from the service is protected all the same: the transcript of a voice
+    message, which holds what a member said (fingerprinted, and refused as a forward, like
+    a text the member had typed)."""
     if is_system:
-        return SERVICE_MESSAGE
+        return None if isinstance(content, Mapping) and TRANSCRIPT_FIELD in content else SERVICE_MESSAGE
     if event_type != "m.room.message" or not isinstance(content, Mapping):
         return None
     body = content.get("body")
@@ -86,11 +95,16 @@ def creation_state(rc: RoomClass) -> list[dict[str, Any]]:
     return out
 
 
+# The protection settings a room cannot change, as staff read them in Chinese.
+FIXED_WORDS_ZH = {"content protection": "内容保护", "message retention": "消息保留期限"}
+
+
 def _fixed_by_policy(what: str) -> Verdict:
     return Verdict(
         False,
         "protection.state",
-        f"This room's {what} is set by hospital policy and cannot be changed in the room.",
+        f"此房间的{FIXED_WORDS_ZH.get(what, what)}由医院规定设定，不能在房间内更改。"
+        f" This room's {what} is set by hospital policy and cannot be changed in the room.",
     )
 
 
@@ -114,7 +128,9 @@ def decide_protection_state(
         return Verdict(
             False,
             f"room_class.{rc.id}.encryption",
-            f"End-to-end encryption is off in a {rc.label}: the server protects its content "
+            f"此类房间（{rc.label}）不使用端到端加密：服务器负责保护其内容（水印、禁止转发、审计），"
+            "必须能够读取内容。"
+            f" End-to-end encryption is off in a {rc.label}: the server protects its content "
             "(watermarks, no-forward, audit) and must be able to read it.",
         )
     return ALLOW
@@ -176,7 +192,8 @@ def decide_priority(content: Mapping[str, Any], is_system: bool) -> Verdict:
         return Verdict(
             False,
             "priority.reserved",
-            "Only the CareMatrix service sends critical alerts and pages; to reach someone on "
+            "只有 CareMatrix 服务可以发送危急警报和呼叫；要联系值班人员，请给值班角色发消息。"
+            " Only the CareMatrix service sends critical alerts and pages; to reach someone on "
             "duty, message the on-duty role.",
         )
     return ALLOW

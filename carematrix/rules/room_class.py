@@ -24,6 +24,7 @@ _REDACTION = "m.room.redaction"
 
 
 def audience_words(audience: Audience) -> str:
+    """Who an audience admits, in English (the sentence's English half)."""
     parts = [f"'{role}'" for role in sorted(audience.roles)]
     who = ""
     if parts:
@@ -34,11 +35,22 @@ def audience_words(audience: Audience) -> str:
     return who or "the CareMatrix service"
 
 
+def audience_words_zh(audience: Audience) -> str:
+    """Who an audience admits, in Chinese: the refusal says it first, as staff read it."""
+    who = ""
+    if audience.roles:
+        who = "具有 " + " 或 ".join(f"'{role}'" for role in sorted(audience.roles)) + " 角色的员工"
+    if audience.staff:
+        who = f"{who}和指定员工" if who else "指定员工"
+    return who or "医院的 CareMatrix 服务"
+
+
 def undefined(class_id: str) -> Verdict:
     return Verdict(
         False,
         "room_class.undefined",
-        f"This room's class '{class_id}' is not defined in the hospital policy, so this is "
+        f"本房间的类别 '{class_id}' 未在医院策略中定义，管理员恢复之前不能进行此操作。"
+        f" This room's class '{class_id}' is not defined in the hospital policy, so this is "
         "blocked until an administrator restores it.",
     )
 
@@ -77,7 +89,8 @@ def decide_post(
     return Verdict(
         False,
         f"room_class.{rc.id}.post",
-        f"Only {audience_words(rc.post)} may post here ({rc.label}).",
+        f"只有{audience_words_zh(rc.post)}可以在此发言（{rc.label}）。"
+        f" Only {audience_words(rc.post)} may post here ({rc.label}).",
     )
 
 
@@ -97,32 +110,45 @@ def decide_class_change(
         return Verdict(
             False,
             "room_class.immutable",
-            "A room's class is fixed by the hospital and cannot be changed by users.",
+            "房间类别由医院设定，用户不能更改。"
+            " A room's class is fixed by the hospital and cannot be changed by users.",
         )
     if not isinstance(new_class, str) or new_class not in policy.room_classes:
         known = ", ".join(sorted(policy.room_classes)) or "none"
+        known_zh = ", ".join(sorted(policy.room_classes)) or "无"
         return Verdict(
             False,
             "room_class.undefined",
-            f"'{new_class}' is not a room class of this hospital (known classes: {known}).",
+            f"本医院没有 '{new_class}' 这个房间类别（已有类别：{known_zh}）。"
+            f" '{new_class}' is not a room class of this hospital (known classes: {known}).",
         )
     rc = policy.room_classes[new_class]
     if rc.create is not None and not rc.create.admits(sender):
         return Verdict(
             False,
             f"room_class.{rc.id}.create",
-            f"Only {audience_words(rc.create)} may create {rc.id} rooms.",
+            f"只有{audience_words_zh(rc.create)}可以创建 {rc.id} 类房间（{rc.label}）。"
+            f" Only {audience_words(rc.create)} may create {rc.id} rooms.",
         )
     if rc.scope == "unit":
         if not isinstance(unit, str) or unit not in policy.units:
-            return Verdict(False, f"room_class.{rc.id}.scope", f"A {rc.label} must name the unit it belongs to.")
+            return Verdict(
+                False,
+                f"room_class.{rc.id}.scope",
+                f"此类房间（{rc.label}）必须指明所属科室。 A {rc.label} must name the unit it belongs to.",
+            )
         if not policy.in_unit(sender, unit):
             return Verdict(
                 False,
                 f"room_class.{rc.id}.scope",
-                f"Only staff of {policy.units[unit].name} may create its {rc.label}.",
+                f"只有{policy.units[unit].name} 的员工可以创建该科室的此类房间（{rc.label}）。"
+                f" Only staff of {policy.units[unit].name} may create its {rc.label}.",
             )
     return ALLOW
+
+
+# The room settings a class keeps within bounds, as staff read them in Chinese.
+SETTING_WORDS_ZH = {"join rule": "加入规则", "history visibility": "历史消息可见范围"}
 
 
 def _allowed_value(rc: RoomClass, key: str, value: object, allowed: tuple[str, ...], what: str) -> Verdict:
@@ -131,7 +157,8 @@ def _allowed_value(rc: RoomClass, key: str, value: object, allowed: tuple[str, .
     return Verdict(
         False,
         f"room_class.{rc.id}.{key}",
-        f"{what.capitalize()} '{value}' is not allowed in a {rc.label} (allowed: {', '.join(allowed)}).",
+        f"此类房间（{rc.label}）不允许{SETTING_WORDS_ZH.get(what, what)} '{value}'（允许：{', '.join(allowed)}）。"
+        f" {what.capitalize()} '{value}' is not allowed in a {rc.label} (allowed: {', '.join(allowed)}).",
     )
 
 
@@ -147,7 +174,8 @@ def power_floor_violation(rc: RoomClass, content: Mapping[str, Any]) -> Verdict:
             return Verdict(
                 False,
                 f"room_class.{rc.id}.power_levels",
-                f"In a {rc.label} the power level for '{key}' must stay at {floor} or above.",
+                f"此类房间（{rc.label}）中 '{key}' 的权限等级不能低于 {floor}。"
+                f" In a {rc.label} the power level for '{key}' must stay at {floor} or above.",
             )
     return ALLOW
 

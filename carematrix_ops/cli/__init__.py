@@ -2,7 +2,7 @@
 
 The parser and :func:`main` live here; each command (or group of commands) has its module,
 which adds its parser and runs it: :mod:`.up`, :mod:`.policy`, :mod:`.org`, :mod:`.audit`,
-:mod:`.watermark`, :mod:`.retention`, :mod:`.status`.
+:mod:`.watermark`, :mod:`.retention`, :mod:`.status`, :mod:`.deploy`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import logging
 import sys
 
 from carematrix.hsdb.migrations import SchemaVersionError
-from carematrix_ops.cli import audit, org, policy, retention, status, up, watermark
+from carematrix_ops.cli import audit, deploy, device, org, policy, retention, status, up, watermark
 from carematrix_ops.cli.common import EXIT_FAILED, EXIT_USAGE
 from carematrix_ops.deploy.errors import DeployError
 
 # In the order `carematrix --help` lists them.
-COMMANDS = (up, policy, org, audit, watermark, retention, status)
+COMMANDS = (up, deploy, policy, org, audit, watermark, retention, status, device)
 
 
 def build_parser() -> argparse.ArgumentParser:

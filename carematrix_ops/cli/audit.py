@@ -50,10 +50,31 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _login_token(deployment: Deployment, localpart: str) -> str:
+class NoPassword(Exception):
+    """Neither CAREMATRIX_PASSWORD, a terminal to ask on, nor a line on standard input."""
+
+
+def _password(localpart: str) -> str:
+    """The auditor's password: from the environment, the terminal, or one line piped in.
+
+    A script or a job runner has no terminal; getpass would then read standard input with a
+    warning and fail with a traceback on an empty one, so a pipe is read plainly here.
+    """
     import getpass
 
-    password = os.environ.get("CAREMATRIX_PASSWORD") or getpass.getpass(f"password for {localpart}: ")
+    if password := os.environ.get("CAREMATRIX_PASSWORD"):
+        return password
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {localpart}: ")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise NoPassword(f"no password for {localpart}: set CAREMATRIX_PASSWORD, pipe it on standard "
+                         "input, run from a terminal to be asked, or pass --token")
+    return password
+
+
+def _login_token(deployment: Deployment, localpart: str) -> str:
+    password = _password(localpart)
     resp = request_json(
         "POST",
         f"{deployment.settings.homeserver_url}/_matrix/client/v3/login",
@@ -74,7 +95,11 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
                 print("error: searching the audit trail needs an auditor's login: --login USER "
                       "(password from CAREMATRIX_PASSWORD or a prompt) or --token", file=sys.stderr)
                 return EXIT_USAGE
-            token = _login_token(deployment, args.login)
+            try:
+                token = _login_token(deployment, args.login)
+            except NoPassword as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         filters = {k: v for k in ("actor", "room", "patient", "action", "outcome", "since", "until")
                    if (v := getattr(args, k)) is not None}
         filters["limit"] = str(args.limit)

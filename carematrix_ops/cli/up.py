@@ -13,6 +13,7 @@ from carematrix_ops.cli.common import EXIT_FAILED, EXIT_OK
 from carematrix_ops.cli.up_settings import byte_count, port_number, seconds, up_settings
 from carematrix_ops.deploy.checks import check_ports
 from carematrix_ops.deploy.prepare import prepare
+from carematrix_ops.deploy.workers import TOPOLOGY
 from carematrix_ops.http import HttpError
 
 
@@ -43,12 +44,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                          "--fhir-server/--dicomweb/--emr-archive)")
     up.add_argument("--demo-emr-port", type=port_number, help="port of the demo EMR (default appservice port + 1)")
     up.add_argument("--demo-pacs-port", type=port_number, help="port of the demo PACS (default appservice port + 2)")
+    up.add_argument("--turn-port", type=int, metavar="PORT",
+                    help="TURN port for voice/video calls, UDP and TCP (default $CAREMATRIX_TURN_PORT or 3478; "
+                         "0: no TURN server); runs coturn when installed")
+    up.add_argument("--turn-host", metavar="HOST",
+                    help="host name or address phones reach the TURN server at (default: --bind, or the server name)")
+    up.add_argument("--push-gateway", metavar="URL",
+                    help="the hospital's push gateway (Matrix Push Gateway API) phones register with "
+                         "(default $CAREMATRIX_PUSH_GATEWAY; docs/mobile.md)")
     up.add_argument("--ldap-config", type=Path, metavar="FILE",
                     help="staff sign in with the hospital directory (LDAP): YAML settings, see docs/org.md "
                          "(bind password may come from $CAREMATRIX_LDAP_BIND_PASSWORD)")
     up.add_argument("--oidc-config", type=Path, metavar="FILE",
                     help="staff sign in with the hospital's single sign-on (OIDC): YAML settings, see "
                          "docs/org.md (client secret may come from $CAREMATRIX_OIDC_CLIENT_SECRET)")
+    up.add_argument("--workers", action="store_true",
+                    help="run Synapse as a main process and workers behind a reverse proxy (needs --database postgres, "
+                         "nginx and Redis; see docs/scale.md)")
+    up.add_argument("--redis", metavar="HOST:PORT",
+                    help="with --workers: the Redis the workers replicate over (default $CAREMATRIX_REDIS, else a private "
+                         "redis-server of the data dir on a UNIX socket)")
     up.set_defaults(func=cmd_up)
 
 
@@ -61,7 +76,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_ports(settings)
     deployment = prepare(settings)
     stack = Stack(deployment)
-    print(f"Starting CareMatrix from {settings.data_dir} ({settings.database}) ...", flush=True)
+    layout = f"{settings.database}, {1 + len(TOPOLOGY)} Synapse processes" if settings.workers else settings.database
+    print(f"Starting CareMatrix from {settings.data_dir} ({layout}) ...", flush=True)
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:

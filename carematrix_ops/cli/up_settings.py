@@ -152,6 +152,11 @@ def up_settings(args: argparse.Namespace) -> Settings:
         demo_systems=not args.no_demo and not args.no_demo_systems and not any(systems.values()),
         demo_emr_port=args.demo_emr_port or 0,
         demo_pacs_port=args.demo_pacs_port or 0,
+        turn_port=args.turn_port if args.turn_port is not None else _env_int("CAREMATRIX_TURN_PORT", 3478),
+        turn_host=args.turn_host or os.environ.get("CAREMATRIX_TURN_HOST") or None,
+        push_gateway=args.push_gateway or os.environ.get("CAREMATRIX_PUSH_GATEWAY") or None,
         ldap=ldap_settings(args.ldap_config),
         oidc=oidc_settings(args.oidc_config),
+        workers=args.workers,
+        redis=args.redis or os.environ.get("CAREMATRIX_REDIS") or None,
     )

@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_watermark_trace(args: argparse.Namespace) -> int:
     from carematrix.policy import load_policy
+    from carematrix_ops.deploy.settings import media_store
     from carematrix_ops.tracing import trace_leak
 
     deployment = load_existing(args.data_dir or default_data_dir())
@@ -31,7 +32,7 @@ def cmd_watermark_trace(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    media_root = deployment.paths.media / "local_content"
+    media_root = media_store(deployment.settings, deployment.paths) / "local_content"
 
     def read_original(media_id: str) -> bytes | None:
         try:

@@ -63,6 +63,14 @@ def check_port_free(host: str, port: int, what: str, hint: str) -> None:
             raise DeployError(f"port {port} on {host} ({what}) is already in use: {exc.strerror}; {hint}") from exc
 
 
+def check_udp_port_free(host: str, port: int, what: str, hint: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DeployError(f"UDP port {port} on {host} ({what}) is already in use: {exc.strerror}; {hint}") from exc
+
+
 def check_ports(settings: Settings) -> None:
     """Every listening port must be free before anything starts or is written."""
     check_port_free(settings.bind_address, settings.port, "homeserver", "stop what uses it or set CAREMATRIX_PORT / --port")
@@ -75,6 +83,12 @@ def check_ports(settings: Settings) -> None:
         )
         if settings.hl7_port:
             check_port_free(settings.hl7_bind, settings.hl7_port, "HL7 (MLLP)", "stop what uses it or set --hl7-port")
+        from carematrix_ops.deploy import turn
+
+        if turn.enabled(settings):
+            hint = "stop what uses it (another coturn?) or set --turn-port (0: no TURN server)"
+            check_port_free(settings.bind_address, settings.turn_port, "TURN", hint)
+            check_udp_port_free(settings.bind_address, settings.turn_port, "TURN", hint)
         if settings.demo_systems:
             hint = "stop what uses it, set --demo-emr-port / --demo-pacs-port, or run with --no-demo-systems"
             check_port_free("127.0.0.1", settings.demo_emr_port, "demo EMR", hint)

@@ -17,3 +17,9 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         os.fsync(fh.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def staged(path: Path, destdir: Path | None) -> Path:
+    """Where ``path`` is written: itself, or below ``destdir`` when files are rendered for
+    another machine (``carematrix deploy``: its tree is copied to that machine's root)."""
+    return destdir / path.relative_to(path.anchor) if destdir is not None else path

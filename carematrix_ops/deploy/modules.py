@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from carematrix_ops.deploy.errors import DeployError
-from carematrix_ops.deploy.settings import Paths, Settings
+from carematrix_ops.deploy.settings import Paths, Settings, media_store
 
 
 def synapse_module_configs(
@@ -17,6 +17,7 @@ def synapse_module_configs(
     watermark_key: str,
     admin_user_id: str = "",
     admin_password: str = "",
+    turn_probe: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The Synapse modules, audit first: the policy module records through its writer."""
     if not settings.carematrix_enabled:
@@ -45,9 +46,27 @@ def synapse_module_configs(
             "reload_interval_seconds": 1,
             "watermark_key": watermark_key,
             "watermark_cache_dir": str(paths.watermark_cache),
+            "media_store_path": str(media_store(settings, paths)),
         },
     }
     modules = [audit, policy] if settings.audit_enabled else [policy]
+    if settings.audit_enabled:
+        # The operations console (docs/console.md): signs staff in through this homeserver's
+        # /login and reads the on-call board and alerts from the appservice with its token.
+        modules.append({
+            "module": "synapse_modules.console_module.CareMatrixConsole",
+            "config": {
+                "policy_dir": str(settings.policy_dir),
+                "database": settings.database,
+                "homeserver_url": settings.homeserver_url,
+                "appservice_url": settings.appservice_url,
+                "appservice_token": as_token,
+                "secure_cookies": False,  # the listener is plain HTTP (TLS ends at a proxy in front)
+                # The system page allocates a TURN relay as `carematrix status` does
+                # (carematrix.stun.relay_check); the secret is in homeserver.yaml already.
+                "turn": turn_probe or {"off": "off"},
+            },
+        })
     if settings.ldap is not None:
         ldap: dict[str, Any] = {"policy_dir": str(settings.policy_dir), "ldap": settings.ldap}
         if admin_user_id:

@@ -9,6 +9,11 @@ from urllib.parse import unquote, urlparse
 from carematrix_ops.deploy.errors import DeployError
 from carematrix_ops.deploy.settings import Paths, Settings
 
+# Connections each Synapse process keeps to PostgreSQL at most (Synapse's cp_max), and the
+# appservice's (its asyncpg pool).
+SYNAPSE_DB_CONNECTIONS = 10
+APPSERVICE_DB_CONNECTIONS = 10
+
 
 def parse_db_url(db_url: str) -> dict[str, Any]:
     url = urlparse(db_url)
@@ -79,4 +84,36 @@ def database_values(settings: Settings, paths: Paths) -> tuple[dict[str, Any], s
         raise DeployError("--database postgres needs --db-url postgresql://user@host:5432/dbname")
     args = prepare_postgres(settings.db_url)
     as_url = urlparse(settings.db_url)._replace(path="/" + appservice_pg_dbname(args["dbname"])).geturl()
-    return ({"name": "psycopg2", "args": {**args, "cp_min": 2, "cp_max": 10}}, as_url)
+    return ({"name": "psycopg2", "args": {**args, "cp_min": 2, "cp_max": SYNAPSE_DB_CONNECTIONS}}, as_url)
+
+
+def max_connections(db_url: str) -> int:
+    """How many connections the PostgreSQL server at ``db_url`` accepts from ordinary users
+    (max_connections less those reserved for superusers)."""
+    import psycopg2
+
+    args = parse_db_url(db_url)
+    try:
+        conn = psycopg2.connect(**{**args, "dbname": "postgres", "connect_timeout": 5})
+    except psycopg2.OperationalError as exc:
+        raise DeployError(f"cannot reach PostgreSQL at {args['host']}:{args['port']}: {exc}".strip()) from exc
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int")
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def check_connections(db_url: str, needed: int, why: str, hint: str) -> None:
+    """Refuse a deployment whose processes could open more connections than PostgreSQL
+    accepts: past its limit PostgreSQL refuses the next one, and the request that needed it
+    fails with a 500 (a message not sent)."""
+    accepted = max_connections(db_url)
+    if accepted < needed:
+        where = db_url.rsplit("@", 1)[-1]
+        raise DeployError(
+            f"PostgreSQL at {where} accepts {accepted} connections and {why} opens up to {needed}: raise "
+            f"max_connections (leave room for the command-line tools) or {hint}"
+        )

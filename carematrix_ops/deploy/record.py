@@ -13,18 +13,30 @@ from carematrix_ops.deploy.settings import Deployment, Paths, Settings
 
 
 def record_deployment(settings: Settings, paths: Paths) -> None:
-    """Refuse to silently switch an existing data dir to another database."""
-    record = {"database": settings.database, "db_url": settings.db_url}
+    """Refuse to silently switch an existing data dir to another database, or to run one
+    machine of a layout over several as a deployment of its own."""
     if paths.deployment.exists():
         try:
             old = json.loads(paths.deployment.read_text())
         except (OSError, ValueError):
             old = {}
+        if old.get("hosts_file"):
+            raise DeployError(
+                f"data dir {paths.root} is machine '{old.get('host')}' of the layout in {old['hosts_file']} "
+                "(carematrix deploy); its processes are started by systemd (carematrix.target), not by "
+                "carematrix up — see docs/scale.md"
+            )
         if old.get("database") and old.get("database") != settings.database:
             raise DeployError(
                 f"data dir {paths.root} holds a {old['database']} deployment; run with "
                 f"--database {old['database']} or use another --data-dir"
             )
+    atomic_write(paths.deployment, deployment_record(settings), 0o600)
+
+
+def deployment_record(settings: Settings) -> str:
+    """``deployment.json``'s text: the settings, without the secrets."""
+    record = {"database": settings.database, "db_url": settings.db_url}
     full = {**asdict(settings), **record}
     full = {k: str(v) if isinstance(v, Path) else v for k, v in full.items()}
     full.pop("systems_token", None)
@@ -34,7 +46,7 @@ def record_deployment(settings: Settings, paths: Paths) -> None:
     if isinstance(full.get("oidc"), dict):
         # Likewise the IdP's client secret.
         full["oidc"] = {k: v for k, v in full["oidc"].items() if k != "client_secret"}
-    atomic_write(paths.deployment, json.dumps(full, indent=2) + "\n", 0o600)
+    return json.dumps(full, indent=2) + "\n"
 
 
 def load_existing(data_dir: Path) -> Deployment:

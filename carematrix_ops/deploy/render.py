@@ -6,22 +6,27 @@ improvements reach existing installations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import string
+from collections.abc import Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carematrix import identity
 from carematrix_ops import resources
+from carematrix_ops.deploy import push, turn
 from carematrix_ops.deploy.errors import DeployError
-from carematrix_ops.deploy.files import atomic_write
+from carematrix_ops.deploy.files import atomic_write, staged
 from carematrix_ops.deploy.modules import synapse_module_configs
-from carematrix_ops.deploy.secrets import FHIR_TOKEN_PREFIX, SECRET_KEYS
-from carematrix_ops.deploy.settings import BOT_LOCALPART, Deployment, Paths
+from carematrix_ops.deploy.secrets import DEVICE_TOKEN_PREFIX, FHIR_TOKEN_PREFIX, SECRET_KEYS
+from carematrix_ops.deploy.settings import BOT_LOCALPART, Deployment, Paths, media_store
 from carematrix_ops.deploy.sign_in import password_config, sso_config
 
 if TYPE_CHECKING:
     from carematrix.ldap_login import LdapConfig
+    from carematrix_ops.deploy.workers import Layout
 
 
 def render_template(name: str, values: dict[str, Any]) -> str:
@@ -47,23 +52,22 @@ def config_values(
     relaxed = {"per_second": 1000, "burst_count": 10000}
     values: dict[str, Any] = {
         "server_name": settings.server_name,
-        "public_baseurl": f"http://{'localhost' if settings.bind_address in ('127.0.0.1', '0.0.0.0') else settings.bind_address}:{settings.port}/",
+        "public_baseurl": settings.public_baseurl or f"http://{'localhost' if settings.bind_address in ('127.0.0.1', '0.0.0.0') else settings.bind_address}:{settings.port}/",
         "pid_file": str(paths.synapse_dir / "homeserver.pid"),
         "port": settings.port,
         "bind_addresses": [settings.bind_address],
         "x_forwarded": False,
         "database": database,
         "log_config": str(paths.log_config),
-        "media_store_path": str(paths.media),
+        "media_store_path": str(media_store(settings, paths)),
         "signing_key_path": str(paths.signing_key),
         "appservice_files": [str(paths.registration)] if settings.carematrix_enabled else [],
         "modules": synapse_module_configs(
             settings, paths, deployment.bot_user_id, secret_values["as_token"], secret_values["watermark_key"],
-            deployment.admin_user_id, secret_values["admin_password"],
+            deployment.admin_user_id, secret_values["admin_password"], turn.probe(deployment),
         ),
         "password_config": password_config(ldap),
         "oidc_providers": [oidc] if oidc else [],
-        "sso": sso_config(settings),
         "retention": {
             "enabled": settings.carematrix_enabled,
             "purge_jobs": [{"interval": f"{settings.retention_purge_seconds}s"}],
@@ -86,6 +90,8 @@ def config_values(
             else {"local": {"per_second": 0.1, "burst_count": 10}, "remote": {"per_second": 0.01, "burst_count": 10}}
         ),
         "rc_joins_per_room": relaxed if settings.relaxed_rate_limits else {"per_second": 1, "burst_count": 10},
+        # Synapse's default lets one user search the directory 200 times, then once a minute.
+        "rc_user_directory": relaxed if settings.relaxed_rate_limits else {"per_second": 0.016, "burst_count": 200},
         "policy_dir": str(settings.policy_dir),
         "log_file": str(paths.synapse_log),
         "log_level": settings.log_level,
@@ -96,7 +102,7 @@ def config_values(
         "role_alias_regex": f"#{identity.ROLE_PREFIX}.+:{server_re}",
         "any_alias_regex": f"#.+:{server_re}",
         "homeserver_url": settings.homeserver_url,
-        "appservice_host": "127.0.0.1",
+        "appservice_host": settings.appservice_host,
         "appservice_port": settings.appservice_port,
         "appservice_database": appservice_database,
         "appservice_log_file": str(paths.appservice_log),
@@ -120,19 +126,68 @@ def config_values(
         "emr_archive": settings.emr_archive,
         "systems_token": settings.systems_token,
         "case_archives": str(paths.case_archives),
+        "turn_uris": turn.turn_uris(settings),
+        **push.homeserver_values(settings),
+        "device_token_hashes": {
+            key[len(DEVICE_TOKEN_PREFIX):]: hashlib.sha256(value.encode()).hexdigest()
+            for key, value in secret_values.items() if key.startswith(DEVICE_TOKEN_PREFIX)
+        },
+        "voice_enabled": settings.voice and settings.carematrix_enabled,
+        "voice_cache_dir": str(settings.voice_model_cache or paths.voice_models),
     }
+    values["sso"] = sso_config(settings, values["public_baseurl"])
     for key in SECRET_KEYS:
         values[key] = secret_values[key]
     return values
 
 
-def write_configs(paths: Paths, values: dict[str, Any]) -> None:
-    """Synapse's and the appservice's configs; those holding secrets readable by the owner only."""
-    rendered = [
-        (paths.homeserver_config, render_template("homeserver.yaml.in", values), 0o600),
-        (paths.log_config, render_template("log.yaml.in", values), 0o644),
-        (paths.registration, render_template("registration.yaml.in", values), 0o600),
-        (paths.appservice_config, render_template("appservice.yaml.in", values), 0o600),
-    ]
+def write_configs(
+    paths: Paths, values: dict[str, Any], parts: Collection[str] = ("synapse", "appservice"),
+    destdir: Path | None = None,
+) -> None:
+    """Synapse's and the appservice's configs; those holding secrets readable by the owner
+    only. ``parts``: the configs of Synapse (its own, its log's and the appservice
+    registration it reads) and of the appservice; a machine of a layout over several gets
+    only what it runs, written below ``destdir``."""
+    rendered = []
+    if "synapse" in parts:
+        rendered += [
+            (paths.homeserver_config, render_template("homeserver.yaml.in", values), 0o600),
+            (paths.log_config, render_template("log.yaml.in", values), 0o644),
+            (paths.registration, render_template("registration.yaml.in", values), 0o600),
+        ]
+    if "appservice" in parts:
+        rendered.append((paths.appservice_config, render_template("appservice.yaml.in", values), 0o600))
     for path, text, mode in rendered:
-        atomic_write(path, text, mode)
+        atomic_write(staged(path, destdir), text, mode)
+
+
+def write_worker_configs(
+    layout: Layout, paths: Paths, values: dict[str, Any], names: Collection[str] | None = None,
+    nginx: str | None = None, own_redis: bool = False, destdir: Path | None = None,
+) -> None:
+    """The worker deployment's configs (carematrix_ops/deploy/workers.py): the shared
+    settings, one file and one log config per worker (of ``names``, default all), and the
+    reverse proxy's (``nginx``, when this machine runs it); below ``destdir`` when they are
+    for another machine."""
+    import yaml
+
+    from carematrix_ops.deploy import workers
+
+    workers.prepare_dirs(paths, own_redis=own_redis, destdir=destdir)
+
+    def dump(data: dict[str, Any]) -> str:
+        header = "# Rendered by carematrix on every start or render; edits are overwritten.\n"
+        return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+    atomic_write(staged(workers.shared_config(paths), destdir), dump(workers.shared_values(layout)), 0o600)
+    for worker in layout.topology:
+        if names is not None and worker.name not in names:
+            continue
+        atomic_write(staged(workers.worker_config(paths, worker.name), destdir),
+                     dump(workers.worker_values(layout, paths, worker)), 0o600)
+        log_values = {**values, "log_file": str(workers.worker_log(paths, worker.name))}
+        atomic_write(staged(workers.worker_log_config(paths, worker.name), destdir),
+                     render_template("log.yaml.in", log_values), 0o644)
+    if nginx is not None:
+        atomic_write(staged(workers.proxy_config(paths), destdir), nginx, 0o644)

@@ -23,12 +23,17 @@ SECRET_KEYS = (
     "watermark_key",
     # Bearer token hospital systems use to ask the appservice about their alerts.
     "his_token",
+    # coturn checks the call credentials Synapse hands out against it (TURN REST scheme).
+    "turn_shared_secret",
 )
 
 
 # Each FHIR source in the clinical policy pushes with its own bearer token, kept in the
 # secrets as "fhir_token:<source>".
 FHIR_TOKEN_PREFIX = "fhir_token:"
+# Each device with 'token: generated' in the policy's devices section presses with its own
+# token, kept as "device_token:<id>" (carematrix.policy.devices).
+DEVICE_TOKEN_PREFIX = "device_token:"
 
 
 def load_or_create_secrets(paths: Paths, extra_keys: list[str] | None = None) -> dict[str, str]:

@@ -72,7 +72,38 @@ class Settings:
     # Sign-in with the hospital's single sign-on (OIDC): the keys of sign_in.OIDC_KEYS (docs/org.md);
     # None offers no SSO.
     oidc: dict | None = None
+    # TURN for voice and video calls (coturn, run by `up` when installed; docs/mobile.md): UDP
+    # and TCP port, the host name clients are told (None: the bind address, or the server
+    # name when bound to every interface) and the UDP ports relays take. 0 switches it off.
+    turn_port: int = 3478
+    turn_host: str | None = None
+    turn_min_port: int = 49160
+    turn_max_port: int = 49400
+    # The hospital's push gateway (Matrix Push Gateway API, e.g.
+    # http://10.20.0.5:5000/_matrix/push/v1/notify): Synapse's outbound-address blocklist is
+    # opened for its address alone, so phones' pushers can reach it (docs/mobile.md).
+    push_gateway: str | None = None
     log_level: str = "INFO"
+    # Synapse split into a main process and workers behind a reverse proxy (PostgreSQL only;
+    # carematrix_ops/deploy/workers.py, docs/scale.md).
+    workers: bool = False
+    # "host:port" of the Redis the workers replicate over; None: a private redis-server of the
+    # data dir on a UNIX socket, started by `carematrix up`.
+    redis: str | None = None
+    # Transcribe voice messages (docs/voice.md); the joined speech model lives in the data
+    # dir's voice-models/ unless another directory is named (tests share one).
+    voice: bool = True
+    voice_model_cache: str | None = None
+    # Set by `carematrix deploy` for the data dir of one machine of a layout over several
+    # (carematrix_ops/deploy/hosts.py, docs/scale.md): the hosts file (its copy in the data
+    # dir), this machine's name in it, the addresses the proxy and the appservice are reached
+    # at, the URL clients use, and the media store every Synapse process shares.
+    hosts_file: str | None = None
+    host: str | None = None
+    homeserver_host: str = "127.0.0.1"
+    appservice_host: str = "127.0.0.1"
+    public_baseurl: str | None = None
+    media_store: str | None = None
 
     @property
     def policy_path(self) -> Path:
@@ -94,11 +125,11 @@ class Settings:
 
     @property
     def homeserver_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{_netloc(self.homeserver_host, self.port)}"
 
     @property
     def appservice_url(self) -> str:
-        return f"http://127.0.0.1:{self.appservice_port}"
+        return f"http://{_netloc(self.appservice_host, self.appservice_port)}"
 
     @property
     def demo_emr_url(self) -> str:
@@ -116,6 +147,15 @@ class Settings:
         from carematrix_ops.demo import pacs
 
         return self.demo_systems and self.carematrix_enabled and pacs.installed()
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def media_store(settings: Settings, paths: Paths) -> Path:
+    """Where uploads are kept: the data dir's, or the store every machine shares."""
+    return Path(settings.media_store) if settings.media_store else paths.media
 
 
 @dataclass
@@ -146,9 +186,12 @@ class Paths:
     logs = property(lambda self: self.root / "logs")
     watermark_cache = property(lambda self: self.root / "watermark-cache")
     case_archives = property(lambda self: self.root / "case-archives")
+    voice_models = property(lambda self: self.root / "voice-models")
     demo_pacs = property(lambda self: self.root / "demo-pacs")
     demo_pacs_log = property(lambda self: self.logs / "demo-pacs.out")
     demo_emr_log = property(lambda self: self.logs / "demo-emr.out")
+    turn_dir = property(lambda self: self.root / "turn")
+    turn_log = property(lambda self: self.logs / "turn.out")
 
 
 @dataclass

@@ -115,10 +115,21 @@ def oidc_provider(settings: Settings) -> dict[str, Any] | None:
     }
 
 
-def sso_config(settings: Settings) -> dict[str, Any]:
-    """Clients whose redirect gets the login token without Synapse's "continue to ..." page;
-    none by default, so a lookalike client cannot collect tokens silently."""
-    whitelist = (settings.oidc or {}).get("client_whitelist") or []
+# The operations console's SSO callback (synapse_modules/console_module.py), below the
+# homeserver's public URL.
+CONSOLE_SSO_CALLBACK = "_carematrix/console/login/sso/callback"
+
+
+def sso_config(settings: Settings, public_baseurl: str) -> dict[str, Any]:
+    """Clients whose redirect gets the login token without Synapse's "continue to ..." page.
+    The hospital's own list (none by default, so a lookalike client cannot collect tokens
+    silently), plus the operations console's callback: it is this homeserver's own page, the
+    person just clicked its SSO button, and the console checks its sign-in state before it
+    uses the token — asking "continue to localhost?" there would only teach staff to click
+    through the question."""
+    whitelist = list((settings.oidc or {}).get("client_whitelist") or [])
+    if settings.oidc and settings.carematrix_enabled:
+        whitelist.append(public_baseurl.rstrip("/") + "/" + CONSOLE_SSO_CALLBACK)
     return {"client_whitelist": whitelist} if whitelist else {}
 
 

@@ -10,15 +10,17 @@ from typing import Any
 
 from synapse.module_api import ModuleApi
 
+from carematrix.audit.access import Requester
 from synapse_modules.adapter.homeserver import homeserver
 from synapse_modules.adapter.wrapping import wrap_once
 
 log = logging.getLogger(__name__)
 
 
-async def requester_user_id(api: ModuleApi, request: Any, required: bool) -> str | None:
-    """The signed-in user of a media request; None when ``required`` is False and the request
-    carries no access token (legacy endpoints are unauthenticated)."""
+async def requester_of(api: ModuleApi, request: Any, required: bool) -> Requester | None:
+    """Who sent a media request: the user it acts as and, for an admin acting as a user, the
+    admin. None when ``required`` is False and the request carries no access token (legacy
+    endpoints are unauthenticated); an invalid token raises Synapse's 401."""
     auth = homeserver(api).get_auth()
     if not required and not auth.has_access_token(request):
         return None
@@ -32,7 +34,28 @@ async def requester_user_id(api: ModuleApi, request: Any, required: bool) -> str
     requester = await auth.get_appservice_user(request, token)
     if requester is None:
         requester = await auth.get_user_by_access_token(token)
-    return requester.user.to_string()
+    return _who(requester)
+
+
+async def requester_user_id(api: ModuleApi, request: Any, required: bool) -> str | None:
+    """The user a media request acts as (see ``requester_of``)."""
+    who = await requester_of(api, request, required)
+    return who.user if who is not None else None
+
+
+def stamped_requester(request: Any) -> Requester | str | None:
+    """Who Synapse's own servlet found had sent ``request``, once it has run: a user (with the
+    admin acting as them), another server's name (federation), or None (no valid token)."""
+    found = getattr(request, "requester", None)
+    if found is None or isinstance(found, str):
+        return found
+    return _who(found)
+
+
+def _who(requester: Any) -> Requester:
+    user = requester.user.to_string()
+    by = requester.authenticated_entity
+    return Requester(user, by if by and by != user else None)
 
 
 LOGIN_SERVLET = ("synapse.rest.client.login", "LoginRestServlet")

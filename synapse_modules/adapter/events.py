@@ -42,12 +42,16 @@ def _checking_events_first(original: Callable[..., Awaitable[Any]]) -> Callable[
     @functools.wraps(original)
     async def check_event_allowed(self: Any, event: Any, context: Any) -> Any:
         from synapse.api.errors import SynapseError
+        from twisted.internet.defer import CancelledError
 
         for check_name, check in _event_check_order:
             try:
                 if not await check(event):
                     return False, None
-            except SynapseError:
+            except (SynapseError, CancelledError):
+                # A cancellation is Synapse calling off the work that made the event (a
+                # profile change superseded by the next one cancels its room updates): not a
+                # failed check, and the event is not sent either way.
                 raise
             except Exception:
                 log.exception("event check %s failed on %s; refusing the event", check_name, event.event_id)

@@ -1,14 +1,24 @@
-"""Media: the gate on every download, local files, deletion, and answering a media request.
+"""Media: the gate on every download, the upload observer, local files, deletion, and
+answering a media request.
+
+Synapse internals used here: the media servlets' ``on_GET``, the upload servlets and the
+media repository (below); ``hs.config.media.can_load_media_repo`` and
+``synapse.media.filepath.MediaFilePaths`` for a local file's path on a process without a
+media repository (:func:`local_media_path`).
 
 Synapse gives modules no hook on media downloads, so the servlets' ``on_GET`` (client v1,
 legacy ``/_matrix/media``, federation) are wrapped: the gate sees every download and
-thumbnail request first and decides whether Synapse serves the original.
+thumbnail request first and decides whether Synapse serves the original. Nor does it tell
+modules about uploads: the upload servlets are wrapped so the audit sees every upload
+request, and the media repository's store call so it learns the new file's URI.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from synapse.module_api import ModuleApi
@@ -80,9 +90,22 @@ def _wrap(original: Callable[..., Awaitable[None]], kind: str, auth: str) -> Cal
     return on_get
 
 
-def local_media_path(api: ModuleApi, media_id: str) -> str:
-    """Where Synapse keeps the original of a local upload."""
-    return homeserver(api).get_media_repository().filepaths.local_media_filepath(media_id)
+def local_media_path(api: ModuleApi, media_id: str, media_store: str | None = None) -> str:
+    """Where Synapse keeps the original of a local upload.
+
+    A process that serves media asks its media repository. One that does not (a worker with
+    ``enable_media_repo: false``, such as a client worker checking a message's image for
+    no-forward) cannot build one, and its configuration then lacks the store's path: it
+    lays the path out from ``media_store`` (the deployment's ``media_store_path``) the way
+    Synapse does (``MediaFilePaths``). Raises LookupError when neither is available."""
+    hs = homeserver(api)
+    if hs.config.media.can_load_media_repo:
+        return hs.get_media_repository().filepaths.local_media_filepath(media_id)
+    if not media_store:
+        raise LookupError("this process serves no media and knows no media_store_path")
+    from synapse.media.filepath import MediaFilePaths
+
+    return MediaFilePaths(media_store).local_media_filepath(media_id)
 
 
 async def delete_local_media(api: ModuleApi, media_ids: list[str]) -> int:
@@ -111,6 +134,11 @@ def respond_error(request: Any, code: int, errcode: str, message: str, **extra: 
     respond_with_json(request, code, {"errcode": errcode, "error": message, **extra}, send_cors=True)
 
 
+def error_message(exc: BaseException) -> str:
+    """What the client is told about ``exc`` (a SynapseError's message; else its type)."""
+    return str(getattr(exc, "msg", "") or type(exc).__name__)
+
+
 def thumbnail_args(request: Any) -> tuple[int, int, str]:
     """width, height and method of a thumbnail request, validated as Synapse does."""
     from synapse.http.servlet import parse_integer, parse_string
@@ -119,3 +147,75 @@ def thumbnail_args(request: Any) -> tuple[int, int, str]:
     height = parse_integer(request, "height", required=True)
     method = parse_string(request, "method", "scale", allowed_values=("scale", "crop"))
     return width, height, method
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+# (module, class, method) of the servlets that take an upload's bytes: POST
+# /_matrix/media/{r0,v3,v1}/upload and PUT /_matrix/media/v3/upload/{server}/{media_id} (the
+# second half of an asynchronous upload).
+UPLOAD_SERVLETS = (
+    ("synapse.rest.media.upload_resource", "UploadServlet", "on_POST"),
+    ("synapse.rest.media.upload_resource", "AsyncUploadServlet", "on_PUT"),
+)
+MEDIA_REPOSITORY = ("synapse.media.media_repository", "MediaRepository")
+
+
+@dataclass
+class StoredUpload:
+    """What the media repository stored for an upload request (None until it stored it)."""
+
+    mxc: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    error: str | None = None  # the message of the error Synapse answered with, if any
+
+
+UploadObserver = Callable[[Any, StoredUpload], Awaitable[None]]
+_upload_observer: UploadObserver | None = None
+_stored: ContextVar[StoredUpload | None] = ContextVar("carematrix_stored_upload", default=None)
+
+
+def install_upload_observer(observer: UploadObserver) -> None:
+    """Call ``observer(request, stored)`` for every upload request, before Synapse handles
+    it; ``stored`` is filled in when the media repository has stored the file (its URI, size
+    and type), so the observer can read it once the request is answered. Synapse tells modules
+    nothing about uploads, and its request log does not have the new URI."""
+    global _upload_observer
+    _upload_observer = observer
+    for module_name, class_name, method in UPLOAD_SERVLETS:
+        wrap_once((module_name, class_name), method, _observing_uploads)
+    wrap_once(MEDIA_REPOSITORY, "create_or_update_content", _noting_stored)
+
+
+def _observing_uploads(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(original)
+    async def on_upload(self: Any, request: Any, *a: Any, **kw: Any) -> Any:
+        stored = StoredUpload()
+        if _upload_observer is not None:
+            await _upload_observer(request, stored)
+        token = _stored.set(stored)
+        try:
+            return await original(self, request, *a, **kw)
+        except Exception as exc:
+            stored.error = error_message(exc)
+            raise
+        finally:
+            _stored.reset(token)
+
+    return on_upload
+
+
+def _noting_stored(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(original)
+    async def create_or_update_content(
+        self: Any, media_type: str, upload_name: str | None, content: Any, content_length: int, auth_user: Any,
+        *a: Any, **kw: Any,
+    ) -> Any:
+        uri = await original(self, media_type, upload_name, content, content_length, auth_user, *a, **kw)
+        stored = _stored.get()
+        if stored is not None:
+            stored.mxc, stored.size, stored.content_type = str(uri), content_length, media_type
+        return uri
+
+    return create_or_update_content

@@ -54,6 +54,16 @@ def edits_of(txn: Any, event_id: str) -> list[str]:
     return [r[0] for r in txn.fetchall()]
 
 
+def references_to(txn: Any, event_id: str) -> list[tuple[str, str]]:
+    """(event ID, sender) of the events that refer to ``event_id`` (``m.reference``)."""
+    txn.execute(
+        "SELECT r.event_id, e.sender FROM event_relations AS r JOIN events AS e ON e.event_id = r.event_id "
+        "WHERE r.relates_to_id = ? AND r.relation_type = 'm.reference' ORDER BY e.stream_ordering",
+        (event_id,),
+    )
+    return [(r[0], r[1]) for r in txn.fetchall()]
+
+
 def drop_search_row(txn: Any, event_id: str) -> None:
     """Delete an event's row in Synapse's full-text search index."""
     txn.execute("DELETE FROM event_search WHERE event_id = ?", (event_id,))

@@ -26,3 +26,15 @@ def wrap_once(target: tuple[str, str], method: str, wrap: Callable[[Any], Any]) 
     wrapped = wrap(original)
     setattr(wrapped, WRAPPED, True)
     setattr(cls, method, wrapped)
+
+
+def wrap_function_once(module_name: str, function: str, wrap: Callable[[Any], Any]) -> None:
+    """Replace a module-level function of Synapse by ``wrap(original)``, once per process.
+    Callers inside that module look the name up at call time, so they get the wrapper."""
+    module = importlib.import_module(module_name)
+    original = getattr(module, function)
+    if getattr(original, WRAPPED, False):
+        return
+    wrapped = wrap(original)
+    setattr(wrapped, WRAPPED, True)
+    setattr(module, function, wrapped)

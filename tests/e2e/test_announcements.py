@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from nio import RoomCreateError, RoomPutStateError, RoomSendError, RoomSendResponse
 
 from carematrix.policy.rooms import ROOM_CLASS_EVENT
 from tests.support import RunningStack, wait_for_event
+
+# Also run on the worker deployment (tests/conftest.py).
+pytestmark = pytest.mark.worker_pass
 
 
 def _text(body: str) -> dict:

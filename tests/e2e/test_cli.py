@@ -16,6 +16,7 @@ import yaml
 from nio import AsyncClient, LoginResponse, RoomSendResponse
 
 from carematrix_ops.demo import DEMO_ACCESSION, DEMO_PATIENT, pacs
+from carematrix_ops.deploy import turn
 from carematrix_ops.pgadmin import database_url
 from tests.paths import DEMO_POLICY_DIR
 from tests.ports import TEST_SERVER_URL, free_port_pair, free_port_run
@@ -91,11 +92,18 @@ async def test_up_runs_the_demo_hospital_and_a_second_run_reuses_everything(tmp_
         password = re.search(r"password for all: (\S+)\)", banner).group(1)
         assert f"http://localhost:{port}" in banner
         assert "a0001" in banner and "周明 Zhou Ming" in banner
+        assert "Voice messages : record one (Element's microphone) to #role-cardiology-attending:localhost" in banner
         check_demo_systems(data_dir, port, banner)
         await login_and_post(port, "a0001", password)
         status = run_cli("status", "--data-dir", str(data_dir))
         assert status.returncode == 0, status.stdout + status.stderr
         assert "homeserver  OK" in status.stdout and "appservice  OK" in status.stdout
+        # The hospital systems, as the appservice checks them (the console's system page too).
+        assert "hl7         OK    listening on" in status.stdout, status.stdout
+        assert "fhir in     OK    2 configured: EMR" in status.stdout and "fhir emr    OK" in status.stdout
+        assert ("pacs        OK" if pacs.installed() else "pacs        --") in status.stdout, status.stdout
+        if turn.installed():  # a relay was allocated with the deployment's TURN secret
+            assert "turn        OK" in status.stdout, status.stdout
     finally:
         code, rest = first.interrupt()
     assert code == 0, rest
@@ -142,6 +150,7 @@ def test_up_starts_and_stops_with_no_error_in_any_log(tmp_path: Path, backend: s
             banner = up.wait_ready()
             logs = log_files(data_dir)
             assert {"homeserver.log", "appservice.log", "synapse.out", "appservice.out", "demo-emr.out"} <= {p.name for p in logs}
+            assert ("turn.out" in {p.name for p in logs}) == turn.installed()
             ready = log_sizes(logs)
             assert log_problems(dict.fromkeys(logs, 0), ready) == []
             if dbname:  # the server's lines for our two databases ("user@database ERROR: ...")

@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import aiohttp
+import pytest
 from nio import AsyncClient, RoomSendResponse
 
 from bridges.hl7.mllp import MllpDecoder, frame
@@ -16,6 +17,9 @@ from bridges.hl7.parse import parse
 from tests.clinical_support import ack_code, bodies, hl7, send_many, send_mllp, team
 from tests.oncall_support import notices, paged_in, quiet_rule_in_place, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
+
+# Also run on the worker deployment (tests/conftest.py).
+pytestmark = pytest.mark.worker_pass
 
 
 async def test_admission_is_posted_in_the_ward_room_once_even_if_resent(stack: RunningStack):
@@ -38,7 +42,7 @@ async def test_admission_is_posted_in_the_ward_room_once_even_if_resent(stack: R
             return [b for b in await bodies(nurse, icu) if patient in b]
 
         found = await eventually(posted)
-        assert found[0].startswith(f"Admission: 王建国 ({patient}) to ICU bed 07")
+        assert found[0].startswith(f"入院 Admission: 王建国 ({patient}) to ICU bed 07")
         await asyncio.sleep(2)
         assert len(await posted()) == 1
     finally:
@@ -67,12 +71,12 @@ async def test_critical_potassium_pages_the_on_duty_nurse_and_escalates(stack: R
         async def alerted() -> str | None:
             for n in await notices(nurse, icu):
                 c = n["content"]
-                if c["body"].startswith("CRITICAL RESULT") and patient in str(c.get("org.carematrix.hl7")):
+                if c["body"].startswith("危急值 CRITICAL RESULT") and patient in str(c.get("org.carematrix.hl7")):
                     return n["event_id"] if c.get("org.carematrix.priority") == "critical" else None
             return None
 
         assert await eventually(alerted)
-        body = next(b for b in await bodies(nurse, icu) if b.startswith("CRITICAL RESULT") and "李秀英" in b)
+        body = next(b for b in await bodies(nurse, icu) if b.startswith("危急值 CRITICAL RESULT") and "李秀英" in b)
         assert "Potassium 6.8 mmol/L [HH]" in body and "Sodium" not in body
         assert await eventually(lambda: _has_paged(nurse, icu, {stack.user_id("n3001"), stack.user_id("d2001")}))
 
@@ -198,7 +202,7 @@ async def test_oversize_hl7_gets_ar_naming_the_limit_and_the_next_message_on_the
         async def posted() -> list[str]:
             return [b for b in await bodies(nurse, icu) if patient in b]
 
-        assert (await eventually(posted))[0].startswith(f"Admission: 赵大 ({patient}) to ICU bed 02")
+        assert (await eventually(posted))[0].startswith(f"入院 Admission: 赵大 ({patient}) to ICU bed 02")
     finally:
         writer.close()
         await nurse.close()
@@ -288,7 +292,7 @@ async def test_critical_result_rings_through_quiet_hours_but_routine_notices_do_
             return [n["event"]["content"].get("body", "") for n in body.get("notifications", [])]
 
         async def alert_rang() -> bool:
-            return any(b.startswith("CRITICAL RESULT") and patient in b for b in await notified())
+            return any(b.startswith("危急值 CRITICAL RESULT") and patient in b for b in await notified())
 
         assert await eventually(alert_rang)
         # The colleague's routine message, sent before the alert, is in the room but did not ring.

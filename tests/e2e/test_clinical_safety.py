@@ -22,7 +22,8 @@ from tests.clinical_support import (
     send_mllp,
     team,
 )
-from tests.oncall_support import notices, set_clock, tomorrow_at
+from tests.e2e.test_oncall import ATTENDING, BACKLOG_SECONDS, dm_role
+from tests.oncall_support import held, holds, notices, set_clock, tomorrow_at
 from tests.support import RunningStack, eventually
 
 
@@ -197,7 +198,7 @@ async def test_a_message_nobody_can_be_told_about_is_an_error_in_the_integration
     admin = await stack.login("a0001")
     try:
         told = await eventually(lambda: _matching(integration_notices(stack, admin), control))
-        assert told.startswith("UNDELIVERED admission") and "'NOWHERE' is not in the clinical policy" in told
+        assert told.startswith("未送达 UNDELIVERED admission") and "'NOWHERE' is not in the clinical policy" in told
     finally:
         await admin.close()
     health = stack.deployment.settings.appservice_url + "/_carematrix/health"
@@ -305,7 +306,7 @@ async def test_a_transfer_tells_the_ward_left_and_the_ward_joined_and_brings_the
 
         async def told(client: AsyncClient, room: str) -> list[str]:
             return [n["content"]["body"] for n in await notices(client, room)
-                    if n["content"]["body"].startswith("Transfer:") and patient in n["content"]["body"]]
+                    if n["content"]["body"].startswith("转科 Transfer:") and patient in n["content"]["body"]]
 
         icu_told = await eventually(lambda: told(nurse, icu))
         assert "from ICU to 5A bed 12" in icu_told[0]
@@ -333,7 +334,7 @@ async def test_a_transfer_tells_the_ward_left_and_the_ward_joined_and_brings_the
 
         async def discharged() -> list[str]:
             return [n["content"]["body"] for n in await notices(ward_nurse, ward5a)
-                    if n["content"]["body"].startswith("Discharge:") and patient in n["content"]["body"]]
+                    if n["content"]["body"].startswith("出院 Discharge:") and patient in n["content"]["body"]]
 
         assert "from 5A" in (await eventually(discharged))[0]
     finally:
@@ -552,7 +553,7 @@ async def test_a_reaction_on_the_result_itself_acknowledges_only_when_it_names_o
 
         assert await eventually(doctor_on_both)
         post = next(n for n in await notices(doctor, icu)
-                    if n["content"]["body"].startswith("CRITICAL RESULT") and patient in n["content"]["body"])
+                    if n["content"]["body"].startswith("危急值 CRITICAL RESULT") and patient in n["content"]["body"])
         sent = await doctor.room_send(icu, "m.reaction", {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": post["event_id"], "key": "👍"}})
         assert isinstance(sent, RoomSendResponse)
@@ -566,3 +567,56 @@ async def test_a_reaction_on_the_result_itself_acknowledges_only_when_it_names_o
         assert all(p["state"] == "open" for p in s["pages"])
     finally:
         await doctor.close()
+
+
+async def test_after_an_outage_a_critical_result_reaches_the_doctor_before_pages_queued_earlier(stack: RunningStack):
+    """Pages pile up while nothing can be sent (the outbox held, as in an outage): three of a
+    nurse's pages to the cardiology attending, then a critical potassium for a patient on
+    ward 5A, which pages the same role. When sending resumes, the doctor gets the critical
+    page first, then the nurse's pages in the order she sent them."""
+    await set_clock(stack, tomorrow_at(10, 0))  # D1001 is the attending by day
+    nurse = await stack.login("n3002")
+    released = False
+    try:
+        rooms = [await dm_role(stack, nurse, ATTENDING) for _ in range(3)]
+        await holds(stack, outbox=True)
+        sent = []
+        for i, room in enumerate(rooms):
+            resp = await nurse.room_send(room, "m.room.message", {
+                "msgtype": "m.text", "body": f"Bed {30 + i}: 请回电 please call back", "org.carematrix.priority": "routine",
+            })
+            assert isinstance(resp, RoomSendResponse), resp
+            sent.append(resp.event_id)
+        for event_id in sent:
+            assert await eventually(lambda event_id=event_id: held(stack, "outbox", event_id))
+        patient = new_patient()
+        control, oru = critical_oru(patient, "周^排队", pv1="PV1|1|I|5A^07^07")
+        assert ack_code(await send_mllp(stack, oru)) == "AA"
+
+        async def critical_paged() -> bool:
+            status, s = await alert_state(stack, "LIS", control)
+            return status == 200 and any(p["role"] == "cardiology/attending" for p in s["pages"])
+
+        assert await eventually(critical_paged)
+        await holds(stack, outbox=False)
+        released = True
+        ward = await team(stack, nurse, "cardiology-ward-5a")
+        doctor = stack.user_id("d1001")
+
+        def to_doctor(notice: dict) -> bool:
+            return doctor in notice["content"].get("m.mentions", {}).get("user_ids", [])
+
+        async def doctor_paged(room: str) -> list[dict]:
+            return [n for n in await notices(nurse, room) if n["content"].get("org.carematrix.page") and to_doctor(n)]
+
+        # Behind whatever earlier tests left in the outbox at least as urgent as these.
+        critical = (await eventually(lambda: page_notices(nurse, ward, patient), timeout=BACKLOG_SECONDS))[0]
+        routine = [(await eventually(lambda room=room: doctor_paged(room), timeout=BACKLOG_SECONDS))[0]
+                   for room in rooms]
+        assert to_doctor(critical) and critical["content"]["org.carematrix.priority"] == "critical"
+        times = [critical["origin_server_ts"], *(n["origin_server_ts"] for n in routine)]
+        assert times == sorted(times) and len(set(times)) == len(times), times
+    finally:
+        if not released:
+            await holds(stack, outbox=False)
+        await nurse.close()

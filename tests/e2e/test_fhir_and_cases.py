@@ -95,7 +95,7 @@ async def test_critical_observation_pushed_over_fhir_pages_the_icu_once(stack: R
 
         async def critical() -> list[dict]:
             return [n for n in await notices(nurse, icu) if patient in n["content"]["body"]
-                    and n["content"]["body"].startswith("CRITICAL RESULT")]
+                    and n["content"]["body"].startswith("危急值 CRITICAL RESULT")]
 
         (alert,) = await eventually(critical)
         assert "赵敏" in alert["content"]["body"] and "Potassium 6.9 mmol/L [HH]" in alert["content"]["body"]
@@ -103,7 +103,7 @@ async def test_critical_observation_pushed_over_fhir_pages_the_icu_once(stack: R
         # The critical result does not wait for the admission ahead of it to be posted (it is
         # routed by the stored encounter); the admission follows.
         async def admitted() -> bool:
-            return any(patient in b and b.startswith("Admission: 赵敏") for b in await bodies(nurse, icu))
+            return any(patient in b and b.startswith("入院 Admission: 赵敏") for b in await bodies(nurse, icu))
 
         assert await eventually(admitted)
 
@@ -210,7 +210,7 @@ async def test_report_ready_notification_reaches_the_ordering_doctor(stack: Runn
                 await doctor.join(room_id)
             for room_id in doctor.rooms:
                 for body in await bodies(doctor, room_id):
-                    if body.startswith("Report ready: Echocardiogram report") and patient in body:
+                    if body.startswith("报告已出 Report ready: Echocardiogram report") and patient in body:
                         return body
             return None
 
@@ -288,7 +288,8 @@ async def test_banner_try_line_brings_the_wards_on_duty_doctor_into_the_case_roo
         assert "Paged: cardiology/attending" in text, text
 
         said = await bodies(doctor, case_room)
-        assert any(b.startswith("Ward 5A (from the EMR's current encounter Encounter/enc-1101-2)") for b in said), said
+        assert any(b.startswith("病区 5A：") and "Ward 5A (from the EMR's current encounter Encounter/enc-1101-2)" in b
+                   for b in said), said
 
         wang = stack.user_id("d1002")
 
@@ -350,7 +351,9 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
         # repeated word for word must not depend on how protected content treats commands.
         since = await say(pharmacist, pharmacy, f"!case open {patient} pharmacy")
         refusal = await bot_reply(pharmacist, pharmacy, stack.bot_user_id, since, lambda c: "may open" in c.get("body", ""))
-        assert "Only doctor, nurse staff may open a patient case" in refusal["content"]["body"]
+        assert "Only doctor, nurse staff may open a patient case. [rule case.open]" in refusal["content"]["body"]
+        denied = search(stack, "--actor", stack.user_id("p5001"), "--action", "policy.denied")
+        assert any(r["rule"] == "case.open" and r["patient"] == patient for r in denied), denied
 
         team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
 
@@ -416,7 +419,7 @@ async def test_case_room_with_summary_images_and_archive(stack: RunningStack, cl
 
             async def announced() -> bool:
                 return any(
-                    b.startswith("Images available: CT CT chest for 王建国") and clinical_systems.accession in b
+                    b.startswith("影像可查看 Images available: CT CT chest for 王建国") and clinical_systems.accession in b
                     and b.endswith("StudyInstanceUID=" + clinical_systems.study_uid)
                     for b in await bodies(ward_nurse, ward)
                 )
@@ -491,7 +494,7 @@ async def test_his_consult_order_opens_one_case_room_with_the_ordering_doctor(st
             found = []
             for room_id in doctor.rooms:
                 texts = await bodies(doctor, room_id)
-                if any(t.startswith("Opened from the HIS consult order ICU consult") and "李伟" in t for t in texts) \
+                if any(t.startswith("由 ") and "Opened from the HIS consult order ICU consult" in t and "李伟" in t for t in texts) \
                         and any("P20261102" in t for t in texts):
                     found.append(room_id)
             return found

@@ -20,6 +20,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from nio import AsyncClient, LoginResponse, RoomCreateError, RoomSendResponse
 
@@ -128,6 +129,14 @@ async def test_up_runs_the_demo_hospital_from_any_directory(installed: Installed
         assert "homeserver  OK" in status.stdout and "appservice  OK" in status.stdout
         password = re.search(r"password for all: (\S+)\)", banner).group(1)
         assert (await ping_the_bot(port, "n3002", password)).startswith("pong")
+        # The console's pages and style sheet come from the installed package.
+        assert f"Console        : http://localhost:{port}/_carematrix/console " in banner
+        assert re.search(r"n3002 .*\[charge_nurse, scheduler\]; console: board, alerts, fatigue", banner)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/_carematrix/console/login") as resp:
+                assert resp.status == 200 and "登录 Sign in" in await resp.text()
+            async with http.get(f"http://127.0.0.1:{port}/_carematrix/console/static/console.css") as resp:
+                assert resp.status == 200 and resp.content_type == "text/css"
     finally:
         code, rest = up.interrupt()
     assert code == 0, rest

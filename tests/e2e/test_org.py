@@ -74,7 +74,7 @@ async def test_icu_nurse_is_in_the_icu_room_and_colleagues_read_her(stack: Runni
         state = await nurse.room_get_state_event(icu, ROOM_CLASS_EVENT)
         assert state.content == {"class": "department", "unit": "icu"}
         topic = await nurse.room_get_state_event(icu, "m.room.topic")
-        assert topic.content["topic"].startswith("[科室群 department room · no forwarding · watermarked images")
+        assert topic.content["topic"].startswith("[科室群 department room · 禁止转发 no forwarding · 图片水印 watermarked images")
     finally:
         await nurse.close()
         await doctor.close()
@@ -132,14 +132,20 @@ async def test_hospital_notice_reaches_every_member_of_staff(stack: RunningStack
             await c.close()
 
 
-async def test_staff_cannot_change_their_real_name(stack: RunningStack):
+async def test_staff_cannot_change_their_real_name_and_are_told_the_rule(stack: RunningStack):
     nurse = await stack.login("n3001")
     try:
         resp = await nurse.set_displayname("Night Owl")
         assert isinstance(resp, ProfileSetDisplayNameError), "a display name was changed"
+        assert resp.status_code == "M_FORBIDDEN"
+        # The real-name policy and the rule, Chinese first with English beside it.
+        message = resp.message
+        assert message.index("实名制") < message.index("real-name policy") < message.index("[rule identity.real_name]"), message
         assert (await nurse.get_displayname()).displayname == "刘洋 Liu Yang · 重症医学科 Intensive Care Unit · 护师 Nurse Practitioner"
     finally:
         await nurse.close()
+    denials = search(stack, "--actor", stack.user_id("n3001"), "--action", "policy.denied")
+    assert any(d["rule"] == "identity.real_name" and d["object"] == "display name" and d["room"] is None for d in denials), denials
 
 
 async def test_a_per_room_nickname_is_refused_with_the_rule(stack: RunningStack):
@@ -180,7 +186,7 @@ async def test_new_rooms_get_a_class_and_cannot_go_in_the_directory(stack: Runni
         state = await doctor.room_get_state_event(room.room_id, ROOM_CLASS_EVENT)
         assert state.content["class"] == "discussion"
         topic = await doctor.room_get_state_event(room.room_id, "m.room.topic")
-        assert topic.content["topic"] == "[讨论组 discussion · kept 365d] Papers on heart failure"
+        assert topic.content["topic"] == "[讨论组 discussion · 保留365天 kept 365d] Papers on heart failure"
     finally:
         await doctor.close()
 

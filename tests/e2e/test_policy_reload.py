@@ -16,6 +16,9 @@ from carematrix_ops.http import request_json
 from tests.clinical_support import hl7, send_many
 from tests.support import RunningStack, eventually
 
+# Also run on the worker deployment (tests/conftest.py).
+pytestmark = pytest.mark.worker_pass
+
 PATIENT = "P7R3L0"  # updates for one made-up patient, sent while the policy reloads
 
 
@@ -71,6 +74,9 @@ async def test_granting_post_rights_in_the_policy_applies_without_restart(stack:
 
 async def test_broken_policy_edit_keeps_the_last_good_policy_in_force(stack: RunningStack, rooms_policy: Path):
     good_digest = _appservice_health(stack)["policy_digest"]
+    synapse_log = stack.deployment.paths.synapse_log
+    # The stack is shared: earlier tests may have logged a rejection of this same file.
+    log_start = synapse_log.stat().st_size
     # A typo an admin could make: 'post' loses its indentation, and a role that does not exist.
     rooms_policy.write_text(
         "room_classes:\n  announcement:\n    description: x\n    post:\n      roles: [everyone]\n",
@@ -84,15 +90,15 @@ async def test_broken_policy_edit_keeps_the_last_good_policy_in_force(stack: Run
     assert any(f"{rooms_policy}:5:" in e and "unknown role 'everyone'" in e for e in errors), errors
     assert _appservice_health(stack)["policy_digest"] == good_digest
 
-    synapse_log = stack.deployment.paths.synapse_log
-
     def synapse_reported() -> bool:
-        return f"policy edit rejected: {rooms_policy}:5:" in synapse_log.read_text(encoding="utf-8")
+        with synapse_log.open("rb") as log:
+            log.seek(log_start)
+            return f"policy edit rejected: {rooms_policy}:5:" in log.read().decode("utf-8", "replace")
 
     await eventually(synapse_reported)
-    assert _synapse_policy(stack) | {"worker": None} == {
+    status = _synapse_policy(stack)
+    assert {k: status[k] for k in ("digest", "last_edit_rejected", "rejected_error_count")} == {
         "digest": good_digest,
-        "worker": None,
         "last_edit_rejected": True,
         "rejected_error_count": 1,
     }
@@ -158,6 +164,13 @@ async def test_messages_and_hl7_flow_on_while_an_edit_is_reloaded_and_it_applies
             return "sent"
         assert isinstance(result, RoomSendError) and "rule room_class.announcement.post" in result.message, result
         return "refused"
+
+    # Both processes had the edit parsed by a child process (a failed one would say so,
+    # and the parse would have run in the process itself).
+    for log in (stack.deployment.paths.synapse_log, stack.deployment.paths.appservice_log):
+        text = log.read_text(encoding="utf-8")
+        assert "parsed in a child process in " in text, log
+        assert "in a child process failed" not in text, log
 
     kinds = [kind(p) for p in posts]
     assert kinds[0] == "refused" and kinds[-1] == "sent"

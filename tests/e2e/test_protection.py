@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse, UploadResponse
 from PIL import Image
 
 from carematrix.policy import load_policy
 from carematrix_ops.audit_db import connect
+from tests import image_corpus as corpus
 from tests.images import photo
 from tests.support import RunningStack, eventually, wait_for_event
+
+# Also run on the worker deployment (tests/conftest.py).
+pytestmark = pytest.mark.worker_pass
 
 CLI = str(Path(sys.executable).parent / "carematrix")
 REPORT = (
@@ -124,6 +129,54 @@ async def test_forwarding_out_of_a_ward_room_is_refused_every_way(stack: Running
     assert len(denials) == 5, denials
 
 
+async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack: RunningStack):
+    """Not the same file and not the same bytes: the film re-encoded, resized, cropped, in
+    grey or inside a screenshot is refused in a DM under the no-forward rule, while another
+    patient's film of the same anatomy template and an unrelated photo pass."""
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        film = corpus.chest_film(4242, template=3)
+        uri = await upload(nurse, corpus.jpeg(film, 92), "image/jpeg", "chest.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri, "chest.jpg")), RoomSendResponse)
+        dm = await new_room(doctor, [nurse], is_direct=True, name="chat")
+
+        copies = {
+            "re-encoded at quality 85 and scaled to 99 %": (corpus.jpeg(corpus.resized(film, 0.99), 85), "image/jpeg"),
+            "re-encoded at quality 50": (corpus.jpeg(film, 50), "image/jpeg"),
+            "scaled to 25 %": (corpus.jpeg(corpus.resized(film, 0.25), 90), "image/jpeg"),
+            "scaled to 200 %": (corpus.jpeg(corpus.resized(film, 2.0), 90), "image/jpeg"),
+            "cropped by up to 20 % per edge": (corpus.jpeg(corpus.cropped(film, 0.2, 0.05, 0.1, 0.2), 90), "image/jpeg"),
+            "in greyscale": (corpus.encode(film.convert("L"), "PNG"), "image/png"),
+            "in a screenshot": (corpus.encode(corpus.screenshot(film, 7), "PNG"), "image/png"),
+        }
+        for name, (data, mimetype) in copies.items():
+            copy_uri = await upload(doctor, data, mimetype, "copy")
+            resp = await send(doctor, dm, {**image_content(copy_uri, "copy"), "info": {"mimetype": mimetype}})
+            assert isinstance(resp, RoomSendError), f"the copy {name} was accepted"
+            denied_as_no_forward(resp)
+            assert "[rule protection.no_forward]" in resp.message
+
+        other_patient = await upload(doctor, corpus.jpeg(corpus.sibling_film(4242), 90), "image/jpeg", "film.jpg")
+        assert isinstance(await send(doctor, dm, image_content(other_patient, "film.jpg")), RoomSendResponse)
+        unrelated = await upload(doctor, corpus.jpeg(corpus.photo(77), 85), "image/jpeg", "photo.jpg")
+        assert isinstance(await send(doctor, dm, image_content(unrelated, "photo.jpg")), RoomSendResponse)
+        # In the ward room itself a resized copy is just a re-post.
+        inside = await upload(nurse, corpus.jpeg(corpus.resized(film, 0.5), 80), "image/jpeg", "again.jpg")
+        assert isinstance(await send(nurse, icu, image_content(inside, "again.jpg")), RoomSendResponse)
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+    denials = db_rows(
+        stack,
+        "SELECT actor FROM carematrix_audit_log WHERE action = 'policy.denied' AND rule = 'protection.no_forward' AND room = ?",
+        dm,
+    )
+    assert denials == [(doctor.user_id,)] * len(copies)
+
+
 async def test_a_command_sent_in_a_ward_room_by_mistake_still_works_in_a_dm(stack: RunningStack):
     """Commands to the service are not clinical content: `!oncall cardiology` typed in the
     ward room is not fingerprinted, so the same command in a DM with the bot is answered;
@@ -215,9 +268,11 @@ async def test_each_member_gets_an_image_marked_for_them_and_a_leak_is_traced(st
         uri, icu,
     )
     assert (stack.user_id("d2001"), "media.download", "success") in trail
-    assert (stack.user_id("d1001"), "policy.denied", "denied") in [tuple(r) for r in db_rows(
-        stack, "SELECT actor, action, outcome FROM carematrix_audit_log WHERE object = ?", f"download {uri}"
-    )]
+    refused = db_rows(
+        stack, "SELECT actor, action, outcome, rule FROM carematrix_audit_log WHERE object = ? AND actor = ?",
+        uri, stack.user_id("d1001"),
+    )
+    assert [tuple(r) for r in refused] == [(stack.user_id("d1001"), "media.download", "denied", "protection.media_members")]
 
 
 async def test_broken_image_in_a_protected_room_gets_an_error_never_the_original(stack: RunningStack):
@@ -437,8 +492,10 @@ async def test_burn_needs_no_appservice_and_survives_a_homeserver_crash(stack: R
         try:
             # Read while the appservice is down, then the homeserver dies before the burn.
             await read_receipt(doctor, room, sent.event_id)
-            stack.stack.synapse.kill()
-            stack.stack.restart_synapse()
+            # The process that burns: the one Synapse, or the worker running background tasks.
+            burner = stack.stack.background_synapse
+            burner.kill()
+            stack.stack.restart(burner)
 
             async def gone() -> bool:
                 return (await event_content(doctor, room, sent.event_id)) == {}

@@ -1,9 +1,11 @@
 """Signing in with the hospital's single sign-on (OIDC), end to end: a stack of its own
-(SQLite) whose Synapse sends staff to a stand-in identity provider (tests/oidc_idp.py) and
-maps them by staff number to the accounts org sync created.
+(SQLite, no demo passwords: staff have SSO only) whose Synapse sends staff to a stand-in
+identity provider (tests/oidc_idp.py) and maps them by staff number to the accounts org sync
+created.
 
-The browser's part is played over HTTP: the SSO redirect, the IdP, Synapse's callback, its
-"continue" page, then the login token exchanged for an access token.
+For Element the browser's part is played over HTTP: the SSO redirect, the IdP, Synapse's
+callback, its "continue" page, then the login token exchanged for an access token. The
+operations console's SSO sign-in is driven in a real browser (Playwright, Debian's Chromium).
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ import aiohttp
 import pytest
 import yaml
 
+from carematrix_ops.http import HttpError, request_json
+from tests.e2e.test_console import BASE, WIDE, browser, nav_keys, screens, shot  # noqa: F401 - fixtures
+from tests.e2e.test_org import as_bot
+from tests.e2e.test_protection import db_rows
 from tests.oidc_idp import HospitalIdp, start_idp
 from tests.support import RunningStack, eventually, start_stack, stop_stack
+
+pytest.importorskip("playwright")
+from playwright.async_api import Browser  # noqa: E402
 
 CLIENT_REDIRECT = "http://localhost/done"
 SSO_REDIRECT = "/_matrix/client/v3/login/sso/redirect/oidc-hospital?redirectUrl=" + CLIENT_REDIRECT
@@ -36,7 +45,8 @@ def idp() -> Iterator[HospitalIdp]:
 
 @pytest.fixture(scope="module")
 def sso_stack(idp: HospitalIdp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack("sqlite", tmp_path_factory.mktemp("stack-sso"), oidc=idp.settings())
+    # demo=False: org sync gives the accounts no password, as at a hospital that signs in by SSO only.
+    running = start_stack("sqlite", tmp_path_factory.mktemp("stack-sso"), oidc=idp.settings(), demo=False)
     try:
         yield running
     finally:
@@ -91,6 +101,8 @@ def test_homeserver_config_and_no_secret_in_deployment_record(sso_stack: Running
     [provider] = config["oidc_providers"]
     assert provider["idp_id"] == "hospital" and provider["allow_existing_users"] is True
     assert provider["enable_registration"] is False
+    # The console's own SSO callback gets its login token without Synapse's "continue" page.
+    assert config["sso"]["client_whitelist"] == [config["public_baseurl"] + "_carematrix/console/login/sso/callback"]
     assert provider["user_mapping_provider"]["module"] == "synapse_modules.sso_mapping.CareMatrixSsoMapping"
     assert config["password_config"]["localdb_enabled"] is True  # no LDAP: unchanged
     recorded = json.loads(paths.deployment.read_text())
@@ -107,6 +119,8 @@ async def test_login_flows_offer_the_hospital_sso(sso_stack: RunningStack):
 
 
 async def test_staff_sign_in_through_the_hospital_sso(sso_stack: RunningStack, idp: HospitalIdp):
+    log = sso_stack.deployment.paths.synapse_log
+    log_start = log.stat().st_size
     status, page, token = await sso_flow(sso_stack, idp, "idp-user-li-wei", {"employee_number": "D1001"})
     assert token, (status, page)
     code, body = await exchange(sso_stack, token)
@@ -117,6 +131,13 @@ async def test_staff_sign_in_through_the_hospital_sso(sso_stack: RunningStack, i
     # Signing in again goes through the link Synapse recorded for this IdP subject.
     _, _, again = await sso_flow(sso_stack, idp, "idp-user-li-wei", {"employee_number": "D1001"})
     assert again and (await exchange(sso_stack, again))[1]["user_id"] == sso_stack.user_id("d1001")
+    # A sign-in leaves nothing an operator would read as a fault: no error, and the request
+    # kept its logging context (metrics, the request ID on every line) throughout.
+    with log.open("rb") as f:
+        f.seek(log_start)
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    faults = [line for line in lines if " - ERROR - " in line or "sentinel context" in line or "Traceback" in line]
+    assert not faults, "\n".join(faults)
 
 
 async def test_someone_not_on_the_staff_list_is_refused(sso_stack: RunningStack, idp: HospitalIdp):
@@ -130,6 +151,97 @@ async def test_no_staff_number_claim_is_refused(sso_stack: RunningStack, idp: Ho
     status, page, token = await sso_flow(sso_stack, idp, "idp-user-nameless", {"name": "Somebody"})
     assert token is None and status >= 400
     assert "employee_number" in page
+
+
+def console(stack: RunningStack) -> str:
+    return public_base(stack) + BASE
+
+
+def audit(stack: RunningStack, action: str, actor: str | None = None) -> list[dict]:
+    """The audit trail's rows of one action (read from the database: on this stack nobody
+    has a password for the audit CLI's sign-in)."""
+    rows = db_rows(stack, "SELECT actor, object, rule, details FROM carematrix_audit_log WHERE action = ?", action)
+    return [{"actor": a, "object": o, "rule": r, "details": json.loads(d)} for a, o, r, d in rows
+            if actor is None or a == actor]
+
+
+async def test_sso_only_staff_sign_in_to_the_console_through_the_hospital_sso(
+    sso_stack: RunningStack, idp: HospitalIdp, browser: Browser, screens  # noqa: F811 - fixtures
+):
+    user = sso_stack.user_id("n3002")
+    # 赵敏 Zhao Min has no password here: the console's password form cannot sign her in.
+    with pytest.raises(HttpError) as refused:
+        request_json("POST", sso_stack.url + "/_matrix/client/v3/login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "n3002"},
+            "password": sso_stack.deployment.secrets.get("demo_password") or "no-password-at-all"})
+    assert refused.value.status == 403
+    idp.sign_in_next("idp-user-zhao-min", {"employee_number": "N3002"})
+    page = await (await browser.new_context(viewport=WIDE, locale="zh-CN")).new_page()
+    await page.goto(console(sso_stack) + "/")
+    assert page.url.endswith(f"{BASE}/login")
+    button = page.locator("a.sso-button")
+    assert "使用医院统一身份认证登录 Sign in with hospital SSO" in await button.inner_text()
+    assert "Hospital sign-in" in await button.inner_text()  # the IdP's name, from the login flows
+    # Passwords stay on for the admin account, so the form is there too, below the button.
+    assert await page.locator("input[name=password]").count() == 1
+    await shot(page, screens, "login-sso-wide")
+    await button.click()
+    await page.wait_for_url(re.compile(r".*/board$"))
+    # Signed in as herself, with the pages her roles open (charge nurse), and no other.
+    assert "赵敏 Zhao Min (N3002)" in await page.inner_text("header")
+    assert await nav_keys(page) == {"board", "alerts", "fatigue"}
+    response = await page.goto(console(sso_stack) + "/alerts")
+    assert response is not None and response.status == 200
+    response = await page.goto(console(sso_stack) + "/audit")
+    assert response is not None and response.status == 403
+    assert "console.audit_auditor_only" in await page.inner_text("main")
+    await shot(page, screens, "sso-signed-in-wide")
+    # On record as a console sign-in by SSO; the Matrix device the token made is gone.
+    signed = await eventually(lambda: [
+        r for r in audit(sso_stack, "console.sign_in", user) if r["details"].get("how") == "sso"])
+    assert signed and signed[-1]["object"] == "console"
+    logins = await eventually(lambda: audit(sso_stack, "auth.login", user))
+    assert {r["details"]["type"] for r in logins} == {"m.login.token"}
+    devices = as_bot(sso_stack, "GET", f"/_synapse/admin/v2/users/{user}/devices")["devices"]
+    assert not [d for d in devices if d.get("display_name") == "CareMatrix console"], devices
+    # Sign-out ends the console session, as for a password sign-in.
+    await page.click("form.who button[type=submit]")
+    await page.wait_for_url(re.compile(r".*/login$"))
+    await page.context.close()
+
+
+async def test_a_console_sso_callback_with_a_wrong_state_is_refused(
+    sso_stack: RunningStack, idp: HospitalIdp, browser: Browser, screens  # noqa: F811 - fixtures
+):
+    """Login CSRF: someone signs in as themselves and sends a colleague's browser to the
+    console's callback with their login token. The colleague's browser started a sign-in of
+    its own (its state differs), so the console refuses, on record, without using the token."""
+    _, _, stolen = await sso_flow(sso_stack, idp, "idp-user-liu-yang", {"employee_number": "D1002"})
+    assert stolen
+    context = await browser.new_context(viewport=WIDE, locale="zh-CN")
+    # The victim's browser has clicked the SSO button (its state cookie is set); the IdP is
+    # not visited: the redirect to Synapse is not followed.
+    started = await context.request.get(console(sso_stack) + "/login/sso?idp=oidc-hospital", max_redirects=0)
+    assert started.status == 303 and "/login/sso/redirect/oidc-hospital?redirectUrl=" in started.headers["location"]
+    assert any(c["name"] == "carematrix_console_sso" for c in await context.cookies())
+    page = await context.new_page()
+    response = await page.goto(f"{console(sso_stack)}/login/sso/callback?state=forged-state&loginToken={stolen}")
+    assert response is not None and response.status == 403
+    error = await page.inner_text("p.error")
+    assert error.startswith("登录请求无效") and "console.sso_state" in error  # Chinese first, the rule named
+    await shot(page, screens, "login-sso-refused-wide")
+    # Not signed in as anyone: the console sends the browser back to the sign-in page.
+    await page.goto(console(sso_stack) + "/board")
+    assert page.url.endswith(f"{BASE}/login")
+    assert not [c for c in await context.cookies() if c["name"] == "carematrix_console"]
+    refusals = await eventually(lambda: [
+        r for r in audit(sso_stack, "policy.denied")
+        if r["rule"] == "console.sso_state" and r["object"] == "console/login/sso"])
+    assert refusals
+    # The console did not use the token: it still signs its owner in (to where they asked).
+    code, body = await exchange(sso_stack, stolen)
+    assert code == 200 and body["user_id"] == sso_stack.user_id("d1002")
+    await context.close()
 
 
 async def test_a_leaver_is_refused_although_their_sso_link_remains(sso_stack: RunningStack, idp: HospitalIdp):

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import requests
 
 from tests.support import RunningStack, log_problems
+
+# Also run on the worker deployment (tests/conftest.py).
+pytestmark = pytest.mark.worker_pass
 
 HEALTH_ACCESS = re.compile(r'"GET /_carematrix/health HTTP/[\d.]+" (\d{3})')
 

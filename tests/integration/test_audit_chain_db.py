@@ -277,3 +277,43 @@ def test_connect_accepts_a_sqlite_url(tmp_path):
     with connect(f"sqlite:///{tmp_path}/a.db") as db:
         upgrade(db.transaction, db.dialect)
     assert (tmp_path / "a.db").exists()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_transaction_that_reads_first_and_then_appends_waits_for_the_lock_instead_of_failing(
+    db_url, audit_db, keys
+):
+    """The no-forward check reads its tables and then writes the message's audit record in the
+    same transaction. Taking the append lock first makes a concurrent append wait, where a
+    snapshot taken by the earlier reads would make PostgreSQL refuse it (serialization
+    failure: under load Synapse's retries ran out and messages were refused). PostgreSQL's
+    case: SQLite has one writer at a time and no snapshot to go stale."""
+    import threading
+
+    from carematrix.hsdb.audit_store import lock_for_append
+
+    fill(audit_db, 1)
+    other = connect(db_url)
+    try:
+        with audit_db.transaction() as first:
+            lock_for_append(first, audit_db.dialect)
+            first.execute(sql("SELECT COUNT(*) FROM carematrix_audit_log", audit_db.dialect))
+            done: list[list[int]] = []
+
+            def second_appender() -> None:
+                with other.transaction() as second:
+                    lock_for_append(second, other.dialect)
+                    second.execute(sql("SELECT COUNT(*) FROM carematrix_audit_log", other.dialect))
+                    done.append(append(second, other.dialect, [sample(2)]))
+
+            waiter = threading.Thread(target=second_appender)
+            waiter.start()
+            waiter.join(timeout=1.0)
+            assert waiter.is_alive(), "the second appender did not wait for the lock"
+            append(first, audit_db.dialect, [sample(1)])
+        waiter.join(timeout=60)
+        assert not waiter.is_alive() and done == [[3]], done
+    finally:
+        other.close()
+    result = check(audit_db, keys)
+    assert result.ok, result.summary()

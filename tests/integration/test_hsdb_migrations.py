@@ -14,7 +14,9 @@ from carematrix.audit.chain import GENESIS_HASH
 from carematrix.audit.checkpoint import export_verify_key, load_or_create_signing_key
 from carematrix.hsdb.audit_store import CHECKPOINT, HEAD, LOG, head
 from carematrix.hsdb.burn_store import BURN
+from carematrix.hsdb.console_session_store import SESSIONS
 from carematrix.hsdb.forward_store import ORIGIN_TABLE, TABLE
+from carematrix.hsdb.image_store import BUCKET_TABLE, IMAGE_TABLE
 from carematrix.hsdb.media_store import DELIVERY, MEDIA
 from carematrix.hsdb.migrations import (
     LATEST,
@@ -32,7 +34,7 @@ from carematrix_ops import cli
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.cli import common
 
-STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN}
+STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN, IMAGE_TABLE, BUCKET_TABLE, SESSIONS}
 
 
 @pytest.fixture
@@ -108,17 +110,17 @@ def test_later_migrations_run_once_in_order(db):
     ran: list[int] = []
 
     def add_note(txn: Any, dialect: str) -> None:
-        ran.append(2)
+        ran.append(LATEST + 1)
         txn.execute(f"ALTER TABLE {BURN} ADD COLUMN note TEXT")
 
     def fill_note(txn: Any, dialect: str) -> None:
-        ran.append(3)
+        ran.append(LATEST + 2)
         txn.execute(f"UPDATE {BURN} SET note = 'x'")
 
-    later = (*MIGRATIONS, Migration(2, "a note", add_note), Migration(3, "fill it", fill_note))
-    assert upgrade(db.transaction, db.dialect, later) == (1, 3)
-    assert upgrade(db.transaction, db.dialect, later) == (3, 3)
-    assert ran == [2, 3]
+    later = (*MIGRATIONS, Migration(LATEST + 1, "a note", add_note), Migration(LATEST + 2, "fill it", fill_note))
+    assert upgrade(db.transaction, db.dialect, later) == (LATEST, LATEST + 2)
+    assert upgrade(db.transaction, db.dialect, later) == (LATEST + 2, LATEST + 2)
+    assert ran == [LATEST + 1, LATEST + 2]
     with db.transaction(read_only=True) as txn:
         txn.execute(f"SELECT note FROM {BURN}")
         assert txn.fetchall() == []
@@ -132,7 +134,7 @@ def test_a_failing_migration_changes_nothing(db):
         raise RuntimeError("step failed")
 
     with pytest.raises(RuntimeError, match="step failed"):
-        upgrade(db.transaction, db.dialect, (*MIGRATIONS, Migration(2, "broken", half_done)))
+        upgrade(db.transaction, db.dialect, (*MIGRATIONS, Migration(LATEST + 1, "broken", half_done)))
     assert version(db) == LATEST
     assert "carematrix_half" not in tables(db)
 

@@ -24,15 +24,18 @@ from appservice import migrations as as_migrations
 from appservice.clinical.cases import CaseStore
 from appservice.clinical.store import ClinicalStore
 from appservice.oncall.store import OncallStore
+from appservice.voice.store import VoiceStore
 from carematrix.audit.checkpoint import load_verify_keys
 from carematrix.audit.record import AuditRecord
 from carematrix.audit.verify import verify
-from carematrix.hsdb import burn_store, forward_store, media_store
+from carematrix.hsdb import burn_store, forward_store, image_store, media_store
 from carematrix.hsdb import migrations as hs_migrations
 from carematrix.hsdb.audit_store import append
+from carematrix.protect import perceptual
 from carematrix.protect.fingerprint import content_fingerprints
 from carematrix_ops.audit_db import connect
 from carematrix_ops.pgadmin import create_database, database_url, drop_database, on_maintenance_db
+from tests import image_corpus as corpus
 from tests.ports import TEST_SERVER_URL
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pre_migrations"
@@ -191,6 +194,15 @@ def test_an_upgraded_homeserver_database_works_with_todays_code(backend):
             assert [p.event_id for p in media_store.postings_of(txn, db.dialect, "abcMEDIA1")] == ["$img1"]
             assert [d.user_id for d in media_store.deliveries(txn, db.dialect)] == ["@dr.chen:hospital.example"]
             assert sorted(b.event_id for b in burn_store.pending(txn, db.dialect)) == ["$burn1", "$burn2"]
+        # migration 2: protected images are filed and found on the upgraded database
+        protected = corpus.chest_film(1)
+        with db.transaction() as txn:
+            features = perceptual.protected_features(corpus.encode(protected))
+            assert image_store.record_image(txn, db.dialect, "!ward7:hospital.example", "$img2", "abcMEDIA2", features, 1)
+        views = perceptual.candidate_views(corpus.jpeg(corpus.resized(protected, 0.7), 80))
+        with db.transaction(read_only=True) as txn:
+            found = image_store.shortlisted(txn, db.dialect, views, "!dm:hospital.example")
+        assert [f.event_id for f in found][:1] == ["$img2"]
 
 
 def test_a_fresh_homeserver_database_has_the_upgraded_ones_shape(backend):
@@ -236,7 +248,7 @@ async def test_an_upgraded_appservice_database_works_with_todays_code(backend):
             "critical", "Bed 12: K+ 6.8", "ICU registrar", ("S1001",),
         )
         assert [p.page_id for p in await oncall.open_pages_noticed_in("!icu:hospital.example")] == ["page-1"]
-        assert [txn_id for txn_id, _, _ in await oncall.unsent()] == ["txn-1"]
+        assert [(q.key, q.page_priority) for q in await oncall.unsent()] == [("txn-1", "critical")]
         assert len(await oncall.shifts()) == 2
         assert [(i.control_id, i.urgent) for i in await clinical.pending()] == [("MSG0001", True)]
         assert await clinical.open_alerts_for("P-1001")
@@ -276,3 +288,29 @@ async def test_a_newer_appservice_database_is_refused_and_left_alone(backend):
     assert f"the appservice database is at CareMatrix schema version {latest + 1}, newer than" in message
     assert "Run that version, or restore the database backup" in message
     assert backend.rows(target)[as_migrations.VERSION_TABLE] == [(("version", latest + 1),)]
+
+
+async def test_voice_messages_written_down_are_pending_after_a_reopen(backend):
+    """Upgrade 5: a voice message accepted before a crash is still pending when the appservice
+    opens the database again, with the recognitions that died on it counted; an answered
+    one is not, and keeps no file URL."""
+    target = backend.loaded("appservice")
+    content = {"msgtype": "m.audio", "url": "mxc://h/abc", "info": {"duration": 6000}, "org.matrix.msc3245.voice": {}}
+    async with opened(backend, target) as (db, _):
+        store = VoiceStore(db)
+        await store.accept([("$v1", "!r:h", "@n1:h", content), ("$v2", "!r:h", "@n1:h", content)])
+        await store.accept([("$v1", "!r:h", "@n1:h", {"msgtype": "m.audio"})])  # redelivered: left alone
+        assert await store.started("$v1") == 1
+        assert await store.started("$v1") == 2
+        assert await store.started("$v1") == 3
+        await store.not_started("$v1")  # that one was called off by a stop
+        await store.set_problem("$v2", "busy")
+        await store.done("$v2")
+    async with opened(backend, target) as (db, _):
+        store = VoiceStore(db)
+        (pending,) = await store.pending()
+        assert (pending.event_id, pending.content, pending.attempts, pending.problem) == ("$v1", content, 2, None)
+        await store.returned("$v1")
+        assert (await store.get("$v1")).attempts == 0  # type: ignore[union-attr]
+        answered = await store.get("$v2")
+        assert answered is not None and answered.done and answered.content == {} and answered.problem == "busy"

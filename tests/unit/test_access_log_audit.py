@@ -35,3 +35,17 @@ def test_other_records_of_the_access_logger_are_ignored():
     handler = AccessLogAuditHandler(recorded.append, "main")
     handler.emit(logging.LogRecord("synapse.access.http.8008", logging.INFO, "site.py", 1, "Connection from %s", ("x",), None))
     assert recorded == []
+
+
+def test_only_admin_api_use_is_recorded_from_the_request_log():
+    """File requests have their own records (synapse_modules/media_audit.py); reading them here
+    too recorded each twice, the second time without its requester."""
+    from synapse_modules.access_log import classify
+
+    for path in (
+        "/_matrix/client/v1/media/download/h/abc", "/_matrix/media/v3/download/h/abc",
+        "/_matrix/media/r0/thumbnail/h/abc?width=32", "/_matrix/media/v3/upload?filename=x",
+    ):
+        assert classify("10.0.0.1", None, "200", "GET", path, "main") is None
+    admin = classify("10.0.0.1", None, "401", "GET", "/_synapse/admin/v1/server_version", "main")
+    assert admin is not None and (admin.actor, admin.outcome, admin.source) == ("anonymous", "denied", "10.0.0.1")

@@ -20,7 +20,8 @@ def test_icu_staff_join_the_icu_room_and_cardiologists_do_not():
     assert decide_membership(P, ICU_ROOM, icu_nurse, False, "join").allowed
     verdict = decide_membership(P, ICU_ROOM, cardiologist, False, "join")
     assert not verdict.allowed and verdict.rule == "room_class.department.scope"
-    assert verdict.reason.startswith("Only 重症医学科 Intensive Care Unit staff may join this room")
+    assert verdict.reason.startswith("只有重症医学科 Intensive Care Unit 的员工可以加入此房间")
+    assert "Only 重症医学科 Intensive Care Unit staff may join this room" in verdict.reason
 
 
 def test_ward_staff_belong_to_the_department_above_their_ward():

@@ -9,6 +9,7 @@ import pytest
 
 from appservice.clinical.summary import (
     NO_ALLERGIES_TEXT,
+    WORDS,
     PatientSummary,
     format_summary,
     lab_severity,
@@ -60,7 +61,7 @@ def parse(html: str) -> TagCollector:
 
 def section(text: str, heading: str) -> list[str]:
     lines = text.split("\n")
-    start = lines.index(heading) + 1
+    start = lines.index(WORDS.get(heading, heading)) + 1
     out = []
     for line in lines[start:]:
         if not line.strip():
@@ -72,10 +73,11 @@ def section(text: str, heading: str) -> list[str]:
 def test_plain_body_has_every_section_in_order():
     text, _ = format_summary(summary())
     headings = ["Demographics", "Encounters", "Active problems", "Allergies", "Recent labs"]
-    positions = [text.split("\n").index(h) for h in headings]
+    positions = [text.split("\n").index(WORDS[h]) for h in headings]
     assert positions == sorted(positions)
-    assert text.startswith("Patient summary: 王建国 (P20261101)")
-    assert "  Born: 1958-03-14" in text
+    assert text.startswith("患者摘要 Patient summary: 王建国 (P20261101)")
+    assert "  出生日期 Born: 1958-03-14" in text
+    assert all(WORDS[h].endswith(" " + h) for h in headings)  # Chinese first, the English beside it
     assert "  - 2026-11-20 住院 · 心内科 5A (in-progress)" in text
 
 
@@ -89,12 +91,12 @@ def test_html_uses_headings_lists_and_strong():
 def test_critical_and_abnormal_labs_are_marked_in_words_and_colour():
     text, html = format_summary(summary())
     labs = section(text, "Recent labs")
-    assert labs[0].endswith("!! CRITICAL")
-    assert labs[1].endswith("! abnormal")
+    assert labs[0].endswith("!! 危急 CRITICAL")
+    assert labs[1].endswith("! 异常 abnormal")
     assert labs[2] == "  - Sodium 138 mmol/L 2026-11-25 08:10"  # normal: unmarked
     assert re.search(r'<strong><span data-mx-color="#[0-9a-f]{6}">Potassium 6\.8 mmol/L \[HH\]'
-                     r"[^<]*— CRITICAL</span></strong>", html)
-    assert re.search(r'<span data-mx-color="#[0-9a-f]{6}">Creatinine[^<]*— abnormal</span>', html)
+                     r"[^<]*— 危急 CRITICAL</span></strong>", html)
+    assert re.search(r'<span data-mx-color="#[0-9a-f]{6}">Creatinine[^<]*— 异常 abnormal</span>', html)
     assert "<li>Sodium 138 mmol/L 2026-11-25 08:10</li>" in html
 
 
@@ -116,17 +118,17 @@ def test_lab_severity(line, severity):
 
 def test_high_criticality_allergy_stands_out():
     text, html = format_summary(summary())
-    assert section(text, "Allergies")[0].endswith("!! HIGH RISK")
+    assert section(text, "Allergies")[0].endswith("!! 高风险 HIGH RISK")
     assert '<strong><span data-mx-color="#b00020">青霉素' in html
 
 
 def test_empty_sections_say_nothing_is_recorded():
     empty = summary(encounters=[], problems=[], allergies=[], labs=[])
     text, html = format_summary(empty)
-    assert section(text, "Encounters") == ["  No encounters recorded"]
-    assert section(text, "Active problems") == ["  No active problems recorded"]
+    assert section(text, "Encounters") == ["  无就诊记录 No encounters recorded"]
+    assert section(text, "Active problems") == ["  无活动性问题记录 No active problems recorded"]
     assert section(text, "Allergies") == [f"  {NO_ALLERGIES_TEXT}"]
-    assert section(text, "Recent labs") == ["  No recent lab results"]
+    assert section(text, "Recent labs") == ["  无近期检验结果 No recent lab results"]
     visible = "".join(parse(html).text)
     assert NO_ALLERGIES_TEXT in visible
     assert parse(html).tags.count("ul") == 1  # demographics only; no empty lists

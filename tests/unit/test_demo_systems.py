@@ -13,6 +13,7 @@ import yaml
 from carematrix_ops.cli import build_parser
 from carematrix_ops.cli.up_settings import up_settings
 from carematrix_ops.demo import demo_patients, pacs
+from carematrix_ops.deploy import turn
 from carematrix_ops.deploy.checks import check_ports
 from carematrix_ops.deploy.errors import DeployError
 from carematrix_ops.deploy.prepare import prepare
@@ -90,11 +91,12 @@ def test_prepare_connects_the_demo_emr_and_pacs(tmp_path: Path, orthanc_installe
     assert config["StorageDirectory"] == str(tmp_path / "var" / "demo-pacs" / "storage")
     prepare(d.settings)  # again, as every `up` does: the same URLs are no conflict
     names = [proc.name for proc in Stack(d).processes]
-    assert names == ["synapse", "demo-emr", "demo-pacs", "appservice"]  # stopped in reverse
+    # stopped in reverse; coturn first when installed (relays calls, needs nothing of ours)
+    assert names == [*(["turn"] if turn.installed() else []), "synapse", "demo-emr", "demo-pacs", "appservice"]
 
 
 def test_without_orthanc_the_demo_has_an_emr_and_no_pacs(tmp_path: Path, orthanc_missing):
-    d = prepare(Settings(data_dir=tmp_path / "var", port=18200, demo_systems=True))
+    d = prepare(Settings(data_dir=tmp_path / "var", port=18200, demo_systems=True, turn_port=0))
     assert systems(d)["fhir_server"] == "http://127.0.0.1:18202/fhir"
     assert systems(d)["dicomweb"] is None
     assert not (tmp_path / "var" / "demo-pacs").exists()
@@ -102,7 +104,7 @@ def test_without_orthanc_the_demo_has_an_emr_and_no_pacs(tmp_path: Path, orthanc
 
 
 def test_no_demo_systems_no_demo_processes(tmp_path: Path, orthanc_installed):
-    d = prepare(Settings(data_dir=tmp_path / "var", port=18300))
+    d = prepare(Settings(data_dir=tmp_path / "var", port=18300, turn_port=0))
     assert systems(d)["fhir_server"] is None
     assert [proc.name for proc in Stack(d).processes] == ["synapse", "appservice"]
 

@@ -722,3 +722,18 @@ def test_longest_shared_run_equals_a_walk_over_every_position():
         for _ in range(4):
             shared = {f"s:{rng.randint(0, 14):016x}" for _ in range(rng.randint(0, 10))}
             assert copy_decision.longest_shared_run(candidate, shared) == walk(candidate, shared)
+
+
+def test_a_voice_message_label_is_not_text_but_its_file_is_protected():
+    """Element labels every voice message "Voice message": fingerprinting that would make the
+    first one in a ward room a forward of every later one anywhere."""
+    from carematrix.protect.extract import media_uris, text_sources
+
+    voice = {
+        "msgtype": "m.audio", "body": "Voice message", "url": "mxc://h/voice1",
+        "info": {"mimetype": "audio/ogg", "duration": 5880}, "org.matrix.msc3245.voice": {},
+    }
+    assert list(text_sources(voice)) == []
+    assert media_uris(voice) == ["mxc://h/voice1"]
+    attached = {"msgtype": "m.audio", "body": "王建国 ward round recording.ogg", "url": "mxc://h/a2"}
+    assert [t for t, _ in text_sources(attached)] == ["王建国 ward round recording.ogg"]

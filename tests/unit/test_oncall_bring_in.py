@@ -18,6 +18,7 @@ from appservice.homeserver import MatrixCallFailed
 from appservice.oncall.clock import Clock
 from appservice.oncall.service import OncallService
 from carematrix.oncall.escalation import Action, Page
+from carematrix.oncall.send_order import Queued
 from carematrix.policy.holder import PolicyHolder
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -58,8 +59,9 @@ class Outbox:
         self.items = {"txn-1": action}
         self.sent: set[str] = set()
 
-    async def unsent(self) -> list[tuple[str, str, Action]]:
-        return [(t, self.page_.page_id, a) for t, a in self.items.items() if t not in self.sent]
+    async def unsent(self) -> list[Queued[Action]]:
+        return [Queued(t, self.page_.page_id, self.page_.priority, a.priority, a)
+                for t, a in self.items.items() if t not in self.sent]
 
     async def page(self, page_id: str) -> Page:
         return self.page_
@@ -94,7 +96,7 @@ def service(homeserver: Homeserver) -> tuple[OncallService, Outbox]:
 
 
 def said(homeserver: Homeserver) -> list[str]:
-    return [n["body"] for n in homeserver.notices if n["body"].startswith("Could not bring")]
+    return [n["body"] for n in homeserver.notices if "Could not bring" in n["body"]]
 
 
 async def test_a_refused_invite_pages_directly_and_tells_the_requester_once(caplog: pytest.LogCaptureFixture):
@@ -104,7 +106,8 @@ async def test_a_refused_invite_pages_directly_and_tells_the_requester_once(capl
         await oncall.flush()
     (told,) = [n for n in homeserver.notices if "cannot join this room" in n["body"]]
     assert told["room"] == ROOM and told["m.mentions"]["user_ids"] == [REQUESTER]
-    assert told["body"].startswith("王芳 Wang Fang (D1002) cannot join this room (You don't have permission to invite users)")
+    assert told["body"].startswith("王芳 Wang Fang (D1002) 无法加入此房间，已改为在与 cardiology/attending 的私聊中呼叫。")
+    assert "王芳 Wang Fang (D1002) cannot join this room (You don't have permission to invite users)" in told["body"]
     assert any(r.levelno == logging.WARNING and "D1002" in r.getMessage() for r in caplog.records)
     pages = [n for n in homeserver.notices if n.get("org.carematrix.page")]
     assert {n["room"] for n in pages} == {ROOM, "!dm:localhost"}  # in the room and, for her, directly
@@ -119,7 +122,8 @@ async def test_a_failing_homeserver_is_said_once_and_the_invite_retried(monkeypa
     clock = [1000.0]
     monkeypatch.setattr("appservice.oncall.outbox.time.monotonic", lambda: clock[0])
     await oncall.flush()
-    assert said(homeserver) == ["Could not bring 王芳 Wang Fang (D1002) into this room for cardiology/attending "
+    assert said(homeserver) == ["暂时无法将 王芳 Wang Fang (D1002) 拉入此房间（cardiology/attending），正在重试。 "
+                                "Could not bring 王芳 Wang Fang (D1002) into this room for cardiology/attending "
                                 "yet: HTTP 502 M_UNKNOWN: Bad gateway. Trying again."]
     assert outbox.sent == set()
     await oncall.flush()  # the back-off has not passed: nothing is tried

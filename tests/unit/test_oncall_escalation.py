@@ -14,11 +14,13 @@ from carematrix.oncall.escalation import (
     Page,
     Step,
     due,
+    hand_over,
     on_ack,
     on_deadline,
     open_page,
     page_text,
     plan,
+    roster_gaps,
 )
 from carematrix.oncall.model import Shift
 from carematrix.oncall.roster import Roster
@@ -137,6 +139,18 @@ def test_gap_with_an_empty_fallback_tells_the_sender_and_tries_the_next_step_at_
     assert "Trying step 2" in told(actions)
     assert paged(actions) == [("B4002",)]
     assert page.step == 1 and page.step_deadline == at(8, 30) + timedelta(minutes=10)
+
+
+def test_the_roster_gaps_a_page_met_name_whom_the_fallback_paged():
+    _, on_duty = open_at(NIGHT)
+    assert roster_gaps(on_duty) == []
+    _, gap = open_at(at(8, 30))
+    assert [(g.step, g.fallback_paged) for g in roster_gaps(gap)] == [(0, ("F9001", "F9002"))]
+    # An empty fallback pages nobody at that step; the next step's page is not the fallback's.
+    policy = EscalationPolicy(POLICY.steps, "pool:empty", POLICY.ack_by)
+    resolve = resolver(Roster([Shift(BACKUP, "B4002", at(8), at(20))]), ROLE, POOLS)
+    _, empty = open_page("p2", ROLE, "N1", "!r", "$e", at(8, 30), policy, resolve)
+    assert [(g.step, g.fallback_paged) for g in roster_gaps(empty)] == [(0, ())]
 
 
 def test_nobody_anywhere_is_never_silent():
@@ -260,7 +274,8 @@ def test_two_pages_to_one_nurse_name_their_patients_and_carry_different_alert_id
     assert "王建国" in text1 and "7.2" in text1 and f"!ack {first.alert_id}" in text1
     assert "李秀英" in text2 and "王建国" not in text2 and f"[{second.alert_id}]" in text2
     assert next(a for a in a1 if a.kind == "page").priority == "critical"  # at least the alert's priority
-    assert page_text(first).startswith("CRITICAL PAGE")
+    assert page_text(first).startswith(f"危急呼叫 CRITICAL PAGE [{first.alert_id}]")
+    assert "确认此呼叫" in page_text(first) and "Acknowledge this page" in page_text(first)
 
 
 def test_a_lead_is_paged_before_the_role_and_the_role_follows_when_the_lead_does_not_answer():
@@ -314,3 +329,33 @@ def test_a_page_on_the_night_clocks_go_forward_reaches_the_right_holder_and_esca
     assert page.step_deadline.astimezone(BERLIN).strftime("%H:%M %Z") == "02:03 CET"
     assert roster.on_duty(ROLE, datetime(2027, 3, 28, 7, 59, tzinfo=BERLIN)) == ("N2001",)
     assert roster.on_duty(ROLE, datetime(2027, 3, 28, 8, 1, tzinfo=BERLIN)) == ("D1001",)
+
+
+def test_a_page_handed_over_pages_the_new_person_escalates_from_them_and_their_ack_closes_it():
+    page, _ = open_at(NIGHT)  # pages the night doctor N2001
+    page, _ = on_deadline(page, NIGHT + timedelta(minutes=5), POLICY, RESOLVE)  # and then the backup
+    assert page.step == 1 and page.paged == ("N2001", "B4001")
+    now = NIGHT + timedelta(minutes=7)
+    handed, actions = hand_over(page, "D1001", "N3002", now, 300)
+    assert kinds(actions) == ["page", "handed_over"] and paged(actions) == [("D1001",)]
+    text = actions[0].message
+    assert text.startswith("呼叫 Page [") and "转交给您 handed over to you" in text and "N3002" in text
+    assert actions[0].priority == page.priority
+    tell = actions[1]
+    assert tell.staff == ("N2001", "B4001") and "D1001 接手 takes over" in tell.message and "handed over by N3002" in tell.message
+    # Escalation runs from the new person: they lead, with their own deadline ...
+    assert handed.lead == "staff:D1001" and handed.step == 0 and handed.step_deadline == now + timedelta(minutes=5)
+    chain = plan(POLICY, handed.lead, 300)
+    assert [s.target for s in chain.steps] == ["staff:D1001", "oncall", f"backup:{BACKUP}"]
+    # ... and without an acknowledgement the role's chain runs again after them.
+    later, more = on_deadline(handed, now + timedelta(minutes=5), chain, RESOLVE)
+    assert later.step == 1 and paged(more) == [("N2001",)]
+    # Their acknowledgement closes it.
+    acked, _ = on_ack(handed, "D1001", "reaction", now + timedelta(minutes=1), chain)
+    assert acked.state == "acked" and acked.acked_by == "D1001"
+
+
+def test_only_an_open_page_is_handed_over():
+    page, _ = open_at(NIGHT)
+    acked, _ = on_ack(page, "N2001", "reply", NIGHT + timedelta(minutes=1), POLICY)
+    assert hand_over(acked, "D1001", "N3002", NIGHT + timedelta(minutes=2), 300) == (acked, [])

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +17,8 @@ from pathlib import Path
 import pytest
 
 import carematrix.policy.holder as holder_module
+import carematrix.policy.parse_process as parse_process
+from carematrix.policy.errors import PolicyInvalid
 from carematrix.policy.holder import PolicyHolder, run_here
 from carematrix.policy.loader import load_policy
 from carematrix.policy.model import Policy
@@ -39,15 +44,23 @@ def policy_dir(tmp_path: Path) -> Path:
     return tmp_path / "p"
 
 
-def _at_each_parse(monkeypatch: pytest.MonkeyPatch, probe: Callable[[], object]) -> list[object]:
-    """What ``probe()`` gives in each later reload's parse, as it starts (in the parsing thread)."""
+def _at_each_rebuild(monkeypatch: pytest.MonkeyPatch, probe: Callable[[], object]) -> list[object]:
+    """What ``probe()`` gives in each later reload as this process starts rebuilding the
+    policy the child process parsed (in the thread the offload runs it in). The parent must
+    not parse it itself: its own loader fails the test if called."""
     seen: list[object] = []
+    decode = parse_process.decode
 
-    def load(directory: Path) -> Policy:
+    def rebuild(parts: list[bytes]) -> object:
         seen.append(probe())
-        return load_policy(directory)
+        return decode(parts)
 
-    monkeypatch.setattr(holder_module, "load_policy", load)
+    def parsed_here(directory: Path) -> Policy:
+        raise AssertionError("parsed in the process that enforces the policy")
+
+    monkeypatch.setattr(parse_process, "decode", rebuild)
+    monkeypatch.setattr(parse_process, "load_policy", parsed_here)
+    monkeypatch.setattr(holder_module, "load_policy", parsed_here)
     return seen
 
 
@@ -99,12 +112,49 @@ async def test_deleted_policy_file_keeps_the_last_good_policy(policy_dir):
     assert holder.current is good
 
 
-async def test_the_policy_is_parsed_in_the_thread_the_process_hands_it_to(policy_dir, monkeypatch):
+async def test_the_policy_is_parsed_in_a_child_process_and_rebuilt_in_the_thread_handed_over(policy_dir, monkeypatch):
     holder = PolicyHolder(policy_dir)
-    parsed_on = _at_each_parse(monkeypatch, threading.get_ident)
+    expected = load_policy(policy_dir)
+    rebuilt_on = _at_each_rebuild(monkeypatch, threading.get_ident)
     _set_reactions(policy_dir, "false")
     assert (await holder.refresh(asyncio.to_thread)).accepted
-    assert parsed_on and threading.get_ident() not in parsed_on
+    assert rebuilt_on and threading.get_ident() not in rebuilt_on
+    new = holder.current
+    assert new.room_classes["announcement"].reactions is False and new.digest != expected.digest
+    # The same policy a parse here gives: every section, the staff and their lookups.
+    monkeypatch.undo()
+    here = load_policy(policy_dir)
+    assert new == here and new.digest == here.digest
+    person = expected.staff[0]
+    assert new.staff_for_localpart(person.localpart) == person
+    assert {u: new.subtree(u) for u in new.units} == {u: expected.subtree(u) for u in expected.units}
+
+
+async def test_a_broken_edit_parsed_in_the_child_names_file_and_line_and_keeps_the_last_good_policy(policy_dir,
+                                                                                                  monkeypatch):
+    holder = PolicyHolder(policy_dir)
+    good = holder.current
+    _at_each_rebuild(monkeypatch, lambda: None)
+    staff = policy_dir / "staff.yaml"
+    staff.write_text(staff.read_text(encoding="utf-8") + "  - staff_number: [oops\n", encoding="utf-8")
+    _bump(staff)
+    outcome = await holder.refresh(asyncio.to_thread)
+    assert not outcome.accepted and holder.current is good
+    syntax = [e for e in outcome.errors if "invalid YAML" in e.message]
+    assert [e.file for e in syntax] == [str(staff)] and syntax[0].line > 1
+    monkeypatch.undo()
+    here = holder_module.parse(policy_dir)
+    assert isinstance(here, PolicyInvalid) and list(outcome.errors) == here.errors  # as a parse here reports it
+
+
+async def test_when_the_child_process_fails_the_edit_is_parsed_here_with_a_warning(policy_dir, monkeypatch, caplog):
+    holder = PolicyHolder(policy_dir)
+    monkeypatch.setattr(parse_process, "command", lambda directory: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    _set_reactions(policy_dir, "false")
+    with caplog.at_level(logging.WARNING, logger=parse_process.__name__):
+        assert (await holder.refresh(asyncio.to_thread)).accepted
+    assert holder.current.room_classes["announcement"].reactions is False
+    assert any("child process failed" in r.getMessage() and "exit status 3" in r.getMessage() for r in caplog.records)
 
 
 async def test_readers_see_the_old_policy_until_the_new_one_is_whole(policy_dir):
@@ -176,9 +226,9 @@ async def test_a_parse_that_fails_unexpectedly_is_tried_again_at_the_next_poll(p
     assert outcome.accepted and holder.current.room_classes["announcement"].reactions is False
 
 
-async def test_automatic_collection_pauses_while_parsing_and_is_left_as_the_process_had_it(policy_dir, monkeypatch):
+async def test_automatic_collection_pauses_while_rebuilding_and_is_left_as_the_process_had_it(policy_dir, monkeypatch):
     holder = PolicyHolder(policy_dir)
-    during = _at_each_parse(monkeypatch, gc.isenabled)
+    during = _at_each_rebuild(monkeypatch, gc.isenabled)
     assert gc.isenabled()
     _set_reactions(policy_dir, "false")
     await holder.refresh(asyncio.to_thread)
@@ -190,3 +240,43 @@ async def test_automatic_collection_pauses_while_parsing_and_is_left_as_the_proc
         assert during == [False, False] and not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen():
+    """Reloads freeze the collector's view of the heap; each test starts and ends unfrozen."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+async def test_a_reloaded_policy_is_left_out_of_the_collectors_scans(policy_dir):
+    holder = PolicyHolder(policy_dir)
+    _set_reactions(policy_dir, "false")
+    assert (await holder.refresh(asyncio.to_thread)).accepted
+    new = holder.current
+    assert gc.get_freeze_count() > 0
+    scanned = gc.get_objects()
+    assert not any(o is new or o is new.staff[0] for o in scanned)
+    # A broken edit freezes nothing new.
+    frozen = gc.get_freeze_count()
+    (policy_dir / "rooms.yaml").write_text("room_classes: [not, a, mapping]\n")
+    _bump(policy_dir / "rooms.yaml")
+    assert not (await holder.refresh(asyncio.to_thread)).accepted
+    assert gc.get_freeze_count() <= frozen
+
+
+def test_the_parsing_child_gives_way_to_the_event_loops(policy_dir):
+    """Run as a process would run it: it lowers its own priority, then writes the policy."""
+    probe = (
+        "import os, sys, runpy; before = os.nice(0); sys.argv = ['x', sys.argv[1]];"
+        "import carematrix.policy.parse_process as p;"
+        "real = p.load_policy;"
+        "p.load_policy = lambda d: (sys.stderr.write(str(os.nice(0) - before)), real(d))[1];"
+        "sys.exit(p.main(sys.argv[1:]))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(policy_dir)], capture_output=True, check=True,
+                          env=parse_process._child_env())
+    assert done.stderr.decode() == str(parse_process.NICENESS)
+    parsed = parse_process.decode(parse_process._unframe(done.stdout))
+    assert isinstance(parsed, Policy) and parsed.digest == load_policy(policy_dir).digest

@@ -42,7 +42,7 @@ def test_durations_and_defaults():
     assert p.burn == BurnPolicy(15 * 60, DEFAULT_BURN.ttl_seconds)
     assert p.retention_seconds == 30 * 86400
     assert p.encryption == "server" and p.other_files == "audited"
-    assert "burn after read" in p.labels() and "kept 30d" in p.labels()
+    assert "阅后即焚 burn after read" in p.labels() and "保留30天 kept 30d" in p.labels()
 
 
 def test_encryption_cannot_be_combined_with_watermark_or_no_forward():

@@ -25,7 +25,8 @@ def test_anyone_else_is_refused_with_the_rule():
         verdict = decide_cover(person, ROLE, ["D1001"], OVERRIDES)
         assert not verdict.allowed and verdict.rule == "oncall.cover"
     assert verdict.message() == (
-        f"Only whoever holds {ROLE} now or staff with the role 'scheduler' may change who covers it. "
+        f"只有当前担任 {ROLE} 的人或具有 'scheduler' 角色的员工可以更改由谁顶班。"
+        f" Only whoever holds {ROLE} now or staff with the role 'scheduler' may change who covers it. "
         "[rule oncall.cover]"
     )
 

@@ -98,3 +98,12 @@ def test_the_shared_command_list_is_the_bot_s_help():
     in_help = set(re.findall(r"^!(\w+)", HELP, flags=re.MULTILINE))
     assert in_help == set(COMMANDS)
     assert structured_command("!decision anything") is None
+
+
+def test_a_transcript_the_service_posts_is_protected_like_the_voice_it_transcribes():
+    transcript = {
+        "msgtype": "m.notice", "body": "🎙 语音转写 Transcript: 三床病人血钾偏低，请医生查看化验结果",
+        "org.carematrix.transcript": {"event_id": "$v", "language": "zh", "model": "m", "confidence": 0.8},
+    }
+    assert not_protected_content("m.room.message", transcript, is_system=True) is None
+    assert not_protected_content("m.room.message", {"msgtype": "m.notice", "body": "paged"}, is_system=True) is not None

@@ -129,7 +129,9 @@ def test_deployment_renders_the_provider_and_keeps_passwords_as_they_are(tmp_pat
     assert provider["allow_existing_users"] is True and provider["enable_registration"] is False
     mapping = provider["user_mapping_provider"]
     assert CareMatrixSsoMapping.parse_config(mapping["config"]).staff_number_claim == "employee_number"
-    assert config["sso"] == {"client_whitelist": ["https://chat.hospital.example/"]}
+    # The hospital's clients, and the console's own callback (no "continue to ..." page there).
+    assert config["sso"] == {"client_whitelist": [
+        "https://chat.hospital.example/", config["public_baseurl"] + "_carematrix/console/login/sso/callback"]}
     assert config["password_config"] == {"enabled": True, "localdb_enabled": True}
     recorded = (deployment.paths.deployment).read_text()
     assert "s3cret" not in recorded

@@ -17,25 +17,35 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from twisted.web.http_headers import Headers
 
 from carematrix.audit import actions as A
+from carematrix.audit.access import Requester
 from carematrix.audit.record import AuditRecord
 from carematrix.rules import Verdict
 from synapse_modules import access_log
 from synapse_modules.adapter import homeserver as adapter_homeserver
 from synapse_modules.adapter import tables
-from synapse_modules.adapter.auth import install_login_observer, requester_user_id
+from synapse_modules.adapter.auth import (
+    install_login_observer,
+    requester_of,
+    requester_user_id,
+    stamped_requester,
+)
 from synapse_modules.adapter.errors import refusal_with_reason
 from synapse_modules.adapter.events import censor_event, install_event_check
 from synapse_modules.adapter.joins import MEMBER, build_joins, remember_state_groups, store_joins
 from synapse_modules.adapter.media import (
+    StoredUpload,
     delete_local_media,
     install_media_gate,
+    install_upload_observer,
     local_media_path,
     respond_error,
     set_media_security_headers,
     thumbnail_args,
 )
+from synapse_modules.adapter.profile import install_display_name_guard
 from tests.synapse_inprocess import (
     APPSERVICE_SENDER,
     APPSERVICE_TOKEN,
@@ -43,7 +53,9 @@ from tests.synapse_inprocess import (
     Homeserver,
     PassThroughGate,
     allow_event,
+    allow_name,
     ignore_login,
+    ignore_upload,
     on_reactor,
 )
 
@@ -102,6 +114,16 @@ def rows(homeserver: Homeserver, api: Any, query: str, *args: Any) -> list[tuple
 def test_the_module_api_leads_to_the_homeserver_and_its_database_engine(homeserver: Homeserver, api: Any):
     assert adapter_homeserver.homeserver(api) is homeserver.hs
     assert adapter_homeserver.dialect_of(api) == homeserver.database
+
+
+def test_a_process_has_seen_the_event_stream_up_to_its_last_stored_event(homeserver: Homeserver, people: People, api: Any):
+    room = homeserver.create_room(people.alice, preset="private_chat")
+    for body in ("first", "second"):
+        event_id = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": body}).body["event_id"]
+        ((stored,),) = rows(homeserver, api, "SELECT stream_ordering FROM events WHERE event_id = ?", event_id)
+        position = on_reactor(lambda: adapter_homeserver.events_position(api))
+        assert position >= stored
+        assert rows(homeserver, api, "SELECT COUNT(*) FROM events WHERE stream_ordering > ?", position) == [(0,)]
 
 
 # -- media.py, auth.py (media requests) -----------------------------------------------------
@@ -202,6 +224,16 @@ def test_local_media_files_their_hash_and_their_deletion(homeserver: Homeserver,
     path = on_reactor(lambda: local_media_path(api, media_id))
     with open(path, "rb") as f:
         assert f.read() == image
+    # a worker serving no media lays the same path out from the store's root
+    hs = api._hs  # the same HomeServer the adapter reaches (adapter/homeserver.py)
+    root = hs.config.media.media_store_path
+    hs.config.media.can_load_media_repo = False
+    try:
+        assert on_reactor(lambda: local_media_path(api, media_id, root)) == path
+        with pytest.raises(LookupError):
+            on_reactor(lambda: local_media_path(api, media_id))
+    finally:
+        hs.config.media.can_load_media_repo = True
     assert in_db(homeserver, api, tables.media_sha256, [media_id, "nosuchmedia"]) == {media_id: hashlib.sha256(image).hexdigest()}
 
     assert homeserver.call(lambda: delete_local_media(api, [media_id])) == 1
@@ -343,6 +375,13 @@ def test_read_receipts_and_edits_as_stored(homeserver: Homeserver, people: Peopl
     homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "> first", "m.relates_to": {"m.in_reply_to": {"event_id": first}}})
     assert in_db(homeserver, api, tables.edits_of, first) == [edit]
     assert in_db(homeserver, api, tables.edits_of, second) == []
+    # A transcript refers to its voice message (a reply and an m.reference): found with its sender.
+    reference = homeserver.send(people.bob, room, {
+        "msgtype": "m.notice", "body": "words",
+        "m.relates_to": {"rel_type": "m.reference", "event_id": first, "m.in_reply_to": {"event_id": first}},
+    }).body["event_id"]
+    assert in_db(homeserver, api, tables.references_to, first) == [(reference, people.bob)]
+    assert in_db(homeserver, api, tables.references_to, second) == []
 
 
 # -- joins.py -------------------------------------------------------------------------------
@@ -500,15 +539,106 @@ def test_admin_api_use_is_recorded_from_synapses_request_log(homeserver: Homeser
     assert audited.wait_for(admin_record("anonymous")).object == "GET /_synapse/admin/v1/server_version"
 
 
-def test_media_use_is_recorded_from_synapses_request_log_and_an_admin_acting_as_a_user_is_named(homeserver: Homeserver, people: People, audited: Collected):
+def test_file_requests_are_left_to_their_own_records_not_the_request_log(homeserver: Homeserver, people: People, audited: Collected):
     mxc = homeserver.upload(people.alice, png())
-    audited.wait_for(lambda r: r.action == A.MEDIA_UPLOAD and r.actor == people.alice)
-    puppet = homeserver.request("POST", f"/_synapse/admin/v1/users/{quote(people.carol)}/login", people.admin, {})
-    assert puppet.status == 200
-    path = f"/_matrix/client/v1/media/download/{mxc[len('mxc://'):]}"
-    assert homeserver.request("GET", path, token=puppet.body["access_token"]).status == 200
-    download = audited.wait_for(lambda r: r.action == A.MEDIA_DOWNLOAD and r.object == mxc)
-    assert download.actor == people.admin  # logged as "admin|carol": the person at the keyboard
+    assert homeserver.request("GET", f"/_matrix/client/v1/media/download/{mxc[len('mxc://'):]}", people.bob).status == 200
+    assert homeserver.request("GET", "/_synapse/admin/v1/server_version").status == 200
+    audited.wait_for(lambda r: r.action == A.ADMIN_API)  # the line of a later request was read
+    assert [r for r in audited.records if r.action.startswith("media.")] == []
+
+
+# -- media.py, auth.py (who asked, once Synapse has answered; uploads) -------------------------
+
+
+class AfterGate:
+    """A media gate that lets Synapse answer and notes who Synapse found had asked."""
+
+    def __init__(self) -> None:
+        self.found: list[Any] = []
+
+    async def handle(self, request: Any, server_name: str | None, media_id: str, kind: str, auth: str, serve_original: Any) -> None:
+        try:
+            await serve_original()
+        finally:
+            self.found.append(stamped_requester(request))
+
+
+def test_who_synapse_found_is_read_after_it_answers_and_an_admin_acting_as_a_user_is_named(homeserver: Homeserver, people: People, api: Any):
+    after = AfterGate()
+    on_reactor(lambda: install_media_gate(after))
+    try:
+        mxc = homeserver.upload(people.alice, png())
+        path = f"/_matrix/client/v1/media/download/{mxc[len('mxc://'):]}"
+        puppet = homeserver.request("POST", f"/_synapse/admin/v1/users/{quote(people.carol)}/login", people.admin, {})
+        assert puppet.status == 200
+        assert homeserver.request("GET", path, people.bob).status == 200
+        assert homeserver.request("GET", path, token=puppet.body["access_token"]).status == 200
+        assert homeserver.request("GET", path).status == 401
+    finally:
+        on_reactor(lambda: install_media_gate(PassThroughGate()))
+    assert after.found == [Requester(people.bob), Requester(people.carol, people.admin), None]
+
+    class Probe:
+        def __init__(self, token: str) -> None:
+            self.requestHeaders = Headers({b"Authorization": [f"Bearer {token}".encode()]})
+            self.args: dict[bytes, list[bytes]] = {}
+
+    puppeted = homeserver.call(lambda: requester_of(api, Probe(puppet.body["access_token"]), required=True))
+    assert puppeted == Requester(people.carol, people.admin)
+
+
+def test_the_upload_observer_sees_every_upload_and_the_file_it_stored(homeserver: Homeserver, people: People):
+    seen: list[tuple[Any, StoredUpload]] = []
+
+    async def observe(request: Any, stored: StoredUpload) -> None:
+        seen.append((request, stored))
+
+    on_reactor(lambda: install_upload_observer(observe))
+    try:
+        data = png(40)
+        mxc = homeserver.upload(people.alice, data)
+        assert seen[-1][1] == StoredUpload(mxc, len(data), "image/png")
+        assert stamped_requester(seen[-1][0]) == Requester(people.alice)
+
+        refused = homeserver.request("POST", "/_matrix/media/v3/upload", None, b"x", content_type="text/plain")
+        assert refused.status == 401
+        assert seen[-1][1].mxc is None and seen[-1][1].error and "token" in seen[-1][1].error.lower()
+
+        created = homeserver.request("POST", "/_matrix/media/v1/create", people.alice, {})
+        assert created.status == 200
+        later = created.body["content_uri"]
+        put = homeserver.request(
+            "PUT", f"/_matrix/media/v3/upload/{later[len('mxc://'):]}", people.alice, b"%PDF-1.4", content_type="application/pdf"
+        )
+        assert put.status == 200
+        assert seen[-1][1] == StoredUpload(later, 8, "application/pdf")
+    finally:
+        on_reactor(lambda: install_upload_observer(ignore_upload))
+
+
+# -- profile.py --------------------------------------------------------------------------------
+
+
+def test_a_users_own_display_name_change_is_put_to_the_guard_first(homeserver: Homeserver, people: People):
+    asked: list[tuple[str, Any]] = []
+    verdict = Verdict(False, "guard.name", "名字不能改。 Names stay.")
+
+    async def guard(user_id: str, name: Any) -> Verdict:
+        asked.append((user_id, name))
+        return verdict if name == "Night Owl" else Verdict(True)
+
+    on_reactor(lambda: install_display_name_guard(guard))
+    try:
+        path = f"/_matrix/client/v3/profile/{quote(people.bob)}/displayname"
+        refused = homeserver.request("PUT", path, people.bob, {"displayname": "Night Owl"})
+        assert refused.status == 403
+        assert refused.body == {"errcode": "M_FORBIDDEN", "error": verdict.message(), "org.carematrix.rule": "guard.name"}
+        assert homeserver.request("PUT", path, people.bob, {"displayname": "Bob B"}).status == 200
+        # An admin's change (org sync's) is not the person's own.
+        assert homeserver.request("PUT", path, people.admin, {"displayname": "Night Owl"}).status == 200
+    finally:
+        on_reactor(lambda: install_display_name_guard(allow_name))
+    assert asked == [(people.bob, "Night Owl"), (people.bob, "Bob B")]
 
 
 # -- tables.py (retention) --------------------------------------------------------------------
@@ -595,3 +725,117 @@ def test_every_oidc_sign_in_asks_the_mapping_provider_for_extra_attributes(homes
         # Refused before Synapse answers the browser: no request is needed.
         homeserver.call(lambda: provider._complete_oidc_login({"sub": "subject-of-bob"}, {}, None, "https://client.invalid/", None))
     assert asked == ["subject-of-bob"]
+
+
+# -- search.py ------------------------------------------------------------------------------
+
+ROLE_NAME = "心内科 主班医生 Cardiology attending"
+
+
+def directory_search(homeserver: Homeserver, user: str, term: str) -> set[str]:
+    resp = homeserver.request("POST", "/_matrix/client/v3/user_directory/search", user, {"search_term": term, "limit": 50})
+    assert resp.status == 200, resp.body
+    return {r["user_id"] for r in resp.body["results"]}
+
+
+def message_search(homeserver: Homeserver, user: str, term: str) -> tuple[set[str], set[str]]:
+    resp = homeserver.request("POST", "/_matrix/client/v3/search", user, {"search_categories": {"room_events": {"search_term": term}}})
+    assert resp.status == 200, resp.body
+    found = resp.body["search_categories"]["room_events"]
+    return {r["result"]["event_id"] for r in found["results"]}, set(found.get("highlights", []))
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    """The user directory is updated by Synapse in the background, after the request."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the user directory did not catch up"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def chinese_staff(homeserver: Homeserver, people: People) -> dict[str, str]:
+    """Three people with Chinese display names, sharing a public room with alice."""
+    key = f"{homeserver.name}-staff"
+    if key not in _people:
+        room = homeserver.create_room(people.alice, preset="public_chat")
+        staff = {}
+        for localpart, name in (("role-cardio-attending", ROLE_NAME), ("liuyang", "刘洋"), ("liwei", "重症医学科 李伟")):
+            user = homeserver.register(localpart)
+            path = f"/_matrix/client/v3/profile/{quote(user)}/displayname"
+            assert homeserver.request("PUT", path, user, {"displayname": name}).status == 200
+            assert homeserver.join(user, room).status == 200
+            staff[name] = user
+        _people[key] = staff  # type: ignore[assignment]
+    return _people[key]  # type: ignore[return-value]
+
+
+def test_chinese_display_names_are_indexed_and_searched_alike_in_the_user_directory(
+    homeserver: Homeserver, people: People, chinese_staff: dict[str, str]
+):
+    role, liu, li = chinese_staff[ROLE_NAME], chinese_staff["刘洋"], chinese_staff["重症医学科 李伟"]
+    eventually(lambda: li in directory_search(homeserver, people.alice, "李伟"))
+    for term, who in (
+        ("心内科", role), ("主班医生", role), ("医生", role), ("心", role), ("Cardiology", role),
+        ("刘洋", liu), ("重症医学科", li), ("李伟", li), ("liuyang", liu),
+    ):
+        assert who in directory_search(homeserver, people.alice, term), term
+    assert directory_search(homeserver, people.alice, "心内科") & {liu, li} == set()
+    assert role not in directory_search(homeserver, people.alice, "重症医学科")
+
+
+def test_chinese_words_in_messages_are_indexed_and_searched_alike(homeserver: Homeserver, people: People):
+    room = homeserver.create_room(people.alice, preset="private_chat")
+    chinese = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国血钾7.2"}).body["event_id"]
+    english = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "potassium critical for bed twelve"}).body["event_id"]
+    other = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "王国建议复查"}).body["event_id"]
+    found, highlights = message_search(homeserver, people.alice, "王建国")
+    assert chinese in found and other not in found and "王建国" in highlights
+    assert chinese in message_search(homeserver, people.alice, "血钾")[0]
+    assert message_search(homeserver, people.alice, "potassium")[0] >= {english}
+    assert chinese not in message_search(homeserver, people.alice, "potassium")[0]
+    assert message_search(homeserver, people.alice, "王建国 -potassium")[0] >= {chinese}
+
+
+def _index_as_before(dialect: str, user_id: str, event_id: str) -> Callable[[Any], None]:
+    """Rewrite a directory row and a message row as Synapse indexed them without us."""
+
+    def run(txn: Any) -> None:
+        if dialect == "sqlite":
+            txn.execute("UPDATE user_directory_search SET value = (SELECT d.user_id || ' ' || lower(d.display_name) "
+                        "FROM user_directory AS d WHERE d.user_id = ?) WHERE user_id = ?", (user_id, user_id))
+            txn.execute("SELECT rowid, value FROM event_search WHERE event_id = ?", (event_id,))
+            rowid, value = txn.fetchone()
+            txn.execute("UPDATE event_search SET value = ? WHERE rowid = ?", (value.split("\n")[0], rowid))
+        else:
+            txn.execute("UPDATE user_directory_search SET vector = (SELECT to_tsvector('simple', lower(d.display_name)) "
+                        "FROM user_directory AS d WHERE d.user_id = ?) WHERE user_id = ?", (user_id, user_id))
+            txn.execute("UPDATE event_search SET vector = to_tsvector('english', '患者王建国血钾7.2 second') WHERE event_id = ?",
+                        (event_id,))
+        txn.execute("DELETE FROM carematrix_search_form")
+
+    return run
+
+
+def test_rows_indexed_before_are_reindexed_once_at_start(
+    homeserver: Homeserver, people: People, chinese_staff: dict[str, str], api: Any
+):
+    from synapse_modules import hs_schema
+    from synapse_modules.adapter.search import reindex_if_needed
+
+    li = chinese_staff["重症医学科 李伟"]
+    eventually(lambda: li in directory_search(homeserver, people.alice, "重症医学科"))
+    room = homeserver.create_room(people.alice, preset="private_chat")
+    event_id = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国血钾7.2 second"}).body["event_id"]
+    homeserver.call(lambda: hs_schema.gate(api).ready())
+    in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id))
+    assert li not in directory_search(homeserver, people.alice, "重症医学科")
+    assert event_id not in message_search(homeserver, people.alice, "王建国")[0]
+
+    homeserver.call(lambda: reindex_if_needed(api, hs_schema.gate(api).ready))
+
+    assert li in directory_search(homeserver, people.alice, "重症医学科")
+    assert event_id in message_search(homeserver, people.alice, "王建国")[0]
+    assert message_search(homeserver, people.alice, "second")[0] >= {event_id}
+    forms = rows(homeserver, api, "SELECT index_name, form FROM carematrix_search_form ORDER BY index_name")
+    assert forms == [("event_search", "cjk-bigram-1"), ("user_directory", "cjk-bigram-1")]

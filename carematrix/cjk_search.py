@@ -1,0 +1,147 @@
+"""Chinese (and other CJK) text in the full-text indexes: the one segmentation the index and
+the query share.
+
+Chinese writes names, units and titles without spaces ("心内科 主班医生", "患者王建国血钾7.2").
+The databases' full-text indexes (SQLite FTS, PostgreSQL ``to_tsvector``) cut text only at
+spaces and punctuation, so a whole run of Chinese characters becomes one token, and a search
+for part of it (a 2-character name, a unit inside a longer title) finds nothing. Worse,
+Synapse splits the *query* with a dictionary segmenter (心内科 → 心 + 内科) that the index
+never sees. Both sides must cut text the same way.
+
+The form used here needs no dictionary and finds any part of a name: every run of CJK
+characters is indexed as its single characters and its overlapping character pairs
+(bigrams): 心内科 → 心 内 科 心内 内科. A query run of one character is that character; a
+longer one is its pairs (王建国 → 王建 建国), which every text containing the run has, side
+by side. Text outside CJK runs is left to the database as before, so English search is
+unchanged.
+
+Pure functions: used by the Synapse adapter (synapse_modules/adapter/search.py) on both
+the index and the query side, and unit-tested without Synapse.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Version of the index form: stored with a re-indexed table, so a change of the form
+# re-indexes existing rows at the next start.
+INDEX_FORM = "cjk-bigram-1"
+
+# Han ideographs (with extensions and compatibility forms), kana and Hangul: scripts written
+# without spaces between words (Hangul is spaced, but its syllable runs are short words that
+# the pairs still find).
+_CJK_CLASS = (
+    "\u3005\u3007\u3021-\u3029\u3038-\u303b"  # 々 〇 and Suzhou numerals
+    "\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff"  # hiragana, katakana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Han: extension A, unified, compatibility
+    "\uac00-\ud7af"  # Hangul syllables
+    "\U00020000-\U0003134f"  # Han extensions B-H
+)
+_CJK = re.compile(f"[{_CJK_CLASS}]")
+_CJK_RUN = re.compile(f"[{_CJK_CLASS}]+")
+
+
+def is_cjk(text: str) -> bool:
+    """True if ``text`` holds at least one CJK character."""
+    return _CJK.search(text) is not None
+
+
+def is_cjk_word(word: str) -> bool:
+    """True if ``word`` is made of CJK characters only."""
+    return bool(word) and _CJK_RUN.fullmatch(word) is not None
+
+
+def cjk_runs(text: str) -> list[str]:
+    """The runs of CJK characters in ``text``, in order."""
+    return _CJK_RUN.findall(text)
+
+
+def index_grams(run: str) -> list[str]:
+    """What a CJK run is indexed as: its characters, then its overlapping pairs."""
+    chars = list(run)
+    return chars + [a + b for a, b in zip(chars, chars[1:], strict=False)]
+
+
+def query_grams(run: str) -> list[str]:
+    """What a CJK run is searched as: one character as itself, a longer run as its pairs.
+    (A pair also matches as the prefix of nothing longer: pairs are the longest tokens.)"""
+    if len(run) <= 1:
+        return [run] if run else []
+    return [a + b for a, b in zip(run, run[1:], strict=False)]
+
+
+def index_form(text: str) -> str:
+    """``text`` with each CJK run replaced by its index grams, set apart by spaces; the rest
+    unchanged. For the user directory, whose index is rebuilt from the display name."""
+    return _CJK_RUN.sub(lambda m: " " + " ".join(index_grams(m.group())) + " ", text)
+
+
+def split_cjk(text: str) -> list[tuple[bool, str]]:
+    """``text`` as consecutive (is a CJK run, piece) pieces."""
+    pieces: list[tuple[bool, str]] = []
+    last = 0
+    for match in _CJK_RUN.finditer(text):
+        if match.start() > last:
+            pieces.append((False, text[last:match.start()]))
+        pieces.append((True, match.group()))
+        last = match.end()
+    if last < len(text):
+        pieces.append((False, text[last:]))
+    return pieces
+
+
+def collapse_query_words(words: list[str]) -> list[str]:
+    """The words of a directory query that went through :func:`index_form` (the directory
+    applies one text filter to names and queries alike), back to the query form: a single
+    character already inside one of the query's pairs adds nothing and is dropped, so
+    心内科 is searched as 心内 & 内科 (and stays within the database's limit on words)."""
+    pairs = [w for w in words if is_cjk_word(w) and len(w) == 2]
+    kept: list[str] = []
+    for word in words:
+        if is_cjk_word(word) and len(word) == 1 and any(word in pair for pair in pairs):
+            continue
+        if word not in kept:
+            kept.append(word)
+    return kept
+
+
+def _grams_line(text: str) -> str:
+    return " ".join(gram for run in cjk_runs(text) for gram in index_grams(run))
+
+
+def message_index_value(text: str) -> str:
+    """What a message's text is indexed as: the text itself (so English and every other
+    word is indexed as before), then a line with the index grams of its CJK runs. A value
+    already in this form is returned as it is (re-indexing twice changes nothing)."""
+    if not is_cjk(text):
+        return text
+    head, _, tail = text.rpartition("\n")
+    if head and tail == _grams_line(head):
+        return text
+    return text + "\n" + _grams_line(text)
+
+
+def message_query(term: str) -> str:
+    """A message search term with each CJK run in its query form. Outside quotes a run of
+    more than one character becomes a quoted phrase of its pairs ("王建 建国": the pairs side by
+    side, as in the index), so a leading ``-`` still negates the whole word; inside quotes
+    the pairs join the user's phrase."""
+    if not is_cjk(term):
+        return term
+    out: list[str] = []
+    for index, part in enumerate(term.split('"')):
+        in_phrase = bool(index % 2)
+        if index:
+            out.append('"')
+        for cjk, piece in split_cjk(part):
+            if not cjk:
+                out.append(piece)
+                continue
+            grams = query_grams(piece)
+            if in_phrase:
+                out.append(" " + " ".join(grams) + " ")
+            elif len(grams) == 1:
+                out.append(" " + grams[0] + " " if not out or not out[-1].endswith("-") else grams[0] + " ")
+            else:
+                out.append('"' + " ".join(grams) + '" ')
+    return "".join(out)

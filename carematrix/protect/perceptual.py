@@ -1,0 +1,559 @@
+"""Perceptual image match for no-forward: is this image a copy of a protected one?
+
+A copy arrives re-encoded, resized, cropped, in greyscale or pasted into a screenshot, so
+neither the bytes nor one global hash of the picture survive. What survives is the local
+structure: corners and blobs, at positions that keep their arrangement under scaling and
+translation. So an image is described by up to :data:`STORED_POINTS` local features
+(:func:`image_features`):
+
+1. decoded, converted to grey (colour is gone after greyscale conversion, so it is never
+   used), and resampled so its longer side is :data:`WORK_SIDE` pixels;
+2. scale-space keypoints (OpenCV's SIFT detector: position and scale, which follow the
+   content when it is resized), with the descriptor computed *upright*: the transforms we
+   cover do not rotate, and a fixed orientation is steadier than an estimated one;
+3. each descriptor reduced to :data:`BITS` bits by the signs of fixed random projections
+   of its centred RootSIFT vector, so similar patches have a small Hamming distance;
+4. for a protected image, the strongest points spread over a grid of cells, so a crop of
+   any edge leaves most of them.
+
+Finding the protected image a candidate may copy (:func:`bucket_keys`): every feature falls
+into :data:`TABLES` hash buckets, each the value of a fixed subset of :data:`BUCKET_BITS` of
+its bits (locality-sensitive hashing, bit sampling). A feature of a copy shares at least one
+bucket with its original feature with high probability, an unrelated one rarely; the store
+keeps one index row per bucket of each protected feature, and a candidate's lookup probes its
+own buckets; protected images with :data:`MIN_BUCKET_HITS` hits are verified.
+
+Verification (:func:`verify`), which alone decides, and which has to refuse near-identical
+images of different patients (two chest films of the same anatomy, two reports on one form):
+
+1. *matches*: each protected feature's nearest candidate feature within
+   :data:`MATCH_DISTANCE` bits, when clearly nearer than the second nearest;
+2. *geometry*: one scale-and-translation maps the protected image onto the candidate; it is
+   found by sampling pairs of matches and must carry :data:`MIN_INLIERS` of them within
+   :data:`INLIER_TOLERANCE` of the work size;
+3. *dense agreement*: with that mapping, the candidate's descriptor is computed at the
+   mapped position and scale of **every** protected feature that lands inside the candidate
+   (not only the ones the detector happened to find again). A copy agrees almost
+   everywhere; another patient's film agrees only where the shared anatomy is, and disagrees
+   wherever that patient differs. At least :data:`MIN_AGREEMENT` of the checked features
+   must agree (within :data:`AGREE_DISTANCE` bits).
+
+Everything is a pure function of bytes or arrays; no database, no Synapse.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+WORK_SIDE = 512  # longer side of the grey image every feature is computed on
+CROP_SIDE = 360  # a second, smaller view of a candidate (see candidate_views)
+MAX_PIXELS = 50_000_000  # refuse to decode more (a decompression bomb), as the watermark does
+BITS = 64
+STORED_POINTS = 160  # features kept for a protected image
+INDEXED_POINTS = 40  # of them, the first (spread over the grid) are indexed for lookup
+SHORTLIST = 8  # protected images verified per lookup, best ranked first
+COMMON_BUCKET = 32  # a bucket holding more protected images than this is not used for lookup
+CANDIDATE_POINTS = 600  # features computed for an image being checked
+GRID = 4  # protected features are chosen per cell of a GRID x GRID grid
+TABLES = 4
+BUCKET_BITS = 24
+LOOKUP_POINTS = 250  # a candidate probes the buckets of its strongest features, per view
+MIN_BUCKET_HITS = 3
+MATCH_DISTANCE = 14
+MATCH_MARGIN = 3
+MIN_INLIERS = 8
+INLIER_TOLERANCE = 0.012  # of WORK_SIDE in the candidate's work image
+AGREE_DISTANCE = 14
+MIN_AGREEMENT = 0.55
+MIN_CHECKED = 20
+SCALE_RANGE = (0.15, 6.0)
+
+_SEED = 0x5EED_F00D
+_RNG = np.random.default_rng(_SEED)
+_PROJECTION = _RNG.standard_normal((BITS, 128)).astype(np.float32)
+_BUCKET_BIT_SETS = [np.sort(_RNG.choice(BITS, BUCKET_BITS, replace=False)) for _ in range(TABLES)]
+_SIFT = cv2.SIFT_create(  # type: ignore[attr-defined]
+    nfeatures=CANDIDATE_POINTS, contrastThreshold=0.03)
+
+
+class ImageUnreadable(ValueError):
+    """Not an image we can decode safely (corrupt, unsupported, too many pixels)."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Local features of one image in its work frame (longer side :data:`WORK_SIDE`).
+
+    ``points``: float32 (n, 3) of x, y, keypoint size; ``bits``: uint64 (n,) descriptors;
+    ``grey``: the work image itself for a candidate (dense verification computes
+    descriptors on it), None for stored features.
+    """
+
+    points: np.ndarray
+    bits: np.ndarray
+    width: int
+    height: int
+    grey: np.ndarray | None = None
+    native: int = 0  # longer side of the image as decoded, before resampling to work size
+
+    def __len__(self) -> int:
+        return int(self.bits.shape[0])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a candidate is (or is not) a copy: the numbers a reviewer would look at."""
+
+    is_copy: bool
+    matches: int
+    inliers: int
+    checked: int
+    agreeing: int
+    scale: float
+    tx: float = 0.0
+    ty: float = 0.0
+
+    @property
+    def agreement(self) -> float:
+        return self.agreeing / self.checked if self.checked else 0.0
+
+
+def load_grey(data: bytes, side: int = 2 * WORK_SIDE) -> Image.Image:
+    """The image in grey, decoded at no less than ``side`` on its longer side when it has
+    that many pixels (JPEG is decoded reduced, far cheaper); raises :class:`ImageUnreadable`
+    for anything unsafe or unreadable. Transparency is flattened on white, like a viewer."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im: Image.Image = Image.open(io.BytesIO(data))
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageUnreadable(f"{im.width}x{im.height} pixels is too many to check")
+            if isinstance(im, ImageFile.ImageFile) and im.format == "JPEG":
+                im.draft("L", (side, side))
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                flat = Image.new("RGB", im.size, (255, 255, 255))
+                flat.paste(rgba, mask=rgba.getchannel("A"))
+                im = flat
+            grey = im.convert("L")
+    except ImageUnreadable:
+        raise
+    except Exception as exc:  # Pillow raises many kinds for hostile input
+        raise ImageUnreadable(f"not a readable image: {exc}") from exc
+    if min(grey.size) < 8:
+        raise ImageUnreadable("image too small to compare")
+    return grey
+
+
+def work_image(grey: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
+    """``grey`` resampled so its longer side is ``side`` (up or down), as uint8."""
+    factor = side / max(grey.size)
+    size = (max(1, round(grey.width * factor)), max(1, round(grey.height * factor)))
+    method = Image.Resampling.LANCZOS if factor < 1 else Image.Resampling.BICUBIC
+    return np.asarray(grey.resize(size, method), dtype=np.uint8)
+
+
+def decode_grey(data: bytes, side: int = WORK_SIDE) -> np.ndarray:
+    """The work image of encoded bytes (longer side ``side``)."""
+    return work_image(load_grey(data, side), side)
+
+
+def _binarise(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors -> uint64 signs of random projections of centred RootSIFT."""
+    d = descriptors.astype(np.float32)
+    d /= d.sum(axis=1, keepdims=True) + 1e-7
+    d = np.sqrt(d)
+    d -= d.mean(axis=1, keepdims=True)
+    signs = (d @ _PROJECTION.T) > 0
+    weights = np.uint64(1) << np.arange(BITS, dtype=np.uint64)
+    bits: np.ndarray = (signs.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return bits
+
+
+def _describe(grey: np.ndarray, keypoints: list[cv2.KeyPoint]) -> tuple[np.ndarray, np.ndarray]:
+    """Upright descriptors at ``keypoints``: (points (n, 3), bits (n,)); points that OpenCV
+    drops (too near the border) are dropped from both."""
+    upright = [cv2.KeyPoint(k.pt[0], k.pt[1], k.size, 0.0, k.response, k.octave) for k in keypoints]
+    upright, descriptors = _SIFT.compute(grey, upright)
+    if descriptors is None or not upright:
+        return np.zeros((0, 3), np.float32), np.zeros(0, np.uint64)
+    points = np.array([(k.pt[0], k.pt[1], k.size) for k in upright], dtype=np.float32)
+    return points, _binarise(descriptors)
+
+
+def _detect(grey: np.ndarray) -> list[cv2.KeyPoint]:
+    """Keypoints, strongest first, one per position (the detector repeats a point once per
+    orientation it finds; upright description makes those duplicates)."""
+    found = sorted(_SIFT.detect(grey, None), key=lambda k: -k.response)
+    seen: set[tuple[int, int, int]] = set()
+    out = []
+    for k in found:
+        mark = (round(k.pt[0] * 2), round(k.pt[1] * 2), round(k.size * 2))
+        if mark not in seen:
+            seen.add(mark)
+            out.append(k)
+    return out
+
+
+def _spread(keypoints: list[cv2.KeyPoint], width: int, height: int, limit: int) -> list[cv2.KeyPoint]:
+    """At most ``limit`` keypoints, taken strongest-first from each grid cell in turn, so
+    every part of the image keeps some (a crop must leave features to match)."""
+    cells: dict[tuple[int, int], list[cv2.KeyPoint]] = {}
+    for k in keypoints:
+        cell = (min(GRID - 1, int(k.pt[0] * GRID / width)), min(GRID - 1, int(k.pt[1] * GRID / height)))
+        cells.setdefault(cell, []).append(k)
+    chosen: list[cv2.KeyPoint] = []
+    depth = 0
+    while len(chosen) < limit and any(len(c) > depth for c in cells.values()):
+        for cell in sorted(cells):
+            if depth < len(cells[cell]) and len(chosen) < limit:
+                chosen.append(cells[cell][depth])
+        depth += 1
+    return chosen
+
+
+def features_of(grey: np.ndarray, *, protected: bool, native: int = 0) -> Features:
+    """Features of a decoded work image (see the module docstring); ``native`` is the
+    longer side the image had before resampling (0: the work size)."""
+    keypoints = _detect(grey)
+    height, width = grey.shape
+    if protected:
+        keypoints = _spread(keypoints, width, height, STORED_POINTS)
+    points, bits = _describe(grey, keypoints)
+    return Features(points, bits, width, height, None if protected else grey, native or max(width, height))
+
+
+def protected_features(data: bytes) -> Features:
+    """Features kept for a protected image; raises :class:`ImageUnreadable`."""
+    return features_of(decode_grey(data), protected=True)
+
+
+def candidate_views(data: bytes) -> list[Features]:
+    """The features an image being checked is compared with, at three work sizes: at
+    :data:`WORK_SIDE`; at :data:`CROP_SIDE`, where the content of a crop (enlarged by up to
+    1 / 0.6 when it is brought to the work size) is back near the protected image's own
+    scale (matching across a large scale change is weak for small print); and, for an image
+    large enough to be a screenshot (longer side at least 1.5 x WORK_SIDE), at twice the
+    work size, where a protected image shown on a third of the screen keeps its detail.
+    Raises :class:`ImageUnreadable`."""
+    grey = load_grey(data)
+    native = max(grey.size)
+    sides = [WORK_SIDE, CROP_SIDE] + ([2 * WORK_SIDE] if native >= 1.5 * WORK_SIDE else [])
+    return [features_of(work_image(grey, side), protected=False, native=native) for side in sides]
+
+
+# ---------------------------------------------------------------- finding candidates
+
+
+def bucket_keys(bits: np.ndarray) -> np.ndarray:
+    """The LSH bucket of each feature in each table, as int64 keys (table in the top bits,
+    so one index serves all tables): shape (n * TABLES,), unique."""
+    if bits.size == 0:
+        return np.zeros(0, np.int64)
+    keys = []
+    for table, chosen in enumerate(_BUCKET_BIT_SETS):
+        value = np.zeros(bits.shape, np.int64)
+        for position, bit in enumerate(chosen):
+            value |= ((bits >> np.uint64(bit)) & np.uint64(1)).astype(np.int64) << position
+        keys.append(value | (table << BUCKET_BITS))
+    return np.unique(np.concatenate(keys))
+
+
+def ranked(rows: Iterable[tuple[int, int]]) -> list[tuple[int, float]]:
+    """Protected images worth verifying, best first, with their score, from the (bucket,
+    image) rows the candidate's buckets returned.
+
+    An image needs :data:`MIN_BUCKET_HITS` shared buckets; it is ranked by the sum of
+    1 / (images in the bucket) over them. A bucket that many protected images share (the
+    grid of ECG paper, the rules of a form, a film's edge) says little about which one was
+    copied; a bucket only one image has says much. Ranking by plain hit counts let fifty
+    ECGs crowd the one that was copied out of the shortlist."""
+    rows = list(rows)
+    df: dict[int, int] = {}
+    for bucket, _ in rows:
+        df[bucket] = df.get(bucket, 0) + 1
+    hits: dict[int, int] = {}
+    score: dict[int, float] = {}
+    for bucket, image in rows:
+        hits[image] = hits.get(image, 0) + 1
+        score[image] = score.get(image, 0.0) + 1.0 / df[bucket]
+    order = sorted((-score[i], i) for i, n in hits.items() if n >= MIN_BUCKET_HITS)
+    return [(i, -negative) for negative, i in order]
+
+
+def shortlist(rows: Iterable[tuple[int, int]]) -> list[int]:
+    """The first :data:`SHORTLIST` of :func:`ranked`."""
+    return [image for image, _ in ranked(rows)[:SHORTLIST]]
+
+
+def indexed_keys(stored: Features) -> np.ndarray:
+    """The bucket keys a protected image is indexed under (its first INDEXED_POINTS)."""
+    return bucket_keys(stored.bits[:INDEXED_POINTS])
+
+
+def lookup_keys(views: list[Features]) -> np.ndarray:
+    """The bucket keys a candidate probes: its :data:`LOOKUP_POINTS` strongest features of
+    each view (features are kept strongest first). Copies' features that correspond to an
+    indexed protected one are nearly always among them; the rest of a screenshot (the
+    window around the image) mostly is not."""
+    if not views:
+        return np.zeros(0, np.int64)
+    return np.unique(np.concatenate([bucket_keys(v.bits[:LOOKUP_POINTS]) for v in views]))
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    counts: np.ndarray = np.bitwise_count(x).astype(np.int32)
+    return counts
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Hamming distances, shape (len(a), len(b))."""
+    return _popcount(a[:, None] ^ b[None, :])
+
+
+def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndarray]:
+    """(stored index, candidate index) of unambiguous near matches."""
+    if len(stored) == 0 or len(candidate) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dist = hamming(stored.bits, candidate.bits)
+    order = np.argpartition(dist, 1, axis=1)[:, :2]
+    rows = np.arange(len(stored))
+    best = dist[rows, order[:, 0]]
+    second = dist[rows, order[:, 1]]
+    swap = second < best
+    best, second = np.where(swap, second, best), np.where(swap, best, second)
+    nearest = np.where(swap, order[:, 1], order[:, 0])
+    keep = (best <= MATCH_DISTANCE) & (second - best >= MATCH_MARGIN)
+    return rows[keep], nearest[keep]
+
+
+def _fit(p: np.ndarray, q: np.ndarray, tolerance: float, rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    """Best scale-and-translation q ~ s * p + t over sampled pairs of matches: (s, t, inlier mask)."""
+    n = len(p)
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)])
+    if len(pairs) > 400:
+        pairs = pairs[rng.choice(len(pairs), 400, replace=False)]
+    dp = p[pairs[:, 1]] - p[pairs[:, 0]]
+    dq = q[pairs[:, 1]] - q[pairs[:, 0]]
+    lp = np.linalg.norm(dp, axis=1)
+    lq = np.linalg.norm(dq, axis=1)
+    ok = (lp > 8) & (lq > 4)
+    if not ok.any():
+        return 1.0, np.zeros(2), np.zeros(n, bool)
+    scale = np.where(ok, lq / np.maximum(lp, 1e-6), 0)
+    # the two displacement vectors must also point the same way: no rotation, no mirror
+    aligned = (dp * dq).sum(axis=1) > 0.98 * lp * lq
+    ok &= aligned & (scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1])
+    if not ok.any():
+        return 1.0, np.zeros(2), np.zeros(n, bool)
+    s = scale[ok]
+    t = q[pairs[ok, 0]] - s[:, None] * p[pairs[ok, 0]]
+    predicted = s[:, None, None] * p[None, :, :] + t[:, None, :]
+    residual = np.linalg.norm(predicted - q[None, :, :], axis=2)
+    inliers = residual <= tolerance
+    best = int(np.argmax(inliers.sum(axis=1)))
+    mask = inliers[best]
+    # refine on the inliers (least squares for s and t)
+    if mask.sum() >= 2:
+        pm, qm = p[mask], q[mask]
+        pc, qc = pm - pm.mean(0), qm - qm.mean(0)
+        s_fit = float((pc * qc).sum() / max((pc * pc).sum(), 1e-6))
+        t_fit = qm.mean(0) - s_fit * pm.mean(0)
+        residual = np.linalg.norm(s_fit * p + t_fit - q, axis=1)
+        refined = residual <= tolerance
+        if refined.sum() >= mask.sum() and SCALE_RANGE[0] <= s_fit <= SCALE_RANGE[1]:
+            return s_fit, t_fit, refined
+    return float(s[best]), t[best], mask
+
+
+def _octave(size: float) -> int:
+    """OpenCV's packed octave/layer for a keypoint of ``size`` found by the detector, so a
+    descriptor computed at a point we choose uses the pyramid image the detector would have
+    (SIFT sizes are 2 * 1.6 * 2**(octave + layer / 3), octave -1 the doubled image)."""
+    v = math.log2(max(size, 1e-3) / 3.2)
+    octave = max(-1, math.floor(v))
+    layer = min(3, max(0, round(3 * (v - octave))))
+    return (octave & 255) | (layer << 8)
+
+
+def verify(stored: Features, candidate: Features, *, dense: bool = True) -> Verdict:
+    """Whether ``candidate`` (with its work image) copies the protected ``stored`` by its
+    features: near matches, then one scale and translation carrying enough of them, then
+    (``dense``) the agreement of the candidate's descriptors at every mapped protected
+    feature. Without ``dense`` the verdict is the geometry's alone (the pixel comparison
+    decides; describing the candidate at chosen points costs a whole scale-space pyramid)."""
+    none = Verdict(False, 0, 0, 0, 0, 0.0)
+    si, ci = _matches(stored, candidate)
+    if len(si) < MIN_INLIERS or candidate.grey is None:
+        return Verdict(False, len(si), 0, 0, 0, 0.0) if len(si) else none
+    p = stored.points[si, :2]
+    q = candidate.points[ci, :2]
+    rng = np.random.default_rng(len(si))
+    s, t, mask = _fit(p, q, INLIER_TOLERANCE * WORK_SIDE, rng)
+    inliers = int(mask.sum())
+    if inliers < MIN_INLIERS or not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
+        return Verdict(False, len(si), inliers, 0, 0, s)
+    if not dense:
+        return Verdict(True, len(si), inliers, 0, 0, s, float(t[0]), float(t[1]))
+    # dense agreement: describe the candidate at every mapped protected point inside it
+    mapped = stored.points[:, :2] * s + t
+    size = stored.points[:, 2] * s
+    margin = size * 0.75 + 2
+    inside = (
+        (mapped[:, 0] >= margin) & (mapped[:, 1] >= margin)
+        & (mapped[:, 0] < candidate.width - margin) & (mapped[:, 1] < candidate.height - margin)
+        & (size >= 2.0)
+    )
+    idx = np.flatnonzero(inside)
+    # an image with little texture has few features at all: then most of them must agree
+    needed = min(MIN_CHECKED, max(MIN_INLIERS, int(0.7 * len(stored))))
+    if len(idx) < needed:
+        return Verdict(False, len(si), inliers, len(idx), 0, s)
+    keypoints = [
+        cv2.KeyPoint(float(mapped[i, 0]), float(mapped[i, 1]), float(size[i]), 0.0, 0.0, _octave(float(size[i])), int(i))
+        for i in idx
+    ]
+    keypoints, descriptors = _SIFT.compute(candidate.grey, keypoints)
+    if descriptors is None or not keypoints:
+        return Verdict(False, len(si), inliers, len(idx), 0, s)
+    kept = np.array([k.class_id for k in keypoints], dtype=np.int64)
+    there = _binarise(descriptors)
+    agreeing = int((_popcount(there ^ stored.bits[kept]) <= AGREE_DISTANCE).sum())
+    checked = len(idx)  # a point OpenCV could not describe counts as disagreeing
+    is_copy = checked >= needed and agreeing >= MIN_AGREEMENT * checked
+    return Verdict(is_copy, len(si), inliers, checked, agreeing, s, float(t[0]), float(t[1]))
+
+
+COMPARE_SIDE = 192  # the pixel comparison runs at most at this longer side of the protected image
+BLOCK = 16  # compare-frame pixels per side of one block
+MAX_BLOCK_RESIDUAL = 0.5
+
+
+def _band(a: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), 0.8) - cv2.GaussianBlur(a, (0, 0), 3.0)
+
+
+def pixel_residual(original: np.ndarray, candidate: np.ndarray, scale: float, tx: float, ty: float, detail: float = 128) -> tuple[float, float, int]:
+    """How far the candidate, mapped back onto the protected ``original`` (both work
+    images), is from it, block by block: (worst block, mean over blocks, blocks compared).
+
+    Both are compared at :data:`COMPARE_SIDE`, band-passed (detail, not lighting), after one
+    gain for the whole image; a block's residual is the energy of the difference over the
+    energy of both, 0 for the same picture and about 1 for unrelated content. A copy is
+    close everywhere; another patient's film or another report on the same form differs
+    somewhere: a finding, a value, a name.
+    """
+    h, w = original.shape
+    f = min(COMPARE_SIDE, detail) / max(h, w)
+    rw, rh = max(1, round(w * f)), max(1, round(h * f))
+    ref = cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA)
+    ch, cw = candidate.shape
+    sw, sh = max(1, round(cw * f / scale)), max(1, round(ch * f / scale))
+    small = cv2.resize(candidate.astype(np.float32), (sw, sh),
+                       interpolation=cv2.INTER_AREA if f < scale else cv2.INTER_LINEAR)
+    # pixel centres: compare point u is work point (u + .5) * w / rw - .5 of the original,
+    # which maps to s * p + t in the candidate, i.e. small point (q + .5) * sw / cw - .5
+    fx, fy = w / rw, h / rh
+    gx, gy = sw / cw, sh / ch
+    m = np.array(
+        [
+            [gx * scale * fx, 0.0, gx * (scale * (0.5 * fx - 0.5) + tx + 0.5) - 0.5],
+            [0.0, gy * scale * fy, gy * (scale * (0.5 * fy - 0.5) + ty + 0.5) - 0.5],
+        ],
+        dtype=np.float32,
+    )
+    dsize = (rw, rh)
+    warped = cv2.warpAffine(small, m, dsize, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REPLICATE)
+    ones = np.ones_like(small)
+    valid = cv2.warpAffine(ones, m, dsize, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    inside = cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0.5
+    edge = 6  # the band-pass of the original is unreliable this near its own border
+    inside[:edge] = inside[-edge:] = False
+    inside[:, :edge] = inside[:, -edge:] = False
+    a, b = _band(ref), _band(warped)
+    if inside.sum() < 4 * BLOCK * BLOCK:
+        return 1.0, 1.0, 0
+    gain = float((a[inside] * b[inside]).sum() / max((a[inside] ** 2).sum(), 1e-6))
+    if gain <= 0:
+        return 1.0, 1.0, 0
+    b = b / gain
+    floor = 0.05 * float((a[inside] ** 2).mean()) * BLOCK * BLOCK
+    residuals = []
+    for y in range(0, ref.shape[0] - BLOCK + 1, BLOCK // 2):
+        for x in range(0, ref.shape[1] - BLOCK + 1, BLOCK // 2):
+            v = inside[y : y + BLOCK, x : x + BLOCK]
+            if v.mean() < 0.9:
+                continue
+            ab, bb = a[y : y + BLOCK, x : x + BLOCK], b[y : y + BLOCK, x : x + BLOCK]
+            diff = float(((ab - bb) ** 2).sum())
+            residuals.append(diff / (float((ab**2).sum() + (bb**2).sum()) + floor))
+    if not residuals:
+        return 1.0, 1.0, 0
+    residuals.sort(reverse=True)
+    return residuals[0], residuals[1] if len(residuals) > 1 else residuals[0], len(residuals)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one protected image: the feature verdict of the best view and, when
+    it passed and the original could be read, the pixel residual (worst, second worst)."""
+
+    is_copy: bool
+    verdict: Verdict
+    residual: tuple[float, float] | None
+
+
+def decide(
+    stored: Features, original: np.ndarray | Callable[[], np.ndarray | None] | None, views: list[Features]
+) -> Decision:
+    """Whether the candidate (its :func:`candidate_views`) copies the protected image whose
+    stored features and work image (``original``, from :func:`decode_grey`; None when the
+    file is gone) are given. The features must match in one geometry, then the pixels: a
+    copy differs from its original nowhere by more than :data:`MAX_BLOCK_RESIDUAL`.
+    ``original`` may be a function that reads it: it is then called only when the
+    features match, which most shortlisted images do not. Without the original, the dense
+    feature agreement decides, with the stricter :data:`ORIGINAL_GONE_AGREEMENT`."""
+    best: Decision | None = None
+    loaded = False
+    for view in views:
+        verdict = verify(stored, view, dense=False)
+        if not verdict.is_copy:
+            if best is None or verdict.inliers > best.verdict.inliers:
+                best = Decision(False, verdict, None)
+            continue
+        if not loaded:
+            original = original() if callable(original) else original
+            loaded = True
+        if original is None or not isinstance(original, np.ndarray):
+            verdict = verify(stored, view, dense=True)
+            decision = Decision(verdict.is_copy and verdict.agreement >= ORIGINAL_GONE_AGREEMENT, verdict, None)
+        else:
+            assert view.grey is not None  # a candidate view always has its work image
+            # the detail the candidate has of the protected image: its size in this view,
+            # or less when the view was enlarged from a smaller file
+            enlarged = max(view.width, view.height) / max(view.native, 1)
+            extent = verdict.scale * max(stored.width, stored.height) / max(1.0, enlarged)
+            worst, second, blocks = pixel_residual(original, view.grey, verdict.scale, verdict.tx, verdict.ty, extent)
+            decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
+        if decision.is_copy:
+            return decision
+        best = decision
+    return best or Decision(False, Verdict(False, 0, 0, 0, 0, 0.0), None)
+
+
+MIN_BLOCKS = 6  # blocks of the pixel comparison: less overlap than this proves nothing
+ORIGINAL_GONE_AGREEMENT = 0.9

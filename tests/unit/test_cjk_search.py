@@ -1,0 +1,93 @@
+"""Chinese text in the search indexes: index and query cut alike (carematrix/cjk_search.py)."""
+
+from __future__ import annotations
+
+import re
+
+from carematrix import cjk_search as C
+
+
+def tokens(indexed: str) -> set[str]:
+    """Tokens as a full-text index that cuts at spaces and punctuation sees them."""
+    return set(re.findall(r"\w+", indexed))
+
+
+def directory_query(term: str) -> list[str]:
+    """The directory's query path: one filter for names and queries, then words."""
+    words: list[str] = []
+    for cjk, piece in C.split_cjk(C.index_form(term)):
+        words.extend([piece] if cjk else piece.split())
+    return C.collapse_query_words(words)
+
+
+def finds(name: str, term: str) -> bool:
+    have = tokens(C.index_form(name.lower()))
+    # Synapse searches each word as itself or as a prefix (``word*``).
+    return all(any(t.startswith(w) for t in have) for w in directory_query(term.lower()))
+
+
+def test_a_run_is_indexed_as_its_characters_and_pairs():
+    assert C.index_grams("心内科") == ["心", "内", "科", "心内", "内科"]
+    assert C.index_form("心内科 主班医生 Cardiology attending").split() == [
+        "心", "内", "科", "心内", "内科", "主", "班", "医", "生", "主班", "班医", "医生", "Cardiology", "attending"
+    ]
+
+
+def test_a_query_run_is_its_pairs_or_its_one_character():
+    assert C.query_grams("刘洋") == ["刘洋"]
+    assert C.query_grams("重症医学科") == ["重症", "症医", "医学", "学科"]
+    assert C.query_grams("心") == ["心"]
+    assert C.query_grams("") == []
+
+
+def test_the_directory_query_drops_characters_its_pairs_already_hold():
+    assert directory_query("心内科") == ["心内", "内科"]
+    assert directory_query("心") == ["心"]
+    assert directory_query("心 内科") == ["心", "内科"]
+    assert directory_query("王 cardiology") == ["王", "cardiology"]
+
+
+def test_every_part_of_a_chinese_display_name_finds_it_and_others_do_not():
+    role = "心内科 主班医生 Cardiology attending"
+    for term in ("心内科", "主班医生", "主班", "医生", "内科", "心", "科", "Cardiology", "attend"):
+        assert finds(role, term), term
+    for term in ("重症医学科", "外科", "内心", "刘洋"):
+        assert not finds(role, term), term
+    assert finds("刘洋", "刘洋") and finds("重症医学科 李伟", "李伟") and finds("重症医学科 李伟", "重症医学科")
+    assert not finds("刘海洋", "刘洋")
+
+
+def test_text_without_cjk_is_unchanged():
+    for text in ("Dr. Alice Smith", "user-71", "potassium 7.2", ""):
+        assert C.index_form(text) == text
+        assert C.message_index_value(text) == text
+        assert C.message_query(text) == text
+    assert not C.is_cjk("Zoë Müller") and C.is_cjk("Dr.王")
+
+
+def test_a_message_keeps_its_text_and_adds_the_grams_of_its_chinese():
+    value = C.message_index_value("患者王建国血钾7.2")
+    assert value.startswith("患者王建国血钾7.2\n")
+    assert {"王建", "建国", "血钾", "血", "钾"} <= tokens(value)
+    assert C.message_index_value(value) == value  # re-indexing twice changes nothing
+
+
+def test_a_message_query_searches_a_chinese_word_as_its_adjacent_pairs():
+    assert C.message_query("王建国") == '"王建 建国" '
+    assert C.message_query("血钾 potassium") == " 血钾  potassium"
+    assert C.message_query("血") == " 血 "
+    assert C.message_query("-王建国") == '-"王建 建国" '
+    assert C.message_query('"患者王建国"') == '" 患者 者王 王建 建国 "'
+    # Inserted quotes come in pairs: the user's phrases keep their meaning.
+    assert C.message_query('王建国 "high potassium"').count('"') == 4
+
+
+def test_pairs_of_a_word_are_side_by_side_in_the_index():
+    indexed = C.message_index_value("患者王建国血钾7.2").split("\n", 1)[1].split()
+    q = C.query_grams("王建国")
+    start = indexed.index(q[0])
+    assert indexed[start:start + len(q)] == q
+
+
+def test_kana_and_hangul_are_runs_too():
+    assert C.cjk_runs("カルテ 차트 chart") == ["カルテ", "차트"]

@@ -1,0 +1,148 @@
+"""Perceptual no-forward matching (carematrix/protect/perceptual.py) on generated images:
+copies made the ways people copy are recognised, other patients' near-identical images and
+unrelated images are not, and what the store keeps and looks up is stable."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from functools import cache
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carematrix.hsdb.image_store import pack, unpack
+from carematrix.protect import perceptual as P
+from tests import image_corpus as corpus
+
+PROTECTED = {
+    "photo": corpus.photo(101),
+    "scan": corpus.scan(102, template=2),
+    "ecg": corpus.ecg(103),
+    "chest": corpus.chest_film(104, template=4),
+}
+
+
+@cache
+def stored(kind: str) -> tuple[P.Features, np.ndarray]:
+    original = P.decode_grey(corpus.jpeg(PROTECTED[kind], 92))
+    return P.features_of(original, protected=True), original
+
+
+def decision(kind: str, data: bytes) -> P.Decision:
+    features, original = stored(kind)
+    return P.decide(features, original, P.candidate_views(data))
+
+
+COPIES = {
+    "jpeg q85 at 99 % (the reported case)": lambda im: corpus.jpeg(corpus.resized(im, 0.99), 85),
+    "jpeg q50": lambda im: corpus.jpeg(im, 50),
+    "scaled to 25 %": lambda im: corpus.jpeg(corpus.resized(im, 0.25), 90),
+    "scaled to 200 %": lambda im: corpus.jpeg(corpus.resized(im, 2.0), 90),
+    "20 % cut from left and top": lambda im: corpus.jpeg(corpus.cropped(im, 0.2, 0.2, 0, 0), 90),
+    "20 % cut from every edge": lambda im: corpus.jpeg(corpus.cropped(im, 0.2, 0.2, 0.2, 0.2), 90),
+    "greyscale": lambda im: corpus.encode(im.convert("L"), "PNG"),
+    "in a screenshot": lambda im: corpus.encode(corpus.screenshot(im, 3), "PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PROTECTED))
+@pytest.mark.parametrize("how", sorted(COPIES))
+def test_a_copy_is_recognised(kind: str, how: str) -> None:
+    result = decision(kind, COPIES[how](PROTECTED[kind]))
+    assert result.is_copy, result
+
+
+def test_the_index_finds_a_copy_among_other_protected_images() -> None:
+    """What the store does: the copy's buckets lead to its original, not to the others."""
+    kinds = sorted(PROTECTED)
+    filed = {key: n for n, kind in enumerate(kinds) for key in P.indexed_keys(stored(kind)[0]).tolist()}
+    probe = P.lookup_keys(P.candidate_views(COPIES["scaled to 25 %"](PROTECTED["chest"]))).tolist()
+    rows = [(key, filed[key]) for key in probe if key in filed]
+    assert P.shortlist(rows) == [kinds.index("chest")]
+
+
+def test_rare_shared_buckets_outrank_common_ones() -> None:
+    """Image 1 shares three buckets that nine other images have too; image 2 shares three
+    buckets only it has: image 2 is the likelier original."""
+    common = [(b, i) for b in (1, 2, 3) for i in [1, *range(10, 19)]]
+    rare = [(b, 2) for b in (4, 5, 6)]
+    assert P.shortlist(common + rare)[0] == 2
+    assert P.shortlist([(1, 7), (2, 7)]) == []  # two shared buckets are not enough
+
+
+def test_another_patients_film_on_the_same_anatomy_is_not_a_copy() -> None:
+    """The features alone would call it a copy (same template, same place); the pixel
+    comparison finds where this patient differs."""
+    other = corpus.jpeg(corpus.chest_film(555, template=4), 92)
+    result = decision("chest", other)
+    assert not result.is_copy
+    assert result.verdict.inliers >= P.MIN_INLIERS, "the anatomy template is shared"
+
+
+def test_another_report_on_the_same_form_is_not_a_copy() -> None:
+    result = decision("scan", corpus.jpeg(corpus.scan(556, template=2), 92))
+    assert not result.is_copy
+
+
+@pytest.mark.parametrize("kind", sorted(PROTECTED))
+def test_unrelated_images_of_the_same_kind_are_not_copies(kind: str) -> None:
+    for seed in (7001, 7002):
+        image = {"photo": corpus.photo, "ecg": corpus.ecg}.get(kind)
+        other = image(seed) if image else (corpus.scan(seed, 3) if kind == "scan" else corpus.chest_film(seed, 5))
+        assert not decision(kind, corpus.jpeg(other, 85)).is_copy
+
+
+def test_without_the_original_a_copy_is_decided_on_its_features() -> None:
+    """A protected file deleted from the media store (burnt) leaves its features: a clear
+    copy is still refused."""
+    features, _ = stored("photo")
+    result = P.decide(features, None, P.candidate_views(corpus.jpeg(PROTECTED["photo"], 80)))
+    assert result.is_copy and result.residual is None
+
+
+def test_stored_features_survive_packing() -> None:
+    features, _ = stored("ecg")
+    again = unpack(pack(features))
+    assert (again.bits == features.bits).all()
+    assert np.abs(again.points - features.points).max() <= 1 / 64
+    assert (again.width, again.height) == (features.width, features.height)
+
+
+def test_bucket_keys_never_change() -> None:
+    """Protected images are filed under these keys in the database: a change of the bit
+    choice or the projection would make every stored image unfindable."""
+    bits = np.array([0x0123456789ABCDEF, 0xFEDCBA9876543210], dtype=np.uint64)
+    assert P.bucket_keys(bits).tolist() == BUCKETS_OF_BITS
+    assert P.BITS == 64 and P.TABLES == 4 and P.BUCKET_BITS == 24
+
+
+BUCKETS_OF_BITS = [611505, 16165710, 18283509, 32048138, 34267999, 49618080, 50926266, 66514245]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image", _png_header(20000, 20000), corpus.encode(Image.new("L", (4, 4)), "PNG")],
+    ids=["empty", "garbage", "too many pixels", "too small"],
+)
+def test_unreadable_images_are_refused_cleanly(data: bytes) -> None:
+    with pytest.raises(P.ImageUnreadable):
+        P.candidate_views(data)
+    with pytest.raises(P.ImageUnreadable):
+        P.protected_features(data)
+
+
+def test_transparency_is_flattened_like_a_viewer_shows_it() -> None:
+    rgba = PROTECTED["photo"].convert("RGBA")
+    out = io.BytesIO()
+    rgba.save(out, "PNG")
+    assert decision("photo", out.getvalue()).is_copy
