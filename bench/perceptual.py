@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.stats import summary
+from carematrix.hsdb import image_store
 from carematrix.protect import perceptual as P
 from tests import image_corpus as corpus
 
@@ -47,9 +48,14 @@ class MemoryIndex:
         """(the protected image copied or None, how many were verified)."""
         rows = [(key, image) for key in P.lookup_keys(views).tolist() for image in self.buckets.get(key, ())]
         chosen = P.shortlist(rows)
+        read = 0
         for image in chosen:
+            if read >= image_store.MAX_ORIGINALS:  # as the store's check (first_copied)
+                break
             stored, original = self.images[image]
-            if P.decide(stored, original, views).is_copy:
+            decision = P.decide(stored, original, views)
+            read += decision.residual is not None
+            if decision.is_copy:
                 return image, len(chosen)
         return None, len(chosen)
 

@@ -12,11 +12,17 @@ function takes the transaction's cursor and the dialect; nothing here commits).
     *is* the index (``WITHOUT ROWID`` on SQLite), so a probe is one B-tree descent per
     bucket and returns the images filed under it.
 
-A check (:func:`shortlisted`) probes the candidate's buckets in one statement on PostgreSQL
-(``= ANY(array)``) or in chunks of 500 on SQLite, ranks the images found in Python
-(:func:`~carematrix.protect.perceptual.ranked`: shared buckets, the rarer the better), keeps
-the best few outside the candidate's room and reads their features. The decision itself needs the candidate's pixels and the
-originals, so it runs outside the transaction (:func:`carematrix.protect.perceptual.decide`).
+``carematrix_protected_image_crowded (bucket)``
+    Buckets that more than :data:`~carematrix.protect.perceptual.COMMON_BUCKET` images
+    share (ECG grid paper, a printed form's rules, a film's edge): marked here, their index
+    rows deleted, and never filed under again (:func:`record_image`).
+
+A check (:func:`shortlisted`) is one statement: the database probes the candidate's buckets,
+ranks the images found (shared buckets, the rarer the better, as
+:func:`~carematrix.protect.perceptual.ranked`) and returns the features of the best few outside
+the candidate's room. The decision itself needs the candidate's pixels and the originals, so
+it runs outside the transaction (:func:`first_copied`), reading at most
+:data:`MAX_ORIGINALS` originals.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from carematrix.protect import perceptual as P
 
 IMAGE_TABLE = "carematrix_protected_image"
 BUCKET_TABLE = "carematrix_protected_image_bucket"
+CROWDED_TABLE = "carematrix_protected_image_crowded"
 _CHUNK = 500
+MAX_ORIGINALS = 3  # originals read and compared per check, at most
 _FORMAT = 1
 _HEADER = struct.Struct(">BHHH")  # format, width, height, number of features
 _FIXED = 32.0  # positions and sizes are kept in 1/32 pixel of the work image
@@ -84,7 +92,12 @@ def record_image(
     txn: Any, dialect: str, room_id: str, event_id: str, media_id: str, features: P.Features, ts_ms: int
 ) -> bool:
     """File a protected image under its buckets; False when this event's image was filed
-    already (a retried transaction), which changes nothing."""
+    already (a retried transaction), which changes nothing.
+
+    A bucket that would hold more than :data:`~carematrix.protect.perceptual.COMMON_BUCKET`
+    images is marked crowded and its rows are deleted: it tells nothing about which image a
+    candidate copies (:func:`~carematrix.protect.perceptual.ranked` would weigh it next to
+    nothing), and reading its rows on every check is what made lookups slow."""
     check_dialect(dialect)
     ident = image_id(event_id, media_id)
     blob = pack(features)
@@ -99,6 +112,10 @@ def record_image(
     if txn.rowcount == 0:
         return False
     keys = sorted(P.indexed_keys(features).tolist())
+    if not keys:
+        return True
+    crowded = set(_select_buckets(txn, dialect, f"SELECT bucket FROM {CROWDED_TABLE} WHERE bucket IN ({{}})", keys))
+    keys = [k for k in keys if k not in crowded]
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         txn.execute(
@@ -109,7 +126,26 @@ def record_image(
             ),
             [v for k in chunk for v in (k, ident)],
         )
+    full = _select_buckets(
+        txn, dialect,
+        f"SELECT bucket FROM {BUCKET_TABLE} WHERE bucket IN ({{}}) GROUP BY bucket HAVING count(*) > {P.COMMON_BUCKET}",
+        keys,
+    )
+    if full:
+        marks = ", ".join(["(?)"] * len(full))
+        txn.execute(sql(f"INSERT INTO {CROWDED_TABLE} (bucket) VALUES {marks} ON CONFLICT DO NOTHING", dialect), full)
+        txn.execute(sql(f"DELETE FROM {BUCKET_TABLE} WHERE bucket IN ({', '.join(['?'] * len(full))})", dialect), full)
     return True
+
+
+def _select_buckets(txn: Any, dialect: str, query: str, keys: Sequence[int]) -> list[int]:
+    """``query`` (with ``{}`` where the keys' placeholders go) run over ``keys`` in chunks."""
+    out: list[int] = []
+    for start in range(0, len(keys), _CHUNK):
+        chunk = list(keys[start : start + _CHUNK])
+        txn.execute(sql(query.format(", ".join(["?"] * len(chunk))), dialect), chunk)
+        out.extend(int(r[0]) for r in txn.fetchall())
+    return out
 
 
 def _binary(blob: bytes, dialect: str) -> Any:
@@ -122,63 +158,41 @@ def _binary(blob: bytes, dialect: str) -> Any:
     return psycopg2.Binary(blob)
 
 
-def bucket_rows(txn: Any, dialect: str, keys: Sequence[int]) -> list[tuple[int, int]]:
-    """(bucket, protected image id) for every image filed under one of ``keys``, except
-    buckets holding more than :data:`~carematrix.protect.perceptual.COMMON_BUCKET` images:
-    those say nothing about which image was copied (:func:`~carematrix.protect.perceptual.ranked`
-    would weigh them next to nothing), and reading all their rows is what made lookups
-    slow. The database stops reading a bucket after one row more than that."""
-    if not keys:
-        return []
-    keys = [int(k) for k in keys]
-    cap = P.COMMON_BUCKET + 1
-    if dialect == "postgres":
-        txn.execute(
-            f"SELECT k, b.image FROM unnest(%s::bigint[]) AS k, "
-            f"LATERAL (SELECT image FROM {BUCKET_TABLE} WHERE bucket = k LIMIT {cap}) AS b",
-            ("{" + ",".join(map(str, keys)) + "}",),
-        )
-        found = [(int(b), int(i)) for b, i in txn.fetchall()]
-    else:
-        found = []
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            txn.execute(
-                f"SELECT bucket, image FROM (SELECT bucket, image, "
-                f"row_number() OVER (PARTITION BY bucket) AS n FROM {BUCKET_TABLE} "
-                f"WHERE bucket IN ({', '.join(['?'] * len(chunk))})) WHERE n <= {cap}",
-                chunk,
-            )
-            found.extend((int(b), int(i)) for b, i in txn.fetchall())
-    counts: dict[int, int] = {}
-    for bucket, _ in found:
-        counts[bucket] = counts.get(bucket, 0) + 1
-    return [(b, i) for b, i in found if counts[b] <= P.COMMON_BUCKET]
-
-
 def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -> list[StoredImage]:
     """The protected images outside ``room_id`` that the candidate (its
-    :func:`~carematrix.protect.perceptual.candidate_views`) may copy, most likely first."""
+    :func:`~carematrix.protect.perceptual.candidate_views`) may copy, most likely first.
+
+    One statement: the database probes the candidate's buckets, counts each bucket's images
+    (its weight is one over that count) and each image's hits, and returns the features of the
+    best few with :data:`~carematrix.protect.perceptual.MIN_BUCKET_HITS` hits, as
+    :func:`~carematrix.protect.perceptual.ranked` would rank them. Only those rows travel back.
+    An image of the candidate's own room may be among those it shares most with (a re-post
+    there is fine), so a few more than the shortlist are ranked, then those are dropped."""
     check_dialect(dialect)
-    ranked = P.ranked(bucket_rows(txn, dialect, P.lookup_keys(views).tolist()))
-    # an image of the candidate's own room may be among those it shares most with (a
-    # re-post there is fine): read a few more than the shortlist, then drop those
-    scores = dict(ranked[: 3 * P.SHORTLIST])
-    wider = list(scores)
-    if not wider:
+    keys = [int(k) for k in P.lookup_keys(views).tolist()]
+    if not keys:
         return []
-    marks = ", ".join(["?"] * len(wider))
-    txn.execute(
-        sql(f"SELECT id, room_id, event_id, media_id, features FROM {IMAGE_TABLE} WHERE id IN ({marks})", dialect),
-        wider,
+    if dialect == "postgres":
+        probe = "bucket = ANY(%s::bigint[])"
+        params: list[Any] = ["{" + ",".join(map(str, keys)) + "}"]
+    else:
+        probe = f"bucket IN ({', '.join(['?'] * len(keys))})"
+        params = list(keys)
+    wider = 3 * P.SHORTLIST
+    query = (
+        "SELECT i.id, i.room_id, i.event_id, i.media_id, i.features, r.score FROM ("
+        "  SELECT image, sum(1.0 / df) AS score FROM ("
+        f"    SELECT image, count(*) OVER (PARTITION BY bucket) AS df FROM {BUCKET_TABLE} WHERE {probe}"
+        f"  ) AS hit GROUP BY image HAVING count(*) >= {P.MIN_BUCKET_HITS}"
+        f"  ORDER BY score DESC, image LIMIT {wider}"
+        f") AS r JOIN {IMAGE_TABLE} AS i ON i.id = r.image ORDER BY r.score DESC, i.id"
     )
-    rows = {int(r[0]): r for r in txn.fetchall()}
+    txn.execute(query, params)
     out: list[StoredImage] = []
-    for ident in wider:
-        row = rows.get(ident)
-        if row is None or row[1] == room_id:
+    for ident, room, event_id, media_id, blob, score in txn.fetchall():
+        if room == room_id:
             continue
-        out.append(StoredImage(ident, row[1], row[2], row[3], unpack(bytes(row[4])), scores[ident]))
+        out.append(StoredImage(int(ident), room, event_id, media_id, unpack(bytes(blob)), float(score)))
         if len(out) == P.SHORTLIST:
             break
     return out
@@ -189,9 +203,21 @@ def first_copied(
 ) -> tuple[StoredImage, P.Decision] | None:
     """The first shortlisted image the candidate copies (pure but for ``original_of``,
     which reads and decodes an original, only for an image whose features the candidate
-    matches: run it off the event loop)."""
+    matches: run it off the event loop). Once :data:`MAX_ORIGINALS` originals were read
+    and none was copied, the check ends: the images ranked below them are less likely
+    still, and judging them by features alone could refuse another patient's image (the
+    pixel comparison is what tells two films on one template apart)."""
+    read = 0
+
+    def counted(candidate: StoredImage) -> np.ndarray | None:
+        nonlocal read
+        read += 1
+        return original_of(candidate)
+
     for candidate in candidates:
-        decision = P.decide(candidate.features, functools.partial(original_of, candidate), views)
+        if read >= MAX_ORIGINALS:
+            break
+        decision = P.decide(candidate.features, functools.partial(counted, candidate), views)
         if decision.is_copy:
             return candidate, decision
     return None

@@ -277,11 +277,38 @@ def _console_sessions(txn: Any, dialect: str) -> None:
     txn.execute("CREATE INDEX carematrix_console_session_user ON carematrix_console_session (user_id, started_at)")
 
 
+# -- migration 5: crowded lookup buckets are marked, and their index rows removed --------
+
+
+def _crowded_buckets(txn: Any, dialect: str) -> None:
+    # A bucket that more than COMMON_BUCKET protected images share says nothing about which
+    # one a candidate copies, yet a probe used to read its rows on every check
+    # (carematrix/hsdb/image_store.py). It is now kept as a mark, and its rows go.
+    txn.execute(
+        "CREATE TABLE carematrix_protected_image_crowded (bucket BIGINT PRIMARY KEY)"
+        + (" WITHOUT ROWID" if dialect == "sqlite" else "")
+    )
+    txn.execute(
+        "INSERT INTO carematrix_protected_image_crowded (bucket) SELECT bucket "
+        f"FROM carematrix_protected_image_bucket GROUP BY bucket HAVING count(*) > {_COMMON_BUCKET}"
+    )
+    txn.execute(
+        "DELETE FROM carematrix_protected_image_bucket WHERE bucket IN "
+        "(SELECT bucket FROM carematrix_protected_image_crowded)"
+    )
+
+
+# The value of carematrix.protect.perceptual.COMMON_BUCKET when migration 5 was written:
+# a released migration never changes, even if the constant does.
+_COMMON_BUCKET = 32
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables as created before migrations were numbered", _baseline),
     Migration(2, "perceptual features of images posted in no-forward rooms", _protected_images),
     Migration(3, "the index form of Chinese text in Synapse's search indexes", _add_search_form),
     Migration(4, "operations-console sessions", _console_sessions),
+    Migration(5, "crowded perceptual lookup buckets marked, their rows removed", _crowded_buckets),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -12,11 +12,11 @@ import pytest
 
 from carematrix.audit.chain import GENESIS_HASH
 from carematrix.audit.checkpoint import export_verify_key, load_or_create_signing_key
-from carematrix.hsdb.audit_store import CHECKPOINT, HEAD, LOG, head
+from carematrix.hsdb.audit_store import CHECKPOINT, HEAD, LOG, head, sql
 from carematrix.hsdb.burn_store import BURN
 from carematrix.hsdb.console_session_store import SESSIONS
 from carematrix.hsdb.forward_store import ORIGIN_TABLE, TABLE
-from carematrix.hsdb.image_store import BUCKET_TABLE, IMAGE_TABLE
+from carematrix.hsdb.image_store import BUCKET_TABLE, CROWDED_TABLE, IMAGE_TABLE
 from carematrix.hsdb.media_store import DELIVERY, MEDIA
 from carematrix.hsdb.migrations import (
     LATEST,
@@ -34,7 +34,7 @@ from carematrix_ops import cli
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.cli import common
 
-STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN, IMAGE_TABLE, BUCKET_TABLE, SESSIONS}
+STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN, IMAGE_TABLE, BUCKET_TABLE, CROWDED_TABLE, SESSIONS}
 
 
 @pytest.fixture
@@ -209,3 +209,37 @@ def test_audit_verify_says_when_the_database_is_older_or_newer_than_the_code(db_
         assert cli.main(verify_cmd) == common.EXIT_FAILED
         err = capsys.readouterr().err
         assert f"error: the homeserver database is at CareMatrix schema version {LATEST + 1}, newer" in err
+
+
+def test_migration_5_marks_the_crowded_buckets_of_a_version_4_database_and_keeps_the_rest(db):
+    """Rows as the version-4 code filed them (every bucket kept, however crowded): after the
+    upgrade the bucket 40 images share is marked and its rows are gone; a bucket 5 images
+    share, every image and its features are untouched."""
+    assert upgrade(db.transaction, db.dialect, MIGRATIONS[:4]) == (0, 4)
+    crowded_bucket, quiet_bucket = 7 << 24 | 12345, 3 << 24 | 99
+    with db.transaction() as txn:
+        for n in range(40):
+            txn.execute(
+                sql(f"INSERT INTO {IMAGE_TABLE} (id, room_id, event_id, media_id, features, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                    db.dialect),
+                (n, "!ward:hs", f"$e{n}", f"m{n}", _blob(db.dialect, bytes([n]) * 8), n),
+            )
+            txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), (crowded_bucket, n))
+            if n < 5:
+                txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), (quiet_bucket, n))
+    assert upgrade(db.transaction, db.dialect) == (4, LATEST)
+    with db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT bucket FROM {CROWDED_TABLE}")
+        assert [r[0] for r in txn.fetchall()] == [crowded_bucket]
+        txn.execute(f"SELECT bucket, image FROM {BUCKET_TABLE} ORDER BY image")
+        assert [tuple(r) for r in txn.fetchall()] == [(quiet_bucket, n) for n in range(5)]
+        txn.execute(f"SELECT id, media_id, features FROM {IMAGE_TABLE} ORDER BY id")
+        assert [(r[0], r[1], bytes(r[2])) for r in txn.fetchall()] == [(n, f"m{n}", bytes([n]) * 8) for n in range(40)]
+
+
+def _blob(dialect: str, value: bytes) -> Any:
+    if dialect == "postgres":
+        import psycopg2
+
+        return psycopg2.Binary(value)
+    return value
