@@ -138,6 +138,20 @@ def record_image(
     return True
 
 
+def mark_crowded_buckets(txn: Any, dialect: str) -> int:
+    """After a bulk load that bypassed :func:`record_image`: mark every bucket holding more
+    than :data:`~carematrix.protect.perceptual.COMMON_BUCKET` images and delete its rows,
+    leaving the index as filing the images one by one would have; the number marked."""
+    check_dialect(dialect)
+    txn.execute(
+        f"INSERT INTO {CROWDED_TABLE} (bucket) SELECT bucket FROM {BUCKET_TABLE} "
+        f"GROUP BY bucket HAVING count(*) > {P.COMMON_BUCKET} ON CONFLICT DO NOTHING"
+    )
+    marked = int(txn.rowcount)
+    txn.execute(f"DELETE FROM {BUCKET_TABLE} WHERE bucket IN (SELECT bucket FROM {CROWDED_TABLE})")
+    return marked
+
+
 def _select_buckets(txn: Any, dialect: str, query: str, keys: Sequence[int]) -> list[int]:
     """``query`` (with ``{}`` where the keys' placeholders go) run over ``keys`` in chunks."""
     out: list[int] = []
@@ -181,7 +195,7 @@ def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -
     wider = 3 * P.SHORTLIST
     query = (
         "SELECT i.id, i.room_id, i.event_id, i.media_id, i.features, r.score FROM ("
-        "  SELECT image, sum(1.0 / df) AS score FROM ("
+        "  SELECT image, sum(CAST(1 AS DOUBLE PRECISION) / df) AS score FROM ("
         f"    SELECT image, count(*) OVER (PARTITION BY bucket) AS df FROM {BUCKET_TABLE} WHERE {probe}"
         f"  ) AS hit GROUP BY image HAVING count(*) >= {P.MIN_BUCKET_HITS}"
         f"  ORDER BY score DESC, image LIMIT {wider}"
