@@ -193,23 +193,21 @@ def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -
         probe = f"bucket IN ({', '.join(['?'] * len(keys))})"
         params = list(keys)
     wider = 3 * P.SHORTLIST
+    mark = "%s" if dialect == "postgres" else "?"
     query = (
         "SELECT i.id, i.room_id, i.event_id, i.media_id, i.features, r.score FROM ("
         "  SELECT image, sum(CAST(1 AS DOUBLE PRECISION) / df) AS score FROM ("
         f"    SELECT image, count(*) OVER (PARTITION BY bucket) AS df FROM {BUCKET_TABLE} WHERE {probe}"
         f"  ) AS hit GROUP BY image HAVING count(*) >= {P.MIN_BUCKET_HITS}"
         f"  ORDER BY score DESC, image LIMIT {wider}"
-        f") AS r JOIN {IMAGE_TABLE} AS i ON i.id = r.image ORDER BY r.score DESC, i.id"
+        f") AS r JOIN {IMAGE_TABLE} AS i ON i.id = r.image WHERE i.room_id <> {mark}"
+        f" ORDER BY r.score DESC, i.id LIMIT {P.SHORTLIST}"
     )
-    txn.execute(query, params)
-    out: list[StoredImage] = []
-    for ident, room, event_id, media_id, blob, score in txn.fetchall():
-        if room == room_id:
-            continue
-        out.append(StoredImage(int(ident), room, event_id, media_id, unpack(bytes(blob)), float(score)))
-        if len(out) == P.SHORTLIST:
-            break
-    return out
+    txn.execute(query, [*params, room_id])
+    return [
+        StoredImage(int(ident), room, event_id, media_id, unpack(bytes(blob)), float(score))
+        for ident, room, event_id, media_id, blob, score in txn.fetchall()
+    ]
 
 
 def first_copied(
