@@ -7,8 +7,9 @@ Two parts, ``python -m bench --only perceptual`` runs both:
   transform of :data:`tests.image_corpus.TRANSFORMS` and every copy must be recognised. Then
   ``--unrelated`` images (default 2,000) of the same kinds, plus one *sibling* per protected
   chest film and scan (another patient on the same anatomy template / the same printed
-  form), must all pass. Lookups go through the same shortlist as the store
-  (:func:`carematrix.protect.perceptual.shortlist` over bucket rows), in memory.
+  form), must all pass. Lookups rank as the store does
+  (:func:`carematrix.protect.perceptual.ranked` over bucket rows, in memory) and decide
+  with the store's own :func:`carematrix.hsdb.image_store.first_copied`.
 * **lookup** (:func:`lookup_cost`): the homeserver-database store holding ``--stored``
   protected images (default 100,000) on SQLite and PostgreSQL; the time of
   :func:`carematrix.hsdb.image_store.shortlisted` and ``first_copied`` per image checked (bucket probe, shortlist,
@@ -47,17 +48,10 @@ class MemoryIndex:
     def find(self, views: list[P.Features]) -> tuple[int | None, int]:
         """(the protected image copied or None, how many were verified)."""
         rows = [(key, image) for key in P.lookup_keys(views).tolist() for image in self.buckets.get(key, ())]
-        chosen = P.shortlist(rows)
-        read = 0
-        for image in chosen:
-            if read >= image_store.MAX_ORIGINALS:  # as the store's check (first_copied)
-                break
-            stored, original = self.images[image]
-            decision = P.decide(stored, original, views)
-            read += decision.residual is not None
-            if decision.is_copy:
-                return image, len(chosen)
-        return None, len(chosen)
+        ranked = P.ranked(rows)[: P.SHORTLIST]
+        chosen = [image_store.StoredImage(i, "", "", "", self.images[i][0], score) for i, score in ranked]
+        copied = image_store.first_copied(chosen, views, lambda stored: self.images[stored.id][1])
+        return (copied[0].id if copied else None), len(chosen)
 
 
 def accuracy(protected: int, unrelated: int, seed: int = 7) -> dict[str, Any]:

@@ -187,23 +187,22 @@ def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -
     if not keys:
         return []
     if dialect == "postgres":
-        probe = "bucket = ANY(%s::bigint[])"
+        probe = "bucket = ANY(?::bigint[])"
         params: list[Any] = ["{" + ",".join(map(str, keys)) + "}"]
     else:
         probe = f"bucket IN ({', '.join(['?'] * len(keys))})"
         params = list(keys)
     wider = 3 * P.SHORTLIST
-    mark = "%s" if dialect == "postgres" else "?"
     query = (
         "SELECT i.id, i.room_id, i.event_id, i.media_id, i.features, r.score FROM ("
         "  SELECT image, sum(CAST(1 AS DOUBLE PRECISION) / df) AS score FROM ("
         f"    SELECT image, count(*) OVER (PARTITION BY bucket) AS df FROM {BUCKET_TABLE} WHERE {probe}"
         f"  ) AS hit GROUP BY image HAVING count(*) >= {P.MIN_BUCKET_HITS}"
         f"  ORDER BY score DESC, image LIMIT {wider}"
-        f") AS r JOIN {IMAGE_TABLE} AS i ON i.id = r.image WHERE i.room_id <> {mark}"
+        f") AS r JOIN {IMAGE_TABLE} AS i ON i.id = r.image WHERE i.room_id <> ?"
         f" ORDER BY r.score DESC, i.id LIMIT {P.SHORTLIST}"
     )
-    txn.execute(query, [*params, room_id])
+    txn.execute(sql(query, dialect), [*params, room_id])
     return [
         StoredImage(int(ident), room, event_id, media_id, unpack(bytes(blob)), float(score))
         for ident, room, event_id, media_id, blob, score in txn.fetchall()
