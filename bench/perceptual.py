@@ -62,8 +62,7 @@ def accuracy(protected: int, unrelated: int, seed: int = 7) -> dict[str, Any]:
     started = time.perf_counter()
     for _kind, _seed, image in images:
         data = corpus.jpeg(image, 92)  # protected images arrive as camera/scanner JPEGs
-        original = P.decode_grey(data)
-        index.add(P.features_of(original, protected=True), original)
+        index.add(P.protected_features(data), P.original_grey(data))
     rng = np.random.default_rng(seed)
     recall: dict[str, dict[str, Any]] = {}
     feature_ms: list[float] = []

@@ -150,7 +150,7 @@ def measure(dialect: str, url: str, stored: int, real_images: Real) -> dict[str,
 
         def original(candidate: image_store.StoredImage) -> np.ndarray | None:
             path = files.get(candidate.media_id)
-            return P.decode_grey(path.read_bytes()) if path else None
+            return P.original_grey(path.read_bytes()) if path else None
 
         features_ms: list[float] = []
         probe_ms: list[float] = []

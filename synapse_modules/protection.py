@@ -231,7 +231,7 @@ class ContentProtection:
         def original(stored: image_store.StoredImage) -> Any:
             try:
                 with open(local_media_path(self._api, stored.media_id, self._media_store), "rb") as f:
-                    return perceptual.decode_grey(f.read())
+                    return perceptual.original_grey(f.read())
             except (OSError, LookupError, perceptual.ImageUnreadable):
                 log.warning("no-forward: the original of protected image %s is gone; deciding on its features", stored.media_id)
                 return None

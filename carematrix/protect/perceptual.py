@@ -350,7 +350,7 @@ def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndar
 def _fit(p: np.ndarray, q: np.ndarray, tolerance: float, rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
     """Best scale-and-translation q ~ s * p + t over sampled pairs of matches: (s, t, inlier mask)."""
     n = len(p)
-    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)])
+    pairs = np.stack(np.triu_indices(n, 1), axis=1)  # every (i, j) with i < j, row by row
     if len(pairs) > 400:
         pairs = pairs[rng.choice(len(pairs), 400, replace=False)]
     dp = p[pairs[:, 1]] - p[pairs[:, 0]]
@@ -453,9 +453,32 @@ def _band(a: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(a, (0, 0), 0.8) - cv2.GaussianBlur(a, (0, 0), 3.0)
 
 
-def pixel_residual(original: np.ndarray, candidate: np.ndarray, scale: float, tx: float, ty: float, detail: float = 128) -> tuple[float, float, int]:
-    """How far the candidate, mapped back onto the protected ``original`` (both work
-    images), is from it, block by block: (worst block, mean over blocks, blocks compared).
+def original_grey(data: bytes) -> np.ndarray:
+    """A protected image's original in grey for :func:`pixel_residual`: decoded as for its
+    work image (a large JPEG at a fraction of its size), but not resampled to the work size,
+    which cost more than the decoding: the comparison brings it to its own, smaller frame
+    in one step. (Decoding at the comparison's size instead changed the residual of copies
+    more: the reduced JPEG decode is softer than the candidate's resampling.) Raises
+    :class:`ImageUnreadable`."""
+    return np.asarray(load_grey(data, WORK_SIDE), dtype=np.uint8)
+
+
+def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Sums of ``x`` over the BLOCK x BLOCK blocks at a stride of half a block, (rows, cols):
+    each block is four half-block cells, so every cell is summed once."""
+    half = BLOCK // 2
+    cells = x[: (rows + 1) * half, : (cols + 1) * half].reshape(rows + 1, half, cols + 1, half).sum(axis=(1, 3))
+    sums: np.ndarray = cells[:-1, :-1] + cells[1:, :-1] + cells[:-1, 1:] + cells[1:, 1:]
+    return sums
+
+
+def pixel_residual(
+    original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float, detail: float = 128
+) -> tuple[float, float, int]:
+    """How far the candidate, mapped back onto the protected ``original`` (its grey image at
+    any size, from :func:`original_grey`; ``frame`` is the (width, height) of the work frame
+    its features and the mapping are in), is from it, block by block: (worst block, second
+    worst, blocks compared).
 
     Both are compared at :data:`COMPARE_SIDE`, band-passed (detail, not lighting), after one
     gain for the whole image; a block's residual is the energy of the difference over the
@@ -463,7 +486,7 @@ def pixel_residual(original: np.ndarray, candidate: np.ndarray, scale: float, tx
     close everywhere; another patient's film or another report on the same form differs
     somewhere: a finding, a value, a name.
     """
-    h, w = original.shape
+    w, h = frame
     f = min(COMPARE_SIDE, detail) / max(h, w)
     rw, rh = max(1, round(w * f)), max(1, round(h * f))
     ref = cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA)
@@ -499,19 +522,17 @@ def pixel_residual(original: np.ndarray, candidate: np.ndarray, scale: float, tx
         return 1.0, 1.0, 0
     b = b / gain
     floor = 0.05 * float((a[inside] ** 2).mean()) * BLOCK * BLOCK
-    residuals = []
-    for y in range(0, ref.shape[0] - BLOCK + 1, BLOCK // 2):
-        for x in range(0, ref.shape[1] - BLOCK + 1, BLOCK // 2):
-            v = inside[y : y + BLOCK, x : x + BLOCK]
-            if v.mean() < 0.9:
-                continue
-            ab, bb = a[y : y + BLOCK, x : x + BLOCK], b[y : y + BLOCK, x : x + BLOCK]
-            diff = float(((ab - bb) ** 2).sum())
-            residuals.append(diff / (float((ab**2).sum() + (bb**2).sum()) + floor))
-    if not residuals:
+    rows, cols = (rh - BLOCK) // (BLOCK // 2) + 1, (rw - BLOCK) // (BLOCK // 2) + 1
+    if rows < 1 or cols < 1:
         return 1.0, 1.0, 0
-    residuals.sort(reverse=True)
-    return residuals[0], residuals[1] if len(residuals) > 1 else residuals[0], len(residuals)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    covered = _block_sums(inside.astype(np.float64), rows, cols) >= 0.9 * BLOCK * BLOCK
+    diff = _block_sums((a64 - b64) ** 2, rows, cols)
+    energy = _block_sums(a64**2, rows, cols) + _block_sums(b64**2, rows, cols)
+    residuals = np.sort((diff / (energy + floor))[covered])[::-1]
+    if residuals.size == 0:
+        return 1.0, 1.0, 0
+    return float(residuals[0]), float(residuals[1] if residuals.size > 1 else residuals[0]), int(residuals.size)
 
 
 @dataclass(frozen=True)
@@ -528,7 +549,7 @@ def decide(
     stored: Features, original: np.ndarray | Callable[[], np.ndarray | None] | None, views: list[Features]
 ) -> Decision:
     """Whether the candidate (its :func:`candidate_views`) copies the protected image whose
-    stored features and work image (``original``, from :func:`decode_grey`; None when the
+    stored features and original (``original``, from :func:`original_grey`; None when the
     file is gone) are given. The features must match in one geometry, then the pixels: a
     copy differs from its original nowhere by more than :data:`MAX_BLOCK_RESIDUAL`.
     ``original`` may be a function that reads it: it is then called only when the
@@ -554,7 +575,8 @@ def decide(
             # or less when the view was enlarged from a smaller file
             enlarged = max(view.width, view.height) / max(view.native, 1)
             extent = verdict.scale * max(stored.width, stored.height) / max(1.0, enlarged)
-            worst, second, blocks = pixel_residual(original, view.grey, verdict.scale, verdict.tx, verdict.ty, extent)
+            worst, second, blocks = pixel_residual(
+                original, (stored.width, stored.height), view.grey, verdict.scale, verdict.tx, verdict.ty, extent)
             decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
         if decision.is_copy:
             return decision

@@ -37,7 +37,7 @@ def test_a_copy_finds_its_protected_image_outside_its_room(audit_db):
     assert found[0].room_id == WARD and found[0].event_id == "$film"
     assert (found[0].features.bits == features.bits).all()
     assert same_room == []
-    copied = image_store.first_copied(found, views, lambda stored: perceptual.decode_grey(data))
+    copied = image_store.first_copied(found, views, lambda stored: perceptual.original_grey(data))
     assert copied is not None and copied[0].media_id == "FILM"
 
 
@@ -76,7 +76,7 @@ def test_a_bucket_shared_by_more_images_than_common_is_marked_and_emptied(audit_
     with audit_db.transaction(read_only=True) as txn:
         found = image_store.shortlisted(txn, audit_db.dialect, views, DM)
     assert found and found[0].media_id == "FILM"
-    copied = image_store.first_copied(found, views, lambda stored: perceptual.decode_grey(data))
+    copied = image_store.first_copied(found, views, lambda stored: perceptual.original_grey(data))
     assert copied is not None and copied[0].media_id == "FILM"
 
 
@@ -96,7 +96,7 @@ def test_a_check_reads_at_most_max_originals(audit_db):
 
     def other_patient(stored: image_store.StoredImage) -> np.ndarray:
         read.append(stored.media_id)
-        return perceptual.decode_grey(corpus.jpeg(corpus.chest_film(77, template=2), 92))
+        return perceptual.original_grey(corpus.jpeg(corpus.chest_film(77, template=2), 92))
 
     assert image_store.first_copied(found, views, other_patient) is None
     assert len(read) == image_store.MAX_ORIGINALS

@@ -27,8 +27,8 @@ PROTECTED = {
 
 @cache
 def stored(kind: str) -> tuple[P.Features, np.ndarray]:
-    original = P.decode_grey(corpus.jpeg(PROTECTED[kind], 92))
-    return P.features_of(original, protected=True), original
+    data = corpus.jpeg(PROTECTED[kind], 92)
+    return P.protected_features(data), P.original_grey(data)
 
 
 def decision(kind: str, data: bytes) -> P.Decision:
@@ -93,6 +93,42 @@ def test_unrelated_images_of_the_same_kind_are_not_copies(kind: str) -> None:
         image = {"photo": corpus.photo, "ecg": corpus.ecg}.get(kind)
         other = image(seed) if image else (corpus.scan(seed, 3) if kind == "scan" else corpus.chest_film(seed, 5))
         assert not decision(kind, corpus.jpeg(other, 85)).is_copy
+
+
+def _residual(original: bytes, candidate: bytes) -> tuple[float, float, int]:
+    """The pixel comparison of ``candidate`` against the protected ``original`` in the
+    geometry its features found (as :func:`P.decide` runs it)."""
+    features = P.protected_features(original)
+    view = P.candidate_views(candidate)[0]
+    verdict = P.verify(features, view, dense=False)
+    assert verdict.is_copy, "the features place the candidate on the original"
+    return P.pixel_residual(
+        P.original_grey(original), (features.width, features.height), view.grey, verdict.scale, verdict.tx, verdict.ty, 192)
+
+
+def test_a_large_original_is_compared_in_its_work_frame() -> None:
+    """A camera JPEG of 2,000 pixels a side is read at a fraction of its size, not at the work size its
+    features were taken in; its re-encoded, halved copy still lines up block by block."""
+    big = corpus.resized(PROTECTED["chest"], 3.0)
+    original = corpus.jpeg(big, 92)
+    assert max(P.original_grey(original).shape) not in (max(big.size), P.WORK_SIDE)
+    worst, _, blocks = _residual(original, corpus.jpeg(corpus.resized(big, 0.5), 85))
+    assert blocks >= 100
+    assert worst < P.MAX_BLOCK_RESIDUAL
+
+
+def test_one_changed_spot_is_the_worst_block() -> None:
+    """Another value in one place of an otherwise identical report (a potassium of 7.2
+    instead of 4.1) is what tells it apart: that block alone is far off."""
+    report = PROTECTED["scan"]
+    changed = report.copy()
+    w, h = changed.size
+    changed.paste(corpus.photo(9).resize((w // 12, h // 12)), (w // 2, h // 2))
+    same_worst, same_second, _ = _residual(corpus.jpeg(report, 92), corpus.jpeg(report, 80))
+    worst, second, _ = _residual(corpus.jpeg(report, 92), corpus.jpeg(changed, 80))
+    assert same_worst < P.MAX_BLOCK_RESIDUAL
+    assert worst > P.MAX_BLOCK_RESIDUAL > same_worst
+    assert second > same_second
 
 
 def test_without_the_original_a_copy_is_decided_on_its_features() -> None:
