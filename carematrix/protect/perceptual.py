@@ -327,8 +327,10 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances, shape (len(a), len(b))."""
-    return _popcount(a[:, None] ^ b[None, :])
+    """Pairwise Hamming distances, shape (len(a), len(b)), as uint8 (at most :data:`BITS`;
+    the small type keeps the partition in :func:`_matches` cheap)."""
+    dist: np.ndarray = np.bitwise_count(a[:, None] ^ b[None, :])
+    return dist
 
 
 def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndarray]:
@@ -336,13 +338,12 @@ def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndar
     if len(stored) == 0 or len(candidate) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     dist = hamming(stored.bits, candidate.bits)
-    order = np.argpartition(dist, 1, axis=1)[:, :2]
+    two = np.partition(dist, 1, axis=1)[:, :2].astype(np.int16)
+    best, second = two[:, 0], two[:, 1]
+    # when the nearest is tied, the margin is 0 and the feature is dropped, so which of
+    # the tied ones argmin names does not matter
+    nearest = dist.argmin(axis=1)
     rows = np.arange(len(stored))
-    best = dist[rows, order[:, 0]]
-    second = dist[rows, order[:, 1]]
-    swap = second < best
-    best, second = np.where(swap, second, best), np.where(swap, best, second)
-    nearest = np.where(swap, order[:, 1], order[:, 0])
     keep = (best <= MATCH_DISTANCE) & (second - best >= MATCH_MARGIN)
     return rows[keep], nearest[keep]
 
@@ -369,8 +370,7 @@ def _fit(p: np.ndarray, q: np.ndarray, tolerance: float, rng: np.random.Generato
     s = scale[ok]
     t = q[pairs[ok, 0]] - s[:, None] * p[pairs[ok, 0]]
     predicted = s[:, None, None] * p[None, :, :] + t[:, None, :]
-    residual = np.linalg.norm(predicted - q[None, :, :], axis=2)
-    inliers = residual <= tolerance
+    inliers = ((predicted - q[None, :, :]) ** 2).sum(axis=2) <= tolerance * tolerance
     best = int(np.argmax(inliers.sum(axis=1)))
     mask = inliers[best]
     # refine on the inliers (least squares for s and t)
