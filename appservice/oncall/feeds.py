@@ -30,6 +30,11 @@ ROSTER_AHEAD = timedelta(days=35)
 ROSTER_KEEP_AHEAD = timedelta(days=28)
 # How often a feed that cannot be re-expanded (unreadable, broken) is tried again for that.
 STALE_RETRY_SECONDS = 30.0
+# An edited feed file is read once it has stayed the same (time and size) this long. A HIS
+# export arriving over SFTP, or a tool that rewrites the file in place, leaves it empty or
+# half written for a while; read then, it was rejected and the roster office was told of an
+# error in a roster nobody had sent (the last good roster stayed in force either way).
+FEED_SETTLE_SECONDS = 2.0
 
 
 class RosterFeeds:
@@ -40,6 +45,16 @@ class RosterFeeds:
         self._stamps: dict[str, tuple[int, int] | None] = {}
         self._windows: dict[str, tuple[datetime, datetime]] = {}  # feed -> window in force
         self._failed_at: dict[str, float] = {}  # feed -> when its last read was rejected
+        self._edits: dict[str, tuple[tuple[int, int], float]] = {}  # feed -> edit seen, since when
+
+    def _settled(self, feed_id: str, stamp: tuple[int, int]) -> bool:
+        """Whether an edit seen in ``stamp`` has stayed unchanged for FEED_SETTLE_SECONDS."""
+        now = time.monotonic()
+        seen = self._edits.get(feed_id)
+        if seen is None or seen[0] != stamp:
+            self._edits[feed_id] = (stamp, now)
+            return False
+        return now - seen[1] >= FEED_SETTLE_SECONDS
 
     def _window_stale(self, feed_id: str, now: datetime) -> bool:
         window = self._windows.get(feed_id)
@@ -58,11 +73,14 @@ class RosterFeeds:
             last = self._checked.get(feed.id, 0.0)
             stamp = _file_stamp(policy_dir, feed.path)
             edited = stamp is not None and stamp != self._stamps.get(feed.id)
+            if stamp is not None and edited and not force and not self._settled(feed.id, stamp):
+                continue  # still being written, or just written: read on a later poll
             stale = (self._window_stale(feed.id, now)
                      and time.monotonic() - self._failed_at.get(feed.id, -STALE_RETRY_SECONDS) >= STALE_RETRY_SECONDS)
             if not force and not edited and not stale and time.monotonic() - last < feed.refresh_seconds:
                 continue
             self._stamps[feed.id] = stamp
+            self._edits.pop(feed.id, None)
             self._checked[feed.id] = time.monotonic()
             source = feed.url or feed.path or feed.id
             try:
