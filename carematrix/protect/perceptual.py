@@ -81,6 +81,10 @@ _SEED = 0x5EED_F00D
 _RNG = np.random.default_rng(_SEED)
 _PROJECTION = _RNG.standard_normal((BITS, 128)).astype(np.float32)
 _BUCKET_BIT_SETS = [np.sort(_RNG.choice(BITS, BUCKET_BITS, replace=False)) for _ in range(TABLES)]
+_BUCKET_WEIGHTS = np.zeros((BITS, TABLES), np.int64)  # bit b of a feature -> its place in each key
+for _table, _chosen in enumerate(_BUCKET_BIT_SETS):
+    _BUCKET_WEIGHTS[_chosen, _table] = 1 << np.arange(BUCKET_BITS, dtype=np.int64)
+_TABLE_TAGS = np.arange(TABLES, dtype=np.int64) << BUCKET_BITS
 _SIFT = cv2.SIFT_create(  # type: ignore[attr-defined]
     nfeatures=CANDIDATE_POINTS, contrastThreshold=0.03)
 
@@ -258,16 +262,15 @@ def candidate_views(data: bytes) -> list[Features]:
 
 def bucket_keys(bits: np.ndarray) -> np.ndarray:
     """The LSH bucket of each feature in each table, as int64 keys (table in the top bits,
-    so one index serves all tables): shape (n * TABLES,), unique."""
+    so one index serves all tables): shape (n * TABLES,), unique. Table t's key gathers the
+    bits ``_BUCKET_BIT_SETS[t]`` of a feature, the first of them lowest: one product of the
+    features' bit matrix with :data:`_BUCKET_WEIGHTS` (a loop over the 96 chosen bits took
+    more of a check than the index probe it feeds)."""
     if bits.size == 0:
         return np.zeros(0, np.int64)
-    keys = []
-    for table, chosen in enumerate(_BUCKET_BIT_SETS):
-        value = np.zeros(bits.shape, np.int64)
-        for position, bit in enumerate(chosen):
-            value |= ((bits >> np.uint64(bit)) & np.uint64(1)).astype(np.int64) << position
-        keys.append(value | (table << BUCKET_BITS))
-    return np.unique(np.concatenate(keys))
+    matrix = ((bits[:, None] >> np.arange(BITS, dtype=np.uint64)) & np.uint64(1)).astype(np.int64)
+    keys = (matrix @ _BUCKET_WEIGHTS) | _TABLE_TAGS
+    return np.unique(keys.ravel())
 
 
 def ranked(rows: Iterable[tuple[int, int]]) -> list[tuple[int, float]]:
@@ -473,7 +476,8 @@ def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def pixel_residual(
-    original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float, detail: float = 128
+    original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float,
+    detail: float = 128, references: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> tuple[float, float, int]:
     """How far the candidate, mapped back onto the protected ``original`` (its grey image at
     any size, from :func:`original_grey`; ``frame`` is the (width, height) of the work frame
@@ -485,11 +489,20 @@ def pixel_residual(
     energy of both, 0 for the same picture and about 1 for unrelated content. A copy is
     close everywhere; another patient's film or another report on the same form differs
     somewhere: a finding, a value, a name.
+
+    ``references`` keeps the original, band-passed at each compare size, for the next
+    comparison with the same original (:func:`decide` compares it with each view whose
+    features match it; bringing the original to its compare size cost a third of a
+    comparison).
     """
     w, h = frame
     f = min(COMPARE_SIDE, detail) / max(h, w)
     rw, rh = max(1, round(w * f)), max(1, round(h * f))
-    ref = cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA)
+    a = references.get((rw, rh)) if references is not None else None
+    if a is None:
+        a = _band(cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA))
+        if references is not None:
+            references[(rw, rh)] = a
     ch, cw = candidate.shape
     sw, sh = max(1, round(cw * f / scale)), max(1, round(ch * f / scale))
     small = cv2.resize(candidate.astype(np.float32), (sw, sh),
@@ -514,7 +527,7 @@ def pixel_residual(
     edge = 6  # the band-pass of the original is unreliable this near its own border
     inside[:edge] = inside[-edge:] = False
     inside[:, :edge] = inside[:, -edge:] = False
-    a, b = _band(ref), _band(warped)
+    b = _band(warped)
     if inside.sum() < 4 * BLOCK * BLOCK:
         return 1.0, 1.0, 0
     gain = float((a[inside] * b[inside]).sum() / max((a[inside] ** 2).sum(), 1e-6))
@@ -557,6 +570,7 @@ def decide(
     feature agreement decides, with the stricter :data:`ORIGINAL_GONE_AGREEMENT`."""
     best: Decision | None = None
     loaded = False
+    references: dict[tuple[int, int], np.ndarray] = {}
     for view in views:
         verdict = verify(stored, view, dense=False)
         if not verdict.is_copy:
@@ -576,7 +590,8 @@ def decide(
             enlarged = max(view.width, view.height) / max(view.native, 1)
             extent = verdict.scale * max(stored.width, stored.height) / max(1.0, enlarged)
             worst, second, blocks = pixel_residual(
-                original, (stored.width, stored.height), view.grey, verdict.scale, verdict.tx, verdict.ty, extent)
+                original, (stored.width, stored.height), view.grey, verdict.scale, verdict.tx, verdict.ty, extent,
+                references)
             decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
         if decision.is_copy:
             return decision

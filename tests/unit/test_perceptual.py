@@ -155,6 +155,18 @@ def test_bucket_keys_never_change() -> None:
     assert P.BITS == 64 and P.TABLES == 4 and P.BUCKET_BITS == 24
 
 
+def test_each_key_gathers_its_tables_chosen_bits_first_lowest() -> None:
+    """The keys of many features at once are those read off each feature bit by bit."""
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 1 << 62, 300, dtype=np.uint64) * np.uint64(4) + rng.integers(0, 4, 300).astype(np.uint64)
+    expected = set()
+    for value in bits.tolist():
+        for table, chosen in enumerate(P._BUCKET_BIT_SETS):
+            key = sum(((value >> int(bit)) & 1) << position for position, bit in enumerate(chosen))
+            expected.add(key | table << P.BUCKET_BITS)
+    assert P.bucket_keys(bits).tolist() == sorted(expected)
+
+
 BUCKETS_OF_BITS = [611505, 16165710, 18283509, 32048138, 34267999, 49618080, 50926266, 66514245]
 
 
