@@ -147,7 +147,7 @@ class ContentProtection:
         views = await self._images_of(media_ids, protected=False)
         dialect = self._dialect
 
-        def check(txn: Any) -> tuple[Any, list[str], list[image_store.StoredImage]]:
+        def check(txn: Any) -> tuple[Any, list[str], list[image_store.StoredImage], set[str]]:
             if also is not None:
                 # ``also`` appends to the audit chain: its lock must come before any read.
                 audit_store.lock_for_append(txn, dialect)
@@ -160,16 +160,17 @@ class ContentProtection:
                     shortlist += image_store.shortlisted(txn, dialect, candidate, event.room_id)
             if match is None and not shortlist and also is not None:
                 also(txn)
-            return match, extra, shortlist
+            kept = tables.known_media(txn, sorted({s.media_id for s in shortlist})) if shortlist else set()
+            return match, extra, shortlist, kept
 
-        match, extra, shortlist = await self._db("carematrix_no_forward_check", check)
+        match, extra, shortlist, kept = await self._db("carematrix_no_forward_check", check)
         if match is not None:
             log.info("no-forward: %s in %s matches %s", event.event_id, event.room_id, match.origin_event)
             return NO_FORWARD, extra, False
         if shortlist:
             # Verification reads originals and compares pixels: off the event loop, and
             # outside the transaction (the message's audit record is then written apart).
-            copied = await self._api.defer_to_thread(self._first_copied, shortlist, views)
+            copied = await self._api.defer_to_thread(self._first_copied, shortlist, views, kept)
             if copied is not None:
                 origin, decision, media_id = copied
                 how = (
@@ -224,16 +225,22 @@ class ContentProtection:
         return result
 
     def _first_copied(
-        self, shortlist: list[image_store.StoredImage], views: list[tuple[str, Any]]
+        self, shortlist: list[image_store.StoredImage], views: list[tuple[str, Any]], kept: set[str]
     ) -> tuple[image_store.StoredImage, perceptual.Decision, str] | None:
-        """In a thread: the first shortlisted protected image one of ``views`` copies."""
+        """In a thread: the first shortlisted protected image one of ``views`` copies.
+        ``kept``: the originals the homeserver still has; the others were deleted on
+        purpose (a burnt message, a media purge) and their features decide, as designed.
+        An original the homeserver has but cannot be read here is a fault worth a warning."""
 
         def original(stored: image_store.StoredImage) -> Any:
+            if stored.media_id not in kept:
+                return None
             try:
                 with open(local_media_path(self._api, stored.media_id, self._media_store), "rb") as f:
                     return perceptual.original_grey(f.read())
-            except (OSError, LookupError, perceptual.ImageUnreadable):
-                log.warning("no-forward: the original of protected image %s is gone; deciding on its features", stored.media_id)
+            except (OSError, LookupError, perceptual.ImageUnreadable) as exc:
+                log.warning("no-forward: the original of protected image %s cannot be read (%s); deciding on its features",
+                            stored.media_id, exc)
                 return None
 
         for media_id, candidate in views:

@@ -27,6 +27,16 @@ def media_sha256(txn: Any, media_ids: list[str]) -> dict[str, str]:
     return {row[0]: row[1] for row in txn.fetchall()}
 
 
+def known_media(txn: Any, media_ids: list[str]) -> set[str]:
+    """The local uploads among ``media_ids`` Synapse still has: a burnt message's files, and
+    media an admin or the media retention purged, are deleted with their row."""
+    if not media_ids:
+        return set()
+    marks = ",".join("?" for _ in media_ids)
+    txn.execute(f"SELECT media_id FROM local_media_repository WHERE media_id IN ({marks})", tuple(media_ids))
+    return {row[0] for row in txn.fetchall()}
+
+
 def readers_since(txn: Any, room_id: str, event_id: str) -> set[str] | None:
     """Users whose public or private read receipt in ``room_id`` is at or after ``event_id``
     (any thread), read from the database so receipts sent while nothing was listening count.

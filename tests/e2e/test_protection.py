@@ -23,7 +23,7 @@ from carematrix.policy import load_policy
 from carematrix_ops.audit_db import connect
 from tests import image_corpus as corpus
 from tests.images import photo
-from tests.support import RunningStack, eventually, wait_for_event
+from tests.support import RunningStack, eventually, log_files, log_sizes, wait_for_event
 
 # Also run on the worker deployment (tests/conftest.py).
 pytestmark = pytest.mark.worker_pass
@@ -175,6 +175,48 @@ async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack:
         dm,
     )
     assert denials == [(doctor.user_id,)] * len(copies)
+
+
+async def test_a_copy_of_a_burnt_protected_film_is_still_refused_and_the_burn_is_no_warning(stack: RunningStack):
+    """A film posted burn-after-read in a ward room is deleted with its files when its time
+    runs out. A copy someone kept is still refused outside the room (its features decide,
+    more strictly, with no original to compare), another patient's film still passes, and
+    the homeserver does not warn about an original it deleted on purpose."""
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        film = corpus.chest_film(5151, template=3)
+        uri = await upload(nurse, corpus.jpeg(film, 92), "image/jpeg", "chest.jpg")
+        posted = await send(nurse, icu, {**image_content(uri, "chest.jpg"),
+                                          "org.carematrix.burn_after_read": {"grace_seconds": 1, "ttl_seconds": 2}})
+        assert isinstance(posted, RoomSendResponse), posted
+
+        async def burnt() -> bool:
+            status, _, _ = await media_get(stack, nurse, f"/_matrix/client/v1/media/download/{mxc_path(uri)}")
+            return status == 404 and await event_content(nurse, icu, posted.event_id) == {}
+
+        assert await eventually(burnt, timeout=30)
+        logs = log_files(stack.deployment.settings.data_dir)
+        before = log_sizes(logs)
+        dm = await new_room(doctor, [nurse], is_direct=True, name="chat")
+        kept = await upload(doctor, corpus.jpeg(corpus.resized(film, 0.99), 85), "image/jpeg", "kept.jpg")
+        resp = await send(doctor, dm, image_content(kept, "kept.jpg"))
+        denied_as_no_forward(resp)
+        assert "[rule protection.no_forward]" in resp.message
+        other_patient = await upload(doctor, corpus.jpeg(corpus.sibling_film(5151), 90), "image/jpeg", "film.jpg")
+        assert isinstance(await send(doctor, dm, image_content(other_patient, "film.jpg")), RoomSendResponse)
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+    warned = []
+    for path, start in before.items():
+        with path.open("rb") as f:
+            f.seek(start)
+            warned += [line for line in f.read().decode(errors="replace").splitlines()
+                       if "original of protected image" in line and " WARNING " in line]
+    assert warned == []
 
 
 async def test_a_command_sent_in_a_ward_room_by_mistake_still_works_in_a_dm(stack: RunningStack):
