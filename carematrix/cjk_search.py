@@ -13,7 +13,9 @@ characters is indexed as its single characters and its overlapping character pai
 (bigrams): 心内科 → 心 内 科 心内 内科. A query run of one character is that character; a
 longer one is its pairs (王建国 → 王建 建国), which every text containing the run has, side
 by side. Text outside CJK runs is left to the database as before, so English search is
-unchanged.
+unchanged; in a message it is also indexed set apart from the runs, because clinical notes
+write Latin words and numbers against the Chinese with no space ("王建国CT示右肺结节8mm",
+"ECG示ST段抬高"), and the database would keep "CT" inside one long token.
 
 Pure functions: used by the Synapse adapter (synapse_modules/adapter/search.py) on both
 the index and the query side, and unit-tested without Synapse.
@@ -22,10 +24,12 @@ the index and the query side, and unit-tested without Synapse.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Version of the index form: stored with a re-indexed table, so a change of the form
-# re-indexes existing rows at the next start.
-INDEX_FORM = "cjk-bigram-1"
+# re-indexes existing rows at the next start. 2: a message's Latin words and numbers are
+# indexed apart from its CJK runs too, folded from full-width forms.
+INDEX_FORM = "cjk-bigram-2"
 
 # Han ideographs (with extensions and compatibility forms), kana and Hangul: scripts written
 # without spaces between words (Hangul is spaced, but its syllable runs are short words that
@@ -39,6 +43,9 @@ _CJK_CLASS = (
 )
 _CJK = re.compile(f"[{_CJK_CLASS}]")
 _CJK_RUN = re.compile(f"[{_CJK_CLASS}]+")
+# Not ASCII and not a letter or digit: CJK punctuation (。、「」【】…) that survives folding.
+# SQLite's index takes any non-ASCII character for part of a word ("8mm。" would be one).
+_NOT_A_WORD = re.compile(r"[^\x00-\x7f\w]")
 
 
 def is_cjk(text: str) -> bool:
@@ -105,20 +112,45 @@ def collapse_query_words(words: list[str]) -> list[str]:
     return kept
 
 
-def _grams_line(text: str) -> str:
+def _fold(text: str) -> str:
+    """Full-width letters, digits and signs (ＣＴ ７．２，as a Chinese input method types them)
+    as ASCII, and other compatibility forms (㎎, ℃) as their plain letters."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def _plain(piece: str) -> str:
+    return _NOT_A_WORD.sub(" ", piece)
+
+
+def needs_index_line(text: str) -> bool:
+    """True if the database alone would not find every word of ``text``: it has CJK runs,
+    or full-width / compatibility forms."""
+    return is_cjk(text) or _fold(text) != text
+
+
+def index_line(text: str) -> str:
+    """The line a message's indexed text gains: each CJK run as its index grams (the pairs
+    of a run side by side), and the text between runs, folded, set apart from them."""
+    parts = [" ".join(index_grams(piece)) if cjk else _plain(piece) for cjk, piece in split_cjk(_fold(text))]
+    return " ".join(" ".join(parts).split())
+
+
+def _grams_line_v1(text: str) -> str:
+    """The added line of index form 1 (CJK grams only), recognised when re-indexing."""
     return " ".join(gram for run in cjk_runs(text) for gram in index_grams(run))
 
 
 def message_index_value(text: str) -> str:
     """What a message's text is indexed as: the text itself (so English and every other
-    word is indexed as before), then a line with the index grams of its CJK runs. A value
-    already in this form is returned as it is (re-indexing twice changes nothing)."""
-    if not is_cjk(text):
-        return text
+    word is indexed as before), then :func:`index_line` when the database needs it. A value
+    already indexed, in this form or the one before, is recognised by its last line, so
+    re-indexing replaces that line and re-indexing twice changes nothing."""
     head, _, tail = text.rpartition("\n")
-    if head and tail == _grams_line(head):
+    if head and needs_index_line(head) and tail in (index_line(head), _grams_line_v1(head)):
+        text = head
+    if not needs_index_line(text):
         return text
-    return text + "\n" + _grams_line(text)
+    return text + "\n" + index_line(text)
 
 
 def message_query(term: str) -> str:
@@ -126,8 +158,10 @@ def message_query(term: str) -> str:
     more than one character becomes a quoted phrase of its pairs ("王建 建国": the pairs side by
     side, as in the index), so a leading ``-`` still negates the whole word; inside quotes
     the pairs join the user's phrase."""
-    if not is_cjk(term):
-        return term
+    folded = _fold(term)
+    if not is_cjk(folded):
+        return term if folded == term else _plain(folded)
+    term = folded
     out: list[str] = []
     for index, part in enumerate(term.split('"')):
         in_phrase = bool(index % 2)
@@ -135,7 +169,7 @@ def message_query(term: str) -> str:
             out.append('"')
         for cjk, piece in split_cjk(part):
             if not cjk:
-                out.append(piece)
+                out.append(_plain(piece))
                 continue
             grams = query_grams(piece)
             if in_phrase:

@@ -90,7 +90,7 @@ def _indexing_cjk_messages(original: Callable[..., None]) -> Callable[..., None]
 def _searching_cjk_messages(original: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., Awaitable[dict[str, Any]]]:
     @functools.wraps(original)
     async def search(self: Any, room_ids: Any, search_term: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if not cjk_search.is_cjk(search_term):
+        if not cjk_search.needs_index_line(search_term):
             return await original(self, room_ids, search_term, *args, **kwargs)
         result = await original(self, room_ids, cjk_search.message_query(search_term), *args, **kwargs)
         # Highlights are what clients mark in the results: the words the user typed, not
@@ -230,7 +230,7 @@ def _message_batch_postgres(txn: Any, after: str) -> tuple[str, int] | None:
     changed = 0
     for event_id, key, event_json in found:
         value = _content_value(event_json, key)
-        if value is None or not cjk_search.is_cjk(value):
+        if value is None or not cjk_search.needs_index_line(value):
             continue
         txn.execute(
             "UPDATE event_search SET vector = to_tsvector('english', ?) WHERE event_id = ? AND key = ?",

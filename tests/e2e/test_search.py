@@ -97,3 +97,37 @@ async def test_a_chinese_word_inside_a_message_is_found_and_english_still_is(sta
         assert sent["mixed"] in found and sent["chinese"] not in found and sent["english"] not in found
     finally:
         await nurse.close()
+
+
+async def test_latin_words_and_numbers_written_against_chinese_are_found(stack: RunningStack):
+    """Clinical notes write CT, ECG, ST, 8mm or 5A against the Chinese with no space, and an
+    input method may type digits full-width: each is found by the word as one types it."""
+    doctor = await stack.login("d2001")
+    try:
+        room = (await doctor.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
+        sent = {}
+        for key, body in (
+            ("ct", "患者王建国CT示右肺结节8mm，建议3个月复查"),
+            ("ecg", "12床张三丰的ECG示ST段抬高，已通知5A病区"),
+            ("full-width", "血钾７．２，请复查"),
+            ("english", "CT chest booked for bed 9"),
+        ):
+            resp = await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": body})
+            assert isinstance(resp, RoomSendResponse), resp
+            sent[key] = resp.event_id
+
+        async def found(term: str) -> set[str]:
+            return set((await search_messages(doctor, room, term))[0]) & set(sent.values())
+
+        assert await found("CT") == {sent["ct"], sent["english"]}
+        assert await found("8mm") == {sent["ct"]}
+        assert await found("ECG") == {sent["ecg"]}
+        assert await found("ST段") == {sent["ecg"]}
+        assert await found("5A") == {sent["ecg"]}
+        assert await found("王建国 CT") == {sent["ct"]}
+        assert await found("7.2") == {sent["full-width"]}
+        assert await found("７．２") == {sent["full-width"]}
+        assert await found("chest") == {sent["english"]}
+    finally:
+        await doctor.close()
+

@@ -91,3 +91,40 @@ def test_pairs_of_a_word_are_side_by_side_in_the_index():
 
 def test_kana_and_hangul_are_runs_too():
     assert C.cjk_runs("カルテ 차트 chart") == ["カルテ", "차트"]
+
+
+def sqlite_tokens(indexed: str) -> set[str]:
+    """Tokens as SQLite's FTS "simple" tokenizer sees them: it cuts at ASCII characters
+    other than letters and digits and keeps every non-ASCII character in the word."""
+    return {t.lower() for t in re.findall(r"(?:[A-Za-z0-9]|[^\x00-\x7f])+", indexed)}
+
+
+def test_latin_words_and_numbers_written_against_chinese_are_indexed_apart():
+    note = "患者王建国CT示右肺结节8mm，建议3个月复查"
+    assert "ct" not in sqlite_tokens(note) and "8mm" not in sqlite_tokens(note)  # why the line is needed
+    value = C.message_index_value(note)
+    assert value.startswith(note + "\n")
+    assert {"ct", "8mm", "3", "结节", "王建", "建国"} <= sqlite_tokens(value)
+    added = C.message_index_value("复查。8mm、2次")
+    assert "8mm" in sqlite_tokens(added.split("\n")[1]) and "。" not in added.split("\n")[1]
+    ecg = C.message_index_value("Bed 5 张三丰的ECG示ST段抬高")
+    assert {"ecg", "st", "段", "张三", "三丰"} <= sqlite_tokens(ecg)
+    assert C.message_index_value(value) == value
+
+
+def test_full_width_letters_and_digits_are_found_by_their_ascii_forms_either_way():
+    value = C.message_index_value("血钾７．２，ＣＴ已做")
+    assert {"7", "2", "ct"} <= sqlite_tokens(value.split("\n")[1])
+    assert C.message_query("７．２") == "7.2" and C.message_query("ＣＴ") == "CT"
+    assert C.message_index_value("ＣＴ ７．２") == "ＣＴ ７．２\nCT 7.2"  # no Chinese, still folded
+    assert C.message_query("don’t") == "don’t"  # nothing to fold: as typed
+
+
+def test_a_message_indexed_in_the_earlier_form_is_re_indexed_in_this_one():
+    text = "患者王建国CT示"
+    earlier = text + "\n" + " ".join(g for run in C.cjk_runs(text) for g in C.index_grams(run))
+    assert "ct" not in sqlite_tokens(earlier.split("\n")[1])
+    again = C.message_index_value(earlier)
+    assert again == C.message_index_value(text) and again.count("\n") == 1
+    assert "ct" in sqlite_tokens(again.split("\n")[1])
+
