@@ -7,9 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 from nio import AsyncClient, RoomSendResponse
 
 from tests.support import RunningStack, eventually
+
+# On workers the message index is written by the event persister and searched by a client
+# reader, the directory by the user-directory worker: each must run the CJK hooks.
+pytestmark = pytest.mark.worker_pass
 
 
 async def post(client: AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
