@@ -21,7 +21,7 @@ from synapse.module_api import EventBase, ModuleApi
 
 from carematrix import identity
 from carematrix.audit import actions as A
-from carematrix.audit.access import MediaRequest, Requester
+from carematrix.audit.access import HEADERS_ONLY, MediaRequest, Requester
 from carematrix.audit.record import AuditRecord
 from carematrix.hsdb import audit_store, burn_store, forward_store, image_store, media_store
 from carematrix.policy.holder import PolicyHolder
@@ -345,13 +345,18 @@ class ContentProtection:
             source=client_address(request), process=writer.process if writer is not None else "main",
         )
         served: list[AuditRecord] = []  # the success recorded before the bytes were sent
+        # A HEAD request is answered with headers only: whoever sent it received no file,
+        # so its record is not a success (an auditor asks "did they get it?").
+        head = request.method == b"HEAD"
 
         def answered(status: int, complete: bool) -> None:
             if writer is None:
                 return
             if access.requester is None and access.server is None:
                 access.requester, access.server = requester_after(request)
-            final = access.record(status, complete)
+            if head and 200 <= status < 300:
+                access.reason = HEADERS_ONLY
+            final = access.record(status, complete and not head)
             if served:
                 if 200 <= status < 300:
                     return  # on record already (the bytes were on their way)
@@ -462,9 +467,10 @@ class ContentProtection:
         return False
 
     async def _record_served(self, request: Any, access: MediaRequest, served: list[AuditRecord]) -> bool:
-        """Fail closed: a protected file is served only once its download is on record."""
+        """Fail closed: a protected file is served only once its download is on record (a
+        HEAD request sends no file: it is recorded as answered, like any other)."""
         writer = current_writer()
-        if writer is None:
+        if writer is None or request.method == b"HEAD":
             return True
         record = access.record(200, True)
         try:

@@ -36,6 +36,7 @@ STATUS_REASONS = {
     504: "remote server timed out",
 }
 CONNECTION_LOST = "the connection closed before the whole answer was sent"
+HEADERS_ONLY = "HEAD request: headers only, no content sent"
 
 
 def outcome_of(status: int, complete: bool) -> str:
@@ -52,7 +53,7 @@ def reason_of(status: int, complete: bool, reason: str | None) -> str | None:
     if outcome_of(status, complete) == A.SUCCESS:
         return None
     if 200 <= status < 300:
-        return CONNECTION_LOST
+        return reason or CONNECTION_LOST
     text = reason or STATUS_REASONS.get(status) or f"HTTP {status}"
     return text[:MAX_DETAIL_VALUE_CHARS]
 

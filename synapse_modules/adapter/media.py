@@ -140,13 +140,24 @@ def error_message(exc: BaseException) -> str:
 
 
 def thumbnail_args(request: Any) -> tuple[int, int, str]:
-    """width, height and method of a thumbnail request, validated as Synapse does."""
+    """width, height and method of a thumbnail request, validated as Synapse does, and a size
+    a marked thumbnail can have (1 to 4,096 pixels a side): anything else is the client's
+    error (400), not a server error."""
+    from synapse.api.errors import Codes, SynapseError
     from synapse.http.servlet import parse_integer, parse_string
+
+    from carematrix.watermark.thumbnail import MAX_THUMBNAIL_SIDE, check_request
 
     width = parse_integer(request, "width", required=True)
     height = parse_integer(request, "height", required=True)
     method = parse_string(request, "method", "scale", allowed_values=("scale", "crop"))
-    return width, height, method
+    try:
+        return check_request((width, height, method))
+    except ValueError:
+        raise SynapseError(
+            400, f"缩略图的宽和高须为 1 到 {MAX_THUMBNAIL_SIDE} 像素。 "
+            f"Thumbnail width and height must be 1 to {MAX_THUMBNAIL_SIDE} pixels.", Codes.INVALID_PARAM,
+        ) from None
 
 
 # -- uploads ----------------------------------------------------------------------------------

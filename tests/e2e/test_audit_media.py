@@ -17,7 +17,15 @@ from PIL import Image
 
 from carematrix_ops.audit_db import connect
 from tests.images import photo
-from tests.support import RunningStack, audit_cli, eventually, search
+from tests.support import (
+    RunningStack,
+    audit_cli,
+    eventually,
+    log_files,
+    log_problems,
+    log_sizes,
+    search,
+)
 
 
 @dataclass(frozen=True)
@@ -28,12 +36,16 @@ class Answer:
     action: str
     object: str
     status: int
+    method: str = "GET"
 
     @property
     def outcome(self) -> str:
-        # What a person reading the answer would call it, decided here independently.
-        if 200 <= self.status < 300:
+        # What a person reading the answer would call it, decided here independently: a
+        # HEAD answer carries no file, so nobody received one.
+        if 200 <= self.status < 300 and self.method != "HEAD":
             return "success"
+        if 200 <= self.status < 300:
+            return "failure"
         return "denied" if self.status in (401, 403) else "failure"
 
 
@@ -68,22 +80,24 @@ class Client:
         self.http = http
         self.answers: list[Answer] = []
 
-    async def get(self, who: AsyncClient | None, path: str, token: str | None = None) -> tuple[int, bytes]:
+    async def get(self, who: AsyncClient | None, path: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
         headers = {}
         if who is not None or token is not None:
             headers["Authorization"] = f"Bearer {token or who.access_token}"  # type: ignore[union-attr]
-        async with self.http.get(self.stack.url + path, headers=headers) as resp:
+        async with self.http.request(method, self.stack.url + path, headers=headers) as resp:
             return resp.status, await resp.read()
 
-    async def fetch(self, who: AsyncClient | None, path: str, *, token: str | None = None, expect: int | None = None) -> bytes:
-        """GET a download or thumbnail path and note what its record must say."""
-        status, body = await self.get(who, path, token)
+    async def fetch(
+        self, who: AsyncClient | None, path: str, *, token: str | None = None, expect: int | None = None, method: str = "GET"
+    ) -> bytes:
+        """GET (or HEAD) a download or thumbnail path and note what its record must say."""
+        status, body = await self.get(who, path, token, method)
         if expect is not None:
             assert status == expect, (path, status, body[:300])
         kind = "media.thumbnail" if "/thumbnail/" in path else "media.download"
         server, media_id = path.split("/download/" if kind == "media.download" else "/thumbnail/", 1)[1].split("?")[0].split("/")[:2]
         actor = who.user_id if who is not None and token is None else "anonymous"
-        self.answers.append(Answer(actor, kind, f"mxc://{server}/{media_id}", status))
+        self.answers.append(Answer(actor, kind, f"mxc://{server}/{media_id}", status, method))
         return body
 
     async def upload(self, who: AsyncClient | None, data: bytes, content_type: str, expect: int) -> str | None:
@@ -111,6 +125,7 @@ async def test_every_file_request_has_one_record_with_the_answers_outcome_and_ac
     doctor = await stack.login("d2001")
     outsider = await stack.login("d1001")
     start = last_seq(stack)
+    logs_before = log_sizes(log_files(stack.deployment.settings.data_dir))
     server = stack.server_name
     try:
         icu = (await nurse.room_resolve_alias(f"#icu-team:{server}")).room_id
@@ -130,6 +145,9 @@ async def test_every_file_request_has_one_record_with_the_answers_outcome_and_ac
             v1 = "/_matrix/client/v1/media"
             await c.fetch(doctor, f"{v1}/download/{p}", expect=200)  # a member: marked copy
             await c.fetch(doctor, f"{v1}/thumbnail/{p}?width=64&height=64&method=scale", expect=200)
+            await c.fetch(doctor, f"{v1}/download/{p}", method="HEAD", expect=200)  # headers, no file
+            await c.fetch(doctor, f"{v1}/download/{u}", method="HEAD", expect=200)  # the same, not protected
+            await c.fetch(doctor, f"{v1}/thumbnail/{p}?width=0&height=0", expect=400)  # no such size
             await c.fetch(outsider, f"{v1}/download/{p}", expect=403)  # not a member
             await c.fetch(None, f"{v1}/download/{p}", expect=401)  # no token
             await c.fetch(None, f"{v1}/download/{p}", token="not-a-token", expect=401)  # invalid token
@@ -175,7 +193,10 @@ async def test_every_file_request_has_one_record_with_the_answers_outcome_and_ac
     assert [(r["outcome"], r["details"]["status"]) for r in on_huge] == [("failure", 415)]
     assert "too many pixels" in on_huge[0]["details"]["reason"]
     served = [r for r in doctor_trail if r["object"] == protected and r["action"] == "media.download"]
-    assert [(r["outcome"], r["details"]["protected"]) for r in served] == [("success", "watermark")]
+    assert sorted((r["outcome"], r["details"]["protected"]) for r in served) == [("failure", "watermark"), ("success", "watermark")]
+    assert "headers only" in next(r for r in served if r["outcome"] == "failure")["details"]["reason"]
+    # Odd requests are the client's errors, answered and recorded: none is an error of ours.
+    assert log_problems(logs_before) == []
 
     verified = audit_cli(stack, "verify")
     assert verified.returncode == 0 and verified.stdout.startswith("audit log OK:"), verified.stdout + verified.stderr
