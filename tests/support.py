@@ -167,11 +167,15 @@ def start_stack(backend: str, base: Path, **settings_overrides: Any) -> RunningS
     deployment = prepare(settings)
     stack = Stack(deployment)
     pg_logs_before = log_sizes(pg_server_logs()) if settings.database == "postgres" else {}
-    stack.start()
     try:
+        stack.start()
         seed = Seeder(deployment).run()
     except BaseException:
+        # A stack that did not come up leaves nothing behind: its processes and, on
+        # PostgreSQL, its two databases (a failed start used to leave them on the server).
         stack.stop()
+        if pg_dbname:
+            drop_pg_databases(pg_dbname)
         raise
     ready_logs = log_sizes(log_files(deployment.paths.root) + list(pg_logs_before))
     return RunningStack(backend, deployment, stack, seed, policy_dir, pg_dbname, ready_logs, pg_logs_before)
