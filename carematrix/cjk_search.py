@@ -145,11 +145,11 @@ def message_index_value(text: str) -> str:
     word is indexed as before), then :func:`index_line` when the database needs it. A value
     already indexed, in this form or the one before, is recognised by its last line, so
     re-indexing replaces that line and re-indexing twice changes nothing."""
+    if not needs_index_line(text):
+        return text  # most messages: nothing more to compute on the way to the index
     head, _, tail = text.rpartition("\n")
     if head and needs_index_line(head) and tail in (index_line(head), _grams_line_v1(head)):
         text = head
-    if not needs_index_line(text):
-        return text
     return text + "\n" + index_line(text)
 
 
