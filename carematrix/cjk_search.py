@@ -15,7 +15,10 @@ longer one is its pairs (王建国 → 王建 建国), which every text containi
 by side. Text outside CJK runs is left to the database as before, so English search is
 unchanged; in a message it is also indexed set apart from the runs, because clinical notes
 write Latin words and numbers against the Chinese with no space ("王建国CT示右肺结节8mm",
-"ECG示ST段抬高"), and the database would keep "CT" inside one long token.
+"ECG示ST段抬高"), and the database would keep "CT" inside one long token. And a number
+written against its unit ("血钾7.2mmol/L", "K 7.2mmol/L") is cut by the databases where no
+reader would cut it (SQLite: 7 | 2mmol | l; PostgreSQL keeps "mmol/l" whole), so the line also
+holds such a value as number and unit parts, in English messages too.
 
 Pure functions: used by the Synapse adapter (synapse_modules/adapter/search.py) on both
 the index and the query side, and unit-tested without Synapse.
@@ -28,8 +31,9 @@ import unicodedata
 
 # Version of the index form: stored with a re-indexed table, so a change of the form
 # re-indexes existing rows at the next start. 2: a message's Latin words and numbers are
-# indexed apart from its CJK runs too, folded from full-width forms.
-INDEX_FORM = "cjk-bigram-2"
+# indexed apart from its CJK runs too, folded from full-width forms. 3: a number glued to its
+# unit is indexed as number and unit parts too.
+INDEX_FORM = "cjk-bigram-3"
 
 # Han ideographs (with extensions and compatibility forms), kana and Hangul: scripts written
 # without spaces between words (Hangul is spaced, but its syllable runs are short words that
@@ -46,6 +50,12 @@ _CJK_RUN = re.compile(f"[{_CJK_CLASS}]+")
 # Not ASCII and not a letter or digit: CJK punctuation (。、「」【】…) that survives folding.
 # SQLite's index takes any non-ASCII character for part of a word ("8mm。" would be one).
 _NOT_A_WORD = re.compile(r"[^\x00-\x7f\w]")
+# A number glued to its unit: 7.2mmol/L, 120mg, 0,5ml, 38.5°C (℃ folds to °C), also right
+# after Chinese (血钾7.2mmol/L), not inside a Latin word (HbA1c, v1.2beta).
+_GLUED_UNIT = re.compile(r"(?<![A-Za-z0-9.,])(\d+(?:[.,]\d+)*)((?:[A-Za-zµμ°]+/?)+)")
+# A unit with a slash after a number and a space (128 mmol/L): PostgreSQL keeps "mmol/l" as one
+# word, so "mmol" would find it on SQLite only.
+_SLASH_UNIT = re.compile(r"(?<![A-Za-z0-9.,])\d+(?:[.,]\d+)*\s+([A-Za-zµμ]+(?:/[A-Za-z]+)+)")
 
 
 def is_cjk(text: str) -> bool:
@@ -124,15 +134,39 @@ def _plain(piece: str) -> str:
 
 def needs_index_line(text: str) -> bool:
     """True if the database alone would not find every word of ``text``: it has CJK runs,
-    or full-width / compatibility forms."""
-    return is_cjk(text) or _fold(text) != text
+    full-width / compatibility forms, or a value whose unit the databases cut their own way."""
+    return (is_cjk(text) or _fold(text) != text or _GLUED_UNIT.search(text) is not None
+            or _SLASH_UNIT.search(text) is not None)
+
+
+def unit_parts(text: str) -> list[str]:
+    """Each number glued to its unit in ``text`` as its parts: 7.2mmol/L → 7.2 mmol L, and a
+    slashed unit after a value as its words (128 mmol/L → mmol L), so a search for the value
+    or the unit finds it on either database (the words as written stay in the text)."""
+    parts: list[str] = []
+    for number, unit in _GLUED_UNIT.findall(text):
+        parts.append(number)
+        parts.extend(_plain(unit.replace("/", " ")).split())
+    for unit in _SLASH_UNIT.findall(text):
+        parts.extend(_plain(unit.replace("/", " ")).split())
+    return parts
+
+
+def _line_v2(text: str) -> str:
+    """The added line of index form 2: CJK runs as grams, the text between them folded."""
+    parts = [" ".join(index_grams(piece)) if cjk else _plain(piece) for cjk, piece in split_cjk(_fold(text))]
+    return " ".join(" ".join(parts).split())
 
 
 def index_line(text: str) -> str:
     """The line a message's indexed text gains: each CJK run as its index grams (the pairs
-    of a run side by side), and the text between runs, folded, set apart from them."""
-    parts = [" ".join(index_grams(piece)) if cjk else _plain(piece) for cjk, piece in split_cjk(_fold(text))]
-    return " ".join(" ".join(parts).split())
+    of a run side by side), and the text between runs, folded, set apart from them (when
+    the text has CJK runs or folds: otherwise the database has those words already); then
+    every number glued to its unit as its parts."""
+    folded = _fold(text)
+    words = (_line_v2(text) if folded != text or is_cjk(folded) else "").split()
+    present = set(words)
+    return " ".join(words + [p for p in dict.fromkeys(unit_parts(folded)) if p not in present])
 
 
 def _grams_line_v1(text: str) -> str:
@@ -140,15 +174,25 @@ def _grams_line_v1(text: str) -> str:
     return " ".join(gram for run in cjk_runs(text) for gram in index_grams(run))
 
 
+def _lines_of_every_form(text: str) -> list[str]:
+    """The lines the index forms so far added to ``text`` (those that added one)."""
+    lines = [index_line(text)]
+    if is_cjk(text) or _fold(text) != text:
+        lines.append(_line_v2(text))
+    if is_cjk(text):
+        lines.append(_grams_line_v1(text))
+    return lines
+
+
 def message_index_value(text: str) -> str:
     """What a message's text is indexed as: the text itself (so English and every other
     word is indexed as before), then :func:`index_line` when the database needs it. A value
-    already indexed, in this form or the one before, is recognised by its last line, so
+    already indexed, in this form or one before, is recognised by its last line, so
     re-indexing replaces that line and re-indexing twice changes nothing."""
     if not needs_index_line(text):
         return text  # most messages: nothing more to compute on the way to the index
     head, _, tail = text.rpartition("\n")
-    if head and needs_index_line(head) and tail in (index_line(head), _grams_line_v1(head)):
+    if head and needs_index_line(head) and tail in _lines_of_every_form(head):
         text = head
     return text + "\n" + index_line(text)
 

@@ -78,7 +78,7 @@ def _indexing_cjk_messages(original: Callable[..., None]) -> Callable[..., None]
 
         indexed = [
             attr.evolve(entry, value=cjk_search.message_index_value(entry.value))
-            if isinstance(entry.value, str) and cjk_search.is_cjk(entry.value)
+            if isinstance(entry.value, str) and cjk_search.needs_index_line(entry.value)
             else entry
             for entry in entries
         ]

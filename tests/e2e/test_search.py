@@ -136,3 +136,35 @@ async def test_latin_words_and_numbers_written_against_chinese_are_found(stack: 
     finally:
         await doctor.close()
 
+
+async def test_a_lab_value_written_against_its_unit_is_found_by_value_and_unit(stack: RunningStack):
+    """Results are written "血钾7.2mmol/L" or "K+ 6.8mmol/L": the value and the unit are each
+    found, in Chinese and in English notes, and the whole word as typed still is."""
+    doctor = await stack.login("d2001")
+    try:
+        room = (await doctor.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
+        sent = {}
+        for key, body in (
+            ("chinese", "患者刘洋血钾7.2mmol/L，已通知值班医生"),
+            ("english", "Bed 12 K+ 6.8mmol/L, repeat sample sent"),
+            ("fever", "体温38.5℃，已物理降温"),
+            ("spaced", "Na 128 mmol/L"),
+        ):
+            resp = await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": body})
+            assert isinstance(resp, RoomSendResponse), resp
+            sent[key] = resp.event_id
+
+        async def found(term: str) -> set[str]:
+            return set((await search_messages(doctor, room, term))[0]) & set(sent.values())
+
+        assert await found("7.2") == {sent["chinese"]}
+        assert await found("6.8") == {sent["english"]}
+        assert await found("mmol") == {sent["chinese"], sent["english"], sent["spaced"]}
+        assert await found("mmol/L") == {sent["chinese"], sent["english"], sent["spaced"]}
+        assert await found("7.2mmol/L") == {sent["chinese"]}
+        assert await found("血钾 7.2") == {sent["chinese"]}
+        assert await found("38.5") == {sent["fever"]}
+        assert await found("repeat") == {sent["english"]}
+    finally:
+        await doctor.close()
+

@@ -128,3 +128,33 @@ def test_a_message_indexed_in_the_earlier_form_is_re_indexed_in_this_one():
     assert again == C.message_index_value(text) and again.count("\n") == 1
     assert "ct" in sqlite_tokens(again.split("\n")[1])
 
+
+
+def test_a_number_glued_to_its_unit_is_found_by_the_value_and_by_the_unit():
+    for note, value, unit in (
+        ("患者王建国血钾7.2mmol/L，已通知", "7.2", "mmol"),
+        ("K+ 6.8mmol/L, repeat sample", "6.8", "mmol"),
+        ("肌酐 120umol/L", "120", "umol"),
+        ("体温38.5℃", "38.5", "c"),
+        ("0,5ml q8h", "0,5", "ml"),
+    ):
+        assert not sqlite_tokens(value) <= sqlite_tokens(note) or unit not in sqlite_tokens(note), note  # why
+        indexed = C.message_index_value(note)
+        assert indexed.startswith(note + "\n"), note
+        assert sqlite_tokens(value) <= sqlite_tokens(indexed) and unit in sqlite_tokens(indexed), note
+        assert C.message_index_value(indexed) == indexed, note
+    assert C.unit_parts("120mg/kg/d") == ["120", "mg", "kg", "d"]
+    assert C.message_index_value("Na 128 mmol/L") == "Na 128 mmol/L\nmmol L"  # one word on PostgreSQL
+
+
+def test_words_with_digits_that_are_not_values_add_nothing():
+    for text in ("HbA1c 7%", "v1.2.3beta", "plain english text", "COVID19 ward", "and/or w/o", "2 mg"):
+        assert C.message_index_value(text) == text, text
+
+
+def test_a_message_indexed_in_form_2_gains_its_unit_parts():
+    text = "血钾7.2mmol/L"
+    form_2 = text + "\n血 钾 血钾 7.2mmol/L"
+    assert "mmol" not in sqlite_tokens(form_2)
+    again = C.message_index_value(form_2)
+    assert again == C.message_index_value(text) and again.count("\n") == 1 and "mmol" in sqlite_tokens(again)

@@ -797,16 +797,20 @@ def test_chinese_words_in_messages_are_indexed_and_searched_alike(homeserver: Ho
     assert message_search(homeserver, people.alice, "王建国 -potassium")[0] >= {chinese}
 
 
-def _index_as_before(dialect: str, user_id: str, event_id: str, form_1: str) -> Callable[[Any], None]:
-    """Rewrite a directory row and a message row as Synapse indexed them without us, and the
-    message ``form_1`` ("患者王建国CT示") as our first index form did (its Chinese only)."""
+def _index_as_before(dialect: str, user_id: str, event_id: str, form_1: str, form_2: str) -> Callable[[Any], None]:
+    """Rewrite a directory row and a message row as Synapse indexed them without us, the
+    message ``form_1`` ("患者王建国CT示") as our first index form did (its Chinese only) and
+    ``form_2`` ("血钾7.2mmol/L") as the second did (no unit parts)."""
 
     def run(txn: Any) -> None:
-        earlier = "患者王建国CT示\n患 者 王 建 国 患者 者王 王建 建国 示"
-        if dialect == "sqlite":
-            txn.execute("UPDATE event_search SET value = ? WHERE event_id = ?", (earlier, form_1))
-        else:
-            txn.execute("UPDATE event_search SET vector = to_tsvector('english', ?) WHERE event_id = ?", (earlier, form_1))
+        for earlier, event in (
+            ("患者王建国CT示\n患 者 王 建 国 患者 者王 王建 建国 示", form_1),
+            ("血钾7.2mmol/L\n血 钾 血钾 7.2mmol/L", form_2),
+        ):
+            if dialect == "sqlite":
+                txn.execute("UPDATE event_search SET value = ? WHERE event_id = ?", (earlier, event))
+            else:
+                txn.execute("UPDATE event_search SET vector = to_tsvector('english', ?) WHERE event_id = ?", (earlier, event))
         if dialect == "sqlite":
             txn.execute("UPDATE user_directory_search SET value = (SELECT d.user_id || ' ' || lower(d.display_name) "
                         "FROM user_directory AS d WHERE d.user_id = ?) WHERE user_id = ?", (user_id, user_id))
@@ -834,11 +838,13 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     room = homeserver.create_room(people.alice, preset="private_chat")
     event_id = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国血钾7.2 second"}).body["event_id"]
     form_1 = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国CT示"}).body["event_id"]
+    form_2 = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "血钾7.2mmol/L"}).body["event_id"]
     homeserver.call(lambda: hs_schema.gate(api).ready())
-    in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id, form_1))
+    in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id, form_1, form_2))
     assert li not in directory_search(homeserver, people.alice, "重症医学科")
     assert event_id not in message_search(homeserver, people.alice, "王建国")[0]
     assert form_1 not in message_search(homeserver, people.alice, "CT")[0]
+    assert form_2 not in message_search(homeserver, people.alice, "mmol")[0]
 
     homeserver.call(lambda: reindex_if_needed(api, hs_schema.gate(api).ready))
 
@@ -847,5 +853,7 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     assert message_search(homeserver, people.alice, "second")[0] >= {event_id}
     assert form_1 in message_search(homeserver, people.alice, "CT")[0]
     assert form_1 in message_search(homeserver, people.alice, "王建国")[0]
+    assert form_2 in message_search(homeserver, people.alice, "mmol")[0]
+    assert form_2 in message_search(homeserver, people.alice, "7.2")[0]
     forms = rows(homeserver, api, "SELECT index_name, form FROM carematrix_search_form ORDER BY index_name")
-    assert forms == [("event_search", "cjk-bigram-2"), ("user_directory", "cjk-bigram-2")]
+    assert forms == [("event_search", "cjk-bigram-3"), ("user_directory", "cjk-bigram-3")]
