@@ -160,6 +160,9 @@ class CaseService:
         # ADT only until main connects the FHIR server (appservice.clinical.locate).
         self.locator = PatientLocator(clinical, holder, None)
         self._lock = asyncio.Lock()
+        # ``!case open`` commands being carried out, by (sender, patient, units): a double tap
+        # or a client's retry sends the same command twice within a second.
+        self._opening: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[str]] = {}
 
     @property
     def policy(self) -> ClinicalPolicy | None:
@@ -200,6 +203,40 @@ class CaseService:
         )
 
     async def open_case(self, sender: str, patient_id: str, units: tuple[str, ...], from_room: str) -> str:
+        """Open a case room; the same command from the same person while it is still being
+        carried out opens no second room (two rooms would split the patient's discussion and
+        page the on-duty doctor twice): it is answered with the first one's outcome."""
+        key = (sender, patient_id.strip().upper(), tuple(sorted(units)))
+        running = self._opening.get(key)
+        if running is not None:
+            log.info("!case open %s by %s while the same command was being carried out: no second room",
+                        patient_id, sender)
+            try:
+                first = await asyncio.shield(running)
+            except CaseError as exc:
+                return str(exc)
+            except Exception:
+                first = ""
+            return ("同一命令刚刚已在执行，未重复开立会诊房间。 The same command was already being carried out;"
+                    " no second case room was opened. " + first).strip()
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._opening[key] = future
+        try:
+            reply = await self._open_case(sender, patient_id, units, from_room)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failure nobody else awaits is not logged as lost
+            raise
+        else:
+            future.set_result(reply)
+            return reply
+        finally:
+            del self._opening[key]
+
+    async def _open_case(self, sender: str, patient_id: str, units: tuple[str, ...], from_room: str) -> str:
         policy = self.policy
         if policy is None:
             raise CaseError("会诊房间需要临床策略（clinical policy）。 Case rooms need the clinical policy.")

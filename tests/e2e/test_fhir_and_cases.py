@@ -272,6 +272,41 @@ def refusals_logged(stack: RunningStack, offset: int, room: str) -> list[str]:
     return [line for line in log.splitlines() if room in line and ("403" in line or "permission" in line)]
 
 
+async def test_the_same_case_command_sent_twice_at_once_opens_one_room(stack: RunningStack):
+    """A double tap, or a phone's retry on a bad connection, sends `!case open` twice within
+    a second: one case room (two would split the patient's discussion and page the on-duty
+    doctor twice), and the second command is told that no second room was opened."""
+    doctor = await stack.login("d1001")
+    try:
+        team = (await doctor.room_resolve_alias(f"#cardiology-team:{stack.server_name}")).room_id
+        command = f"!case open {DEMO_PATIENT} cardiology"
+        sent = await asyncio.gather(*(
+            doctor.room_send(team, "m.room.message", {"msgtype": "m.text", "body": command}) for _ in range(2)
+        ))
+        assert all(isinstance(s, RoomSendResponse) for s in sent), sent
+
+        async def answers() -> list[str]:
+            newest_first = [e.source for e in (await doctor.room_messages(team, limit=50)).chunk]
+            ids = [e["event_id"] for e in newest_first]
+            if not all(s.event_id in ids for s in sent):
+                return []
+            after = newest_first[: max(ids.index(s.event_id) for s in sent)]
+            return [e["content"].get("body", "") for e in after if e["sender"] == stack.bot_user_id]
+
+        async def both_answered() -> list[str] | None:
+            said = await answers()
+            return said if sum("Case room for" in b or "no second case room" in b for b in said) >= 2 else None
+        said = await eventually(both_answered)
+        await asyncio.sleep(3)  # a second room, had one been opened, would be announced by now
+        said = await answers()
+        opened = [b for b in said if "Case room for" in b and "no second case room" not in b]
+        assert len(opened) == 1, said
+        again = [b for b in said if "no second case room was opened" in b]
+        assert len(again) == 1 and case_room_in(opened[0]) in again[0], said
+    finally:
+        await doctor.close()
+
+
 async def test_banner_try_line_brings_the_wards_on_duty_doctor_into_the_case_room(stack: RunningStack):
     """Exactly the start banner's "Try" line. ADT has not placed the patient in this stack; the
     EMR's current encounter has P20261101 on ward 5A, whose doctor role is the cardiology
