@@ -162,7 +162,7 @@ def index_line(text: str) -> str:
     """The line a message's indexed text gains: each CJK run as its index grams (the pairs
     of a run side by side), and the text between runs, folded, set apart from them (when
     the text has CJK runs or folds: otherwise the database has those words already); then
-    every number glued to its unit as its parts."""
+    the parts of every value's unit the databases would cut their own way (:func:`unit_parts`)."""
     folded = _fold(text)
     words = (_line_v2(text) if folded != text or is_cjk(folded) else "").split()
     present = set(words)

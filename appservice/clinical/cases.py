@@ -210,7 +210,7 @@ class CaseService:
         running = self._opening.get(key)
         if running is not None:
             log.info("!case open %s by %s while the same command was being carried out: no second room",
-                        patient_id, sender)
+                     patient_id, sender)
             try:
                 first = await asyncio.shield(running)
             except CaseError as exc:
