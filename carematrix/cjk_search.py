@@ -174,9 +174,9 @@ def _grams_line_v1(text: str) -> str:
     return " ".join(gram for run in cjk_runs(text) for gram in index_grams(run))
 
 
-def _lines_of_every_form(text: str) -> list[str]:
-    """The lines the index forms so far added to ``text`` (those that added one)."""
-    lines = [index_line(text)]
+def _earlier_lines(text: str) -> list[str]:
+    """The lines earlier index forms added to ``text`` (those that added one)."""
+    lines = []
     if is_cjk(text) or _fold(text) != text:
         lines.append(_line_v2(text))
     if is_cjk(text):
@@ -192,8 +192,12 @@ def message_index_value(text: str) -> str:
     if not needs_index_line(text):
         return text  # most messages: nothing more to compute on the way to the index
     head, _, tail = text.rpartition("\n")
-    if head and needs_index_line(head) and tail in _lines_of_every_form(head):
-        text = head
+    if head and needs_index_line(head):
+        line = index_line(head)
+        if tail == line:
+            return text  # indexed in this form already
+        if tail in _earlier_lines(head):
+            return head + "\n" + line
     return text + "\n" + index_line(text)
 
 

@@ -76,13 +76,12 @@ def _indexing_cjk_messages(original: Callable[..., None]) -> Callable[..., None]
     def store_search_entries_txn(self: Any, txn: Any, entries: Iterable[Any]) -> None:
         import attr
 
-        indexed = [
-            attr.evolve(entry, value=cjk_search.message_index_value(entry.value))
-            if isinstance(entry.value, str) and cjk_search.needs_index_line(entry.value)
-            else entry
-            for entry in entries
-        ]
-        original(self, txn, indexed)
+        def indexed(entry: Any) -> Any:
+            # message_index_value returns the very string it was given when no line is needed
+            value = cjk_search.message_index_value(entry.value) if isinstance(entry.value, str) else entry.value
+            return entry if value is entry.value else attr.evolve(entry, value=value)
+
+        original(self, txn, [indexed(entry) for entry in entries])
 
     return store_search_entries_txn
 
@@ -209,9 +208,9 @@ def _message_batch_sqlite(txn: Any, after: int) -> tuple[int, int] | None:
     if not found:
         return None
     changed = [
-        (cjk_search.message_index_value(value), rowid)
+        (new_value, rowid)
         for rowid, value in found
-        if isinstance(value, str) and cjk_search.message_index_value(value) != value
+        if isinstance(value, str) and (new_value := cjk_search.message_index_value(value)) != value
     ]
     for new_value, rowid in changed:
         txn.execute("UPDATE event_search SET value = ? WHERE rowid = ?", (new_value, rowid))
