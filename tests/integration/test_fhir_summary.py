@@ -30,6 +30,7 @@ from appservice.clinical.archive import CaseInfo, CaseMessage, build_bundle
 from appservice.clinical.summary import SummaryUnavailable, fetch_summary
 from carematrix_ops.demo import DEMO_DATA
 from carematrix_ops.demo.emr import FhirTestServer, start_fhir_server
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = DEMO_DATA
@@ -64,12 +65,6 @@ def data_with(tmp_path: Path, *resources: dict) -> Path:
     path = tmp_path / "hospital.json"
     path.write_text(json.dumps(bundle, ensure_ascii=False), encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the demo data ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from carematrix.ldap_login import LdapConfig, parse_ldap_config
 from synapse_modules.ldap_directory import check_password, find_entry
 from tests.ldap_server import LdapServer, start_ldap
+from tests.ports import free_port
 
 PASSWORD = "Ldap-Secret-1"
 
@@ -108,9 +109,7 @@ def test_a_wrong_base_is_a_directory_problem(directory):
 
 
 def test_an_unreachable_directory_refuses_quickly():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     verdict = check_password(
         parse_ldap_config({"uri": f"ldap://127.0.0.1:{port}", "base_dn": "dc=hospital,dc=test", "timeout_seconds": 2}),
