@@ -8,7 +8,7 @@ function takes the transaction's cursor and the dialect; nothing here commits).
     (:func:`pack`: about 2 KB). ``id`` is the 64-bit hash of event and media ID.
 ``carematrix_protected_image_bucket (bucket, image)``
     The lookup index: one row per locality-sensitive hash bucket of each indexed feature
-    (:func:`carematrix.protect.perceptual.indexed_keys`, 160 per image). The primary key
+    (:func:`carematrix.protect.perceptual.indexed_keys`, up to 120 per image: 40 features in three tables). The primary key
     *is* the index (``WITHOUT ROWID`` on SQLite), so a probe is one B-tree descent per
     bucket and returns the images filed under it.
 

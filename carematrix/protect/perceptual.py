@@ -64,7 +64,7 @@ SHORTLIST = 8  # protected images verified per lookup, best ranked first
 COMMON_BUCKET = 32  # a bucket holding more protected images than this is not used for lookup
 CANDIDATE_POINTS = 600  # features computed for an image being checked
 GRID = 4  # protected features are chosen per cell of a GRID x GRID grid
-TABLES = 4
+TABLES = 3  # was 4 until schema migration 6 removed table 3's index rows (docs/benchmarks.md)
 BUCKET_BITS = 24
 LOOKUP_POINTS = 100  # a candidate probes the buckets of its strongest features, per view
 SCREEN_LOOKUP_POINTS = 250  # in its twice-work-size view, where a screenshot's window crowds them
@@ -279,26 +279,24 @@ def bucket_keys(bits: np.ndarray) -> np.ndarray:
     return np.unique(keys.ravel())
 
 
-def ranked(rows: Iterable[tuple[int, int]]) -> list[tuple[int, float]]:
+def ranked(rows: Iterable[tuple[int, int]] | np.ndarray) -> list[tuple[int, float]]:
     """Protected images worth verifying, best first, with their score, from the (bucket,
-    image) rows the candidate's buckets returned.
+    image) rows the candidate's buckets returned (pairs, or an (n, 2) integer array).
 
     An image needs :data:`MIN_BUCKET_HITS` shared buckets; it is ranked by the sum of
-    1 / (images in the bucket) over them. A bucket that many protected images share (the
-    grid of ECG paper, the rules of a form, a film's edge) says little about which one was
-    copied; a bucket only one image has says much. Ranking by plain hit counts let fifty
-    ECGs crowd the one that was copied out of the shortlist."""
-    rows = list(rows)
-    df: dict[int, int] = {}
-    for bucket, _ in rows:
-        df[bucket] = df.get(bucket, 0) + 1
-    hits: dict[int, int] = {}
-    score: dict[int, float] = {}
-    for bucket, image in rows:
-        hits[image] = hits.get(image, 0) + 1
-        score[image] = score.get(image, 0.0) + 1.0 / df[bucket]
-    order = sorted((-score[i], i) for i, n in hits.items() if n >= MIN_BUCKET_HITS)
-    return [(i, -negative) for negative, i in order]
+    1 / (images in the bucket) over them, then by its number. A bucket that many protected
+    images share (the grid of ECG paper, the rules of a form, a film's edge) says little
+    about which one was copied; a bucket only one image has says much. Ranking by plain hit
+    counts let fifty ECGs crowd the one that was copied out of the shortlist."""
+    pairs = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return []
+    _, in_bucket, per_bucket = np.unique(pairs[:, 0], return_inverse=True, return_counts=True)
+    images, of_image, hits = np.unique(pairs[:, 1], return_inverse=True, return_counts=True)
+    score = np.bincount(of_image, weights=1.0 / per_bucket[in_bucket], minlength=len(images))
+    kept = np.flatnonzero(hits >= MIN_BUCKET_HITS)
+    order = kept[np.lexsort((images[kept], -score[kept]))]
+    return [(int(images[i]), float(score[i])) for i in order]
 
 
 def shortlist(rows: Iterable[tuple[int, int]]) -> list[int]:
@@ -337,7 +335,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances, shape (len(a), len(b)), as uint8 (at most :data:`BITS`;
-    the small type keeps the partition in :func:`_matches` cheap)."""
+    the small type keeps the row minima in :func:`_matches` cheap)."""
     dist: np.ndarray = np.bitwise_count(a[:, None] ^ b[None, :])
     return dist
 
@@ -347,12 +345,15 @@ def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndar
     if len(stored) == 0 or len(candidate) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     dist = hamming(stored.bits, candidate.bits)
-    two = np.partition(dist, 1, axis=1)[:, :2].astype(np.int16)
-    best, second = two[:, 0], two[:, 1]
     # when the nearest is tied, the margin is 0 and the feature is dropped, so which of
     # the tied ones argmin names does not matter
     nearest = dist.argmin(axis=1)
     rows = np.arange(len(stored))
+    best = dist[rows, nearest].astype(np.int16)
+    # the second nearest: the least distance once the nearest is set aside (a partition of
+    # every row for its two least was most of a shortlisted image's verification)
+    dist[rows, nearest] = np.iinfo(dist.dtype).max
+    second = dist.min(axis=1).astype(np.int16)
     keep = (best <= MATCH_DISTANCE) & (second - best >= MATCH_MARGIN)
     return rows[keep], nearest[keep]
 

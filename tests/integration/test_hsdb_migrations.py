@@ -12,6 +12,7 @@ import pytest
 
 from carematrix.audit.chain import GENESIS_HASH
 from carematrix.audit.checkpoint import export_verify_key, load_or_create_signing_key
+from carematrix.hsdb import image_store
 from carematrix.hsdb.audit_store import CHECKPOINT, HEAD, LOG, head, sql
 from carematrix.hsdb.burn_store import BURN
 from carematrix.hsdb.console_session_store import SESSIONS
@@ -30,9 +31,11 @@ from carematrix.hsdb.migrations import (
     require_current,
     upgrade,
 )
+from carematrix.protect import perceptual
 from carematrix_ops import cli
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.cli import common
+from tests import image_corpus as corpus
 
 STORE_TABLES = {LOG, HEAD, CHECKPOINT, TABLE, ORIGIN_TABLE, MEDIA, DELIVERY, BURN, IMAGE_TABLE, BUCKET_TABLE, CROWDED_TABLE, SESSIONS}
 
@@ -227,7 +230,7 @@ def test_migration_5_marks_the_crowded_buckets_of_a_version_4_database_and_keeps
             txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), (crowded_bucket, n))
             if n < 5:
                 txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), (quiet_bucket, n))
-    assert upgrade(db.transaction, db.dialect) == (4, LATEST)
+    assert upgrade(db.transaction, db.dialect, MIGRATIONS[:5]) == (4, 5)
     with db.transaction(read_only=True) as txn:
         txn.execute(f"SELECT bucket FROM {CROWDED_TABLE}")
         assert [r[0] for r in txn.fetchall()] == [crowded_bucket]
@@ -235,6 +238,60 @@ def test_migration_5_marks_the_crowded_buckets_of_a_version_4_database_and_keeps
         assert [tuple(r) for r in txn.fetchall()] == [(quiet_bucket, n) for n in range(5)]
         txn.execute(f"SELECT id, media_id, features FROM {IMAGE_TABLE} ORDER BY id")
         assert [(r[0], r[1], bytes(r[2])) for r in txn.fetchall()] == [(n, f"m{n}", bytes([n]) * 8) for n in range(40)]
+
+
+def test_migration_6_drops_the_fourth_lookup_table_and_keeps_the_other_three(db):
+    """A version-5 database filed each feature under four tables (the table number above 24
+    bits of bucket): after the upgrade, table 3's index rows and crowded marks are gone, the
+    rows and marks of tables 0-2 and every image are untouched."""
+    assert upgrade(db.transaction, db.dialect, MIGRATIONS[:5]) == (0, 5)
+    rows = [(table << 24 | bucket, image) for table in range(4) for bucket in (0, 777, (1 << 24) - 1) for image in (1, 2)]
+    marks = [table << 24 | 4242 for table in range(4)]
+    with db.transaction() as txn:
+        for image in (1, 2):
+            txn.execute(
+                sql(f"INSERT INTO {IMAGE_TABLE} (id, room_id, event_id, media_id, features, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                    db.dialect),
+                (image, "!ward:hs", f"$e{image}", f"m{image}", _blob(db.dialect, b"features"), image),
+            )
+        for row in rows:
+            txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), row)
+        for mark in marks:
+            txn.execute(sql(f"INSERT INTO {CROWDED_TABLE} (bucket) VALUES (?)", db.dialect), (mark,))
+    assert upgrade(db.transaction, db.dialect) == (5, LATEST)
+    with db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT bucket, image FROM {BUCKET_TABLE} ORDER BY bucket, image")
+        assert [tuple(r) for r in txn.fetchall()] == sorted(r for r in rows if r[0] >> 24 < 3)
+        txn.execute(f"SELECT bucket FROM {CROWDED_TABLE} ORDER BY bucket")
+        assert [r[0] for r in txn.fetchall()] == marks[:3]
+        txn.execute(f"SELECT id FROM {IMAGE_TABLE} ORDER BY id")
+        assert [r[0] for r in txn.fetchall()] == [1, 2]
+
+
+def test_an_image_filed_under_four_tables_is_found_after_migration_6(db):
+    """A protected chest film filed by the version-5 code (its keys in tables 0-2, which did
+    not change, and in table 3): a re-encoded, scaled copy is still shortlisted afterwards."""
+    assert upgrade(db.transaction, db.dialect, MIGRATIONS[:5]) == (0, 5)
+    film = corpus.chest_film(3)
+    features = perceptual.protected_features(corpus.encode(film))
+    kept = perceptual.indexed_keys(features).tolist()
+    table_3 = [3 << 24 | (key & ((1 << 24) - 1)) for key in kept if key >> 24 == 0]
+    ident = image_store.image_id("$film", "filmMEDIA")
+    with db.transaction() as txn:
+        txn.execute(
+            sql(f"INSERT INTO {IMAGE_TABLE} (id, room_id, event_id, media_id, features, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                db.dialect),
+            (ident, "!ward:hs", "$film", "filmMEDIA", _blob(db.dialect, image_store.pack(features)), 1),
+        )
+        for key in kept + table_3:
+            txn.execute(sql(f"INSERT INTO {BUCKET_TABLE} (bucket, image) VALUES (?, ?)", db.dialect), (key, ident))
+    assert upgrade(db.transaction, db.dialect) == (5, LATEST)
+    views = perceptual.candidate_views(corpus.jpeg(corpus.resized(film, 0.7), 80))
+    with db.transaction(read_only=True) as txn:
+        txn.execute(f"SELECT count(*) FROM {BUCKET_TABLE}")
+        assert txn.fetchone()[0] == len(kept)
+        found = image_store.shortlisted(txn, db.dialect, views, "!dm:hs")
+    assert [f.event_id for f in found][:1] == ["$film"]
 
 
 def _blob(dialect: str, value: bytes) -> Any:
