@@ -73,6 +73,29 @@ def test_rare_shared_buckets_outrank_common_ones() -> None:
     assert P.shortlist([(1, 7), (2, 7)]) == []  # two shared buckets are not enough
 
 
+def test_the_ranking_is_the_same_from_pairs_and_from_an_array() -> None:
+    """The store hands the ranking an array of its rows; tests and the in-memory benchmark
+    index hand it pairs: one ranking, ties broken by the lower image number."""
+    rows = [(b, i) for b in (1, 2, 3) for i in (9, 4)] + [(5, 7), (6, 7)]
+    assert P.ranked(rows) == P.ranked(np.array(rows, dtype=np.int64)) == [(4, 1.5), (9, 1.5)]
+    assert P.ranked([]) == P.ranked(np.zeros((0, 2), np.int64)) == []
+
+
+def _features(bits: list[int]) -> P.Features:
+    return P.Features(np.zeros((len(bits), 3), np.float32), np.array(bits, dtype=np.uint64), 512, 512)
+
+
+def test_a_feature_matches_only_when_clearly_nearer_than_the_second_nearest() -> None:
+    """Feature 0 has one candidate 1 bit away and the next 20 away: a match. Feature 1 has
+    two candidates equally near: no match (which one would be a guess). Feature 2's nearest
+    is 2 bits nearer than the second only (the margin is 3): no match."""
+    a, b, c = 0x0F0F_0F0F_0F0F_0F0F, 0x3333_5555_9999_AAAA, 0x00FF_00FF_1234_5678
+    stored = _features([a, b, c])
+    candidate = _features([a ^ 1, a ^ 0xFFFFF, b ^ 0b11, b ^ 0b1100, c ^ 0b1, c ^ 0b111, (1 << 64) - 1])
+    rows, nearest = P._matches(stored, candidate)
+    assert rows.tolist() == [0] and nearest.tolist() == [0]
+
+
 def test_another_patients_film_on_the_same_anatomy_is_not_a_copy() -> None:
     """The features alone would call it a copy (same template, same place); the pixel
     comparison finds where this patient differs."""
