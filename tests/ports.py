@@ -9,17 +9,20 @@ Below the range only another listener can take a port, and that is checked by bi
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
 from contextlib import ExitStack
 from pathlib import Path
 
-# The ports tests pick from when the ephemeral range leaves no room below it.
-_FALLBACK_LOW = 20000
 _LOWEST = 10000
+# Where tests pick from when the ephemeral range leaves no room below or above it.
+_FALLBACK_LOW = 20000
+_RANDOM = random.SystemRandom()
 
 
+@functools.cache
 def _ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -51,9 +54,8 @@ def free_port_run(count: int) -> int:
     """A port p with p+1 … p+count-1 also free: the homeserver, the appservice and, in demo
     mode, the demo EMR and PACS take consecutive ports by default."""
     low, high = _candidate_range()
-    rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     for _ in range(200):
-        port = rng.randrange(low, high - count)
+        port = _RANDOM.randrange(low, high - count)
         try:
             with ExitStack() as held:
                 for offset in range(count):
