@@ -164,20 +164,26 @@ def test_workers_starting_together_take_turns(db_url):
     barrier = threading.Barrier(4)
 
     def start() -> None:
-        conn = connect(db_url)
+        conn = None
         try:
-            barrier.wait()
+            # Opening belongs to the start too: four connections switching a new SQLite
+            # file to WAL at once once failed with "database is locked".
+            conn = connect(db_url)
+            barrier.wait(timeout=120)
             results.append(upgrade(conn.transaction, conn.dialect))
         except BaseException as exc:  # collected and reported by the test thread
             errors.append(exc)
+            barrier.abort()  # the others stop waiting for a start that will not come
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a start never finished"
     assert errors == []
     assert sorted(results) == [(0, LATEST)] + [(LATEST, LATEST)] * 3
 
