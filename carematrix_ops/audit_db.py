@@ -10,7 +10,6 @@ to ``busy_timeout`` for another writer; PostgreSQL runs at REPEATABLE READ like 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from carematrix.hsdb.audit_store import Dialect
+from carematrix.hsdb.sqlite_wal import use_wal
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -82,28 +82,9 @@ def connect(target: str | Path) -> AuditDb:
     lite = sqlite3.connect(text, isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     lite.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     try:
-        _use_wal(lite)
+        use_wal(lite, SQLITE_BUSY_TIMEOUT_MS / 1000)
     except BaseException:
         lite.close()
         raise
     return AuditDb(lite, "sqlite")
 
-
-def _use_wal(lite: sqlite3.Connection) -> None:
-    """Switch a new database file to WAL, waiting for other connections doing the same.
-
-    Only the first switch of a file changes anything (the mode is kept in the file). That
-    switch needs the file to itself, and SQLite refuses it at once ("database is locked"),
-    without calling the busy handler, when another connection is switching at that moment:
-    several processes starting together on a new database did fail here."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    pause = 0.005
-    while True:
-        try:
-            lite.execute("PRAGMA journal_mode = WAL").fetchall()
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.2)

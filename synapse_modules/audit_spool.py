@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from carematrix.hsdb.audit_store import StoredRecord, read_range
 from carematrix.hsdb.migrations import upgrade
+from carematrix.hsdb.sqlite_wal import use_wal
 from synapse_modules.audit_spool_migrations import SPOOL_MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
         try:
+            use_wal(self._db, 30.0)
+            self._db.execute("PRAGMA synchronous = FULL")
             upgrade(self._transaction, "sqlite", SPOOL_MIGRATIONS, database="audit spool")
         except BaseException:
             self._db.close()
