@@ -50,6 +50,7 @@ _CJK_RUN = re.compile(f"[{_CJK_CLASS}]+")
 # Not ASCII and not a letter or digit: CJK punctuation (。、「」【】…) that survives folding.
 # SQLite's index takes any non-ASCII character for part of a word ("8mm。" would be one).
 _NOT_A_WORD = re.compile(r"[^\x00-\x7f\w]")
+_WORD = re.compile(r"[^\W_]")  # a letter or digit: what the databases keep as (part of) a word
 # A number glued to its unit: 7.2mmol/L, 120mg, 0,5ml, 38.5°C (℃ folds to °C), also right
 # after Chinese (血钾7.2mmol/L), not inside a Latin word (HbA1c, v1.2beta).
 _GLUED_UNIT = re.compile(r"(?<![A-Za-z0-9.,])(\d+(?:[.,]\d+)*)((?:[A-Za-zµμ°]+/?)+)")
@@ -201,11 +202,31 @@ def message_index_value(text: str) -> str:
     return text + "\n" + index_line(text)
 
 
+def _has_words(piece: str) -> bool:
+    return _WORD.search(_plain(piece)) is not None
+
+
+def phrase_grams(run: str, after_words: bool, before_words: bool) -> list[str]:
+    """A CJK run inside a quoted phrase, as the index has it next to the phrase's other words.
+
+    The index holds a run as its characters, then its pairs (:func:`index_grams`): the word
+    before the run is followed by the run's first *characters*, and the word after it follows
+    the run's last *pair*. So a run with words of the phrase on both sides is its whole index
+    form (it must be the whole run), one with words before it only is its characters (the
+    run starts so), one with words after it only is its pairs (the run ends so), and one
+    alone is its pairs. Searched as pairs throughout, "CT示右肺" found nothing."""
+    if after_words and before_words:
+        return index_grams(run)
+    if after_words:
+        return list(run)
+    return query_grams(run)
+
+
 def message_query(term: str) -> str:
     """A message search term with each CJK run in its query form. Outside quotes a run of
     more than one character becomes a quoted phrase of its pairs ("王建 建国": the pairs side by
     side, as in the index), so a leading ``-`` still negates the whole word; inside quotes
-    the pairs join the user's phrase."""
+    the run joins the user's phrase as the index has it there (:func:`phrase_grams`)."""
     folded = _fold(term)
     if not is_cjk(folded):
         return term if folded == term else _plain(folded)
@@ -215,14 +236,21 @@ def message_query(term: str) -> str:
         in_phrase = bool(index % 2)
         if index:
             out.append('"')
-        for cjk, piece in split_cjk(part):
+        pieces = split_cjk(part)
+        for at, (cjk, piece) in enumerate(pieces):
             if not cjk:
                 out.append(_plain(piece))
                 continue
-            grams = query_grams(piece)
             if in_phrase:
+                grams = phrase_grams(
+                    piece,
+                    after_words=any(c or _has_words(p) for c, p in pieces[:at]),
+                    before_words=any(c or _has_words(p) for c, p in pieces[at + 1:]),
+                )
                 out.append(" " + " ".join(grams) + " ")
-            elif len(grams) == 1:
+                continue
+            grams = query_grams(piece)
+            if len(grams) == 1:
                 out.append(" " + grams[0] + " " if not out or not out[-1].endswith("-") else grams[0] + " ")
             else:
                 out.append('"' + " ".join(grams) + '" ')

@@ -95,8 +95,8 @@ def _searching_cjk_messages(original: Callable[..., Awaitable[dict[str, Any]]]) 
         # Highlights are what clients mark in the results: the words the user typed, not
         # the character pairs they were searched as.
         runs = cjk_search.cjk_runs(search_term)
-        generated = {g for run in runs for g in cjk_search.query_grams(run)}
-        generated |= {" ".join(cjk_search.query_grams(run)) for run in runs}
+        generated = {g for run in runs for g in cjk_search.index_grams(run)}
+        generated |= {" ".join(form(run)) for run in runs for form in (cjk_search.query_grams, cjk_search.index_grams, list)}
         highlights = {h for h in result.get("highlights", ()) if h not in generated}
         if result.get("results"):
             highlights |= set(runs)

@@ -130,6 +130,10 @@ async def test_latin_words_and_numbers_written_against_chinese_are_found(stack: 
         assert await found("ST段") == {sent["ecg"]}
         assert await found("5A") == {sent["ecg"]}
         assert await found("王建国 CT") == {sent["ct"]}
+        # A phrase copied from the note, Latin and Chinese side by side.
+        assert await found('"CT示右肺"') == {sent["ct"]}
+        assert await found('"ECG示ST段抬高"') == {sent["ecg"]}
+        assert await found('"王建国CT"') == {sent["ct"]}
         assert await found("7.2") == {sent["full-width"]}
         assert await found("７．２") == {sent["full-width"]}
         assert await found("chest") == {sent["english"]}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from carematrix import cjk_search as C
 
 
@@ -80,6 +82,28 @@ def test_a_message_query_searches_a_chinese_word_as_its_adjacent_pairs():
     assert C.message_query('"患者王建国"') == '" 患者 者王 王建 建国 "'
     # Inserted quotes come in pairs: the user's phrases keep their meaning.
     assert C.message_query('王建国 "high potassium"').count('"') == 4
+
+
+@pytest.mark.parametrize(("note", "phrase"), [
+    ("患者王建国CT示右肺结节8mm", "CT示右肺"),  # words before the run: its first characters
+    ("患者王建国CT示右肺结节8mm", "王建国CT"),  # words after it: its last pairs
+    ("患者王建国CT示右肺结节8mm", "王建国CT示右肺结节8mm"),  # a run between words: all of it
+    ("12床的ECG示ST段抬高，已通知", "ECG示ST段抬高"),
+    ("血钾，王建国", "血钾，王建国"),  # two runs, punctuation between
+    ("患者王建国血钾7.2", "患者王建国"),
+])
+def test_a_quoted_phrase_is_a_run_of_the_notes_index_words(note, phrase):
+    """The words a phrase is searched as stand side by side, in order, in the note's index
+    line (what the database's phrase search needs)."""
+    indexed = C.message_index_value(note).split("\n", 1)[1].split()
+    wanted = C.message_query(f'"{phrase}"').strip().strip('"').split()
+    assert any(indexed[i:i + len(wanted)] == wanted for i in range(len(indexed))), (wanted, indexed)
+
+
+def test_a_quoted_run_between_words_must_be_the_whole_run():
+    indexed = C.message_index_value("患者王建国CT示右肺结节8mm").split("\n", 1)[1].split()
+    wanted = C.message_query('"CT示右肺8mm"').strip().strip('"').split()  # 结节 left out
+    assert not any(indexed[i:i + len(wanted)] == wanted for i in range(len(indexed)))
 
 
 def test_pairs_of_a_word_are_side_by_side_in_the_index():

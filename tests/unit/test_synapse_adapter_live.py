@@ -797,6 +797,22 @@ def test_chinese_words_in_messages_are_indexed_and_searched_alike(homeserver: Ho
     assert message_search(homeserver, people.alice, "王建国 -potassium")[0] >= {chinese}
 
 
+def test_a_quoted_phrase_of_latin_and_chinese_finds_the_note_written_so(homeserver: Homeserver, people: People):
+    """A phrase copied from a note ("CT示右肺", "王建国CT", "ECG示ST段抬高") finds that note
+    and not one with the same words apart."""
+    room = homeserver.create_room(people.alice, preset="private_chat")
+    ct = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国CT示右肺结节8mm"}).body["event_id"]
+    ecg = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "12床的ECG示ST段抬高，已通知"}).body["event_id"]
+    apart = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "右肺 CT 已约，王建国明天"}).body["event_id"]
+    assert message_search(homeserver, people.alice, '"CT示右肺"')[0] == {ct}
+    assert message_search(homeserver, people.alice, '"王建国CT"')[0] == {ct}
+    assert message_search(homeserver, people.alice, '"王建国CT示右肺结节"')[0] == {ct}
+    assert message_search(homeserver, people.alice, '"ECG示ST段抬高"')[0] == {ecg}
+    assert message_search(homeserver, people.alice, "王建国 CT")[0] == {ct, apart}
+    found, highlights = message_search(homeserver, people.alice, '"CT示右肺"')
+    assert "示" not in highlights and "右" not in highlights
+
+
 def _index_as_before(dialect: str, user_id: str, event_id: str, form_1: str, form_2: str) -> Callable[[Any], None]:
     """Rewrite a directory row and a message row as Synapse indexed them without us, the
     message ``form_1`` ("患者王建国CT示") as our first index form did (its Chinese only) and
