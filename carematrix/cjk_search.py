@@ -32,8 +32,9 @@ import unicodedata
 # Version of the index form: stored with a re-indexed table, so a change of the form
 # re-indexes existing rows at the next start. 2: a message's Latin words and numbers are
 # indexed apart from its CJK runs too, folded from full-width forms. 3: a number glued to its
-# unit is indexed as number and unit parts too.
-INDEX_FORM = "cjk-bigram-3"
+# unit is indexed as number and unit parts too. 4: a value glued to its short label (K7.2,
+# Na128, K+6.8, Hb78) is indexed as label and number too.
+INDEX_FORM = "cjk-bigram-4"
 
 # Han ideographs (with extensions and compatibility forms), kana and Hangul: scripts written
 # without spaces between words (Hangul is spaced, but its syllable runs are short words that
@@ -56,6 +57,15 @@ _WORD = re.compile(r"[^\W_]")  # a letter or digit: what the databases keep as (
 _GLUED_UNIT = re.compile(r"(?<![A-Za-z0-9.,])(\d+(?:[.,]\d+)*)((?:[A-Za-zµμ°]+/?)+)")
 # A unit with a slash after a number and a space (128 mmol/L): PostgreSQL keeps "mmol/l" as one
 # word, so "mmol" would find it on SQLite only.
+# A value written against its short label, as lab shorthand does (K7.2, Na128, K+6.8, Hb78,
+# WBC12.5, K7.2mmol/L): the databases keep "k7"/"k7.2"/"na128" and (PostgreSQL) "+6.8" as
+# words, so the value alone found nothing. The label is 1-4 letters of one case, or a capital
+# and small letters, and a unit glued after the value is a common lab unit: COVID19, SpO2,
+# HbA1c and v1.2beta are names, not values.
+_LABELLED_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])([A-Z][a-z]{1,3}|[A-Z]{1,4}|[a-z]{1,4})\+?(\d+(?:[.,]\d+)*)"
+    r"((?i:mmol|umol|µmol|μmol|mmhg|mg|ml|bpm|iu|g|l|u|°c)(?:/[A-Za-z]+)*)?(?![A-Za-z0-9]|[.,]\d)"
+)
 _SLASH_UNIT = re.compile(r"(?<![A-Za-z0-9.,])\d+(?:[.,]\d+)*\s+([A-Za-zµμ]+(?:/[A-Za-z]+)+)")
 
 
@@ -137,7 +147,7 @@ def needs_index_line(text: str) -> bool:
     """True if the database alone would not find every word of ``text``: it has CJK runs,
     full-width / compatibility forms, or a value whose unit the databases cut their own way."""
     return (is_cjk(text) or _fold(text) != text or _GLUED_UNIT.search(text) is not None
-            or _SLASH_UNIT.search(text) is not None)
+            or _SLASH_UNIT.search(text) is not None or _LABELLED_VALUE.search(text) is not None)
 
 
 def unit_parts(text: str) -> list[str]:
@@ -153,21 +163,39 @@ def unit_parts(text: str) -> list[str]:
     return parts
 
 
+def labelled_values(text: str) -> list[str]:
+    """Each value glued to its short label in ``text`` as label, number and unit parts:
+    K7.2 → K 7.2, K+6.8mmol/L → K 6.8 mmol L."""
+    parts: list[str] = []
+    for label, number, unit in _LABELLED_VALUE.findall(text):
+        parts += [label, number, *_plain(unit.replace("/", " ")).split()]
+    return parts
+
+
 def _line_v2(text: str) -> str:
     """The added line of index form 2: CJK runs as grams, the text between them folded."""
     parts = [" ".join(index_grams(piece)) if cjk else _plain(piece) for cjk, piece in split_cjk(_fold(text))]
     return " ".join(" ".join(parts).split())
 
 
-def index_line(text: str) -> str:
-    """The line a message's indexed text gains: each CJK run as its index grams (the pairs
-    of a run side by side), and the text between runs, folded, set apart from them (when
-    the text has CJK runs or folds: otherwise the database has those words already); then
-    the parts of every value's unit the databases would cut their own way (:func:`unit_parts`)."""
+def _line_v3(text: str) -> str:
+    """The added line of index form 3: form 2's, then the parts of units."""
     folded = _fold(text)
     words = (_line_v2(text) if folded != text or is_cjk(folded) else "").split()
     present = set(words)
     return " ".join(words + [p for p in dict.fromkeys(unit_parts(folded)) if p not in present])
+
+
+def index_line(text: str) -> str:
+    """The line a message's indexed text gains: each CJK run as its index grams (the pairs
+    of a run side by side), and the text between runs, folded, set apart from them (when
+    the text has CJK runs or folds: otherwise the database has those words already); then
+    the parts of every value's unit the databases would cut their own way (:func:`unit_parts`)
+    and of every value glued to its label (:func:`labelled_values`)."""
+    words = _line_v3(text).split()
+    present = set(words)
+    added = [p for p in dict.fromkeys(labelled_values(_fold(text))) if p not in present]
+    return " ".join(words + added)
 
 
 def _grams_line_v1(text: str) -> str:
@@ -178,6 +206,9 @@ def _grams_line_v1(text: str) -> str:
 def _earlier_lines(text: str) -> list[str]:
     """The lines earlier index forms added to ``text`` (those that added one)."""
     lines = []
+    v3 = _line_v3(text)
+    if v3:
+        lines.append(v3)
     if is_cjk(text) or _fold(text) != text:
         lines.append(_line_v2(text))
     if is_cjk(text):

@@ -142,8 +142,9 @@ async def test_latin_words_and_numbers_written_against_chinese_are_found(stack: 
 
 
 async def test_a_lab_value_written_against_its_unit_is_found_by_value_and_unit(stack: RunningStack):
-    """Results are written "血钾7.2mmol/L" or "K+ 6.8mmol/L": the value and the unit are each
-    found, in Chinese and in English notes, and the whole word as typed still is."""
+    """Results are written "血钾7.2mmol/L" or "K+ 6.8mmol/L", or as shorthand against their
+    label ("K7.2 Na128", "K+6.8"): the value, the unit and the label are each found, in Chinese
+    and in English notes, and the whole word as typed still is."""
     doctor = await stack.login("d2001")
     try:
         room = (await doctor.room_resolve_alias(f"#icu-team:{stack.server_name}")).room_id
@@ -153,6 +154,9 @@ async def test_a_lab_value_written_against_its_unit_is_found_by_value_and_unit(s
             ("english", "Bed 12 K+ 6.8mmol/L, repeat sample sent"),
             ("fever", "体温38.5℃，已物理降温"),
             ("spaced", "Na 128 mmol/L"),
+            # lab shorthand: the value against its label
+            ("shorthand", "12床 K7.2 Na128 Hb78，已复查"),
+            ("ion", "Bed 3 K+6.8, recheck pending"),
         ):
             resp = await doctor.room_send(room, "m.room.message", {"msgtype": "m.text", "body": body})
             assert isinstance(resp, RoomSendResponse), resp
@@ -161,8 +165,11 @@ async def test_a_lab_value_written_against_its_unit_is_found_by_value_and_unit(s
         async def found(term: str) -> set[str]:
             return set((await search_messages(doctor, room, term))[0]) & set(sent.values())
 
-        assert await found("7.2") == {sent["chinese"]}
-        assert await found("6.8") == {sent["english"]}
+        assert await found("7.2") == {sent["chinese"], sent["shorthand"]}
+        assert await found("6.8") == {sent["english"], sent["ion"]}
+        assert await found("128") == {sent["spaced"], sent["shorthand"]}
+        assert await found("Hb") == {sent["shorthand"]}
+        assert await found("K7.2") == {sent["shorthand"]}
         assert await found("mmol") == {sent["chinese"], sent["english"], sent["spaced"]}
         assert await found("mmol/L") == {sent["chinese"], sent["english"], sent["spaced"]}
         assert await found("7.2mmol/L") == {sent["chinese"]}

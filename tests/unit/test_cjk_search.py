@@ -171,8 +171,32 @@ def test_a_number_glued_to_its_unit_is_found_by_the_value_and_by_the_unit():
     assert C.message_index_value("Na 128 mmol/L") == "Na 128 mmol/L\nmmol L"  # one word on PostgreSQL
 
 
+def test_a_value_written_against_its_label_is_found_by_label_and_value():
+    for note, words in (
+        ("K7.2 Na128", {"k", "7", "2", "na", "128"}),
+        ("患者血钾K+6.8，Hb78", {"k", "6", "8", "hb", "78"}),
+        ("WBC12.5, PLT45", {"wbc", "12", "5", "plt", "45"}),
+        ("血钾K7.2mmol/L", {"k", "7", "2", "mmol", "l"}),
+    ):
+        indexed = C.message_index_value(note)
+        assert indexed.startswith(note + "\n") and words <= sqlite_tokens(indexed), note
+        assert C.message_index_value(indexed) == indexed, note
+    assert C.labelled_values("K+6.8mmol/L") == ["K", "6.8", "mmol", "L"]
+
+
+def test_a_message_indexed_in_form_3_gains_its_labelled_values():
+    form_3 = "血钾K7.2\n血 钾 血钾 K7.2"
+    assert "7" not in sqlite_tokens(form_3.split("\n")[1])
+    again = C.message_index_value(form_3)
+    assert again == C.message_index_value("血钾K7.2") and again.count("\n") == 1
+    assert {"k", "7", "2"} <= sqlite_tokens(again.split("\n")[1])
+    english = "Bed 3 K7.2"  # form 3 added no line to it: the re-index adds one
+    assert C.message_index_value(english) == english + "\nK 7.2"
+
+
 def test_words_with_digits_that_are_not_values_add_nothing():
-    for text in ("HbA1c 7%", "v1.2.3beta", "plain english text", "COVID19 ward", "and/or w/o", "2 mg"):
+    for text in ("HbA1c 7%", "v1.2.3beta", "plain english text", "COVID19 ward", "and/or w/o", "2 mg",
+                 "SpO2 95%", "user-71"):
         assert C.message_index_value(text) == text, text
 
 

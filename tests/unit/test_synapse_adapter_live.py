@@ -813,15 +813,19 @@ def test_a_quoted_phrase_of_latin_and_chinese_finds_the_note_written_so(homeserv
     assert "示" not in highlights and "右" not in highlights
 
 
-def _index_as_before(dialect: str, user_id: str, event_id: str, form_1: str, form_2: str) -> Callable[[Any], None]:
+def _index_as_before(
+    dialect: str, user_id: str, event_id: str, form_1: str, form_2: str, form_3: str,
+) -> Callable[[Any], None]:
     """Rewrite a directory row and a message row as Synapse indexed them without us, the
-    message ``form_1`` ("患者王建国CT示") as our first index form did (its Chinese only) and
-    ``form_2`` ("血钾7.2mmol/L") as the second did (no unit parts)."""
+    message ``form_1`` ("患者王建国CT示") as our first index form did (its Chinese only),
+    ``form_2`` ("血钾7.2mmol/L") as the second did (no unit parts) and ``form_3`` ("Bed 3
+    K7.2 Na128") as the third did (nothing added)."""
 
     def run(txn: Any) -> None:
         for earlier, event in (
             ("患者王建国CT示\n患 者 王 建 国 患者 者王 王建 建国 示", form_1),
             ("血钾7.2mmol/L\n血 钾 血钾 7.2mmol/L", form_2),
+            ("Bed 3 K7.2 Na128", form_3),
         ):
             if dialect == "sqlite":
                 txn.execute("UPDATE event_search SET value = ? WHERE event_id = ?", (earlier, event))
@@ -855,12 +859,14 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     event_id = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国血钾7.2 second"}).body["event_id"]
     form_1 = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国CT示"}).body["event_id"]
     form_2 = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "血钾7.2mmol/L"}).body["event_id"]
+    form_3 = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "Bed 3 K7.2 Na128"}).body["event_id"]
     homeserver.call(lambda: hs_schema.gate(api).ready())
-    in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id, form_1, form_2))
+    in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id, form_1, form_2, form_3))
     assert li not in directory_search(homeserver, people.alice, "重症医学科")
     assert event_id not in message_search(homeserver, people.alice, "王建国")[0]
     assert form_1 not in message_search(homeserver, people.alice, "CT")[0]
     assert form_2 not in message_search(homeserver, people.alice, "mmol")[0]
+    assert form_3 not in message_search(homeserver, people.alice, "128")[0]
 
     homeserver.call(lambda: reindex_if_needed(api, hs_schema.gate(api).ready))
 
@@ -871,5 +877,7 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     assert form_1 in message_search(homeserver, people.alice, "王建国")[0]
     assert form_2 in message_search(homeserver, people.alice, "mmol")[0]
     assert form_2 in message_search(homeserver, people.alice, "7.2")[0]
+    assert form_3 in message_search(homeserver, people.alice, "128")[0]
+    assert form_3 in message_search(homeserver, people.alice, "7.2")[0]
     forms = rows(homeserver, api, "SELECT index_name, form FROM carematrix_search_form ORDER BY index_name")
-    assert forms == [("event_search", "cjk-bigram-3"), ("user_directory", "cjk-bigram-3")]
+    assert forms == [("event_search", "cjk-bigram-4"), ("user_directory", "cjk-bigram-4")]
