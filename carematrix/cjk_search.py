@@ -26,14 +26,17 @@ the index and the query side, and unit-tested without Synapse.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import unicodedata
+from types import ModuleType
 
 # Version of the index form: stored with a re-indexed table, so a change of the form
 # re-indexes existing rows at the next start. 2: a message's Latin words and numbers are
 # indexed apart from its CJK runs too, folded from full-width forms. 3: a number glued to its
 # unit is indexed as number and unit parts too. 4: a value glued to its short label (K7.2,
-# Na128, K+6.8, Hb78) is indexed as label and number too.
+# Na128, K+6.8, Hb78) is indexed as label and number too; directory names gain their pinyin.
 INDEX_FORM = "cjk-bigram-4"
 
 # Han ideographs (with extensions and compatibility forms), kana and Hangul: scripts written
@@ -47,6 +50,7 @@ _CJK_CLASS = (
     "\U00020000-\U0003134f"  # Han extensions B-H
 )
 _CJK = re.compile(f"[{_CJK_CLASS}]")
+_HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
 _CJK_RUN = re.compile(f"[{_CJK_CLASS}]+")
 # Not ASCII and not a letter or digit: CJK punctuation (。、「」【】…) that survives folding.
 # SQLite's index takes any non-ASCII character for part of a word ("8mm。" would be one).
@@ -102,6 +106,63 @@ def index_form(text: str) -> str:
     """``text`` with each CJK run replaced by its index grams, set apart by spaces; the rest
     unchanged. For the user directory, whose index is rebuilt from the display name."""
     return _CJK_RUN.sub(lambda m: " " + " ".join(index_grams(m.group())) + " ", text)
+
+
+def pinyin_words(text: str) -> list[str]:
+    """How staff type a Chinese name on a Latin keyboard, as words to index: for each run of
+    Han characters its whole pinyin and its initials (李伟 → liwei, lw; 吕 → lv, as input
+    methods write ü), and each syllable (li, wei: "li wei" finds it too). A surname's other
+    readings give more whole forms (单 → shan…, dan…; 曾 → zeng…, ceng…): a name is read
+    as its owner reads it, which no dictionary knows. Tones are left out; nobody types them."""
+    runs = _HAN_RUN.findall(text)
+    if not runs:
+        return []
+    py = _pypinyin()
+    words: list[str] = []
+    for run in runs:
+        syllables = py.lazy_pinyin(run, errors="ignore")
+        if len(syllables) != len(run) or not all(s.isascii() and s.isalpha() for s in syllables):
+            continue  # a character the dictionary lacks: no reliable initials for this run
+        rest = syllables[1:]
+        others = py.pinyin(run[0], style=py.Style.NORMAL, heteronym=True)[0]
+        readings = [syllables[0], *(r for r in others if r.isascii() and r.isalpha())]
+        for first in dict.fromkeys(readings):
+            words.append(first + "".join(rest))
+            words.append(first[0] + "".join(s[0] for s in rest))
+        words.extend(syllables)
+    return list(dict.fromkeys(words))
+
+
+@functools.cache
+def _pypinyin() -> ModuleType:
+    """pypinyin with its single-character readings only: its dictionary of phrases costs each
+    process (every Synapse worker) 45 MB more and reads few names differently (names are
+    not phrases; a surname's other readings are indexed anyway). Imported on first use, so a
+    process that never indexes a Chinese name never loads it."""
+    os.environ.setdefault("PYPINYIN_NO_PHRASES", "true")
+    import pypinyin
+
+    return pypinyin
+
+
+# Between a name's index form and its pinyin in the directory's filtered text: a separator
+# to both databases' full-text parsers (an ASCII control character), where the query side
+# cuts the pinyin off again (:func:`without_pinyin`).
+_PINYIN_MARK = "\x1f"
+
+
+def directory_index_form(text: str) -> str:
+    """What the user directory indexes of a display name (and, the filter being one, first
+    makes of a query): :func:`index_form`, then the name's :func:`pinyin_words`."""
+    words = pinyin_words(text)
+    indexed = index_form(text)
+    return f"{indexed} {_PINYIN_MARK} {' '.join(words)}" if words else indexed
+
+
+def without_pinyin(filtered: str) -> str:
+    """A directory query after the shared filter, without the pinyin the filter added: a
+    query in Chinese is searched by its characters (the pinyin of 李 would also find 黎 and 理)."""
+    return filtered.split(_PINYIN_MARK, 1)[0]
 
 
 def split_cjk(text: str) -> list[tuple[bool, str]]:

@@ -40,7 +40,8 @@ def install_cjk_search() -> None:
     and character pairs. Once per process, before anything is indexed or searched (module
     construction)."""
     # The directory's one text filter, applied to display names when they are indexed and
-    # to queries before they are split into words: CJK runs become their index grams.
+    # to queries before they are split into words: CJK runs become their index grams, and
+    # a name gains its pinyin (which the query's split drops again).
     wrap_function_once(USER_DIRECTORY, "_filter_text_for_index", _filtering_cjk)
     # The query's split into words (ICU): CJK grams pass whole, the rest as before.
     wrap_function_once(USER_DIRECTORY, "_parse_words", _parsing_cjk_words)
@@ -52,7 +53,7 @@ def install_cjk_search() -> None:
 def _filtering_cjk(original: Callable[[str], str]) -> Callable[[str], str]:
     @functools.wraps(original)
     def _filter_text_for_index(text: str) -> str:
-        return cjk_search.index_form(original(text))
+        return cjk_search.directory_index_form(original(text))
 
     return _filter_text_for_index
 
@@ -61,7 +62,7 @@ def _parsing_cjk_words(original: Callable[[str], list[str]]) -> Callable[[str], 
     @functools.wraps(original)
     def _parse_words(search_term: str) -> list[str]:
         words: list[str] = []
-        for cjk, piece in cjk_search.split_cjk(search_term):
+        for cjk, piece in cjk_search.split_cjk(cjk_search.without_pinyin(search_term)):
             if cjk:
                 words.append(piece)
             elif piece.strip():

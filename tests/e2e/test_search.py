@@ -59,11 +59,17 @@ async def test_people_and_role_addresses_are_found_by_any_part_of_their_chinese_
             "心": {attending, backup},               # one character, as before
             "Cardiology attending": {attending},   # English, as before
             "Liu Yang": {uid("n3001")},
+            # pinyin, as a Chinese input method user types a name on a Latin keyboard
+            "liuyang": {uid("n3001")},
+            "ly": {uid("n3001")},
+            "xnk": {attending, backup},              # 心内科's initials
+            "zzyxk": {icu_nurse, icu_doctor},
         }
         for term, who in expected.items():
             found = await directory(nurse, term)
             assert who <= set(found), (term, found)
         assert uid("d1001") not in await directory(nurse, "刘洋")
+        assert uid("d1001") not in await directory(nurse, "liuyang")
         assert set(await directory(nurse, "心内科")).isdisjoint({icu_nurse, icu_doctor, uid("n3001")})
         assert set(await directory(nurse, "主班医生")).isdisjoint({backup, icu_doctor})
         # What a user sees: the whole display name of the role they looked for.

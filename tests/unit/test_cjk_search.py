@@ -17,13 +17,13 @@ def tokens(indexed: str) -> set[str]:
 def directory_query(term: str) -> list[str]:
     """The directory's query path: one filter for names and queries, then words."""
     words: list[str] = []
-    for cjk, piece in C.split_cjk(C.index_form(term)):
+    for cjk, piece in C.split_cjk(C.without_pinyin(C.directory_index_form(term))):
         words.extend([piece] if cjk else piece.split())
     return C.collapse_query_words(words)
 
 
 def finds(name: str, term: str) -> bool:
-    have = tokens(C.index_form(name.lower()))
+    have = tokens(C.directory_index_form(name.lower()))
     # Synapse searches each word as itself or as a prefix (``word*``).
     return all(any(t.startswith(w) for t in have) for w in directory_query(term.lower()))
 
@@ -33,6 +33,28 @@ def test_a_run_is_indexed_as_its_characters_and_pairs():
     assert C.index_form("心内科 主班医生 Cardiology attending").split() == [
         "心", "内", "科", "心内", "内科", "主", "班", "医", "生", "主班", "班医", "医生", "Cardiology", "attending"
     ]
+
+
+def test_a_chinese_name_is_found_by_its_pinyin_and_initials():
+    for name, terms in (
+        ("李伟", ("liwei", "lw", "li wei", "liw", "wei")),
+        ("吕蒙 · 心内科", ("lvmeng", "lm", "xinneike", "xnk")),
+        ("单雄信", ("shanxiongxin", "sxx", "danxiongxin")),  # a surname read its other way
+        ("曾国藩", ("zengguofan", "zgf", "cengguofan")),
+        ("重症医学科 李伟 Li Wei", ("zzyxk", "zhongzhengyixueke", "lw", "Li Wei")),
+    ):
+        for term in terms:
+            assert finds(name, term), (name, term)
+    for name, term in (("李伟", "lm"), ("刘洋", "lw"), ("李伟", "wl"), ("黎明", "李")):
+        assert not finds(name, term), (name, term)
+
+
+def test_a_chinese_query_is_searched_by_its_characters_not_its_pinyin():
+    assert directory_query("李伟") == ["李伟"]
+    assert directory_query("李") == ["李"]  # not li: 黎 and 理 would match
+    assert "\x1f" not in " ".join(directory_query("李伟 lw"))
+    assert C.pinyin_words("Alice") == [] and C.directory_index_form("alice") == "alice"
+    assert C.pinyin_words("ゆき") == []  # kana have no pinyin
 
 
 def test_a_query_run_is_its_pairs_or_its_one_character():

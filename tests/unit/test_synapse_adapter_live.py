@@ -784,6 +784,27 @@ def test_chinese_display_names_are_indexed_and_searched_alike_in_the_user_direct
     assert role not in directory_search(homeserver, people.alice, "重症医学科")
 
 
+def test_chinese_names_are_found_by_pinyin_and_initials_in_the_user_directory(homeserver: Homeserver, people: People):
+    """As a Chinese input method user types them: lm, lvmeng, "lv meng"; a Chinese query is
+    still searched by its characters only (李 does not find 黎明, li ming)."""
+    room = homeserver.create_room(people.alice, preset="public_chat")
+    staff = {}
+    for localpart, name in (("staff-py-1", "吕蒙 · 重症医学科"), ("staff-py-2", "黎明"), ("staff-py-3", "单雄信")):
+        user = homeserver.register(localpart)
+        path = f"/_matrix/client/v3/profile/{quote(user)}/displayname"
+        assert homeserver.request("PUT", path, user, {"displayname": name}).status == 200
+        assert homeserver.join(user, room).status == 200
+        staff[name] = user
+    lv, li, shan = staff["吕蒙 · 重症医学科"], staff["黎明"], staff["单雄信"]
+    eventually(lambda: shan in directory_search(homeserver, people.alice, "单雄信"))
+    for term, who in (("lm", lv), ("lvmeng", lv), ("lv meng", lv), ("zzyxk", lv), ("liming", li),
+                      ("sxx", shan), ("shanxiongxin", shan), ("danxiongxin", shan)):
+        assert who in directory_search(homeserver, people.alice, term), term
+    assert directory_search(homeserver, people.alice, "lm") & {lv, li, shan} == {lv, li}  # initials are shared
+    assert directory_search(homeserver, people.alice, "lvm") & {lv, li, shan} == {lv}
+    assert li not in directory_search(homeserver, people.alice, "李")
+
+
 def test_chinese_words_in_messages_are_indexed_and_searched_alike(homeserver: Homeserver, people: People):
     room = homeserver.create_room(people.alice, preset="private_chat")
     chinese = homeserver.send(people.alice, room, {"msgtype": "m.text", "body": "患者王建国血钾7.2"}).body["event_id"]
@@ -863,6 +884,7 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     homeserver.call(lambda: hs_schema.gate(api).ready())
     in_db(homeserver, api, _index_as_before(adapter_homeserver.dialect_of(api), li, event_id, form_1, form_2, form_3))
     assert li not in directory_search(homeserver, people.alice, "重症医学科")
+    assert li not in directory_search(homeserver, people.alice, "zzyxk")
     assert event_id not in message_search(homeserver, people.alice, "王建国")[0]
     assert form_1 not in message_search(homeserver, people.alice, "CT")[0]
     assert form_2 not in message_search(homeserver, people.alice, "mmol")[0]
@@ -871,6 +893,7 @@ def test_rows_indexed_before_are_reindexed_once_at_start(
     homeserver.call(lambda: reindex_if_needed(api, hs_schema.gate(api).ready))
 
     assert li in directory_search(homeserver, people.alice, "重症医学科")
+    assert li in directory_search(homeserver, people.alice, "zzyxk")  # its pinyin initials
     assert event_id in message_search(homeserver, people.alice, "王建国")[0]
     assert message_search(homeserver, people.alice, "second")[0] >= {event_id}
     assert form_1 in message_search(homeserver, people.alice, "CT")[0]
