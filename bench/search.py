@@ -43,6 +43,7 @@ import aiohttp
 
 from bench.roundtrip import _call, _login, _register
 from bench.stats import comparison, summary
+from carematrix import cjk_search
 from carematrix_ops.deploy.prepare import prepare
 from carematrix_ops.deploy.settings import Deployment, Settings
 from carematrix_ops.pgadmin import create_database, database_url, drop_database, on_maintenance_db
@@ -64,6 +65,7 @@ ROLES = ["主班医生", "二线医生", "责任护士", "值班医生"]
 DIRECTORY_TERMS = {
     "chinese": ["心内科", "主班医生", "重症医学科", "主治医师", "神经内科", "护士长"],
     "name": [],  # filled with 2-character names that exist
+    "pinyin": [],  # filled with those names' pinyin and initials, and two units' initials
     "english": ["Cardiology", "attending", "Liu", "Oncology", "nurse"],
 }
 # Seconds between the fill and the searches, for the work Synapse does behind the last sends.
@@ -356,6 +358,9 @@ async def measure(
                 result["fill_s"] = round(filled, 1) if filled is not None else "kept"
                 terms = dict(DIRECTORY_TERMS)
                 terms["name"] = sorted({n.split()[0] for n in names if len(n.split()[0]) == 2})[:6]
+                # how the same people are typed on a Latin keyboard: whole pinyin, initials
+                spelt = [cjk_search.pinyin_words(n) for n in terms["name"]]
+                terms["pinyin"] = [w[0] for w in spelt[:3]] + [w[1] for w in spelt[3:]] + ["xnk", "zzyxk"]
                 result["staff"] = staff
                 result["reindex"] = reindex_at_start(stacks[1], cm_d)
                 result["load_average"] = [round(x, 1) for x in os.getloadavg()]

@@ -28,6 +28,7 @@ from carematrix.audit.checkpoint import (
     make_checkpoint,
 )
 from carematrix.audit.matrix_events import record_for_event
+from carematrix.audit.people import resolve_actor
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import AuditQuery, AuditQueryInvalid, query_record, render, search
 from synapse_modules import access_log, hs_schema, media_audit, policy_source
@@ -244,8 +245,10 @@ class CareMatrixAudit:
         try:
             if fmt not in FORMATS:
                 raise AuditQueryInvalid(f"format must be one of {', '.join(FORMATS)}")
+            actor = args.get("actor")
             query = AuditQuery(
-                actor=args.get("actor"), room=args.get("room"), patient=args.get("patient"),
+                actor=resolve_actor(actor, self._policy.current.staff, self._api.server_name) if actor else None,
+                room=args.get("room"), patient=args.get("patient"),
                 action=args.get("action"), outcome=args.get("outcome"),
                 since=parse_time(args["since"]) if "since" in args else None,
                 until=parse_time(args["until"]) if "until" in args else None,

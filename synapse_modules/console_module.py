@@ -39,6 +39,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from carematrix import identity
 from carematrix.audit import actions as A
+from carematrix.audit.people import actor_names, resolve_actor
 from carematrix.audit.record import AuditRecord, AuditRecordInvalid, parse_time
 from carematrix.audit.search import (
     AuditQuery,
@@ -687,8 +688,10 @@ class CareMatrixConsole:
         try:
             if fmt != "page" and fmt not in EXPORTS:
                 raise AuditQueryInvalid("format must be page, csv, json or fhir")
+            policy = self._holder.current
             query = AuditQuery(
-                actor=q["actor"], room=q["room"], patient=q["patient"], action=q["action"],
+                actor=resolve_actor(q["actor"], policy.staff, self._api.server_name) if q["actor"] else None,
+                room=q["room"], patient=q["patient"], action=q["action"],
                 since=parse_time(q["since"]) if q["since"] else None,
                 until=parse_time(q["until"]) if q["until"] else None,
                 limit=AUDIT_LIMIT,
@@ -703,7 +706,9 @@ class CareMatrixConsole:
         await self._record(query_record(session.user_id, query, "table" if fmt == "page" else fmt, len(rows),
                                         process=self.process))
         if fmt == "page":
-            return self._audit_page(session, q=shown, rows=[as_dict(r) for r in rows])
+            names = actor_names({r.record.actor for r in rows}, self._holder.current.staff, self._api.server_name)
+            return self._audit_page(session, q=shown, rows=[as_dict(r) for r in rows], names=names,
+                                    searched_actor=query.actor if query.actor != q["actor"] else None)
         content_type, ext = EXPORTS[fmt]
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         return Reply(200, render(rows, fmt, server_name=self._api.server_name), content_type, headers=[

@@ -142,6 +142,27 @@ def test_non_auditor_cannot_search_and_the_attempt_is_recorded(stack: RunningSta
     assert search(stack, "--action", "audit.query", "--actor", stack.user_id("a0002"))
 
 
+def test_an_auditor_finds_a_person_by_name_or_staff_number_and_is_told_when_nobody_or_several_match(
+    stack: RunningStack,
+):
+    """An auditor looking into what 李伟 did types his name or staff number, not a Matrix ID:
+    the same records as by his ID. A name that matches nobody, or several, is said, never
+    answered with an empty list (which read as "he did nothing")."""
+    by_id = {r["seq"] for r in search(stack, "--actor", stack.user_id("d1001"))}
+    assert by_id, "d1001 has logged in by now"
+    for typed in ("李伟", "Li Wei", "liwei", "D1001", "d1001"):
+        assert {r["seq"] for r in search(stack, "--actor", typed)} >= by_id, typed
+    nobody = audit_cli(stack, "search", "--actor", "王五", "--format", "json", login="a0002")
+    assert nobody.returncode == 1 and "Nobody on the staff list is named or numbered '王五'" in nobody.stderr
+    assert nobody.stdout == ""
+    several = audit_cli(stack, "search", "--actor", "Li", "--format", "json", login="a0002")
+    assert several.returncode == 1 and "names" in several.stderr and "D1001" in several.stderr, several.stderr
+    assert "N3001" in several.stderr  # 刘洋 Liu Yang: the auditor sees whom "Li" could mean
+    # The search is on record with the person it resolved to.
+    queries = search(stack, "--action", "audit.query", "--actor", "a0002")
+    assert any(q["details"].get("actor") == stack.user_id("d1001") for q in queries)
+
+
 def test_search_from_a_script_reads_the_password_piped_in_and_says_when_there_is_none(stack: RunningStack):
     """A job runner has no terminal: the password comes on standard input, or a clear error."""
     env = {k: v for k, v in os.environ.items() if k not in ("CAREMATRIX_PASSWORD", "CAREMATRIX_TOKEN")}

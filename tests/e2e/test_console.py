@@ -607,6 +607,19 @@ async def test_auditor_search_in_the_console_is_recorded_and_exports_csv(stack: 
         if "console." in str(r["details"])
     ] or None)
     assert {r["details"].get("format") for r in recorded} >= {"table", "csv"}
+    # A person by name, as an auditor knows them: the rows name them too.
+    await page.select_option("select[name=format]", "page")
+    await page.fill("input[name=action]", "")
+    await page.fill("input[name=actor]", "郑洁")
+    await page.click("form.search button[type=submit]")
+    await page.wait_for_selector("#result-count")
+    assert stack.user_id("a0002") in await page.inner_text("#result-count")
+    rows = await page.locator("table.audit tbody tr").all_inner_texts()
+    assert rows and all("郑洁" in r and stack.user_id("a0002") in r for r in rows), rows[:3]
+    await shot(page, screens, "audit-search-by-name")
+    await page.fill("input[name=actor]", "王五")
+    await page.click("form.search button[type=submit]")
+    assert "Nobody on the staff list" in await page.inner_text("p.error")
     # A form posted without the session's CSRF token is refused.
     response = await page.request.post(f"{stack.url}{BASE}/audit", form={"action": "auth."})
     assert response.status == 403 and "console.csrf" in await response.text()
