@@ -233,7 +233,7 @@ class CareMatrixAudit:
         user_id = requester.user.to_string()
         local = identity.local_localpart(user_id, self._api.server_name)
         staff = self._policy.current.staff_for_localpart(local) if local is not None else None
-        args = {k.decode(): v[-1].decode() for k, v in parse_qs(request.uri.split(b"?", 1)[1] if b"?" in request.uri else b"").items()}
+        args = query_arguments(request.uri)
         fmt = args.pop("format", "json")
         if staff is None or AUDITOR_ROLE not in staff.roles:
             await self.writer.record(
@@ -261,6 +261,14 @@ class CareMatrixAudit:
         # The search is itself audited, before anything is returned.
         await self.writer.record(query_record(user_id, query, fmt, len(rows), process=self.process))
         return 200, (FORMATS[fmt], render(rows, fmt, server_name=self._api.server_name))
+
+
+def query_arguments(uri: bytes) -> dict[str, str]:
+    """A request's query string as text (the last value of each name). Parsed as text: given
+    bytes, ``parse_qs`` re-encodes every value as ASCII, and a Chinese name or patient ID
+    (``actor=%E6%9D%8E%E4%BC%9F``) failed the search with a 500 and a traceback."""
+    raw = uri.split(b"?", 1)[1] if b"?" in uri else b""
+    return {k: v[-1] for k, v in parse_qs(raw.decode("ascii", "replace"), encoding="utf-8", errors="replace").items()}
 
 
 def login_identity(submission: dict, server_name: str) -> str | None:

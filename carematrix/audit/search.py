@@ -135,6 +135,7 @@ def query_record(
     return AuditRecord(
         actor=actor,
         action=AUDIT_QUERY,
+        object="audit",  # as the record of a refused search has it
         room=query.room,
         patient=query.patient,
         process=process,

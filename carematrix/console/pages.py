@@ -45,6 +45,10 @@ def _day_clock(context: Context, value: str | None) -> str:
     return local_clock(value, context.get("timezone"), with_day=True)
 
 
+def _blank_for_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     env = Environment(
@@ -52,6 +56,8 @@ def environment() -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        # A missing value shows as nothing: an audit row without an object read "None".
+        finalize=_blank_for_none,
     )
     env.filters["clock"] = _clock
     env.filters["dayclock"] = _day_clock

@@ -158,6 +158,8 @@ def test_an_auditor_finds_a_person_by_name_or_staff_number_and_is_told_when_nobo
     several = audit_cli(stack, "search", "--actor", "Li", "--format", "json", login="a0002")
     assert several.returncode == 1 and "names" in several.stderr and "D1001" in several.stderr, several.stderr
     assert "N3001" in several.stderr  # 刘洋 Liu Yang: the auditor sees whom "Li" could mean
+    # A Chinese patient ID is a filter like any other (it failed with a 500 before).
+    assert search(stack, "--patient", "住院号-0042") == []
     # The search is on record with the person it resolved to.
     queries = search(stack, "--action", "audit.query", "--actor", "a0002")
     assert any(q["details"].get("actor") == stack.user_id("d1001") for q in queries)
