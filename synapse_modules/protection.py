@@ -147,7 +147,7 @@ class ContentProtection:
         views = await self._images_of(media_ids, protected=False)
         dialect = self._dialect
 
-        def check(txn: Any) -> tuple[Any, list[str], list[image_store.StoredImage], set[str]]:
+        def check(txn: Any) -> tuple[Any, list[str], list[image_store.StoredImage], set[str], dict[str, int]]:
             if also is not None:
                 # ``also`` appends to the audit chain: its lock must come before any read.
                 audit_store.lock_for_append(txn, dialect)
@@ -160,23 +160,29 @@ class ContentProtection:
                     shortlist += image_store.shortlisted(txn, dialect, candidate, event.room_id)
             if match is None and not shortlist and also is not None:
                 also(txn)
-            kept = tables.known_media(txn, sorted({s.media_id for s in shortlist})) if shortlist else set()
-            return match, extra, shortlist, kept
+            shortlisted_media = sorted({s.media_id for s in shortlist})
+            kept = tables.known_media(txn, shortlisted_media) if shortlist else set()
+            # The copies of them the sender received (watermarked for the sender): what they
+            # would forward is such a copy, not the original.
+            received = (media_store.latest_received(txn, dialect, event.sender, shortlisted_media)
+                        if shortlist and self._key is not None else {})
+            return match, extra, shortlist, kept, received
 
-        match, extra, shortlist, kept = await self._db("carematrix_no_forward_check", check)
+        match, extra, shortlist, kept, received = await self._db("carematrix_no_forward_check", check)
         if match is not None:
             log.info("no-forward: %s in %s matches %s", event.event_id, event.room_id, match.origin_event)
             return NO_FORWARD, extra, False
         if shortlist:
             # Verification reads originals and compares pixels: off the event loop, and
             # outside the transaction (the message's audit record is then written apart).
-            copied = await self._api.defer_to_thread(self._first_copied, shortlist, views, kept)
+            copied = await self._api.defer_to_thread(self._first_copied, shortlist, views, kept, event.sender, received)
             if copied is not None:
                 origin, decision, media_id = copied
                 how = (
                     f"{decision.verdict.agreement:.0%} of its features agree; the original is gone"
                     if decision.residual is None
                     else f"pixel residual {decision.residual[0]:.2f}"
+                    + (", against the copy the sender received" if decision.as_delivered else "")
                 )
                 log.info(
                     "no-forward: %s in %s: image %s looks like %s posted in %s as %s "
@@ -225,7 +231,8 @@ class ContentProtection:
         return result
 
     def _first_copied(
-        self, shortlist: list[image_store.StoredImage], views: list[tuple[str, Any]], kept: set[str]
+        self, shortlist: list[image_store.StoredImage], views: list[tuple[str, Any]], kept: set[str],
+        sender: str, received: dict[str, int],
     ) -> tuple[image_store.StoredImage, perceptual.Decision, str] | None:
         """In a thread: the first shortlisted protected image one of ``views`` copies.
         ``kept``: the originals the homeserver still has; the others were deleted on
@@ -243,8 +250,24 @@ class ContentProtection:
                             stored.media_id, exc)
                 return None
 
+        def delivered(stored: image_store.StoredImage) -> list[Any]:
+            """The rendering ``sender`` last received of ``stored``, made again (the same
+            viewer, minute and mark give the same picture); none if they received none."""
+            minute = received.get(stored.media_id)
+            if minute is None or stored.media_id not in kept or self._key is None:
+                return []
+            mark_id = media_store.mark_id_for(stored.media_id, sender, minute)
+            try:
+                with open(local_media_path(self._api, stored.media_id, self._media_store), "rb") as f:
+                    rendered = render_for_viewer(f.read(), self._viewer(sender, minute), self._key, mark_id)
+                return [perceptual.original_grey(rendered.data)]
+            except (OSError, LookupError, MediaRejected, perceptual.ImageUnreadable) as exc:
+                log.warning("no-forward: the copy of protected image %s that %s received cannot be made again (%s)",
+                            stored.media_id, sender, exc)
+                return []
+
         for media_id, candidate in views:
-            found = image_store.first_copied(shortlist, candidate, original)
+            found = image_store.first_copied(shortlist, candidate, original, delivered)
             if found is not None:
                 return found[0], found[1], media_id
         return None

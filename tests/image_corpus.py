@@ -10,7 +10,8 @@ every patient from one anatomy template whose proportions, position and findings
 patients' films are.
 
 :data:`TRANSFORMS` are the copies no-forward must recognise: re-encoded as JPEG, resized,
-cropped, converted to greyscale, pasted into a screenshot of a messaging window.
+cropped, converted to greyscale, pasted into a screenshot of a messaging window, and the
+copy a ward member received (with their watermark) saved again.
 """
 
 from __future__ import annotations
@@ -357,6 +358,29 @@ def _png(im: Image.Image) -> bytes:
 
 # name -> (how it is applied to one image, seeded). Each is one of the required transforms
 # at a parameter drawn from its whole range, so recall is reported per transform.
+RECEIVED_KEY = b"corpus-watermark-key"
+RECEIVED_MARK = "m-corpus"
+
+
+def received_by(data: bytes) -> bytes:
+    """The protected JPEG ``data`` as a ward member received it: rendered for them with the
+    per-viewer watermark (name, staff number, Matrix ID and the minute across it, and the
+    hidden pattern), as the media gate serves it. Always the same member and minute, so the
+    accuracy run can make the same rendering again as the homeserver does."""
+    from datetime import UTC, datetime
+
+    from carematrix.watermark import Viewer, render_for_viewer
+
+    viewer = Viewer("欧阳明远 Ouyang Mingyuan", "D3107", "@d3107:hospital.example",
+                    datetime(2026, 12, 1, 8, 0, tzinfo=UTC))
+    return render_for_viewer(data, viewer, RECEIVED_KEY, RECEIVED_MARK).data
+
+
+def delivered(im: Image.Image) -> Image.Image:
+    """The protected image ``im`` (filed as ``jpeg(im, 92)``) as :func:`received_by` gives it."""
+    return Image.open(io.BytesIO(received_by(jpeg(im, 92)))).convert("RGB")
+
+
 TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], bytes]] = {
     "jpeg q50-95": lambda im, rng: jpeg(im, int(rng.integers(50, 96))),
     "jpeg q85, 99 %": lambda im, rng: jpeg(resized(im, 0.99), 85),
@@ -365,4 +389,7 @@ TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], bytes]] = {
     "crop <= 20 % per edge": lambda im, rng: jpeg(cropped(im, *rng.uniform(0, 0.2, 4)), 90),
     "greyscale": lambda im, rng: jpeg(im.convert("L"), 90),
     "screenshot": lambda im, rng: _png(screenshot(im, int(rng.integers(0, 1 << 30)))),
+    # what a ward member actually has to forward: the copy the server marked for them
+    "as received (watermarked), re-saved 70-100 %": lambda im, rng: jpeg(
+        resized(delivered(im), float(rng.uniform(0.7, 1.0))), int(rng.integers(70, 96))),
 }

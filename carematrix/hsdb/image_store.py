@@ -44,6 +44,7 @@ BUCKET_TABLE = "carematrix_protected_image_bucket"
 CROWDED_TABLE = "carematrix_protected_image_crowded"
 _CHUNK = 500
 MAX_ORIGINALS = 3  # originals read and compared per check, at most
+MAX_RENDERED = 2  # renderings a sender received, re-made and compared per check, at most
 _FORMAT = 1
 _HEADER = struct.Struct(">BHHH")  # format, width, height, number of features
 _FIXED = 32.0  # positions and sizes are kept in 1/32 pixel of the work image
@@ -210,25 +211,40 @@ def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -
 
 
 def first_copied(
-    candidates: list[StoredImage], views: list[P.Features], original_of: Callable[[StoredImage], np.ndarray | None]
+    candidates: list[StoredImage], views: list[P.Features], original_of: Callable[[StoredImage], np.ndarray | None],
+    delivered_of: Callable[[StoredImage], list[np.ndarray]] | None = None,
 ) -> tuple[StoredImage, P.Decision] | None:
     """The first shortlisted image the candidate copies (pure but for ``original_of``,
     which reads and decodes an original, only for an image whose features the candidate
     matches: run it off the event loop). Once :data:`MAX_ORIGINALS` originals were read
     and none was copied, the check ends: the images ranked below them are less likely
     still, and judging them by features alone could refuse another patient's image (the
-    pixel comparison is what tells two films on one template apart)."""
+    pixel comparison is what tells two films on one template apart).
+
+    ``delivered_of`` gives the renderings of a protected image its sender received
+    (:func:`carematrix.protect.perceptual.decide`); at most :data:`MAX_RENDERED` are
+    compared per check, however many candidates ask."""
     read = 0
+    rendered = 0
 
     def counted(candidate: StoredImage) -> np.ndarray | None:
         nonlocal read
         read += 1
         return original_of(candidate)
 
+    def renderings(candidate: StoredImage) -> list[np.ndarray]:
+        nonlocal rendered
+        if delivered_of is None or rendered >= MAX_RENDERED:
+            return []
+        found = delivered_of(candidate)[: MAX_RENDERED - rendered]
+        rendered += len(found)
+        return found
+
     for candidate in candidates:
         if read >= MAX_ORIGINALS:
             break
-        decision = P.decide(candidate.features, functools.partial(counted, candidate), views)
+        decision = P.decide(candidate.features, functools.partial(counted, candidate), views,
+                            functools.partial(renderings, candidate) if delivered_of is not None else None)
         if decision.is_copy:
             return candidate, decision
     return None

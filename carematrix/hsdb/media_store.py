@@ -7,7 +7,7 @@ Functions take the transaction's cursor and the dialect, like :mod:`carematrix.h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,17 @@ def deliveries(txn: Any, dialect: str, media_id: str | None = None) -> list[Deli
         args = (media_id,)
     txn.execute(sql(query + " ORDER BY minute, mark_id", dialect), args)
     return [Delivery(*row) for row in txn.fetchall()]
+
+
+def latest_received(txn: Any, dialect: str, user_id: str, media_ids: Sequence[str]) -> dict[str, int]:
+    """The minute of the last rendering ``user_id`` received of each of ``media_ids`` (those
+    they received): what they would forward is most likely that copy."""
+    if not media_ids:
+        return {}
+    marks = ", ".join(["?"] * len(media_ids))
+    txn.execute(sql(f"SELECT media_id, max(minute) FROM {DELIVERY} WHERE user_id = ? AND media_id IN ({marks}) "
+                    "GROUP BY media_id", dialect), (user_id, *media_ids))
+    return {str(media_id): int(minute) for media_id, minute in txn.fetchall()}
 
 
 def mark_id_for(media_id: str, user_id: str, minute: int) -> str:

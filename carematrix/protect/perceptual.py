@@ -54,6 +54,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from carematrix.image_depth import is_deep, to_8bit
+
 WORK_SIDE = 512  # longer side of the grey image every feature is computed on
 CROP_SIDE = 360  # a second, smaller view of a candidate (see candidate_views)
 MAX_PIXELS = 50_000_000  # refuse to decode more (a decompression bomb), as the watermark does
@@ -151,6 +153,8 @@ def load_grey(data: bytes, side: int = 2 * WORK_SIDE) -> Image.Image:
                 im.draft("L", (side, side))
             im.seek(0)
             im = ImageOps.exif_transpose(im)
+            if is_deep(im):
+                im = to_8bit(im)  # by its range, as the watermark delivers it: not clipped
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 flat = Image.new("RGB", im.size, (255, 255, 255))
@@ -566,10 +570,12 @@ class Decision:
     is_copy: bool
     verdict: Verdict
     residual: tuple[float, float] | None
+    as_delivered: bool = False  # matched a rendering the sender received, not the original
 
 
 def decide(
-    stored: Features, original: np.ndarray | Callable[[], np.ndarray | None] | None, views: list[Features]
+    stored: Features, original: np.ndarray | Callable[[], np.ndarray | None] | None, views: list[Features],
+    delivered: Callable[[], list[np.ndarray]] | None = None,
 ) -> Decision:
     """Whether the candidate (its :func:`candidate_views`) copies the protected image whose
     stored features and original (``original``, from :func:`original_grey`; None when the
@@ -577,10 +583,19 @@ def decide(
     copy differs from its original nowhere by more than :data:`MAX_BLOCK_RESIDUAL`.
     ``original`` may be a function that reads it: it is then called only when the
     features match, which most shortlisted images do not. Without the original, the dense
-    feature agreement decides, with the stricter :data:`ORIGINAL_GONE_AGREEMENT`."""
+    feature agreement decides, with the stricter :data:`ORIGINAL_GONE_AGREEMENT`.
+
+    ``delivered`` gives the renderings of the protected image that the sender received
+    (:func:`original_grey` of each; the server marked them with the sender's name and the
+    minute): what a ward member has to forward is such a copy, whose visible watermark
+    differs from the original along every line of text, so the pixels never matched the
+    original. When they do not, the candidate is compared with those renderings the same
+    way; another patient's film still differs from them where that patient does. Called
+    only then, and at most once."""
     best: Decision | None = None
     loaded = False
     references: dict[tuple[int, int], np.ndarray] = {}
+    renderings: list[tuple[np.ndarray, dict[tuple[int, int], np.ndarray]]] | None = None
     for view in views:
         verdict = verify(stored, view, dense=False)
         if not verdict.is_copy:
@@ -604,6 +619,16 @@ def decide(
                 original, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
                 references)
             decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
+            if not decision.is_copy and delivered is not None:
+                if renderings is None:
+                    renderings = [(rendering, {}) for rendering in delivered()]
+                for rendering, cache in renderings:
+                    worst, second, blocks = pixel_residual(
+                        rendering, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
+                        cache)
+                    if blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL:
+                        decision = Decision(True, verdict, (worst, second), as_delivered=True)
+                        break
         if decision.is_copy:
             return decision
         best = decision

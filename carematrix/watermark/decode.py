@@ -8,9 +8,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from carematrix.image_depth import is_deep, to_8bit
 from carematrix.watermark.model import MediaRejected
 from carematrix.watermark.sniff import sniff_image, webp_is_lossless
 
@@ -84,18 +84,10 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENT else 1
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit and float greyscale (DICOM-derived PNGs) scaled into 8 bits by their range."""
-    arr = np.asarray(im, dtype=np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return Image.fromarray(((arr - lo) * scale + 0.5).astype(np.uint8), "L")
-
-
 def _normalise_mode(im: Image.Image, gray: bool) -> Image.Image:
     mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        im = _to_8bit(im)
+    if is_deep(im):
+        im = to_8bit(im)
     elif mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode in ("PA", "LA", "La", "RGBa"):

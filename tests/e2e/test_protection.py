@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from nio import AsyncClient, RoomCreateResponse, RoomSendError, RoomSendResponse, UploadResponse
 from PIL import Image
@@ -130,9 +131,11 @@ async def test_forwarding_out_of_a_ward_room_is_refused_every_way(stack: Running
 
 
 async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack: RunningStack):
-    """Not the same file and not the same bytes: the film re-encoded, resized, cropped, in
-    grey or inside a screenshot is refused in a DM under the no-forward rule, while another
-    patient's film of the same anatomy template and an unrelated photo pass."""
+    """Not the same file and not the same bytes: the film as the doctor received it (with
+    their watermark) saved again, or re-encoded, resized, cropped, in grey or inside a
+    screenshot, is refused in a DM under the no-forward rule, while another patient's film of
+    the same anatomy template and an unrelated photo pass (the doctor having received the
+    protected film: what they received is compared too)."""
     nurse = await stack.login("n3001")
     doctor = await stack.login("d2001")
     try:
@@ -141,8 +144,14 @@ async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack:
         uri = await upload(nurse, corpus.jpeg(film, 92), "image/jpeg", "chest.jpg")
         assert isinstance(await send(nurse, icu, image_content(uri, "chest.jpg")), RoomSendResponse)
         dm = await new_room(doctor, [nurse], is_direct=True, name="chat")
+        # What the doctor has to forward: the film as the server marked it for them.
+        received = await doctor.download(uri)
+        assert getattr(received, "body", None) is not None, received
+        as_received = Image.open(io.BytesIO(received.body))
 
         copies = {
+            "as the doctor received it (watermarked), saved again at 80 %": (
+                corpus.jpeg(corpus.resized(as_received, 0.8), 85), "image/jpeg"),
             "re-encoded at quality 85 and scaled to 99 %": (corpus.jpeg(corpus.resized(film, 0.99), 85), "image/jpeg"),
             "re-encoded at quality 50": (corpus.jpeg(film, 50), "image/jpeg"),
             "scaled to 25 %": (corpus.jpeg(corpus.resized(film, 0.25), 90), "image/jpeg"),
@@ -175,6 +184,36 @@ async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack:
         dm,
     )
     assert denials == [(doctor.user_id,)] * len(copies)
+
+
+async def test_a_copy_of_a_16_bit_film_as_its_viewer_received_it_is_refused(stack: RunningStack):
+    """A radiograph exported from DICOM is a 16-bit PNG (12 bits of grey). The ward's doctor
+    receives it watermarked in 8 bits and re-sends what was received, re-encoded, in a DM:
+    refused under the no-forward rule (the film was checked clipped to almost white before,
+    and such a copy passed)."""
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        deep = np.asarray(corpus.chest_film(4343, template=2).convert("L"), dtype=np.uint16) * 16 + 7
+        out = io.BytesIO()
+        Image.fromarray(deep).save(out, "PNG")
+        uri = await upload(nurse, out.getvalue(), "image/png", "chest-16bit.png")
+        assert isinstance(await send(nurse, icu, image_content(uri, "chest-16bit.png")), RoomSendResponse)
+        received = await doctor.download(uri)
+        body = getattr(received, "body", None)
+        assert body is not None, received
+        seen = Image.open(io.BytesIO(body))
+        assert seen.mode in ("L", "RGB")  # delivered in 8 bits
+        assert np.asarray(seen.convert("L")).mean() < 200, "delivered washed out"
+        dm = await new_room(doctor, [nurse], is_direct=True, name="chat")
+        copy_uri = await upload(doctor, corpus.jpeg(seen.convert("L"), 85), "image/jpeg", "copy.jpg")
+        resp = await send(doctor, dm, {**image_content(copy_uri, "copy.jpg"), "info": {"mimetype": "image/jpeg"}})
+        assert isinstance(resp, RoomSendError), "the copy of the 16-bit film was accepted"
+        denied_as_no_forward(resp)
+    finally:
+        await nurse.close()
+        await doctor.close()
 
 
 async def test_a_copy_of_a_burnt_protected_film_is_still_refused_and_the_burn_is_no_warning(stack: RunningStack):

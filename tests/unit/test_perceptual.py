@@ -218,3 +218,56 @@ def test_transparency_is_flattened_like_a_viewer_shows_it() -> None:
     out = io.BytesIO()
     rgba.save(out, "PNG")
     assert decision("photo", out.getvalue()).is_copy
+
+
+def _sixteen_bit_png(im: Image.Image) -> bytes:
+    """A radiograph as DICOM exports write it: 12 bits of grey in a 16-bit PNG."""
+    deep = np.asarray(im.convert("L"), dtype=np.uint16) * 16 + 7
+    out = io.BytesIO()
+    Image.fromarray(deep).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_16_bit_film_and_the_copy_its_viewer_received_are_matched() -> None:
+    """Pillow's own 8-bit conversion clips: this film was checked as an almost white
+    picture, with no features to find a copy by. It is seen by its range, as the watermark
+    delivers it; a copy of what was delivered is recognised, another patient's film is not."""
+    film = _sixteen_bit_png(corpus.chest_film(104, template=4))
+    assert Image.open(io.BytesIO(film)).mode == "I;16"
+    grey = np.asarray(P.load_grey(film))
+    assert grey.min() == 0 and grey.max() == 255 and (grey == 255).mean() < 0.01
+    features, original = P.protected_features(film), P.original_grey(film)
+    delivered = Image.fromarray(grey)  # what a viewer's client shows (and may re-send)
+    copy = corpus.jpeg(corpus.resized(delivered, 0.8), 80)
+    assert P.decide(features, original, P.candidate_views(copy)).is_copy
+    other = _sixteen_bit_png(corpus.chest_film(555, template=4))
+    assert not P.decide(features, original, P.candidate_views(other)).is_copy
+
+
+def test_the_copy_a_ward_member_received_is_matched_through_their_rendering() -> None:
+    """What a member has to forward is the film marked for them: the visible text differs
+    from the original along every line, so the pixels never match the original. Compared
+    with the rendering they received (made again), they do; another patient's film still
+    differs from that rendering where the patient does."""
+    data = corpus.jpeg(corpus.chest_film(104, template=4), 92)
+    features, original = P.protected_features(data), P.original_grey(data)
+    rendering = P.original_grey(corpus.received_by(data))
+    copy = corpus.jpeg(corpus.resized(corpus.delivered(corpus.chest_film(104, template=4)), 0.8), 80)
+    views = P.candidate_views(copy)
+    assert not P.decide(features, original, views).is_copy  # against the original alone
+    asked: list[int] = []
+
+    def delivered() -> list[np.ndarray]:
+        asked.append(1)
+        return [rendering]
+
+    found = P.decide(features, original, views, delivered)
+    assert found.is_copy and found.as_delivered and asked == [1]
+    asked.clear()
+    other = corpus.jpeg(corpus.chest_film(555, template=4), 90)  # the same anatomy template
+    assert not P.decide(features, original, P.candidate_views(other), delivered).is_copy
+    assert asked == [1], "its features matched, so the rendering was compared too"
+    # A plain copy matches the original; the renderings are not even made.
+    asked.clear()
+    plain = P.decide(features, original, P.candidate_views(corpus.jpeg(corpus.chest_film(104, template=4), 70)), delivered)
+    assert plain.is_copy and not plain.as_delivered and asked == []
