@@ -25,7 +25,10 @@ from tests.support import RunningStack, eventually, search
 pytestmark = pytest.mark.worker_pass
 
 ATTENDING = "role-cardiology-attending"
-# How long to wait for an escalation after moving the clock (see the escalation test).
+# How long to wait for a page or an escalation after moving the clock: the move also makes
+# due every open page that tests before left on the shared stack, and the service sends those
+# first (see the escalation test). A wait, not a limit on speed: a page that never comes
+# still fails. 30 s for the first page was too short once on a loaded CI machine.
 BACKLOG_SECONDS = 120.0
 ICU = "role-icu-doctor"
 
@@ -95,9 +98,9 @@ async def test_page_at_0759_reaches_the_night_doctor_and_at_0801_the_day_doctor(
         # Each page is routed at the moment the service handles it, so the clock moves on
         # only once the first page is out.
         night = await page(stack, nurse, ATTENDING, tomorrow_at(7, 59), "Bed 12: chest pain, ST elevation?")
-        assert await eventually(lambda: _paged_is(nurse, night, {stack.user_id("d1002")}))
+        assert await eventually(lambda: _paged_is(nurse, night, {stack.user_id("d1002")}), timeout=BACKLOG_SECONDS)
         day = await page(stack, nurse, ATTENDING, tomorrow_at(8, 1), "Bed 14: new AF, rate 150")
-        assert await eventually(lambda: _paged_is(nurse, day, {stack.user_id("d1001")}))
+        assert await eventually(lambda: _paged_is(nurse, day, {stack.user_id("d1001")}), timeout=BACKLOG_SECONDS)
         assert (await members(nurse, night)).get(stack.user_id("d1002")) in ("invite", "join")
         told = " ".join(n["content"]["body"] for n in await notices(nurse, night))
         assert "王芳 Wang Fang (D1002)" in told
@@ -120,7 +123,7 @@ async def test_unacknowledged_page_escalates_two_steps_and_stops_on_a_reaction(s
     try:
         start = tomorrow_at(2, 0)
         room = await page(stack, nurse, ATTENDING, start, "Bed 3: BP 70/40, not responding to fluids")
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}), timeout=BACKLOG_SECONDS)
         # Nobody answers for five minutes: the backup (the chief, at night) is paged.
         await set_clock(stack, start + timedelta(minutes=5, seconds=5))
         # Moving the clock also makes every open page earlier tests left on the shared stack
@@ -157,9 +160,9 @@ async def test_an_unchanged_recurring_roster_still_routes_after_weeks_of_uptime(
         later = tomorrow_at(22, 0) + timedelta(days=42)
         room = await page(stack, nurse, ATTENDING, later, "Bed 5: 血钾 6.8 K+ 6.8")
         # The night attending, not the fallback pool (the chief) that a roster gap pages.
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}), timeout=BACKLOG_SECONDS)
         back = await page(stack, nurse, ATTENDING, tomorrow_at(9, 0), "Bed 6: 心悸 palpitations")
-        assert await eventually(lambda: _paged_is(nurse, back, {stack.user_id("d1001")}))
+        assert await eventually(lambda: _paged_is(nurse, back, {stack.user_id("d1001")}), timeout=BACKLOG_SECONDS)
         told = " ".join([n["content"]["body"] for r in (room, back) for n in await notices(nurse, r)])
         assert "Nobody is on duty" not in told
     finally:
@@ -175,7 +178,7 @@ async def test_roster_gap_pages_the_fallback_and_tells_the_sender(stack: Running
     try:
         # The ICU roster has day shifts only: at 03:00 nobody holds the role.
         room = await page(stack, nurse, ICU, tomorrow_at(3, 0), "Bed 2: SpO2 82% on 60% O2")
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}), timeout=BACKLOG_SECONDS)
 
         async def told() -> bool:
             # The sender is told after the fallback is paged: a separate notice.
@@ -191,7 +194,7 @@ async def test_restart_mid_escalation_resumes_without_repeating(stack: RunningSt
     try:
         start = tomorrow_at(22, 0)
         room = await page(stack, nurse, ATTENDING, start, "Bed 9: K+ 6.9")
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1002")}), timeout=BACKLOG_SECONDS)
         stack.stack.appservice.kill()
         stack.stack.restart_appservice()
         # The restarted appservice has the real clock again; move it past the deadline.
@@ -299,7 +302,7 @@ async def test_in_a_group_room_only_a_mention_pages_the_role(stack: RunningStack
             "m.mentions": {"user_ids": [role]},
         })
         assert isinstance(mention, RoomSendResponse)
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}), timeout=BACKLOG_SECONDS)
     finally:
         await nurse.close()
 
@@ -381,7 +384,7 @@ async def test_broken_roster_feed_is_rejected_and_the_previous_roster_stays(stac
         nurse = await stack.login("n3002")
         try:
             room = await page(stack, nurse, "role-cardiology-backup", tomorrow_at(23, 0), "Bed 1: need backup")
-            assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}))
+            assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d1001")}), timeout=BACKLOG_SECONDS)
         finally:
             await nurse.close()
     finally:
@@ -405,7 +408,7 @@ async def test_role_alias_leads_to_a_desk_room_that_pages_the_role(stack: Runnin
         assert await eventually(lambda: _joined(nurse, room, stack.user_id(ICU)))
         sent = await nurse.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "Bed 8 extubation check please"})
         assert isinstance(sent, RoomSendResponse)
-        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}))
+        assert await eventually(lambda: _paged_is(nurse, room, {stack.user_id("d2001")}), timeout=BACKLOG_SECONDS)
     finally:
         await nurse.close()
 
