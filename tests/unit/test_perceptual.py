@@ -271,3 +271,23 @@ def test_the_copy_a_ward_member_received_is_matched_through_their_rendering() ->
     asked.clear()
     plain = P.decide(features, original, P.candidate_views(corpus.jpeg(corpus.chest_film(104, template=4), 70)), delivered)
     assert plain.is_copy and not plain.as_delivered and asked == []
+
+
+def test_a_check_makes_at_most_two_received_copies_again() -> None:
+    """Making a rendering again costs 30-100 ms: a check compares at most
+    :data:`image_store.MAX_RENDERED` of them, however many shortlisted images match."""
+    from carematrix.hsdb import image_store
+
+    data = corpus.jpeg(corpus.chest_film(104, template=4), 92)
+    features, original = P.protected_features(data), P.original_grey(data)
+    rendering = P.original_grey(corpus.received_by(data))
+    shortlist = [image_store.StoredImage(n, "!ward", f"$e{n}", f"m{n}", features, 1.0) for n in range(3)]
+    made: list[int] = []
+
+    def delivered_of(stored: image_store.StoredImage) -> list[np.ndarray]:
+        made.append(stored.id)
+        return [rendering]
+
+    other = P.candidate_views(corpus.jpeg(corpus.chest_film(555, template=4), 90))
+    assert image_store.first_copied(shortlist, other, lambda s: original, delivered_of) is None
+    assert made == [0, 1] and image_store.MAX_RENDERED == 2
