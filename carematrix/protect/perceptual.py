@@ -480,6 +480,28 @@ def original_grey(data: bytes) -> np.ndarray:
     return np.asarray(load_grey(data, WORK_SIDE), dtype=np.uint8)
 
 
+TEXT_LEVEL = 4.0  # grey levels the watermark changed a compare-frame pixel by: a stroke
+
+
+def _off_text(
+    rendering: np.ndarray, bare: np.ndarray, size: tuple[int, int],
+    cache: dict[tuple[int, int], np.ndarray] | None,
+) -> np.ndarray:
+    """1 where the rendering shows the unmarked original ``bare``, 0 on the watermark's
+    strokes and a pixel around them, at the compare size ``size`` (kept in the rendering's
+    ``cache`` beside its band-passed references)."""
+    key = (-size[0], -size[1])
+    mask = cache.get(key) if cache is not None else None
+    if mask is None:
+        marked = cv2.resize(rendering.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        plain = cv2.resize(bare.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        strokes = (np.abs(marked - plain) > TEXT_LEVEL).astype(np.uint8)
+        mask = (cv2.dilate(strokes, np.ones((3, 3), np.uint8)) == 0).astype(np.float64)
+        if cache is not None:
+            cache[key] = mask
+    return mask
+
+
 def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Sums of ``x`` over the BLOCK x BLOCK blocks at a stride of half a block, (rows, cols):
     each block is four half-block cells, so every cell is summed once."""
@@ -492,6 +514,7 @@ def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def pixel_residual(
     original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float,
     detail: float = 128, references: dict[tuple[int, int], np.ndarray] | None = None,
+    unmarked: np.ndarray | None = None,
 ) -> tuple[float, float, int]:
     """How far the candidate, mapped back onto the protected ``original`` (its grey image at
     any size, from :func:`original_grey`; ``frame`` is the (width, height) of the work frame
@@ -508,6 +531,13 @@ def pixel_residual(
     comparison with the same original (:func:`decide` compares it with each view whose
     features match it; bringing the original to its compare size cost a third of a
     comparison).
+
+    ``unmarked`` is given when ``original`` is a watermarked rendering: the original without
+    the watermark. Only the pixels the text left alone are compared:
+    on the strokes a copy's slight misregistration of sharp letters would count as
+    difference, and the letters' own energy, the same in a rendering and in another
+    patient's film marked for the same viewer in the same minute, would dilute where that
+    patient differs.
     """
     w, h = frame
     f = min(COMPARE_SIDE, detail) / max(h, w)
@@ -554,6 +584,9 @@ def pixel_residual(
         return 1.0, 1.0, 0
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     covered = _block_sums(inside.astype(np.float64), rows, cols) >= 0.9 * BLOCK * BLOCK
+    if unmarked is not None:
+        off_text = _off_text(original, unmarked, (rw, rh), references)
+        a64, b64 = a64 * off_text, b64 * off_text
     diff = _block_sums((a64 - b64) ** 2, rows, cols)
     energy = _block_sums(a64**2, rows, cols) + _block_sums(b64**2, rows, cols)
     residuals = np.sort((diff / (energy + floor))[covered])[::-1]
@@ -625,7 +658,7 @@ def decide(
                 for rendering, cache in renderings:
                     worst, second, blocks = pixel_residual(
                         rendering, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
-                        cache)
+                        cache, unmarked=original)
                     if blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL:
                         decision = Decision(True, verdict, (worst, second), as_delivered=True)
                         break

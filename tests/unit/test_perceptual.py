@@ -267,6 +267,10 @@ def test_the_copy_a_ward_member_received_is_matched_through_their_rendering() ->
     other = corpus.jpeg(corpus.chest_film(555, template=4), 90)  # the same anatomy template
     assert not P.decide(features, original, P.candidate_views(other), delivered).is_copy
     assert asked == [1], "its features matched, so the rendering was compared too"
+    # That film as the same member received it in the same minute: the very same letters
+    # over it, which must not hide where the patients differ.
+    marked_other = corpus.jpeg(corpus.delivered(corpus.chest_film(555, template=4)), 85)
+    assert not P.decide(features, original, P.candidate_views(marked_other), delivered).is_copy
     # A plain copy matches the original; the renderings are not even made.
     asked.clear()
     plain = P.decide(features, original, P.candidate_views(corpus.jpeg(corpus.chest_film(104, template=4), 70)), delivered)
