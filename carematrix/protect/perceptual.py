@@ -464,6 +464,11 @@ def verify(stored: Features, candidate: Features, *, dense: bool = True) -> Verd
 COMPARE_SIDE = 192  # the pixel comparison runs at most at this longer side of the protected image
 BLOCK = 16  # compare-frame pixels per side of one block
 MAX_BLOCK_RESIDUAL = 0.5
+# Against a received copy, fewer pixels are compared (not those under the letters): on the
+# accuracy corpus a copy's worst block reached 0.48 (nearly all at most 0.40) and another
+# patient's film, marked for the same member in the same minute, came down to 0.48 too; so
+# the bar is lower, losing 4 copies of 189 and keeping that film out.
+MAX_RECEIVED_RESIDUAL = 0.42
 
 
 def _band(a: np.ndarray) -> np.ndarray:
@@ -659,7 +664,7 @@ def decide(
                     worst, second, blocks = pixel_residual(
                         rendering, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
                         cache, unmarked=original)
-                    if blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL:
+                    if blocks >= MIN_BLOCKS and worst <= MAX_RECEIVED_RESIDUAL:
                         decision = Decision(True, verdict, (worst, second), as_delivered=True)
                         break
         if decision.is_copy:
