@@ -289,6 +289,7 @@ def start_homeserver(root: Path, database: str, pg_dsn: dict[str, Any] | None = 
         "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},
         "rc_invites": {"per_room": unlimited, "per_user": unlimited},
         "rc_media_create": unlimited,
+        "rc_room_creation": unlimited,
         "retention": {"enabled": True},
         "bcrypt_rounds": 4,  # registration and login at test speed
         "modules": [{"module": f"{__name__}.AdapterHooks", "config": {}}],
