@@ -216,6 +216,32 @@ async def test_a_copy_of_a_16_bit_film_as_its_viewer_received_it_is_refused(stac
         await doctor.close()
 
 
+async def test_a_received_copy_is_refused_in_a_ward_full_of_reposted_received_copies(stack: RunningStack):
+    """Ward rooms fill with images members received and re-posted there (allowed): each
+    carries that member's name in the same letters. Those images share only the letters with
+    a new received copy, and must not crowd out the film it copies."""
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        for n in range(4):  # films the doctor received and re-posted in the ward
+            other = await upload(nurse, corpus.jpeg(corpus.chest_film(7100 + n, template=n), 92), "image/jpeg", "f.jpg")
+            assert isinstance(await send(nurse, icu, image_content(other, "f.jpg")), RoomSendResponse)
+            got = await doctor.download(other)
+            repost = await upload(doctor, corpus.jpeg(Image.open(io.BytesIO(got.body)), 90), "image/jpeg", "r.jpg")
+            assert isinstance(await send(doctor, icu, image_content(repost, "r.jpg")), RoomSendResponse)
+        film = await upload(nurse, corpus.jpeg(corpus.chest_film(7199, template=5), 92), "image/jpeg", "x.jpg")
+        assert isinstance(await send(nurse, icu, image_content(film, "x.jpg")), RoomSendResponse)
+        received = await doctor.download(film)
+        dm = await new_room(doctor, [nurse], is_direct=True, name="chat")
+        copy = await upload(doctor, corpus.jpeg(corpus.resized(Image.open(io.BytesIO(received.body)), 0.8), 85),
+                            "image/jpeg", "copy.jpg")
+        denied_as_no_forward(await send(doctor, dm, image_content(copy, "copy.jpg")))
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+
 async def test_a_copy_of_a_burnt_protected_film_is_still_refused_and_the_burn_is_no_warning(stack: RunningStack):
     """A film posted burn-after-read in a ward room is deleted with its files when its time
     runs out. A copy someone kept is still refused outside the room (its features decide,
