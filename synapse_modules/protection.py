@@ -270,11 +270,6 @@ class ContentProtection:
                             stored.media_id, sender, exc)
                 return []
 
-        # The images the sender received come first: the copy most likely to be sent on is of
-        # something they were shown, and images that share only the letters of the sender's
-        # own watermark with it (received copies re-posted in a ward) must not use up the
-        # originals a check may read before it gets there.
-        shortlist = sorted(shortlist, key=lambda stored: stored.media_id not in received)
         for media_id, candidate in views:
             found = image_store.first_copied(shortlist, candidate, original, delivered)
             if found is not None:
