@@ -131,11 +131,10 @@ async def test_forwarding_out_of_a_ward_room_is_refused_every_way(stack: Running
 
 
 async def test_a_copy_of_a_protected_image_that_looks_the_same_is_refused(stack: RunningStack):
-    """Not the same file and not the same bytes: the film as the doctor received it (with
-    their watermark) saved again, or re-encoded, resized, cropped, in grey or inside a
-    screenshot, is refused in a DM under the no-forward rule, while another patient's film of
-    the same anatomy template and an unrelated photo pass (the doctor having received the
-    protected film: what they received is compared too)."""
+    """Not the same file and not the same bytes: the film re-encoded, resized, cropped, in
+    grey or inside a screenshot is refused in a DM under the no-forward rule, while another
+    patient's film of the same anatomy template and an unrelated photo pass (the doctor having
+    received the protected film: what they received is compared too)."""
     nurse = await stack.login("n3001")
     doctor = await stack.login("d2001")
     try:
