@@ -48,12 +48,12 @@ class MemoryIndex:
         for key in P.indexed_keys(stored).tolist():
             self.buckets[key].append(number)
 
-    def received(self, stored: image_store.StoredImage) -> list[np.ndarray]:
+    def received(self, stored: image_store.StoredImage, original: np.ndarray) -> list[np.ndarray]:
         """The copy of a protected image the sender received, as the homeserver makes it
         again. Every check here has one for every protected image (the sender received them
         all): the hardest case for false positives."""
         if stored.id not in self._received:
-            self._received[stored.id] = P.original_grey(corpus.received_by(self.files[stored.id]))
+            self._received[stored.id] = corpus.received_again(self.files[stored.id], original)
         return [self._received[stored.id]]
 
     def find(self, views: list[P.Features]) -> tuple[int | None, int]:

@@ -41,6 +41,7 @@ from carematrix.hsdb import image_store
 from carematrix.hsdb.audit_store import sql
 from carematrix.hsdb.migrations import upgrade
 from carematrix.protect import perceptual as P
+from carematrix.watermark.remake import received_grey, upright_size
 from carematrix_ops.audit_db import AuditDb, connect
 from carematrix_ops.pgadmin import create_database, database_url, drop_database, on_maintenance_db
 from tests import image_corpus as corpus
@@ -164,16 +165,24 @@ def measure(dialect: str, url: str, stored: int, real_images: Real) -> dict[str,
             txn.execute(f"SELECT COUNT(*) FROM {image_store.BUCKET_TABLE}")
             rows = int(txn.fetchone()[0])
 
+        sizes: dict[str, tuple[int, int]] = {}
+        viewer = corpus.received_viewer()
+
         def original(candidate: image_store.StoredImage) -> np.ndarray | None:
             path = files.get(candidate.media_id)
-            return P.original_grey(path.read_bytes()) if path else None
+            if path is None:
+                return None
+            data = path.read_bytes()
+            sizes[candidate.media_id] = upright_size(data)
+            return P.original_grey(data)
 
-        def received(candidate: image_store.StoredImage) -> list[np.ndarray]:
+        def received(candidate: image_store.StoredImage, grey: np.ndarray) -> list[np.ndarray]:
             """The copy the sender received, made again as the homeserver does when the
-            watermark cache no longer has it: the sender is taken to have received every
-            protected image (the dearest case)."""
+            watermark cache no longer has it (from the original it has just read, whose
+            header it kept): the sender is taken to have received every protected image (the
+            dearest case)."""
             path = files.get(candidate.media_id)
-            return [P.original_grey(corpus.received_by(path.read_bytes()))] if path else []
+            return [received_grey(grey, sizes[candidate.media_id], viewer, corpus.RECEIVED_KEY, corpus.RECEIVED_MARK)] if path else []
 
         first_ms: list[float] = []
         for data in warmup:  # reported apart: see the module docstring

@@ -38,6 +38,7 @@ from carematrix.rules.protection import (
     not_protected_content,
 )
 from carematrix.watermark import MediaRejected, Viewer, render_for_viewer, sniff_image
+from carematrix.watermark.remake import received_grey, upright_size
 from synapse_modules import hs_schema
 from synapse_modules.adapter import tables
 from synapse_modules.adapter.auth import requester_of
@@ -239,22 +240,30 @@ class ContentProtection:
         purpose (a burnt message, a media purge) and their features decide, as designed.
         An original the homeserver has but cannot be read here is a fault worth a warning."""
 
+        served: dict[str, tuple[int, int]] = {}  # an original's upright size, read with it
+
         def original(stored: image_store.StoredImage) -> Any:
             if stored.media_id not in kept:
                 return None
             try:
                 with open(local_media_path(self._api, stored.media_id, self._media_store), "rb") as f:
-                    return perceptual.original_grey(f.read())
+                    data = f.read()
+                grey = perceptual.original_grey(data)
+                served[stored.media_id] = upright_size(data)
+                return grey
             except (OSError, LookupError, perceptual.ImageUnreadable) as exc:
                 log.warning("no-forward: the original of protected image %s cannot be read (%s); deciding on its features",
                             stored.media_id, exc)
                 return None
 
-        def delivered(stored: image_store.StoredImage) -> list[Any]:
-            """The rendering ``sender`` last received of ``stored``, made again (the same
-            viewer, minute and mark give the same picture); none if they received none."""
+        def delivered(stored: image_store.StoredImage, grey: Any) -> list[Any]:
+            """The copy ``sender`` last received of ``stored``, in grey: the very bytes when
+            the watermark cache still has them, else made again from the original just read
+            (the same viewer, minute and mark give the same picture); none if they received
+            none."""
             minute = received.get(stored.media_id)
-            if minute is None or stored.media_id not in kept or self._key is None:
+            size = served.get(stored.media_id)
+            if minute is None or size is None or self._key is None:
                 return []
             mark_id = media_store.mark_id_for(stored.media_id, sender, minute)
             cached = self._cache_path(mark_id, None)
@@ -262,13 +271,10 @@ class ContentProtection:
                 if cached is not None and cached.is_file():
                     # served within the last minutes: the very bytes the sender received
                     return [perceptual.original_grey(cached.read_bytes().partition(b"\n")[2])]
-                with open(local_media_path(self._api, stored.media_id, self._media_store), "rb") as f:
-                    rendered = render_for_viewer(f.read(), self._viewer(sender, minute), self._key, mark_id)
-                return [perceptual.original_grey(rendered.data)]
-            except (OSError, LookupError, MediaRejected, perceptual.ImageUnreadable) as exc:
-                log.warning("no-forward: the copy of protected image %s that %s received cannot be made again (%s)",
-                            stored.media_id, sender, exc)
-                return []
+            except (OSError, perceptual.ImageUnreadable) as exc:
+                log.warning("no-forward: the cached copy of protected image %s that %s received cannot be read (%s); "
+                            "making it again", stored.media_id, sender, exc)
+            return [received_grey(grey, size, self._viewer(sender, minute), self._key, mark_id)]
 
         for media_id, candidate in views:
             found = image_store.first_copied(shortlist, candidate, original, delivered)

@@ -20,9 +20,13 @@ import io
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+if TYPE_CHECKING:
+    from carematrix.watermark import Viewer
 
 _FONT_PATHS = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -362,18 +366,31 @@ RECEIVED_KEY = b"corpus-watermark-key"
 RECEIVED_MARK = "m-corpus"
 
 
+def received_viewer() -> Viewer:
+    """The ward member every received copy here was rendered for, always in the same minute."""
+    from datetime import UTC, datetime
+
+    from carematrix.watermark import Viewer
+
+    return Viewer("欧阳明远 Ouyang Mingyuan", "D3107", "@d3107:hospital.example", datetime(2026, 12, 1, 8, 0, tzinfo=UTC))
+
+
 def received_by(data: bytes) -> bytes:
     """The protected JPEG ``data`` as a ward member received it: rendered for them with the
     per-viewer watermark (name, staff number, Matrix ID and the minute across it, and the
     hidden pattern), as the media gate serves it. Always the same member and minute, so the
     accuracy run can make the same rendering again as the homeserver does."""
-    from datetime import UTC, datetime
+    from carematrix.watermark import render_for_viewer
 
-    from carematrix.watermark import Viewer, render_for_viewer
+    return render_for_viewer(data, received_viewer(), RECEIVED_KEY, RECEIVED_MARK).data
 
-    viewer = Viewer("欧阳明远 Ouyang Mingyuan", "D3107", "@d3107:hospital.example",
-                    datetime(2026, 12, 1, 8, 0, tzinfo=UTC))
-    return render_for_viewer(data, viewer, RECEIVED_KEY, RECEIVED_MARK).data
+
+def received_again(data: bytes, grey: np.ndarray) -> np.ndarray:
+    """The copy :func:`received_by` gives, made again in grey as the homeserver's no-forward
+    check makes it: from the original's grey ``grey`` (of ``data``), at its size."""
+    from carematrix.watermark.remake import received_grey, upright_size
+
+    return received_grey(grey, upright_size(data), received_viewer(), RECEIVED_KEY, RECEIVED_MARK)
 
 
 def delivered(im: Image.Image) -> Image.Image:

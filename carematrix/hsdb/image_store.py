@@ -212,7 +212,7 @@ def shortlisted(txn: Any, dialect: str, views: list[P.Features], room_id: str) -
 
 def first_copied(
     candidates: list[StoredImage], views: list[P.Features], original_of: Callable[[StoredImage], np.ndarray | None],
-    delivered_of: Callable[[StoredImage], list[np.ndarray]] | None = None,
+    delivered_of: Callable[[StoredImage, np.ndarray], list[np.ndarray]] | None = None,
 ) -> tuple[StoredImage, P.Decision] | None:
     """The first shortlisted image the candidate copies (pure but for ``original_of``,
     which reads and decodes an original, only for an image whose features the candidate
@@ -221,8 +221,8 @@ def first_copied(
     still, and judging them by features alone could refuse another patient's image (the
     pixel comparison is what tells two films on one template apart).
 
-    ``delivered_of`` gives the renderings of a protected image its sender received
-    (:func:`carematrix.protect.perceptual.decide`); at most :data:`MAX_RENDERED` are
+    ``delivered_of`` gives the renderings of a protected image its sender received, from its
+    original in grey (:func:`carematrix.protect.perceptual.decide`); at most :data:`MAX_RENDERED` are
     compared per check, however many candidates ask."""
     read = 0
     rendered = 0
@@ -232,11 +232,11 @@ def first_copied(
         read += 1
         return original_of(candidate)
 
-    def renderings(candidate: StoredImage) -> list[np.ndarray]:
+    def renderings(candidate: StoredImage, original: np.ndarray) -> list[np.ndarray]:
         nonlocal rendered
         if delivered_of is None or rendered >= MAX_RENDERED:
             return []
-        found = delivered_of(candidate)[: MAX_RENDERED - rendered]
+        found = delivered_of(candidate, original)[: MAX_RENDERED - rendered]
         rendered += len(found)
         return found
 

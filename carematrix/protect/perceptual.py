@@ -519,7 +519,7 @@ def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def pixel_residual(
     original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float,
     detail: float = 128, references: dict[tuple[int, int], np.ndarray] | None = None,
-    unmarked: np.ndarray | None = None,
+    unmarked: np.ndarray | None = None, mapped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[float, float, int]:
     """How far the candidate, mapped back onto the protected ``original`` (its grey image at
     any size, from :func:`original_grey`; ``frame`` is the (width, height) of the work frame
@@ -543,6 +543,10 @@ def pixel_residual(
     difference, and the letters' own energy, the same in a rendering and in another
     patient's film marked for the same viewer in the same minute, would dilute where that
     patient differs.
+
+    ``mapped`` keeps the candidate mapped onto the compare frame (band-passed, and where it
+    lies inside) for the next reference compared in the same geometry: a rendering the sender
+    received is compared exactly where its original was.
     """
     w, h = frame
     f = min(COMPARE_SIDE, detail) / max(h, w)
@@ -552,6 +556,44 @@ def pixel_residual(
         a = _band(cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA))
         if references is not None:
             references[(rw, rh)] = a
+    known = mapped.get((rw, rh)) if mapped is not None else None
+    if known is None:
+        known = _mapped_candidate(candidate, (w, h), (rw, rh), f, scale, tx, ty)
+        if mapped is not None:
+            mapped[(rw, rh)] = known
+    b, inside = known
+    if inside.sum() < 4 * BLOCK * BLOCK:
+        return 1.0, 1.0, 0
+    gain = float((a[inside] * b[inside]).sum() / max((a[inside] ** 2).sum(), 1e-6))
+    if gain <= 0:
+        return 1.0, 1.0, 0
+    b = b / gain
+    floor = 0.05 * float((a[inside] ** 2).mean()) * BLOCK * BLOCK
+    rows, cols = (rh - BLOCK) // (BLOCK // 2) + 1, (rw - BLOCK) // (BLOCK // 2) + 1
+    if rows < 1 or cols < 1:
+        return 1.0, 1.0, 0
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    covered = _block_sums(inside.astype(np.float64), rows, cols) >= 0.9 * BLOCK * BLOCK
+    if unmarked is not None:
+        off_text = _off_text(original, unmarked, (rw, rh), references)
+        a64, b64 = a64 * off_text, b64 * off_text
+    diff = _block_sums((a64 - b64) ** 2, rows, cols)
+    energy = _block_sums(a64**2, rows, cols) + _block_sums(b64**2, rows, cols)
+    residuals = np.sort((diff / (energy + floor))[covered])[::-1]
+    if residuals.size == 0:
+        return 1.0, 1.0, 0
+    return float(residuals[0]), float(residuals[1] if residuals.size > 1 else residuals[0]), int(residuals.size)
+
+
+def _mapped_candidate(
+    candidate: np.ndarray, frame: tuple[int, int], compare: tuple[int, int], f: float, scale: float, tx: float,
+    ty: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate mapped onto the protected image's compare frame ``compare`` (the work
+    frame ``frame`` scaled by ``f``), band-passed, and the mask of compare pixels it covers
+    (away from its edges and the frame's own)."""
+    w, h = frame
+    rw, rh = compare
     ch, cw = candidate.shape
     sw, sh = max(1, round(cw * f / scale)), max(1, round(ch * f / scale))
     small = cv2.resize(candidate.astype(np.float32, copy=False), (sw, sh),
@@ -576,28 +618,7 @@ def pixel_residual(
     edge = 6  # the band-pass of the original is unreliable this near its own border
     inside[:edge] = inside[-edge:] = False
     inside[:, :edge] = inside[:, -edge:] = False
-    b = _band(warped)
-    if inside.sum() < 4 * BLOCK * BLOCK:
-        return 1.0, 1.0, 0
-    gain = float((a[inside] * b[inside]).sum() / max((a[inside] ** 2).sum(), 1e-6))
-    if gain <= 0:
-        return 1.0, 1.0, 0
-    b = b / gain
-    floor = 0.05 * float((a[inside] ** 2).mean()) * BLOCK * BLOCK
-    rows, cols = (rh - BLOCK) // (BLOCK // 2) + 1, (rw - BLOCK) // (BLOCK // 2) + 1
-    if rows < 1 or cols < 1:
-        return 1.0, 1.0, 0
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    covered = _block_sums(inside.astype(np.float64), rows, cols) >= 0.9 * BLOCK * BLOCK
-    if unmarked is not None:
-        off_text = _off_text(original, unmarked, (rw, rh), references)
-        a64, b64 = a64 * off_text, b64 * off_text
-    diff = _block_sums((a64 - b64) ** 2, rows, cols)
-    energy = _block_sums(a64**2, rows, cols) + _block_sums(b64**2, rows, cols)
-    residuals = np.sort((diff / (energy + floor))[covered])[::-1]
-    if residuals.size == 0:
-        return 1.0, 1.0, 0
-    return float(residuals[0]), float(residuals[1] if residuals.size > 1 else residuals[0]), int(residuals.size)
+    return _band(warped), inside
 
 
 @dataclass(frozen=True)
@@ -613,7 +634,7 @@ class Decision:
 
 def decide(
     stored: Features, original: np.ndarray | Callable[[], np.ndarray | None] | None, views: list[Features],
-    delivered: Callable[[], list[np.ndarray]] | None = None,
+    delivered: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> Decision:
     """Whether the candidate (its :func:`candidate_views`) copies the protected image whose
     stored features and original (``original``, from :func:`original_grey`; None when the
@@ -623,9 +644,9 @@ def decide(
     features match, which most shortlisted images do not. Without the original, the dense
     feature agreement decides, with the stricter :data:`ORIGINAL_GONE_AGREEMENT`.
 
-    ``delivered`` gives the renderings of the protected image that the sender received
-    (:func:`original_grey` of each; the server marked them with the sender's name and the
-    minute): what a ward member has to forward is such a copy, whose visible watermark
+    ``delivered`` gives, from the original in grey, the renderings of the protected image
+    that the sender received, in grey at its size (the server marked them with the sender's
+    name and the minute: :func:`carematrix.watermark.remake.received_grey`): what a ward member has to forward is such a copy, whose visible watermark
     differs from the original along every line of text, so the pixels never matched the
     original. When they do not, the candidate is compared with those renderings the same
     way; another patient's film still differs from them where that patient does. Called
@@ -653,17 +674,18 @@ def decide(
             # or less when the view was enlarged from a smaller file
             enlarged = max(view.width, view.height) / max(view.native, 1)
             extent = verdict.scale * max(stored.width, stored.height) / max(1.0, enlarged)
+            mapped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
             worst, second, blocks = pixel_residual(
                 original, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
-                references)
+                references, mapped=mapped)
             decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
             if not decision.is_copy and delivered is not None:
                 if renderings is None:
-                    renderings = [(rendering, {}) for rendering in delivered()]
+                    renderings = [(rendering, {}) for rendering in delivered(original)]
                 for rendering, cache in renderings:
                     worst, second, blocks = pixel_residual(
                         rendering, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
-                        cache, unmarked=original)
+                        cache, unmarked=original, mapped=mapped)
                     if blocks >= MIN_BLOCKS and worst <= MAX_RECEIVED_RESIDUAL:
                         decision = Decision(True, verdict, (worst, second), as_delivered=True)
                         break

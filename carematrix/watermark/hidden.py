@@ -52,14 +52,19 @@ def pattern_signs(mark_key: bytes, mark_id: str, shape: tuple[int, int]) -> np.n
     return (bits.astype(np.int8) * 2 - 1).reshape(rows, cols)
 
 
-def pattern_layer(signs: np.ndarray, size: tuple[int, int], region: Region = FULL) -> Image.Image:
+def pattern_layer(
+    signs: np.ndarray, size: tuple[int, int], region: Region = FULL, *, served: tuple[int, int] | None = None
+) -> Image.Image:
     """The pattern for an output of ``size`` pixels showing ``region`` (fractions of the
     original) as an ``L`` image centred on 128, upscaled bilinearly by Pillow in C: cell
     centres carry +/-AMPLITUDE and the surface between them is smooth, so no block edges show.
-    """
+
+    ``served``: the size of the output this one stands for, when drawn reduced (the
+    amplitude is the one chosen for that output)."""
     rows, cols = signs.shape
     box = (region[0] * cols, region[1] * rows, region[2] * cols, region[3] * rows)
-    cell = min(size[0] / max(1e-9, box[2] - box[0]), size[1] / max(1e-9, box[3] - box[1]))
+    chosen_for = served or size
+    cell = min(chosen_for[0] / max(1e-9, box[2] - box[0]), chosen_for[1] / max(1e-9, box[3] - box[1]))
     amplitude = AMPLITUDE if cell >= SMALL_CELL_PX else SMALL_AMPLITUDE
     grid = Image.fromarray((128 + amplitude * signs.astype(np.int16)).astype(np.uint8), "L")
     # Interpolate at up to 1/4 resolution and blow up by pixel repetition: four times less
