@@ -485,26 +485,42 @@ def original_grey(data: bytes) -> np.ndarray:
     return np.asarray(load_grey(data, WORK_SIDE), dtype=np.uint8)
 
 
+# One reference image's derived arrays at each compare size: ("band" | "resized" | "off text",
+# width, height) -> array; kept for the next comparison with it in the same check.
+References = dict[tuple[str, int, int], np.ndarray]
+
 TEXT_LEVEL = 4.0  # grey levels the watermark changed a compare-frame pixel by: a stroke
 
 
 def _off_text(
     rendering: np.ndarray, bare: np.ndarray, size: tuple[int, int],
-    cache: dict[tuple[int, int], np.ndarray] | None,
+    cache: References | None,
 ) -> np.ndarray:
     """1 where the rendering shows the unmarked original ``bare``, 0 on the watermark's
     strokes and a pixel around them, at the compare size ``size`` (kept in the rendering's
     ``cache`` beside its band-passed references)."""
-    key = (-size[0], -size[1])
+    key = ("off text", *size)
     mask = cache.get(key) if cache is not None else None
     if mask is None:
-        marked = cv2.resize(rendering.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-        plain = cv2.resize(bare.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        marked = _compare_size(rendering, size, cache)
+        plain = _compare_size(bare, size, None)
         strokes = (np.abs(marked - plain) > TEXT_LEVEL).astype(np.uint8)
         mask = (cv2.dilate(strokes, np.ones((3, 3), np.uint8)) == 0).astype(np.float64)
         if cache is not None:
             cache[key] = mask
     return mask
+
+
+def _compare_size(grey: np.ndarray, size: tuple[int, int], cache: References | None) -> np.ndarray:
+    """``grey`` brought to the compare size ``size``, kept in ``cache`` (under a key of its
+    own) for the next use at that size."""
+    key = ("resized", *size)
+    small = cache.get(key) if cache is not None else None
+    if small is None:
+        small = cv2.resize(grey.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        if cache is not None:
+            cache[key] = small
+    return small
 
 
 def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -518,7 +534,7 @@ def _block_sums(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 def pixel_residual(
     original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float,
-    detail: float = 128, references: dict[tuple[int, int], np.ndarray] | None = None,
+    detail: float = 128, references: References | None = None,
     unmarked: np.ndarray | None = None, mapped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[float, float, int]:
     """How far the candidate, mapped back onto the protected ``original`` (its grey image at
@@ -551,11 +567,11 @@ def pixel_residual(
     w, h = frame
     f = min(COMPARE_SIDE, detail) / max(h, w)
     rw, rh = max(1, round(w * f)), max(1, round(h * f))
-    a = references.get((rw, rh)) if references is not None else None
+    a = references.get(("band", rw, rh)) if references is not None else None
     if a is None:
-        a = _band(cv2.resize(original.astype(np.float32), (rw, rh), interpolation=cv2.INTER_AREA))
+        a = _band(_compare_size(original, (rw, rh), references))
         if references is not None:
-            references[(rw, rh)] = a
+            references[("band", rw, rh)] = a
     known = mapped.get((rw, rh)) if mapped is not None else None
     if known is None:
         known = _mapped_candidate(candidate, (w, h), (rw, rh), f, scale, tx, ty)
@@ -653,8 +669,8 @@ def decide(
     only then, and at most once."""
     best: Decision | None = None
     loaded = False
-    references: dict[tuple[int, int], np.ndarray] = {}
-    renderings: list[tuple[np.ndarray, dict[tuple[int, int], np.ndarray]]] | None = None
+    references: References = {}
+    renderings: list[tuple[np.ndarray, References]] | None = None
     for view in views:
         verdict = verify(stored, view, dense=False)
         if not verdict.is_copy:
