@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +63,7 @@ NOT_STORED_GIVE_UP_MS = 120_000
 # Perceptual no-forward: files compared per message, and the largest one read for it.
 MAX_IMAGES_PER_EVENT = 4
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+DELIVERIES_REMEMBERED = 10_000  # marks per process known to be on record already
 # How the original is served under each allowing rule, in the download's audit record.
 SERVED_AS = {ARCHIVE: "archive", PLAIN_FILE: "file"}
 
@@ -97,6 +99,9 @@ class ContentProtection:
         self._is_system = is_system
         self._key = watermark_key
         self._cache_dir = cache_dir
+        # marks whose delivery this process has written (a repeat within the minute needs no
+        # second write; the table, not this, is what is known)
+        self._delivered: OrderedDict[str, None] = OrderedDict()
         self._schema = hs_schema.gate(api)
         self._schema.start()
         self._dialect = self._schema.dialect
@@ -489,7 +494,19 @@ class ContentProtection:
             respond_error(request, 404, "M_NOT_FOUND", access.reason)
             return
         if await self._record_served(request, access, served):
+            if request.method != b"HEAD":
+                # A copy this viewer now has: what a leak is traced to, and what no-forward
+                # compares their posts with. A HEAD answer, or a refusal, gives them none.
+                await self._record_delivery(media_store.Delivery(mark_id, media_id, user_id, minute, int(time.time() * 1000)))
             self._respond_private(request, data, content_type)
+
+    async def _record_delivery(self, delivery: media_store.Delivery) -> None:
+        if delivery.mark_id in self._delivered:
+            return
+        await self._db("carematrix_watermark_delivery", media_store.record_delivery, self._dialect, delivery)
+        self._delivered[delivery.mark_id] = None
+        if len(self._delivered) > DELIVERIES_REMEMBERED:
+            self._delivered.popitem(last=False)
 
     async def _member_of_any(self, user_id: str, rooms: list[str]) -> bool:
         for room_id in rooms:
@@ -562,10 +579,8 @@ class ContentProtection:
                 os.replace(tmp, cached)
             return rendered.data, rendered.content_type
 
-        data, content_type = await self._api.defer_to_thread(render)
-        delivery = media_store.Delivery(mark_id, media_id, user_id, minute, int(time.time() * 1000))
-        await self._db("carematrix_watermark_delivery", media_store.record_delivery, self._dialect, delivery)
-        return data, content_type
+        rendered: tuple[bytes, str] = await self._api.defer_to_thread(render)
+        return rendered
 
     def _respond_private(self, request: Any, data: bytes, content_type: str) -> None:
         """Per-viewer bytes: never cached by a browser or proxy, never revalidated by ETag."""

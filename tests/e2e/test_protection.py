@@ -660,8 +660,41 @@ async def test_protected_download_is_refused_when_it_cannot_be_recorded(stack: R
         finally:
             _audit_store(stack, up=True)
         assert status == 503 and "could not be recorded in the audit trail" in json.loads(body)["error"]
+        assert received_copies(stack, uri, doctor.user_id) == 0  # refused: he has no copy
         status, _, body = await media_get(stack, doctor, path)
         assert status == 200 and Image.open(io.BytesIO(body)).size == (400, 300)
+        assert received_copies(stack, uri, doctor.user_id) == 1
+    finally:
+        await nurse.close()
+        await doctor.close()
+
+
+def received_copies(stack: RunningStack, uri: str, user_id: str) -> int:
+    """The marked copies of ``uri`` on record as received by ``user_id``: what a leak is
+    traced to, and what no-forward compares that member's posts with."""
+    rows = db_rows(stack, "SELECT count(*) FROM carematrix_watermark_delivery WHERE media_id = ? AND user_id = ?",
+                   uri.rsplit("/", 1)[1], user_id)
+    return int(rows[0][0])
+
+
+async def test_a_head_request_for_a_protected_image_is_not_a_copy_received(stack: RunningStack):
+    """A client asking only for the headers gets no picture: no copy is on record for them
+    (it would be traced to them, and their later posts compared with a copy they never had)."""
+    nurse = await stack.login("n3001")
+    doctor = await stack.login("d2001")
+    try:
+        icu = await team_room(stack, nurse, "icu")
+        uri = await upload(nurse, photo(12, (400, 300)), "image/jpeg", "化验单.jpg")
+        assert isinstance(await send(nurse, icu, image_content(uri, "化验单.jpg")), RoomSendResponse)
+        url = f"{stack.url}/_matrix/client/v1/media/download/{mxc_path(uri)}"
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {doctor.access_token}"}
+            async with http.head(url, headers=headers) as resp:
+                assert resp.status == 200 and int(resp.headers["Content-Length"]) > 0
+            assert received_copies(stack, uri, doctor.user_id) == 0
+            async with http.get(url, headers=headers) as resp:
+                assert resp.status == 200 and Image.open(io.BytesIO(await resp.read())).size == (400, 300)
+            assert received_copies(stack, uri, doctor.user_id) == 1
     finally:
         await nurse.close()
         await doctor.close()
