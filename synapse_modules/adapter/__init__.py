@@ -15,7 +15,7 @@ changes what the place relies on; most run the adapter on a real homeserver star
 test process on SQLite and on PostgreSQL (tests/synapse_inprocess.py), reached over HTTP.
 Before upgrading Synapse, run them against the new version.
 
-The 30 places:
+The 31 places:
 
 homeserver.py
  1. ``ModuleApi._hs``: the homeserver behind the module API, the way to everything below
@@ -182,4 +182,12 @@ appservice_log.py (the homeserver's log configuration)
     filter logs that normal answer at INFO, so a WARNING stays a problem to act on.
     [test_synapse_adapter_static.py: test_an_alias_query_answered_404_is_logged_as_the_filter_expects;
     tests/e2e/test_commands_typed.py: test_an_alias_nobody_has_logs_no_warning]
+
+sso_log.py (the homeserver's log configuration)
+31. The message and level ``OidcProvider.handle_oidc_callback`` logs a ``MappingException``
+    with (``Could not map user``, ``logger.exception``) on the ``synapse.handlers.oidc``
+    logger: a filter logs a refused sign-in (a leaver, an outsider) as a WARNING with its
+    reason, without the traceback an ERROR would be read as.
+    [test_synapse_adapter_static.py: test_a_refused_sign_in_is_logged_as_the_filter_expects;
+    tests/e2e/test_sso_signin.py: test_someone_not_on_the_staff_list_is_refused]
 """

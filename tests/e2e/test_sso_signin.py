@@ -141,10 +141,20 @@ async def test_staff_sign_in_through_the_hospital_sso(sso_stack: RunningStack, i
 
 
 async def test_someone_not_on_the_staff_list_is_refused(sso_stack: RunningStack, idp: HospitalIdp):
+    log = sso_stack.deployment.paths.synapse_log
+    log_start = log.stat().st_size
     status, page, token = await sso_flow(sso_stack, idp, "idp-user-outsider", {"employee_number": "X9999"})
     assert token is None
     assert status >= 400
     assert "X9999 is not on this hospital&#39;s staff list" in page or "X9999 is not on this hospital's staff list" in page
+    # The operator reads why, as a WARNING: the staff list doing its job is not a server fault.
+    with log.open("rb") as f:
+        f.seek(log_start)
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    assert [line for line in lines if " - WARNING - " in line
+            and "SSO sign-in refused: Staff number X9999 is not on this hospital's staff list" in line], lines
+    faults = [line for line in lines if " - ERROR - " in line or "Traceback" in line]
+    assert not faults, "\n".join(faults)
 
 
 async def test_no_staff_number_claim_is_refused(sso_stack: RunningStack, idp: HospitalIdp):

@@ -224,3 +224,34 @@ def test_an_alias_query_answered_404_is_logged_as_the_filter_expects():
 
     assert logged(404) == logging.INFO
     assert logged(500) == logging.WARNING
+
+
+def test_a_refused_sign_in_is_logged_as_the_filter_expects():
+    """Place 31: Synapse still logs a mapping provider's refusal with this message, on this
+    logger, with its traceback; the filter makes that a WARNING with the reason the person was
+    shown, and leaves any other exception logged there as it was."""
+    import logging
+    import sys
+
+    from synapse.handlers import oidc
+    from synapse.handlers.sso import MappingException
+
+    from synapse_modules.adapter.sso_log import COULD_NOT_MAP, LOGGER, RefusalNotAFault
+
+    assert oidc.logger.name == LOGGER
+    source = inspect.getsource(oidc.OidcProvider.handle_oidc_callback)
+    assert "except MappingException as e:" in source and f'logger.exception("{COULD_NOT_MAP}")' in source
+
+    def logged(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            record = logging.LogRecord(LOGGER, logging.ERROR, __file__, 1, COULD_NOT_MAP, None, sys.exc_info())
+        assert RefusalNotAFault().filter(record)
+        return record
+
+    refused = logged(MappingException("Staff number P5001 is not on this hospital's staff list"))
+    assert (refused.levelno, refused.exc_info) == (logging.WARNING, None)
+    assert refused.getMessage() == "SSO sign-in refused: Staff number P5001 is not on this hospital's staff list"
+    fault = logged(RuntimeError("database gone"))
+    assert fault.levelno == logging.ERROR and fault.exc_info is not None
