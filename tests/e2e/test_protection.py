@@ -50,9 +50,11 @@ def image_content(uri: str, name: str = "ct.jpg") -> dict[str, Any]:
     return {"msgtype": "m.image", "body": name, "url": uri, "info": {"mimetype": "image/jpeg"}}
 
 
-async def media_get(stack: RunningStack, client: AsyncClient | None, path: str) -> tuple[int, dict[str, str], bytes]:
+async def media_get(
+    stack: RunningStack, client: AsyncClient | None, path: str, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
     headers = {"Authorization": f"Bearer {client.access_token}"} if client else {}
-    async with aiohttp.ClientSession() as http, http.get(stack.url + path, headers=headers) as resp:
+    async with aiohttp.ClientSession() as http, http.request(method, stack.url + path, headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
@@ -650,9 +652,7 @@ async def test_protected_download_is_refused_when_it_cannot_be_recorded(stack: R
     nurse = await stack.login("n3001")
     doctor = await stack.login("d2001")
     try:
-        icu = await team_room(stack, nurse, "icu")
-        uri = await upload(nurse, photo(11, (400, 300)), "image/jpeg", "scan.jpg")
-        assert isinstance(await send(nurse, icu, image_content(uri, "scan.jpg")), RoomSendResponse)
+        uri = await posted_in_icu(stack, nurse, photo(11, (400, 300)), "scan.jpg")
         path = f"/_matrix/client/v1/media/download/{mxc_path(uri)}"
         _audit_store(stack, up=False)
         try:
@@ -661,12 +661,25 @@ async def test_protected_download_is_refused_when_it_cannot_be_recorded(stack: R
             _audit_store(stack, up=True)
         assert status == 503 and "could not be recorded in the audit trail" in json.loads(body)["error"]
         assert received_copies(stack, uri, doctor.user_id) == 0  # refused: he has no copy
-        status, _, body = await media_get(stack, doctor, path)
-        assert status == 200 and Image.open(io.BytesIO(body)).size == (400, 300)
-        assert received_copies(stack, uri, doctor.user_id) == 1
+        await receives_one_copy(stack, doctor, uri)
     finally:
         await nurse.close()
         await doctor.close()
+
+
+async def posted_in_icu(stack: RunningStack, nurse: AsyncClient, image: bytes, name: str) -> str:
+    """The mxc URI of a JPEG the nurse posted in the ICU team room (watermarked for members)."""
+    icu = await team_room(stack, nurse, "icu")
+    uri = await upload(nurse, image, "image/jpeg", name)
+    assert isinstance(await send(nurse, icu, image_content(uri, name)), RoomSendResponse)
+    return uri
+
+
+async def receives_one_copy(stack: RunningStack, member: AsyncClient, uri: str) -> None:
+    """The member downloads the 400 x 300 image at ``uri``: one copy is then on record."""
+    status, _, body = await media_get(stack, member, f"/_matrix/client/v1/media/download/{mxc_path(uri)}")
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (400, 300)
+    assert received_copies(stack, uri, member.user_id) == 1
 
 
 def received_copies(stack: RunningStack, uri: str, user_id: str) -> int:
@@ -683,18 +696,12 @@ async def test_a_head_request_for_a_protected_image_is_not_a_copy_received(stack
     nurse = await stack.login("n3001")
     doctor = await stack.login("d2001")
     try:
-        icu = await team_room(stack, nurse, "icu")
-        uri = await upload(nurse, photo(12, (400, 300)), "image/jpeg", "化验单.jpg")
-        assert isinstance(await send(nurse, icu, image_content(uri, "化验单.jpg")), RoomSendResponse)
-        url = f"{stack.url}/_matrix/client/v1/media/download/{mxc_path(uri)}"
-        async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": f"Bearer {doctor.access_token}"}
-            async with http.head(url, headers=headers) as resp:
-                assert resp.status == 200 and int(resp.headers["Content-Length"]) > 0
-            assert received_copies(stack, uri, doctor.user_id) == 0
-            async with http.get(url, headers=headers) as resp:
-                assert resp.status == 200 and Image.open(io.BytesIO(await resp.read())).size == (400, 300)
-            assert received_copies(stack, uri, doctor.user_id) == 1
+        uri = await posted_in_icu(stack, nurse, photo(12, (400, 300)), "化验单.jpg")
+        path = f"/_matrix/client/v1/media/download/{mxc_path(uri)}"
+        status, headers, _ = await media_get(stack, doctor, path, method="HEAD")
+        assert status == 200 and int(headers["Content-Length"]) > 0
+        assert received_copies(stack, uri, doctor.user_id) == 0
+        await receives_one_copy(stack, doctor, uri)
     finally:
         await nurse.close()
         await doctor.close()
