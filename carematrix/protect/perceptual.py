@@ -671,7 +671,6 @@ def decide(
     loaded = False
     references: References = {}
     renderings: list[tuple[np.ndarray, References]] | None = None
-    different: list[_Placement] = []  # where the pixels clearly differ from every reference
     for view in views:
         verdict = verify(stored, view, dense=False)
         if not verdict.is_copy:
@@ -691,15 +690,11 @@ def decide(
             # or less when the view was enlarged from a smaller file
             enlarged = max(view.width, view.height) / max(view.native, 1)
             extent = verdict.scale * max(stored.width, stored.height) / max(1.0, enlarged)
-            here = _Placement.of(view, verdict, stored, extent)
-            if any(here.within(other) for other in different):
-                continue  # this view shows the same place, with no more detail: compared already
             mapped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
             worst, second, blocks = pixel_residual(
                 original, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
                 references, mapped=mapped)
             decision = Decision(blocks >= MIN_BLOCKS and worst <= MAX_BLOCK_RESIDUAL, verdict, (worst, second))
-            nearest = worst
             if not decision.is_copy and delivered is not None:
                 if renderings is None:
                     renderings = [(rendering, {}) for rendering in delivered(original)]
@@ -710,9 +705,6 @@ def decide(
                     if blocks >= MIN_BLOCKS and worst <= MAX_RECEIVED_RESIDUAL:
                         decision = Decision(True, verdict, (worst, second), as_delivered=True)
                         break
-                    nearest = min(nearest, worst)
-            if not decision.is_copy and nearest >= CLEARLY_DIFFERENT:
-                different.append(here)
         if decision.is_copy:
             return decision
         best = decision
@@ -720,38 +712,4 @@ def decide(
 
 
 MIN_BLOCKS = 6  # blocks of the pixel comparison: less overlap than this proves nothing
-# A view's pixels this far from every reference differ in content, not by a slightly-off fit:
-# the other views, where the features found the same place (within SAME_PLACE of its size)
-# with no more detail, are not compared again. Measured on 640 copies of 80 images (every
-# transform) and 1,544 shortlisted unrelated pairs: no copy lost, 28 % fewer comparisons
-# (a wider SAME_PLACE of 5 % lost 4 screenshots, CLEARLY_DIFFERENT 0.8 lost 2 copies).
-CLEARLY_DIFFERENT = 0.9
-SAME_PLACE = 0.02
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """Where a view's geometry puts the protected image in the candidate's own pixels
-    (before the candidate was resampled to that view), and the detail compared there."""
-
-    scale: float
-    tx: float
-    ty: float
-    size: float  # the protected image's longer side, placed
-    detail: float  # the compare frame's longer side
-
-    @classmethod
-    def of(cls, view: Features, verdict: Verdict, stored: Features, extent: float) -> _Placement:
-        k = view.native / max(view.width, view.height)
-        return cls(verdict.scale * k, verdict.tx * k, verdict.ty * k,
-                   verdict.scale * k * max(stored.width, stored.height), min(COMPARE_SIDE, extent))
-
-    def within(self, other: _Placement) -> bool:
-        """The same place as ``other`` (compared with at least this much detail)."""
-        return (
-            abs(self.scale - other.scale) <= SAME_PLACE * other.scale
-            and abs(self.tx - other.tx) <= SAME_PLACE * other.size
-            and abs(self.ty - other.ty) <= SAME_PLACE * other.size
-            and other.detail >= self.detail - 1
-        )
 ORIGINAL_GONE_AGREEMENT = 0.9
