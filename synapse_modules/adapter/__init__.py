@@ -15,7 +15,7 @@ changes what the place relies on; most run the adapter on a real homeserver star
 test process on SQLite and on PostgreSQL (tests/synapse_inprocess.py), reached over HTTP.
 Before upgrading Synapse, run them against the new version.
 
-The 31 places:
+The 32 places:
 
 homeserver.py
  1. ``ModuleApi._hs``: the homeserver behind the module API, the way to everything below
@@ -190,4 +190,12 @@ sso_log.py (the homeserver's log configuration)
     reason, without the traceback an ERROR would be read as.
     [test_synapse_adapter_static.py: test_a_refused_sign_in_is_logged_as_the_filter_expects;
     tests/e2e/test_sso_signin.py: test_someone_not_on_the_staff_list_is_refused]
+
+retention_log.py (the homeserver's log configuration)
+32. The message and level ``PaginationHandler.purge_history_for_rooms_in_range`` logs a
+    retention room with nothing old enough to purge with (``purging events not possible:
+    No event found …``, WARNING) on the ``synapse.handlers.pagination`` logger: a
+    filter logs that normal state at INFO.
+    [test_synapse_adapter_static.py: test_a_purge_with_nothing_to_purge_is_logged_as_the_filter_expects;
+    tests/e2e/test_protection.py: test_retention_purge_job_deletes_messages_past_the_class_lifetime]
 """

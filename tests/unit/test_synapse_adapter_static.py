@@ -255,3 +255,26 @@ def test_a_refused_sign_in_is_logged_as_the_filter_expects():
     assert refused.getMessage() == "SSO sign-in refused: Staff number P5001 is not on this hospital's staff list"
     fault = logged(RuntimeError("database gone"))
     assert fault.levelno == logging.ERROR and fault.exc_info is not None
+
+
+def test_a_purge_with_nothing_to_purge_is_logged_as_the_filter_expects():
+    """Place 32: Synapse still logs a retention room with no event old enough to purge with
+    this message, on this logger, at WARNING; the filter lowers exactly that line to INFO."""
+    import logging
+
+    from synapse.handlers import pagination
+
+    from synapse_modules.adapter.retention_log import LOGGER, NOTHING_TO_PURGE, NothingToPurge
+
+    assert pagination.logger.name == LOGGER
+    source = " ".join(inspect.getsource(pagination.PaginationHandler.purge_history_for_rooms_in_range).split())
+    first, rest = NOTHING_TO_PURGE.split("(ts", 1)
+    assert f'logger.warning( "{first}" "(ts{rest}",' in source
+
+    def logged(msg: str, level: int) -> int:
+        record = logging.LogRecord(LOGGER, level, __file__, 1, msg, (1781033291325, 2), None)
+        assert NothingToPurge().filter(record)
+        return record.levelno
+
+    assert logged(NOTHING_TO_PURGE, logging.WARNING) == logging.INFO
+    assert logged("[purge] not purging room %s for retention as there's an ongoing purge", logging.WARNING) == logging.WARNING
