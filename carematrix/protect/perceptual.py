@@ -494,16 +494,17 @@ TEXT_LEVEL = 4.0  # grey levels the watermark changed a compare-frame pixel by: 
 
 def _off_text(
     rendering: np.ndarray, bare: np.ndarray, size: tuple[int, int],
-    cache: References | None,
+    cache: References | None, bare_cache: References | None = None,
 ) -> np.ndarray:
     """1 where the rendering shows the unmarked original ``bare``, 0 on the watermark's
     strokes and a pixel around them, at the compare size ``size`` (kept in the rendering's
-    ``cache`` beside its band-passed references)."""
+    ``cache`` beside its band-passed references; ``bare_cache`` is the original's, which
+    has it at that size already)."""
     key = ("off text", *size)
     mask = cache.get(key) if cache is not None else None
     if mask is None:
         marked = _compare_size(rendering, size, cache)
-        plain = _compare_size(bare, size, None)
+        plain = _compare_size(bare, size, bare_cache)
         strokes = (np.abs(marked - plain) > TEXT_LEVEL).astype(np.uint8)
         mask = (cv2.dilate(strokes, np.ones((3, 3), np.uint8)) == 0).astype(np.float64)
         if cache is not None:
@@ -517,7 +518,7 @@ def _compare_size(grey: np.ndarray, size: tuple[int, int], cache: References | N
     key = ("resized", *size)
     small = cache.get(key) if cache is not None else None
     if small is None:
-        small = cv2.resize(grey.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(grey.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
         if cache is not None:
             cache[key] = small
     return small
@@ -536,6 +537,7 @@ def pixel_residual(
     original: np.ndarray, frame: tuple[int, int], candidate: np.ndarray, scale: float, tx: float, ty: float,
     detail: float = 128, references: References | None = None,
     unmarked: np.ndarray | None = None, mapped: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    unmarked_references: References | None = None,
 ) -> tuple[float, float, int]:
     """How far the candidate, mapped back onto the protected ``original`` (its grey image at
     any size, from :func:`original_grey`; ``frame`` is the (width, height) of the work frame
@@ -559,6 +561,8 @@ def pixel_residual(
     difference, and the letters' own energy, the same in a rendering and in another
     patient's film marked for the same viewer in the same minute, would dilute where that
     patient differs.
+
+    ``unmarked_references``: the unmarked original's own ``references``.
 
     ``mapped`` keeps the candidate mapped onto the compare frame (band-passed, and where it
     lies inside) for the next reference compared in the same geometry: a rendering the sender
@@ -591,7 +595,7 @@ def pixel_residual(
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     covered = _block_sums(inside.astype(np.float64), rows, cols) >= 0.9 * BLOCK * BLOCK
     if unmarked is not None:
-        off_text = _off_text(original, unmarked, (rw, rh), references)
+        off_text = _off_text(original, unmarked, (rw, rh), references, unmarked_references)
         a64, b64 = a64 * off_text, b64 * off_text
     diff = _block_sums((a64 - b64) ** 2, rows, cols)
     energy = _block_sums(a64**2, rows, cols) + _block_sums(b64**2, rows, cols)
@@ -701,7 +705,7 @@ def decide(
                 for rendering, cache in renderings:
                     worst, second, blocks = pixel_residual(
                         rendering, (stored.width, stored.height), grey, verdict.scale, verdict.tx, verdict.ty, extent,
-                        cache, unmarked=original, mapped=mapped)
+                        cache, unmarked=original, mapped=mapped, unmarked_references=references)
                     if blocks >= MIN_BLOCKS and worst <= MAX_RECEIVED_RESIDUAL:
                         decision = Decision(True, verdict, (worst, second), as_delivered=True)
                         break
