@@ -362,16 +362,33 @@ def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndar
     return rows[keep], nearest[keep]
 
 
-def _fit(p: np.ndarray, q: np.ndarray, tolerance: float, rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
-    """Best scale-and-translation q ~ s * p + t over sampled pairs of matches: (s, t, inlier mask)."""
-    n = len(p)
+@functools.lru_cache(maxsize=1024)
+def _sampled_pairs(n: int) -> np.ndarray:
+    """The pairs (i, j), i < j, of n matches that :func:`_fit` tries: all of them, or 400
+    drawn by a generator seeded with n, so the same matches always give the same fit. Kept
+    per n (drawing them was nearly half of a fit, and a check fits hundreds of times)."""
     pairs = np.stack(np.triu_indices(n, 1), axis=1)  # every (i, j) with i < j, row by row
     if len(pairs) > 400:
-        pairs = pairs[rng.choice(len(pairs), 400, replace=False)]
+        pairs = pairs[np.random.default_rng(n).choice(len(pairs), 400, replace=False)]
+    pairs.setflags(write=False)
+    return pairs
+
+
+def _lengths(d: np.ndarray) -> np.ndarray:
+    """Euclidean length of each row of (m, 2) ``d``, as ``np.linalg.norm(d, axis=1)`` computes
+    it, without its checks."""
+    lengths: np.ndarray = np.sqrt(np.add.reduce(d * d, axis=1))
+    return lengths
+
+
+def _fit(p: np.ndarray, q: np.ndarray, tolerance: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Best scale-and-translation q ~ s * p + t over sampled pairs of matches: (s, t, inlier mask)."""
+    n = len(p)
+    pairs = _sampled_pairs(n)
     dp = p[pairs[:, 1]] - p[pairs[:, 0]]
     dq = q[pairs[:, 1]] - q[pairs[:, 0]]
-    lp = np.linalg.norm(dp, axis=1)
-    lq = np.linalg.norm(dq, axis=1)
+    lp = _lengths(dp)
+    lq = _lengths(dq)
     ok = (lp > 8) & (lq > 4)
     if not ok.any():
         return 1.0, np.zeros(2), np.zeros(n, bool)
@@ -396,7 +413,7 @@ def _fit(p: np.ndarray, q: np.ndarray, tolerance: float, rng: np.random.Generato
         pc, qc = pm - pm.mean(0), qm - qm.mean(0)
         s_fit = float((pc * qc).sum() / max((pc * pc).sum(), 1e-6))
         t_fit = qm.mean(0) - s_fit * pm.mean(0)
-        residual = np.linalg.norm(s_fit * p + t_fit - q, axis=1)
+        residual = _lengths(s_fit * p + t_fit - q)
         refined = residual <= tolerance
         if refined.sum() >= mask.sum() and SCALE_RANGE[0] <= s_fit <= SCALE_RANGE[1]:
             return s_fit, t_fit, refined
@@ -425,8 +442,7 @@ def verify(stored: Features, candidate: Features, *, dense: bool = True) -> Verd
         return Verdict(False, len(si), 0, 0, 0, 0.0) if len(si) else none
     p = stored.points[si, :2]
     q = candidate.points[ci, :2]
-    rng = np.random.default_rng(len(si))
-    s, t, mask = _fit(p, q, INLIER_TOLERANCE * WORK_SIDE, rng)
+    s, t, mask = _fit(p, q, INLIER_TOLERANCE * WORK_SIDE)
     inliers = int(mask.sum())
     if inliers < MIN_INLIERS or not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
         return Verdict(False, len(si), inliers, 0, 0, s)
