@@ -366,7 +366,7 @@ def _matches(stored: Features, candidate: Features) -> tuple[np.ndarray, np.ndar
 def _sampled_pairs(n: int) -> np.ndarray:
     """The pairs (i, j), i < j, of n matches that :func:`_fit` tries: all of them, or 400
     drawn by a generator seeded with n, so the same matches always give the same fit. Kept
-    per n (drawing them was nearly half of a fit, and a check fits hundreds of times)."""
+    per n (drawing them was nearly half of a fit, and a check fits up to 24 times)."""
     pairs = np.stack(np.triu_indices(n, 1), axis=1)  # every (i, j) with i < j, row by row
     if len(pairs) > 400:
         pairs = pairs[np.random.default_rng(n).choice(len(pairs), 400, replace=False)]
